@@ -1,0 +1,98 @@
+"""The batch service: OpenAI Batch API (FastAPI) and its worker, wired to Redis, S3 and vLLM.
+
+Variable names follow runtime.batch.settings.BatchSettings (prefix BATCH_).
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+import pulumi
+
+from infra.components.secrets import generated_password
+from infra.config import BatchSettings
+from infra.platforms import Platform
+from infra.services import Exposure, HealthCheck, Port, Secret, ServiceSpec
+
+
+class BatchServiceArgs(TypedDict):
+    platform: Platform
+    host: str
+    api_image: pulumi.Input[str]
+    worker_image: pulumi.Input[str]  # runtime image (http engine) or GB10 vLLM image (offline)
+    settings: BatchSettings
+    model: str
+    vllm_base_url: str  # the load balancer's internal URL (http engine)
+    redis_url: pulumi.Output[str]
+    s3_endpoint: str
+    s3_bucket: str
+    s3_access_key: str
+    s3_secret_key: pulumi.Output[str]
+    retention_days: int
+
+
+class BatchService(pulumi.ComponentResource):
+    url: str
+    api_key: pulumi.Output[str]
+
+    def __init__(self, name: str, args: BatchServiceArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("vllm-gb10:batch:BatchService", name, None, opts)
+        platform, settings, host = args["platform"], args["settings"], args["host"]
+        self.api_key = generated_password(f"{name}-api-key", self, length=48)
+        webhook_secret = generated_password(f"{name}-webhook-secret", self, length=48)
+        env = {
+            "BATCH_S3_ENDPOINT_URL": args["s3_endpoint"],
+            "BATCH_S3_BUCKET": args["s3_bucket"],
+            "BATCH_S3_ACCESS_KEY_ID": args["s3_access_key"],
+            "BATCH_ENGINE": settings.engine,
+            "BATCH_VLLM_BASE_URL": args["vllm_base_url"],
+            "BATCH_MODEL": args["model"],
+            "BATCH_CHUNK_SIZE": str(settings.chunk_size),
+            "BATCH_CONCURRENCY": str(settings.concurrency),
+            "BATCH_RESULT_RETENTION_DAYS": str(args["retention_days"]),
+        }
+        secrets = (
+            Secret("BATCH_REDIS_URL", args["redis_url"]),
+            Secret("BATCH_S3_SECRET_ACCESS_KEY", args["s3_secret_key"]),
+            Secret("BATCH_BOOTSTRAP_API_KEY", self.api_key),
+            Secret("BATCH_WEBHOOK_SECRET", webhook_secret),
+        )
+        port = settings.api_port
+        probe = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/health', timeout=5)"
+        platform.deploy(
+            ServiceSpec(
+                name=f"{name}-api",
+                host=host,
+                image=args["api_image"],
+                command=("python", "-m", "runtime.batch.api", "--host", "0.0.0.0", "--port", str(port)),
+                environment=env,
+                secrets=secrets,
+                ports=(Port(port, port, Exposure.PUBLIC, "http"),),
+                healthcheck=HealthCheck(
+                    command=("python", "-c", probe),
+                    interval_s=15,
+                    start_period_s=20,
+                    http_path="/health",
+                    http_port=port,
+                ),
+                memory_limit="2g",
+            ),
+            parent=self,
+        )
+        offline = settings.engine == "offline"
+        platform.deploy(
+            ServiceSpec(
+                name=f"{name}-worker",
+                host=host,
+                image=args["worker_image"],
+                command=("python3", "-m", "runtime.batch.worker"),
+                environment=env,
+                secrets=secrets,
+                gpu=offline,
+                memory_limit="100g" if offline else "4g",
+                shm_size="16g" if offline else None,
+            ),
+            parent=self,
+        )
+        self.url = f"http://{platform.external_address(host, port, f'{name}-api')}/v1"
+        self.register_outputs({"url": self.url})

@@ -1,0 +1,58 @@
+"""Postgres with pgvector: embeddings for the Ray offload jobs, and their results."""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+import pulumi
+
+from infra.components.secrets import generated_password
+from infra.platforms import Platform
+from infra.services import Exposure, HealthCheck, Port, Secret, ServiceSpec, Volume
+
+POSTGRES_IMAGE = "pgvector/pgvector:0.8.1-pg17"
+
+
+class PostgresArgs(TypedDict):
+    platform: Platform
+    host: str
+    port: int
+    database: str
+    user: str
+    public: bool
+    memory_limit: str
+
+
+class Postgres(pulumi.ComponentResource):
+    address: str
+    password: pulumi.Output[str]
+    url: pulumi.Output[str]
+
+    def __init__(self, name: str, args: PostgresArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("vllm-gb10:data:Postgres", name, None, opts)
+        platform, port, db, user = args["platform"], args["port"], args["database"], args["user"]
+        self.password = generated_password(f"{name}-password", self)
+        platform.deploy(
+            ServiceSpec(
+                name=name,
+                host=args["host"],
+                image=POSTGRES_IMAGE,
+                command=("postgres", "-p", str(port)),
+                environment={"POSTGRES_DB": db, "POSTGRES_USER": user, "PGDATA": "/var/lib/postgresql/data/pgdata"},
+                secrets=(Secret("POSTGRES_PASSWORD", self.password),),
+                ports=(Port(port, port, Exposure.PUBLIC if args["public"] else Exposure.INTERNAL, "postgres"),),
+                volumes=(Volume("postgres-data", "/var/lib/postgresql/data", size_gi=100),),
+                healthcheck=HealthCheck(
+                    command=("pg_isready", "-p", str(port), "-U", user, "-d", db), interval_s=10, start_period_s=20
+                ),
+                memory_limit=args["memory_limit"],
+                shm_size="1g",
+                stateful=True,
+            ),
+            parent=self,
+        )
+        self.address = platform.internal_address(args["host"], port, name)
+        self.url = pulumi.Output.secret(
+            pulumi.Output.concat("postgresql://", user, ":", self.password, "@", self.address, "/", db)
+        )
+        self.register_outputs({"address": self.address, "url": self.url})

@@ -1,0 +1,99 @@
+"""A Ray cluster on the hosts: a head (no tasks scheduled on it) and a GPU worker per host.
+
+Ray needs many ports between nodes, so its containers use the host network and bind to the
+host's cluster address; the dashboard (Jobs API) and client server bind there too.
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+import pulumi
+
+from infra.config import RaySettings
+from infra.platforms import Platform
+from infra.services import HealthCheck, ServiceSpec
+
+HEAD_MEMORY = "8g"
+WORKER_MEMORY = "48g"
+
+
+class RayClusterArgs(TypedDict):
+    platform: Platform
+    image: pulumi.Input[str]
+    head_host: str
+    worker_hosts: list[str]
+    settings: RaySettings
+
+
+class RayCluster(pulumi.ComponentResource):
+    gcs_address: str
+    dashboard_url: str
+    client_address: str
+
+    def __init__(self, name: str, args: RayClusterArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("vllm-gb10:ray:RayCluster", name, None, opts)
+        platform, settings, head = args["platform"], args["settings"], args["head_host"]
+        head_ip = platform.internal_address(head, settings.gcs_port, f"{name}-head").rsplit(":", 1)[0]
+        self.gcs_address = f"{head_ip}:{settings.gcs_port}"
+        platform.deploy(
+            ServiceSpec(
+                name=f"{name}-head",
+                host=head,
+                image=args["image"],
+                command=(
+                    "ray",
+                    "start",
+                    "--head",
+                    "--block",
+                    f"--node-ip-address={head_ip}",
+                    f"--port={settings.gcs_port}",
+                    f"--dashboard-host={head_ip}",
+                    f"--dashboard-port={settings.dashboard_port}",
+                    f"--ray-client-server-port={settings.client_port}",
+                    "--num-cpus=0",
+                    "--num-gpus=0",
+                ),
+                host_network=True,
+                healthcheck=HealthCheck(
+                    command=("ray", "health-check", f"--address={self.gcs_address}"),
+                    interval_s=15,
+                    start_period_s=60,
+                ),
+                memory_limit=HEAD_MEMORY,
+                shm_size="4g",
+            ),
+            parent=self,
+        )
+        for host in args["worker_hosts"]:
+            ip = platform.internal_address(host, settings.gcs_port, f"{name}-worker-{host}").rsplit(":", 1)[0]
+            platform.deploy(
+                ServiceSpec(
+                    name=f"{name}-worker-{host}",
+                    host=host,
+                    image=args["image"],
+                    command=(
+                        "ray",
+                        "start",
+                        "--block",
+                        f"--address={self.gcs_address}",
+                        f"--node-ip-address={ip}",
+                        "--num-gpus=1",
+                    ),
+                    host_network=True,
+                    gpu=True,
+                    healthcheck=HealthCheck(
+                        command=("ray", "health-check", f"--address={self.gcs_address}"),
+                        interval_s=15,
+                        start_period_s=60,
+                    ),
+                    memory_limit=WORKER_MEMORY,
+                    shm_size="16g",
+                ),
+                parent=self,
+            )
+        self.dashboard_url = f"http://{head_ip}:{settings.dashboard_port}"
+        self.client_address = f"ray://{head_ip}:{settings.client_port}"
+        self.register_outputs(
+            {"gcsAddress": self.gcs_address, "dashboardUrl": self.dashboard_url, "clientAddress": self.client_address}
+        )

@@ -1,0 +1,59 @@
+"""Redis for the batch queue: AOF persistence on, password required, data on a volume."""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+import pulumi
+
+from infra.components.secrets import generated_password
+from infra.platforms import Platform
+from infra.services import Exposure, HealthCheck, Port, Secret, ServiceSpec, Volume
+
+REDIS_IMAGE = "redis:7.4.6-bookworm"
+
+
+class RedisArgs(TypedDict):
+    platform: Platform
+    host: str
+    port: int
+    public: bool
+    memory_limit: str
+
+
+class Redis(pulumi.ComponentResource):
+    address: str
+    password: pulumi.Output[str]
+    url: pulumi.Output[str]
+
+    def __init__(self, name: str, args: RedisArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("vllm-gb10:data:Redis", name, None, opts)
+        platform, port = args["platform"], args["port"]
+        self.password = generated_password(f"{name}-password", self)
+        platform.deploy(
+            ServiceSpec(
+                name=name,
+                host=args["host"],
+                image=REDIS_IMAGE,
+                command=(
+                    "sh",
+                    "-c",
+                    f"exec redis-server --port {port} --appendonly yes --appendfsync everysec "
+                    '--requirepass "$REDIS_PASSWORD"',
+                ),
+                secrets=(Secret("REDIS_PASSWORD", self.password),),
+                ports=(Port(port, port, Exposure.PUBLIC if args["public"] else Exposure.INTERNAL, "redis"),),
+                volumes=(Volume("redis-data", "/data", size_gi=20),),
+                healthcheck=HealthCheck(
+                    command=("sh", "-c", f'REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli -p {port} ping | grep -q PONG'),
+                    interval_s=10,
+                    start_period_s=10,
+                ),
+                memory_limit=args["memory_limit"],
+                stateful=True,
+            ),
+            parent=self,
+        )
+        self.address = platform.internal_address(args["host"], port, name)
+        self.url = pulumi.Output.secret(pulumi.Output.concat("redis://:", self.password, "@", self.address, "/0"))
+        self.register_outputs({"address": self.address, "url": self.url})

@@ -1,0 +1,133 @@
+"""vLLM OpenAI servers: one replica per GPU host, or one server spread over the hosts via Ray."""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+import pulumi
+
+from infra.config import Parallelism, VllmSettings
+from infra.platforms import Platform
+from infra.services import HealthCheck, Port, Secret, ServiceSpec, Volume
+
+MODEL_CACHE = Volume(name="model-cache", mount_path="/models", size_gi=200)
+# Model download and CUDA graph capture on first start take minutes.
+STARTUP_GRACE_S = 900
+API_SERVER = ("python3", "-m", "vllm.entrypoints.openai.api_server")
+RAY_AGENT_PORT = 52367  # distinct from the Ray worker's default agent port on the same host
+
+
+def engine_flags(settings: VllmSettings, port: int) -> list[str]:
+    """vLLM server flags from the stack settings (V1 engine; no swap_space, see DESIGN.md)."""
+    flags = [
+        "--model",
+        settings.model,
+        "--served-model-name",
+        settings.served_name,
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(port),
+        "--max-model-len",
+        str(settings.max_model_len),
+        "--max-num-seqs",
+        str(settings.max_num_seqs),
+        "--gpu-memory-utilization",
+        f"{settings.gpu_memory_utilization:.2f}",
+        "--kv-cache-dtype",
+        settings.kv_cache_dtype,
+        "--enable-prefix-caching",
+    ]
+    if settings.kv_cache_memory_bytes:
+        flags += ["--kv-cache-memory-bytes", str(settings.kv_cache_memory_bytes)]
+    return flags + list(settings.extra_args)
+
+
+def health_check(port: int) -> HealthCheck:
+    probe = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/health', timeout=5)"
+    return HealthCheck(
+        command=("python3", "-c", probe),
+        interval_s=15,
+        start_period_s=STARTUP_GRACE_S,
+        http_path="/health",
+        http_port=port,
+    )
+
+
+class VllmServiceArgs(TypedDict):
+    platform: Platform
+    image: pulumi.Input[str]
+    hosts: list[str]  # GPU hosts; the first leads in tensor/pipeline mode
+    settings: VllmSettings
+    hf_token: pulumi.Input[str] | None
+    ray_gcs_address: str  # head host:port, used in tensor/pipeline mode
+
+
+class VllmService(pulumi.ComponentResource):
+    """Outputs `backends`: (name, host:port) per server, for the load balancer."""
+
+    backends: list[tuple[str, str]]
+    urls: list[str]
+
+    def __init__(self, name: str, args: VllmServiceArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("vllm-gb10:vllm:VllmService", name, None, opts)
+        settings, platform = args["settings"], args["platform"]
+        if not args["hosts"]:
+            raise ValueError(f"{name}: vLLM needs at least one GPU host")
+        port = settings.port
+        secrets = (Secret("HF_TOKEN", pulumi.Output.secret(args["hf_token"])),) if args["hf_token"] else ()
+        env = {"HF_HOME": MODEL_CACHE.mount_path, "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+        common = dict(
+            image=args["image"],
+            environment=env,
+            secrets=secrets,
+            volumes=(MODEL_CACHE,),
+            healthcheck=health_check(port),
+            gpu=True,
+            memory_limit=settings.memory_limit,
+            shm_size="16g",
+            stateful=False,
+        )
+        if settings.parallelism is Parallelism.REPLICA:
+            servers = args["hosts"]
+            for host in servers:
+                platform.deploy(
+                    ServiceSpec(
+                        name=f"{name}-{host}",
+                        host=host,
+                        command=(*API_SERVER, *engine_flags(settings, port)),
+                        ports=(Port(port, port),),
+                        **common,
+                    ),
+                    parent=self,
+                )
+        else:
+            leader = args["hosts"][0]
+            servers = [leader]
+            size = str(len(args["hosts"]))
+            size_flag = (
+                "--tensor-parallel-size" if settings.parallelism is Parallelism.TENSOR else "--pipeline-parallel-size"
+            )
+            serve = " ".join(
+                [*API_SERVER, *engine_flags(settings, port), "--distributed-executor-backend", "ray", size_flag, size]
+            )
+            bind_ip = platform.internal_address(leader, port, name).rsplit(":", 1)[0]
+            join = (
+                f"ray start --address={args['ray_gcs_address']} --node-ip-address={bind_ip} --num-gpus=1 "
+                f"--dashboard-agent-listen-port={RAY_AGENT_PORT}"
+            )
+            platform.deploy(
+                ServiceSpec(
+                    name=f"{name}-{leader}",
+                    host=leader,
+                    entrypoint=("/bin/bash", "-c"),
+                    command=(f"{join} && exec {serve}",),
+                    host_network=True,
+                    ports=(Port(port, port),),
+                    **{**common, "environment": {**env, "VLLM_HOST_IP": bind_ip}},
+                ),
+                parent=self,
+            )
+        self.backends = [(h, platform.internal_address(h, port, f"{name}-{h}")) for h in servers]
+        self.urls = [f"http://{address}/v1" for _, address in self.backends]
+        self.register_outputs({"urls": self.urls})

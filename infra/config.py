@@ -1,0 +1,363 @@
+"""Typed stack configuration, read once and validated before any resource is declared.
+
+Every key lives under the project namespace (`vllm-gb10:<key>`) and has a default here as well as
+in Pulumi.yaml (Pulumi's mock runtime does not apply Pulumi.yaml defaults; a test keeps the two
+equal). A bad value raises `ConfigError` naming the stack file and the key, e.g.
+`Pulumi.stella.yaml: vllm-gb10:hosts[1].address: Field required`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Callable, Iterator
+from enum import StrEnum
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PROJECT = "vllm-gb10"
+
+RawReader = Callable[[str], "str | None"]
+"""Looks up one raw config value by its bare key (no namespace); None when unset."""
+
+
+class ConfigError(ValueError):
+    """A stack configuration value is missing or wrong; the message names file and key."""
+
+
+class Role(StrEnum):
+    """What a host runs. Singleton roles must be held by exactly one host."""
+
+    GPU = "gpu"
+    RAY_HEAD = "ray-head"
+    DATA = "data"
+    LB = "lb"
+    BATCH = "batch"
+
+
+SINGLETON_ROLES = (Role.RAY_HEAD, Role.DATA, Role.LB, Role.BATCH)
+
+
+class Parallelism(StrEnum):
+    """How the model is spread over the GPU hosts."""
+
+    REPLICA = "replica"  # one vLLM server per GPU host, behind the load balancer
+    TENSOR = "tensor"  # one vLLM server across all GPU hosts, tensor parallel over Ray
+    PIPELINE = "pipeline"  # one vLLM server across all GPU hosts, pipeline parallel over Ray
+
+
+class Platform(StrEnum):
+    COMPOSE = "compose"
+    KUBERNETES = "kubernetes"
+
+
+_HOST_KEY = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+=*$")
+_NAME = r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class Host(_Frozen):
+    """One GB10 box reached over SSH (compose platform)."""
+
+    name: Annotated[str, Field(pattern=_NAME)]
+    address: Annotated[str, Field(min_length=1, description="SSH address (hostname or IP)")]
+    cluster_address: Annotated[
+        ipaddress.IPv4Address | ipaddress.IPv6Address | None,
+        Field(alias="clusterAddress", description="IP the services bind to and reach each other on"),
+    ] = None
+    ssh_user: Annotated[str, Field(alias="sshUser", min_length=1)] = "ubuntu"
+    ssh_port: Annotated[int, Field(alias="sshPort", ge=1, le=65535)] = 22
+    host_key: Annotated[str, Field(alias="hostKey", description="pinned SSH host public key")]
+    private_key_secret: Annotated[str, Field(alias="privateKeySecret")] = "sshPrivateKey"
+    roles: Annotated[frozenset[Role], Field(min_length=1)]
+
+    @field_validator("host_key")
+    @classmethod
+    def _host_key_shape(cls, value: str) -> str:
+        if not _HOST_KEY.match(value.strip()):
+            raise ValueError(
+                "must be one public key line such as 'ssh-ed25519 AAAA…' (get it with: ssh-keyscan -t ed25519 HOST)"
+            )
+        return value.strip()
+
+    @property
+    def bind_ip(self) -> str:
+        """The IP that internal services bind to on this host."""
+        if self.cluster_address is not None:
+            return str(self.cluster_address)
+        return str(ipaddress.ip_address(self.address))
+
+
+def _key(alias: str, default: Any, description: str, **constraints: Any) -> Any:
+    return Field(default, alias=alias, description=description, **constraints)
+
+
+class ImageSettings(_Frozen):
+    registry: str = _key("registry", "registry.lan:5000", "Registry the images are pushed to and pulled from.")
+    registry_username: str = _key("registryUsername", "", "Registry user; empty for a registry without auth.")
+    image_tag: str = _key("imageTag", "0.1.0", "Tag of the images built by this stack.", pattern=r"^[\w][\w.-]{0,127}$")
+    vllm_version: str = _key(
+        "vllmVersion", "v0.11.0", "vLLM git tag built into the GB10 image.", pattern=r"^v\d+\.\d+\.\d+$"
+    )
+    cuda_arch: str = _key("cudaArch", "12.1", "CUDA compute capability of the GPU (GB10: 12.1).")
+    builder: str = _key("imageBuilder", "", "buildx builder to use (e.g. a remote arm64 builder); empty: default.")
+
+    @field_validator("image_tag")
+    @classmethod
+    def _not_latest(cls, value: str) -> str:
+        if value == "latest":
+            raise ValueError("'latest' is not a pinned tag; use a version such as 0.1.0")
+        return value
+
+
+class VllmSettings(_Frozen):
+    model: str = _key("model", "Qwen/Qwen3-4B", "Hugging Face model id served by vLLM.", min_length=1)
+    served_model_name: str = _key("servedModelName", "", "Model name clients send; empty: the model id.")
+    max_model_len: int = _key("maxModelLen", 8192, "Context length per sequence.", ge=256)
+    max_num_seqs: int = _key("maxNumSeqs", 64, "Concurrent sequences per vLLM server.", ge=1)
+    gpu_memory_utilization: float = _key(
+        "gpuMemoryUtilization",
+        0.80,
+        "Share of GPU memory vLLM may use (GB10 unified memory: at most 0.85).",
+        gt=0.0,
+        le=0.95,
+    )
+    kv_cache_dtype: Literal["auto", "fp8"] = _key("kvCacheDtype", "auto", "KV cache dtype: auto (model dtype) or fp8.")
+    kv_cache_memory_bytes: int = _key(
+        "kvCacheMemoryBytes", 0, "Explicit KV cache size in bytes; 0: derived by vLLM.", ge=0
+    )
+    parallelism: Parallelism = _key(
+        "parallelism",
+        Parallelism.REPLICA,
+        "replica: one server per GPU host; tensor or pipeline: one server over all GPU hosts via Ray.",
+    )
+    port: int = _key("vllmPort", 8000, "Port of each vLLM OpenAI server.", ge=1, le=65535)
+    extra_args: list[str] = _key("vllmExtraArgs", [], "Raw extra vLLM CLI flags, appended last (overrides).")
+    memory_limit: str = _key("vllmMemoryLimit", "110g", "Container memory limit of vLLM.", pattern=r"^\d+[kmg]$")
+
+    @property
+    def served_name(self) -> str:
+        return self.served_model_name or self.model
+
+
+class DataSettings(_Frozen):
+    redis_port: int = _key("redisPort", 6379, "Redis port.", ge=1, le=65535)
+    postgres_port: int = _key("postgresPort", 5432, "Postgres port.", ge=1, le=65535)
+    postgres_db: str = _key("postgresDb", "llm", "Postgres database.", pattern=r"^[a-z_][a-z0-9_]*$")
+    postgres_user: str = _key("postgresUser", "llm", "Postgres user.", pattern=r"^[a-z_][a-z0-9_]*$")
+    minio_port: int = _key("minioPort", 9000, "MinIO S3 API port.", ge=1, le=65535)
+    minio_console_port: int = _key("minioConsolePort", 9001, "MinIO console port.", ge=1, le=65535)
+    bucket: str = _key(
+        "batchBucket", "batch", "Bucket for batch inputs and results.", pattern=r"^[a-z0-9][a-z0-9.-]{2,62}$"
+    )
+    result_retention_days: int = _key(
+        "resultRetentionDays", 7, "Days before batch results expire (bucket lifecycle).", ge=1, le=7
+    )
+    public: bool = _key(
+        "publicDataServices",
+        False,
+        "Publish Redis, Postgres, MinIO and Ray ports on all interfaces (policy exception).",
+    )
+
+
+class LoadBalancerSettings(_Frozen):
+    port: int = _key("lbPort", 8080, "Load balancer port for OpenAI clients.", ge=1, le=65535)
+    stats_port: int = _key("lbStatsPort", 8404, "HAProxy stats page and /metrics (internal).", ge=1, le=65535)
+    balance_factor: int = _key(
+        "lbBalanceFactor",
+        150,
+        "hash-balance-factor: a backend above this % of the mean load spills sessions.",
+        ge=100,
+        le=1000,
+    )
+    session_header: str = _key(
+        "lbSessionHeader", "X-Session-ID", "Header that carries the session key.", pattern=r"^[A-Za-z0-9-]+$"
+    )
+
+
+class RaySettings(_Frozen):
+    gcs_port: int = _key("rayGcsPort", 6380, "Ray GCS port on the head.", ge=1, le=65535)
+    dashboard_port: int = _key("rayDashboardPort", 8265, "Ray dashboard and Jobs API port.", ge=1, le=65535)
+    client_port: int = _key("rayClientPort", 10001, "Ray client (ray://) port.", ge=1, le=65535)
+
+
+class BatchSettings(_Frozen):
+    api_port: int = _key("batchApiPort", 8100, "Batch API port.", ge=1, le=65535)
+    engine: Literal["http", "offline"] = _key(
+        "batchEngine", "http", "http: vLLM pool via the load balancer; offline: in-process vLLM."
+    )
+    chunk_size: int = _key("batchChunkSize", 100, "Requests per checkpointed chunk.", ge=1, le=10000)
+    concurrency: int = _key("batchConcurrency", 64, "In-flight requests the worker keeps at the engine.", ge=1)
+
+
+class HostOpsSettings(_Frozen):
+    min_free_disk_gb: int = _key("minFreeDiskGb", 100, "Preflight: free disk needed on each host (GB).", ge=1)
+    remote_dir: str = _key(
+        "remoteDir", "/opt/vllm-gb10", "Directory on each host for compose files.", pattern=r"^/[\w./-]+$"
+    )
+
+
+GROUPS: dict[str, type[_Frozen]] = {
+    "image": ImageSettings,
+    "vllm": VllmSettings,
+    "data": DataSettings,
+    "lb": LoadBalancerSettings,
+    "ray": RaySettings,
+    "batch": BatchSettings,
+    "ops": HostOpsSettings,
+}
+
+SECRET_KEYS: dict[str, str] = {
+    "sshPrivateKey": "SSH private key for the hosts (PEM/OpenSSH text).",
+    "hfToken": "Hugging Face token for gated models.",
+    "registryPassword": "Registry password or token; unused when registryUsername is empty.",
+}
+
+
+class StackConfig(_Frozen):
+    """The whole stack configuration, handed to the program and its components."""
+
+    stack: str
+    platform: Platform
+    hosts: tuple[Host, ...]
+    image: ImageSettings
+    vllm: VllmSettings
+    data: DataSettings
+    lb: LoadBalancerSettings
+    ray: RaySettings
+    batch: BatchSettings
+    ops: HostOpsSettings
+
+    def hosts_with(self, role: Role) -> list[Host]:
+        return [h for h in self.hosts if role in h.roles]
+
+    def host_with(self, role: Role) -> Host:
+        (host,) = self.hosts_with(role)
+        return host
+
+
+def stack_file(stack: str) -> str:
+    return f"Pulumi.{stack}.yaml"
+
+
+def schema_entries() -> Iterator[tuple[str, str, Any, str, bool]]:
+    """(key, Pulumi type, default, description, secret) for every primitive key, for Pulumi.yaml."""
+    yield "platform", "string", Platform.COMPOSE.value, "compose (GB10 hosts over SSH) or kubernetes.", False
+    for model in GROUPS.values():
+        for field in model.model_fields.values():
+            yield field.alias, _pulumi_type(field.annotation), _plain(field.default), field.description, False
+    for key, description in SECRET_KEYS.items():
+        yield key, "string", None, description, True
+
+
+def _pulumi_type(annotation: Any) -> str:
+    if annotation is bool:
+        return "boolean"
+    if annotation is int:
+        return "integer"
+    if get_origin(annotation) is list:
+        return "array"
+    return "string"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, StrEnum):
+        return value.value
+    if isinstance(value, float):
+        return str(value)
+    return value
+
+
+def _is_structured(annotation: Any) -> bool:
+    return get_origin(annotation) in (list, dict) or any(get_origin(a) in (list, dict) for a in get_args(annotation))
+
+
+def load(read: RawReader, stack: str) -> StackConfig:
+    """Build the StackConfig from raw values; raise ConfigError naming file and key."""
+    where = stack_file(stack)
+    groups: dict[str, Any] = {}
+    for group, model in GROUPS.items():
+        raw: dict[str, Any] = {}
+        for field in model.model_fields.values():
+            value = read(field.alias)
+            if value is None:
+                continue
+            raw[field.alias] = _decode(value, field.annotation, where, field.alias)
+        groups[group] = _validate(model, raw, where, prefix="")
+    platform_raw = read("platform")
+    hosts_raw = _decode(read("hosts") or "[]", list, where, "hosts")
+    if not isinstance(hosts_raw, list):
+        raise ConfigError(f"{where}: {PROJECT}:hosts: must be a list of host objects")
+    hosts = tuple(_validate(Host, entry, where, prefix=f"hosts[{i}].") for i, entry in enumerate(hosts_raw))
+    try:
+        platform = Platform(platform_raw or Platform.COMPOSE)
+    except ValueError:
+        choices = ", ".join(p.value for p in Platform)
+        raise ConfigError(f"{where}: {PROJECT}:platform: {platform_raw!r} is not one of {choices}") from None
+    config = StackConfig(stack=stack, platform=platform, hosts=hosts, **groups)
+    _check_topology(config, where, read)
+    return config
+
+
+def _decode(value: str, annotation: Any, where: str, key: str) -> Any:
+    if not (annotation is list or _is_structured(annotation)):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{where}: {PROJECT}:{key}: not valid JSON/YAML structure ({err.msg})") from None
+
+
+def _validate(model: type[_Frozen], raw: Any, where: str, prefix: str) -> Any:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        path = prefix + ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{where}: {PROJECT}:{path.rstrip('.')}: {first['msg']}") from None
+
+
+def _check_topology(config: StackConfig, where: str, read: RawReader) -> None:
+    """Cross-key rules: roles, unique names, IPs to bind to, secrets the hosts name."""
+
+    def fail(key: str, message: str) -> None:
+        raise ConfigError(f"{where}: {PROJECT}:{key}: {message}")
+
+    if config.platform is Platform.COMPOSE and not config.hosts:
+        fail("hosts", "the compose platform needs at least one host")
+    if config.platform is Platform.KUBERNETES:
+        return
+    names = [h.name for h in config.hosts]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            fail(f"hosts[{i}].name", f"duplicate host name {name!r}")
+    for i, host in enumerate(config.hosts):
+        try:
+            host.bind_ip  # noqa: B018 - evaluated for its check
+        except ValueError:
+            fail(
+                f"hosts[{i}].clusterAddress",
+                f"required when address {host.address!r} is a hostname: docker binds ports to an IP",
+            )
+        if read(host.private_key_secret) is None:
+            fail(
+                f"hosts[{i}].privateKeySecret",
+                f"names config key {host.private_key_secret!r}, which is not set "
+                f"(pulumi config set --secret {host.private_key_secret} < ~/.ssh/id_ed25519)",
+            )
+    for role in SINGLETON_ROLES:
+        count = len(config.hosts_with(role))
+        if count != 1:
+            fail("hosts", f"exactly one host must have role {role.value!r} (found {count})")
+    gpu_hosts = config.hosts_with(Role.GPU)
+    if not gpu_hosts:
+        fail("hosts", "at least one host must have role 'gpu'")
+    if config.vllm.parallelism is not Parallelism.REPLICA and len(gpu_hosts) < 2:
+        fail("parallelism", f"{config.vllm.parallelism.value} parallel needs two or more 'gpu' hosts")
+    if config.image.registry_username and read("registryPassword") is None:
+        fail("registryPassword", "required when registryUsername is set")

@@ -1,0 +1,72 @@
+"""Offline plan: the stack's resources, outputs and generated files without CLI, cloud or host.
+
+`python -m infra.plan --stack NAME [--out DIR] [--diff OLD_PLAN_JSON]`
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from infra.plan.recorder import MASK, Recording, generated_files, masked, run_program
+from infra.plan.stackfile import read_stack_file
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent.parent
+
+
+@dataclass(frozen=True)
+class Plan:
+    stack: str
+    resources: list[dict[str, Any]]
+    outputs: dict[str, Any]
+    files: dict[str, str]
+    placeholders: list[str]
+    recording: Recording
+
+    def to_json(self) -> dict[str, Any]:
+        return {"stack": self.stack, "resources": self.resources, "outputs": self.outputs}
+
+
+def build_plan(stack: str, project_dir: Path = PROJECT_DIR, overrides: dict[str, str] | None = None) -> Plan:
+    """Plan `stack` from its stack file; `overrides` replace raw values (bare keys), for tests."""
+    stack_config = read_stack_file(project_dir, stack)
+    values = dict(stack_config.values)
+    for key, value in (overrides or {}).items():
+        full = f"vllm-gb10:{key}"
+        if value is None:
+            values.pop(full, None)
+        else:
+            values[full] = value
+    recording = run_program(stack, values, stack_config.secret_keys)
+    resources = sorted(
+        ({"type": r.type, "name": r.name, "parent": r.parent, "inputs": masked(r.inputs)} for r in recording.resources),
+        key=lambda r: (r["type"], r["name"]),
+    )
+    outputs = {k: MASK if k in recording.secret_outputs else v for k, v in sorted(recording.outputs.items())}
+    return Plan(
+        stack=stack,
+        resources=resources,
+        outputs=outputs,
+        files=generated_files(recording),
+        placeholders=stack_config.placeholders,
+        recording=recording,
+    )
+
+
+def write_plan(plan: Plan, out_dir: Path) -> Path:
+    """Write DIR/<stack>/plan.json and DIR/<stack>/files/…; returns the plan.json path."""
+    stack_dir = out_dir / plan.stack
+    files_dir = stack_dir / "files"
+    if files_dir.exists():
+        for old in sorted(files_dir.rglob("*"), reverse=True):
+            old.unlink() if old.is_file() else old.rmdir()
+    files_dir.mkdir(parents=True, exist_ok=True)
+    for relative, text in plan.files.items():
+        target = files_dir / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    path = stack_dir / "plan.json"
+    path.write_text(json.dumps(plan.to_json(), indent=2, sort_keys=True) + "\n")
+    return path

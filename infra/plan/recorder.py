@@ -1,0 +1,136 @@
+"""Run the Pulumi program under Pulumi's mock monitor and record what it declares.
+
+The recording monitor sees every registration with its parent and with secret markers intact,
+so the plan masks exactly the inputs that Pulumi would encrypt in state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import rpc, settings
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+from infra.config import PROJECT
+
+MASK = "[secret]"
+COMPOSE_SUFFIX = "-compose"
+
+
+@dataclass
+class RecordedResource:
+    type: str
+    name: str
+    parent: str | None
+    inputs: dict[str, Any]  # raw, secret markers intact
+
+
+@dataclass
+class Recording:
+    resources: list[RecordedResource] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    secret_outputs: set[str] = field(default_factory=set)
+    generated_secrets: set[str] = field(default_factory=set)
+
+
+def mock_secret(name: str) -> str:
+    return "mock" + hashlib.sha256(name.encode()).hexdigest()[:28]
+
+
+class PlanMocks(pulumi.runtime.Mocks):
+    """Deterministic provider outputs, so that two plans of the same code are identical."""
+
+    def __init__(self, recording: Recording):
+        self.recording = recording
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
+        outputs = dict(args.inputs)
+        if args.typ == "random:index/randomPassword:RandomPassword":
+            value = mock_secret(args.name)[: int(args.inputs.get("length", 32))]
+            self.recording.generated_secrets.add(value)
+            outputs["result"] = value
+        elif args.typ == "docker-build:index:Image":
+            tag = args.inputs["tags"][0]
+            digest = "sha256:" + hashlib.sha256(tag.encode()).hexdigest()
+            outputs.update(digest=digest, ref=f"{tag}@{digest}")
+        elif args.typ.startswith("command:remote:"):
+            outputs.setdefault("stdout", "")
+            outputs.setdefault("stderr", "")
+        return f"{args.name}-id", outputs
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, None]:
+        return {}, None
+
+
+class RecordingMonitor(pulumi_mocks.MockMonitor):
+    def __init__(self, mocks: PlanMocks, recording: Recording):
+        super().__init__(mocks)
+        self.recording = recording
+
+    def RegisterResource(self, request):  # noqa: N802 - gRPC method name
+        response = super().RegisterResource(request)
+        if request.type != "pulumi:pulumi:Stack":
+            top_level = not request.parent or "::pulumi:pulumi:Stack::" in request.parent
+            parent = None if top_level else request.parent.split("::")[-1]
+            self.recording.resources.append(
+                RecordedResource(
+                    type=request.type,
+                    name=request.name,
+                    parent=parent,
+                    inputs=rpc.deserialize_properties(request.object),
+                )
+            )
+        return response
+
+
+def run_program(stack: str, config: dict[str, str], secret_keys: list[str]) -> Recording:
+    """Run infra.program.main for `stack` with `config`; raises what the program raises."""
+    from infra.program import main  # the program imports pulumi resources; keep this import late
+
+    recording = Recording()
+    mocks = PlanMocks(recording)
+    settings.ROOT.set(None)
+    monitor = RecordingMonitor(mocks, recording)
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
+    pulumi.runtime.set_all_config(config, secret_keys)
+    _sync_await(run_pulumi_func(main))
+    root = settings.get_root_resource()
+    for name, value in (root.outputs if root is not None else {}).items():
+        output = pulumi.Output.from_input(value)
+        recording.outputs[name] = _sync_await(output.future())
+        if _sync_await(output.is_secret()):
+            recording.secret_outputs.add(name)
+    return recording
+
+
+def masked(value: Any) -> Any:
+    """Inputs as a plan shows them: secrets masked, assets by digest."""
+    if rpc.is_rpc_secret(value):
+        return MASK
+    if isinstance(value, pulumi.StringAsset):
+        return {"asset": "text", "sha256": hashlib.sha256(value.text.encode()).hexdigest()}
+    if isinstance(value, dict):
+        return {k: masked(v) for k, v in sorted(value.items())}
+    if isinstance(value, list | tuple):
+        return [masked(v) for v in value]
+    return value
+
+
+def generated_files(recording: Recording) -> dict[str, str]:
+    """host/filename -> text for every file the compose platform copies to a host."""
+    files = {}
+    for res in recording.resources:
+        if res.type != "command:remote:CopyToRemote":
+            continue
+        source = rpc.unwrap_rpc_secret(res.inputs["source"])
+        if not isinstance(source, pulumi.StringAsset):
+            continue
+        host = (res.parent or "").removesuffix(COMPOSE_SUFFIX)
+        filename = str(res.inputs["remotePath"]).rsplit("/", 1)[-1]
+        files[f"{host}/{filename}"] = source.text
+    return dict(sorted(files.items()))

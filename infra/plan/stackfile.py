@@ -1,0 +1,62 @@
+"""Read a stack file (Pulumi.<stack>.yaml) into the flat string config the Pulumi runtime takes.
+
+Encrypted values (`secure: v1:…`) cannot be decrypted without the Pulumi CLI, and secrets are
+usually not in the file at all; the offline plan stands in a placeholder for each, marked secret.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from infra.config import PROJECT, SECRET_KEYS, ConfigError, stack_file
+
+
+@dataclass(frozen=True)
+class StackFileConfig:
+    values: dict[str, str]  # full key (vllm-gb10:x) -> raw string, as the runtime holds it
+    secret_keys: list[str]
+    placeholders: list[str]  # secret keys the plan made up
+
+
+def placeholder(key: str) -> str:
+    return f"placeholder-{key}"
+
+
+def read_stack_file(project_dir: Path, stack: str) -> StackFileConfig:
+    path = project_dir / stack_file(stack)
+    if not path.is_file():
+        raise ConfigError(f"{path.name}: no such stack file in {project_dir}")
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path.name}: not valid YAML: {err}") from None
+    raw = document.get("config") or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path.name}: config: must be a mapping of keys to values")
+    values: dict[str, str] = {}
+    secrets: list[str] = []
+    for key, value in raw.items():
+        full = key if ":" in key else f"{PROJECT}:{key}"
+        if isinstance(value, dict) and set(value) == {"secure"}:
+            values[full] = placeholder(full.split(":", 1)[1])
+            secrets.append(full)
+        elif isinstance(value, str):
+            values[full] = value
+        else:
+            values[full] = json.dumps(value)
+    needed = set(SECRET_KEYS)
+    hosts = raw.get(f"{PROJECT}:hosts") or []
+    if isinstance(hosts, list):
+        needed |= {h["privateKeySecret"] for h in hosts if isinstance(h, dict) and "privateKeySecret" in h}
+    made_up = []
+    for key in sorted(needed):
+        full = f"{PROJECT}:{key}"
+        if full not in values and not (key == "registryPassword" and f"{PROJECT}:registryUsername" not in values):
+            values[full] = placeholder(key)
+            secrets.append(full)
+            made_up.append(key)
+    return StackFileConfig(values=values, secret_keys=sorted(secrets), placeholders=made_up)

@@ -1,0 +1,25 @@
+"""Platforms decide how a ServiceSpec runs: docker compose over SSH, or Kubernetes objects."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import pulumi
+
+from infra.services import ServiceSpec
+
+
+class Platform(Protocol):
+    """What components may ask of a platform; nothing here names a stack."""
+
+    def deploy(self, spec: ServiceSpec, parent: pulumi.Resource) -> None:
+        """Run `spec` (on `spec.host` where placement matters)."""
+
+    def internal_address(self, host: str, port: int, service: str) -> str:
+        """host:port at which other services reach `service` on `port`."""
+
+    def external_address(self, host: str, port: int, service: str) -> str:
+        """host:port at which a user reaches a published port."""
+
+    def finish(self) -> None:
+        """Declare whatever must see every spec first (compose: one project per host)."""

@@ -1,0 +1,214 @@
+"""The Pulumi program: stack config in, components declared, endpoints out.
+
+`declare` is a plain function so the Pulumi entry point (infra/__main__.py), the offline plan
+(infra.plan) and the tests all run the same code.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pulumi
+
+from infra.components.batch import BatchService
+from infra.components.host import Gb10Host
+from infra.components.image import ContainerImage
+from infra.components.load_balancer import LoadBalancer
+from infra.components.object_store import ObjectStore
+from infra.components.postgres import Postgres
+from infra.components.ray_cluster import RayCluster
+from infra.components.redis import Redis
+from infra.components.vllm import VllmService
+from infra.config import PROJECT, ConfigError, Parallelism, Platform, Role, StackConfig, load, stack_file
+from infra.platforms.compose import ComposePlatform
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+IMAGE_PLATFORM = "linux/arm64"  # GB10 is aarch64
+DATA_MEMORY_LIMITS = {"redis": "4g", "minio": "4g", "postgres": "8g"}
+
+
+@dataclass(frozen=True)
+class StackSecrets:
+    private_keys: dict[str, pulumi.Output[str]]  # config key -> key text
+    hf_token: pulumi.Output[str] | None
+    registry_password: pulumi.Output[str] | None
+
+
+def read_config() -> StackConfig:
+    return load(lambda key: pulumi.runtime.get_config(f"{PROJECT}:{key}"), pulumi.get_stack())
+
+
+def read_secrets(cfg: StackConfig) -> StackSecrets:
+    config = pulumi.Config(PROJECT)
+    keys = {h.private_key_secret for h in cfg.hosts}
+    return StackSecrets(
+        private_keys={k: config.require_secret(k) for k in sorted(keys)},
+        hf_token=config.get_secret("hfToken"),
+        registry_password=config.get_secret("registryPassword"),
+    )
+
+
+def _images(cfg: StackConfig, secrets: StackSecrets) -> tuple[ContainerImage, ContainerImage]:
+    context = os.path.relpath(REPO_ROOT, os.getcwd())
+    common = {
+        "context": context,
+        "tag": cfg.image.image_tag,
+        "platform": IMAGE_PLATFORM,
+        "builder": cfg.image.builder,
+        "registry_username": cfg.image.registry_username,
+        "registry_password": secrets.registry_password,
+    }
+    vllm = ContainerImage(
+        "vllm-image",
+        {
+            **common,
+            "dockerfile": os.path.join(context, "images", "Dockerfile.gb10"),
+            "repository": f"{cfg.image.registry}/vllm-gb10",
+            "build_args": {"VLLM_VERSION": cfg.image.vllm_version, "CUDA_ARCH": cfg.image.cuda_arch},
+        },
+    )
+    runtime = ContainerImage(
+        "runtime-image",
+        {
+            **common,
+            "dockerfile": os.path.join(context, "images", "Dockerfile.runtime"),
+            "repository": f"{cfg.image.registry}/vllm-gb10-runtime",
+        },
+    )
+    return vllm, runtime
+
+
+def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
+    """Declare every resource of the stack; return the stack outputs."""
+    if cfg.platform is not Platform.COMPOSE:
+        raise ConfigError(
+            f"{stack_file(cfg.stack)}: {PROJECT}:platform: {cfg.platform.value!r} is not available yet; use 'compose'"
+        )
+    hosts = {
+        h.name: Gb10Host(
+            h.name,
+            {
+                "host": h,
+                "private_key": secrets.private_keys[h.private_key_secret],
+                "require_gpu": Role.GPU in h.roles,
+                "min_free_disk_gb": cfg.ops.min_free_disk_gb,
+                "remote_dir": cfg.ops.remote_dir,
+            },
+        )
+        for h in cfg.hosts
+    }
+    platform = ComposePlatform(hosts, cfg.ops.remote_dir)
+    vllm_image, runtime_image = _images(cfg, secrets)
+    data_host = cfg.host_with(Role.DATA).name
+    public = cfg.data.public
+
+    redis = Redis(
+        "redis",
+        {
+            "platform": platform,
+            "host": data_host,
+            "port": cfg.data.redis_port,
+            "public": public,
+            "memory_limit": DATA_MEMORY_LIMITS["redis"],
+        },
+    )
+    store = ObjectStore(
+        "minio",
+        {
+            "platform": platform,
+            "host": data_host,
+            "port": cfg.data.minio_port,
+            "console_port": cfg.data.minio_console_port,
+            "bucket": cfg.data.bucket,
+            "retention_days": cfg.data.result_retention_days,
+            "public": public,
+            "memory_limit": DATA_MEMORY_LIMITS["minio"],
+        },
+    )
+    postgres = Postgres(
+        "postgres",
+        {
+            "platform": platform,
+            "host": data_host,
+            "port": cfg.data.postgres_port,
+            "database": cfg.data.postgres_db,
+            "user": cfg.data.postgres_user,
+            "public": public,
+            "memory_limit": DATA_MEMORY_LIMITS["postgres"],
+        },
+    )
+
+    gpu_hosts = [h.name for h in cfg.hosts_with(Role.GPU)]
+    distributed = cfg.vllm.parallelism is not Parallelism.REPLICA
+    ray = RayCluster(
+        "ray",
+        {
+            "platform": platform,
+            "image": vllm_image.ref,
+            "head_host": cfg.host_with(Role.RAY_HEAD).name,
+            # In tensor/pipeline mode the vLLM container is the Ray node of the leading GPU host.
+            "worker_hosts": gpu_hosts[1:] if distributed else gpu_hosts,
+            "settings": cfg.ray,
+        },
+    )
+    vllm = VllmService(
+        "vllm",
+        {
+            "platform": platform,
+            "image": vllm_image.ref,
+            "hosts": gpu_hosts,
+            "settings": cfg.vllm,
+            "hf_token": secrets.hf_token,
+            "ray_gcs_address": ray.gcs_address,
+        },
+    )
+    lb = LoadBalancer(
+        "lb",
+        {"platform": platform, "host": cfg.host_with(Role.LB).name, "backends": vllm.backends, "settings": cfg.lb},
+    )
+    batch = BatchService(
+        "batch",
+        {
+            "platform": platform,
+            "host": cfg.host_with(Role.BATCH).name,
+            "api_image": runtime_image.ref,
+            "worker_image": vllm_image.ref if cfg.batch.engine == "offline" else runtime_image.ref,
+            "settings": cfg.batch,
+            "model": cfg.vllm.served_name,
+            "vllm_base_url": lb.internal_url,
+            "redis_url": redis.url,
+            "s3_endpoint": store.endpoint,
+            "s3_bucket": store.bucket,
+            "s3_access_key": store.access_key,
+            "s3_secret_key": store.secret_key,
+            "retention_days": cfg.data.result_retention_days,
+        },
+    )
+    platform.finish()
+    return {
+        "loadBalancerUrl": lb.url,
+        "loadBalancerStatsUrl": lb.stats_url,
+        "vllmUrls": vllm.urls,
+        "batchApiUrl": batch.url,
+        "batchApiKey": batch.api_key,
+        "rayDashboardUrl": ray.dashboard_url,
+        "rayJobsAddress": ray.dashboard_url,
+        "rayClientAddress": ray.client_address,
+        "minioEndpoint": store.endpoint,
+        "minioBucket": store.bucket,
+        "minioAccessKey": store.access_key,
+        "minioSecretKey": store.secret_key,
+        "postgresUrl": postgres.url,
+        "redisUrl": redis.url,
+        "vllmImage": vllm_image.ref,
+        "runtimeImage": runtime_image.ref,
+    }
+
+
+def main() -> None:
+    cfg = read_config()
+    for name, value in declare(cfg, read_secrets(cfg)).items():
+        pulumi.export(name, value)

@@ -1,0 +1,1 @@
+"""Pure renderers: Python data in, configuration file text out. No Pulumi here."""

@@ -1,0 +1,91 @@
+"""haproxy.cfg for the sticky vLLM load balancer; one renderer for every stack and for tests.
+
+Sticky with bounded load (the seeds' ADR-003, option D) without a state server:
+the session key (header, else a hash of Authorization, else the client address) is hashed on a
+consistent ring; `hash-balance-factor` makes a backend above F% of the mean load spill the
+session to the next backend on the ring. Active health checks on vLLM's /health take dead backends
+out; `retry-on` + `option redispatch` retry connection failures on another backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    address: str  # host:port
+
+
+@dataclass(frozen=True)
+class LoadBalancerConfig:
+    backends: tuple[Backend, ...]
+    bind: str = "*:8080"
+    stats_bind: str = "*:8404"
+    balance_factor: int = 150
+    session_header: str = "X-Session-ID"
+    health_path: str = "/health"
+    check_interval_ms: int = 2000
+    connect_timeout_s: int = 5
+    # vLLM generations and streamed responses run long: no client/server timeout shorter than that.
+    generation_timeout_s: int = 600
+    maxconn: int = 4096
+
+
+def render_haproxy_cfg(cfg: LoadBalancerConfig) -> str:
+    if not cfg.backends:
+        raise ValueError("the load balancer needs at least one backend")
+    names = [b.name for b in cfg.backends]
+    if len(set(names)) != len(names):
+        raise ValueError(f"backend names must be unique: {names}")
+    if not 100 <= cfg.balance_factor <= 65535:
+        raise ValueError(f"balance_factor must be 100..65535 (got {cfg.balance_factor})")
+    servers = "\n".join(f"    server {b.name} {b.address} check" for b in cfg.backends)
+    header = cfg.session_header
+    return f"""\
+# Rendered by infra/render/haproxy.py - do not edit by hand.
+global
+    log stdout format raw local0
+    maxconn {cfg.maxconn}
+
+defaults
+    mode http
+    log global
+    option httplog
+    option dontlognull
+    timeout connect {cfg.connect_timeout_s}s
+    timeout client {cfg.generation_timeout_s}s
+    timeout server {cfg.generation_timeout_s}s
+    timeout http-request 30s
+    timeout queue 60s
+    timeout tunnel 1h
+    retries 3
+    option redispatch 1
+    retry-on conn-failure empty-response
+
+frontend openai
+    bind {cfg.bind}
+    http-request set-var(txn.session_key) req.hdr({header})
+    http-request set-var(txn.session_key) req.hdr(Authorization),sha1,hex if !{{ var(txn.session_key) -m found }}
+    http-request set-var(txn.session_key) src,ipmask(32) if !{{ var(txn.session_key) -m found }}
+    http-response set-header X-LB-Session %[var(txn.session_key)]
+    http-response set-header X-LB-Backend %s
+    default_backend vllm
+
+backend vllm
+    balance hash var(txn.session_key)
+    hash-type consistent
+    hash-balance-factor {cfg.balance_factor}
+    option httpchk GET {cfg.health_path}
+    http-check expect status 200
+    default-server inter {cfg.check_interval_ms} fall 2 rise 2
+{servers}
+
+frontend stats
+    bind {cfg.stats_bind}
+    http-request use-service prometheus-exporter if {{ path /metrics }}
+    stats enable
+    stats uri /stats
+    stats refresh 10s
+"""

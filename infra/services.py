@@ -1,0 +1,96 @@
+"""What a service is, independent of how it runs (docker compose or Kubernetes).
+
+Components describe their containers as `ServiceSpec`s; a platform (infra/platforms) realises
+them. Secrets never appear in a spec as text: a `Secret` names an environment variable whose value
+the platform delivers out of band (compose: an env file fed over SSH stdin; Kubernetes: a Secret).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import pulumi
+
+
+class Exposure(StrEnum):
+    """How far a published port reaches."""
+
+    INTERNAL = "internal"  # the host's cluster address (compose) / ClusterIP (kubernetes)
+    PUBLIC = "public"  # every interface (compose) / exposed outside the cluster (kubernetes)
+
+
+@dataclass(frozen=True)
+class Secret:
+    """An environment value that must stay secret; `env` is the variable it is delivered as."""
+
+    env: str
+    value: pulumi.Output[str]
+
+
+@dataclass(frozen=True)
+class Port:
+    container: int
+    published: int | None = None  # None: reachable by other services only, not published
+    exposure: Exposure = Exposure.INTERNAL
+    name: str = "http"
+
+
+@dataclass(frozen=True)
+class Volume:
+    """Persistent storage: a named volume (compose) or a PVC (kubernetes)."""
+
+    name: str
+    mount_path: str
+    size_gi: int = 10
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """A rendered file mounted read-only into the container (shipped beside the compose file)."""
+
+    filename: str
+    mount_path: str
+    content: pulumi.Input[str]
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    command: tuple[str, ...]
+    interval_s: int = 15
+    timeout_s: int = 5
+    retries: int = 5
+    start_period_s: int = 30
+    http_path: str | None = None  # for probes that can use HTTP directly (kubernetes)
+    http_port: int | None = None
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One long-running container (or a one-shot job when `one_shot`)."""
+
+    name: str
+    image: pulumi.Input[str]
+    host: str  # host name (compose placement); kubernetes places GPU specs on the GB10 node
+    command: tuple[str, ...] = ()
+    entrypoint: tuple[str, ...] | None = None
+    environment: dict[str, pulumi.Input[str]] = field(default_factory=dict)
+    secrets: tuple[Secret, ...] = ()
+    ports: tuple[Port, ...] = ()
+    volumes: tuple[Volume, ...] = ()
+    files: tuple[ConfigFile, ...] = ()
+    healthcheck: HealthCheck | None = None
+    depends_on: tuple[str, ...] = ()  # names of specs on the same host that must be healthy first
+    gpu: bool = False
+    host_network: bool = False  # Ray and multi-node vLLM need the host's network stack
+    memory_limit: str = "4g"
+    cpu_limit: float | None = None
+    shm_size: str | None = None
+    one_shot: bool = False  # runs to completion (e.g. bucket setup) instead of staying up
+    stateful: bool = False
+
+    def __post_init__(self) -> None:
+        names = [s.env for s in self.secrets]
+        clash = set(names) & set(self.environment)
+        if clash or len(names) != len(set(names)):
+            raise ValueError(f"service {self.name}: secret env names clash: {sorted(clash) or names}")

@@ -1,0 +1,1 @@
+"""vllm-gb10 runtime: the code the platform's services run (batch, kvcache, offload)."""
