@@ -8,10 +8,11 @@ equal). A bad value raises `ConfigError` naming the stack file and the key, e.g.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from enum import StrEnum
 from typing import Annotated, Any, Literal, get_args, get_origin
 
@@ -277,9 +278,18 @@ def _is_structured(annotation: Any) -> bool:
     return get_origin(annotation) in (list, dict) or any(get_origin(a) in (list, dict) for a in get_args(annotation))
 
 
-def load(read: RawReader, stack: str) -> StackConfig:
-    """Build the StackConfig from raw values; raise ConfigError naming file and key."""
+def known_keys() -> set[str]:
+    return {key for key, *_ in schema_entries()} | {"hosts"}
+
+
+def load(read: RawReader, stack: str, present_keys: Iterable[str] = ()) -> StackConfig:
+    """Build the StackConfig from raw values; raise ConfigError naming file and key.
+
+    `present_keys` are the project keys set in the stack; one we do not know (a typo) is an
+    error rather than a silently ignored setting. Hosts' private-key secret names are allowed.
+    """
     where = stack_file(stack)
+    _check_unknown_keys(set(present_keys), read, where)
     groups: dict[str, Any] = {}
     for group, model in GROUPS.items():
         raw: dict[str, Any] = {}
@@ -304,6 +314,19 @@ def load(read: RawReader, stack: str) -> StackConfig:
     return config
 
 
+def _check_unknown_keys(present: set[str], read: RawReader, where: str) -> None:
+    allowed = known_keys()
+    try:
+        for entry in json.loads(read("hosts") or "[]"):
+            allowed.add(entry.get("privateKeySecret", "sshPrivateKey"))
+    except (json.JSONDecodeError, AttributeError, TypeError):
+        pass  # reported with its key by the hosts validation
+    for key in sorted(present - allowed):
+        close = difflib.get_close_matches(key, sorted(allowed), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{where}: {PROJECT}:{key}: unknown configuration key{hint}")
+
+
 def _decode(value: str, annotation: Any, where: str, key: str) -> Any:
     if not (annotation is list or _is_structured(annotation)):
         return value
@@ -318,8 +341,10 @@ def _validate(model: type[_Frozen], raw: Any, where: str, prefix: str) -> Any:
         return model.model_validate(raw)
     except ValidationError as err:
         first = err.errors()[0]
-        path = prefix + ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{where}: {PROJECT}:{path.rstrip('.')}: {first['msg']}") from None
+        path = prefix.rstrip(".")
+        for part in first["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+        raise ConfigError(f"{where}: {PROJECT}:{path}: {first['msg']}") from None
 
 
 def _check_topology(config: StackConfig, where: str, read: RawReader) -> None:

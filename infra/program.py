@@ -38,7 +38,9 @@ class StackSecrets:
 
 
 def read_config() -> StackConfig:
-    return load(lambda key: pulumi.runtime.get_config(f"{PROJECT}:{key}"), pulumi.get_stack())
+    prefix = f"{PROJECT}:"
+    present = [k.removeprefix(prefix) for k in pulumi.runtime.config.CONFIG.get() if k.startswith(prefix)]
+    return load(lambda key: pulumi.runtime.get_config(prefix + key), pulumi.get_stack(), present)
 
 
 def read_secrets(cfg: StackConfig) -> StackSecrets:

@@ -23,6 +23,7 @@ class Plan:
     outputs: dict[str, Any]
     files: dict[str, str]
     placeholders: list[str]
+    known_secrets: set[str]
     recording: Recording
 
     def to_json(self) -> dict[str, Any]:
@@ -40,8 +41,12 @@ def build_plan(stack: str, project_dir: Path = PROJECT_DIR, overrides: dict[str,
         else:
             values[full] = value
     recording = run_program(stack, values, stack_config.secret_keys)
+    known_secrets = recording.generated_secrets | {values[k] for k in stack_config.secret_keys}
     resources = sorted(
-        ({"type": r.type, "name": r.name, "parent": r.parent, "inputs": masked(r.inputs)} for r in recording.resources),
+        (
+            {"type": r.type, "name": r.name, "parent": r.parent, "inputs": masked(r.inputs, known_secrets)}
+            for r in recording.resources
+        ),
         key=lambda r: (r["type"], r["name"]),
     )
     outputs = {k: MASK if k in recording.secret_outputs else v for k, v in sorted(recording.outputs.items())}
@@ -51,6 +56,7 @@ def build_plan(stack: str, project_dir: Path = PROJECT_DIR, overrides: dict[str,
         outputs=outputs,
         files=generated_files(recording),
         placeholders=stack_config.placeholders,
+        known_secrets=known_secrets,
         recording=recording,
     )
 

@@ -18,6 +18,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stack", required=True, help="stack name: reads Pulumi.<stack>.yaml")
     parser.add_argument("--out", type=Path, default=PROJECT_DIR / "build" / "plan", help="output directory")
     parser.add_argument("--diff", type=Path, help="a previous plan.json to compare with")
+    parser.add_argument("--project-dir", type=Path, default=PROJECT_DIR, help="directory of Pulumi.<stack>.yaml")
     return parser.parse_args(argv)
 
 
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --diff {args.diff}: {err}", file=sys.stderr)
             return 2
     try:
-        plan = build_plan(args.stack)
+        plan = build_plan(args.stack, args.project_dir)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -108,17 +108,42 @@ def run_program(stack: str, config: dict[str, str], secret_keys: list[str]) -> R
     return recording
 
 
-def masked(value: Any) -> Any:
-    """Inputs as a plan shows them: secrets masked, assets by digest."""
+def masked(value: Any, known_secrets: set[str], inside_secret: bool = False) -> Any:
+    """Inputs as a plan shows them: secrets masked, assets by digest.
+
+    Pulumi marks a whole object secret when any value in it is (an SSH connection is secret
+    because of its key). Inside such an object the plan masks only the leaves that hold a secret
+    value, so the host, user and pinned host key of a connection stay readable.
+    """
     if rpc.is_rpc_secret(value):
-        return MASK
+        inner = rpc.unwrap_rpc_secret(value)
+        return masked(inner, known_secrets, True) if isinstance(inner, dict | list) else MASK
     if isinstance(value, pulumi.StringAsset):
+        if inside_secret:
+            return MASK
         return {"asset": "text", "sha256": hashlib.sha256(value.text.encode()).hexdigest()}
     if isinstance(value, dict):
-        return {k: masked(v) for k, v in sorted(value.items())}
+        return {k: masked(v, known_secrets, inside_secret) for k, v in sorted(value.items())}
     if isinstance(value, list | tuple):
-        return [masked(v) for v in value]
+        return [masked(v, known_secrets, inside_secret) for v in value]
+    if inside_secret and isinstance(value, str) and any(s in value for s in known_secrets):
+        return MASK
     return value
+
+
+def unmarked_secrets(value: Any, known_secrets: set[str], path: str = "") -> list[str]:
+    """Paths of strings holding a known secret that no secret marker covers (a leak to state)."""
+    if rpc.is_rpc_secret(value):
+        return []
+    if isinstance(value, pulumi.StringAsset):
+        value = value.text
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in unmarked_secrets(v, known_secrets, f"{path}.{k}")]
+    if isinstance(value, list | tuple):
+        return [p for i, v in enumerate(value) for p in unmarked_secrets(v, known_secrets, f"{path}[{i}]")]
+    if isinstance(value, str) and any(s in value for s in known_secrets):
+        return [path.lstrip(".")]
+    return []
 
 
 def generated_files(recording: Recording) -> dict[str, str]:

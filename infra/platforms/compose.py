@@ -118,7 +118,9 @@ class ComposeProject(pulumi.ComponentResource):
             opts=child,
         )
         secret_values = {s.env: s.value for spec in specs for s in spec.secrets}
-        env_text = pulumi.Output.secret(pulumi.Output.all(**secret_values).apply(secrets_env))
+        # Output.all() of no values resolves to a list, hence from_input for a host without secrets.
+        values = pulumi.Output.all(**secret_values) if secret_values else pulumi.Output.from_input({})
+        env_text = pulumi.Output.secret(values.apply(secrets_env))
         content_hash = pulumi.Output.all(self.compose_file, *self.files.values()).apply(lambda parts: _sha256(*parts))
         script = content_hash.apply(lambda h: up_script(remote_dir, h))
         remote.Command(
@@ -127,7 +129,8 @@ class ComposeProject(pulumi.ComponentResource):
             create=script,
             update=script,
             stdin=env_text,
-            triggers=[content_hash, pulumi.Output.secret(env_text.apply(_sha256))],
+            # The hash stays readable in diffs; a changed secret re-runs `update` through stdin.
+            triggers=[content_hash],
             opts=pulumi.ResourceOptions(parent=self, depends_on=[host.ready, teardown, *copies]),
         )
         self.register_outputs({"composeFile": self.compose_file, "services": [s.name for s in specs]})

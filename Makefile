@@ -1,0 +1,48 @@
+# vllm-gb10 - one command sets everything up and runs the whole suite: `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Real servers the integration tests start on loopback.
+APT_PACKAGES := redis-server postgresql haproxy
+STACKS := $(patsubst Pulumi.%.yaml,%,$(wildcard Pulumi.*.yaml))
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: test setup system-deps install lint preview snapshot lock clean
+
+test: setup lint ## set up everything, lint, run the whole test suite
+	$(PY) -m pytest
+
+setup: system-deps install
+
+system-deps: ## Debian packages the tests need (installed only when missing)
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip check
+	touch $@
+
+lint: install ## ruff, and hadolint on the Dockerfiles
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/hadolint images/Dockerfile.*
+
+preview: install ## offline plan of every stack into build/plan/<stack>/
+	@for s in $(STACKS); do $(PY) -m infra.plan --stack $$s || exit 1; done
+
+lock: install ## re-freeze requirements.txt from the virtualenv
+	{ sed -n '1,3p' requirements.txt; $(PY) -m pip freeze --exclude-editable; } > requirements.lock.tmp
+	mv requirements.lock.tmp requirements.txt
+
+clean:
+	rm -rf build .pytest_cache

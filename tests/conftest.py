@@ -1,0 +1,25 @@
+"""Shared fixtures. GPU tests run only where VLLM_GB10_GPU_TESTS=1 (the device machine)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("VLLM_GB10_GPU_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="GPU test: set VLLM_GB10_GPU_TESTS=1 on a machine with an NVIDIA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def require_binary(name: str) -> str:
+    """Path of a server binary `make setup` installs; a missing one fails the test, never skips it."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/lib/postgresql/15/bin")
+    if path is None:
+        pytest.fail(f"{name} not found: run `make setup` (installs redis-server, postgresql, haproxy)")
+    return path

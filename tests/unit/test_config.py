@@ -1,0 +1,125 @@
+"""infra.config: defaults, Pulumi.yaml agreement, and every bad value named with file and key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from infra.config import PROJECT, ConfigError, Parallelism, Role, load, schema_entries
+
+ROOT = Path(__file__).resolve().parents[2]
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDZCdjWjVb9EHw8Qr0tp4/Y5r7rwUVz3cO333wUBrp4B"
+
+
+def host(name: str, roles: list[str], **extra: object) -> dict:
+    return {"name": name, "address": "10.0.0.1", "hostKey": HOST_KEY, "roles": roles, **extra}
+
+
+TWO_HOSTS = [host("stella", ["gpu", "ray-head", "data", "lb", "batch"]), host("nova", ["gpu"], address="10.0.0.2")]
+
+
+def reader(values: dict[str, object]):
+    raw = {"sshPrivateKey": "key", **{k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}}
+    return raw.get
+
+
+def load_with(stack: str = "test", **values: object):
+    values.setdefault("hosts", TWO_HOSTS)
+    return load(reader(values), stack, present_keys=values.keys())
+
+
+def test_defaults_apply_when_keys_are_absent() -> None:
+    cfg = load_with()
+    assert cfg.vllm.port == 8000
+    assert cfg.vllm.gpu_memory_utilization == 0.80
+    assert cfg.vllm.parallelism is Parallelism.REPLICA
+    assert cfg.lb.balance_factor == 150
+    assert [h.name for h in cfg.hosts_with(Role.GPU)] == ["stella", "nova"]
+    assert cfg.host_with(Role.DATA).bind_ip == "10.0.0.1"
+
+
+def test_values_are_typed_from_their_raw_strings() -> None:
+    cfg = load_with(lbPort="9090", publicDataServices="true", vllmExtraArgs=["--seed", "7"])
+    assert cfg.lb.port == 9090
+    assert cfg.data.public is True
+    assert cfg.vllm.extra_args == ["--seed", "7"]
+
+
+def test_pulumi_yaml_declares_every_key_with_the_code_default() -> None:
+    declared = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
+    for key, type_, default, description, secret in schema_entries():
+        assert key in declared, f"Pulumi.yaml lacks {key}"
+        entry = declared[key]
+        assert entry["type"] == type_, key
+        assert entry["description"] == description, key
+        if secret:
+            assert entry.get("secret") is True and "default" not in entry, key
+        else:
+            assert entry["default"] == default, key
+    assert set(declared) == {k for k, *_ in schema_entries()}
+
+
+@pytest.mark.parametrize(
+    ("values", "key", "words"),
+    [
+        ({"lbPort": "eighty"}, "lbPort", "valid integer"),
+        ({"vllmPort": "70000"}, "vllmPort", "less than or equal to 65535"),
+        ({"gpuMemoryUtilization": "0.99"}, "gpuMemoryUtilization", "0.95"),
+        ({"kvCacheDtype": "fp4"}, "kvCacheDtype", "'auto' or 'fp8'"),
+        ({"imageTag": "latest"}, "imageTag", "not a pinned tag"),
+        ({"parallelism": "expert"}, "parallelism", "replica"),
+        ({"platform": "nomad"}, "platform", "not one of compose, kubernetes"),
+        ({"maxModelLenn": "4096"}, "maxModelLenn", "did you mean 'maxModelLen'"),
+        ({"vllmExtraArgs": "[--seed"}, "vllmExtraArgs", "not valid JSON"),
+        ({"hosts": []}, "hosts", "at least one host"),
+        ({"hosts": [host("box", ["gpu", "ray-head", "data", "lb", "batch"], address=None)]}, "hosts[0].address", ""),
+        ({"hosts": [host("box", ["gpu", "warp-drive"])]}, "hosts[0].roles[1]", "'gpu'"),
+        (
+            {"hosts": [host("box", ["gpu", "ray-head", "data", "lb", "batch"], hostKey="AAAA")]},
+            "hosts[0].hostKey",
+            "ssh-keyscan",
+        ),
+        (
+            {"hosts": [{k: v for k, v in host("box", ["gpu"]).items() if k != "hostKey"}]},
+            "hosts[0].hostKey",
+            "Field required",
+        ),
+        (
+            {"hosts": [host("box", ["gpu", "ray-head", "data", "lb", "batch"], address="a.lan")]},
+            "hosts[0].clusterAddress",
+            "docker binds ports to an IP",
+        ),
+        ({"hosts": [*TWO_HOSTS, host("stella", ["gpu"])]}, "hosts[2].name", "duplicate host name 'stella'"),
+        ({"hosts": [TWO_HOSTS[0], host("nova", ["gpu", "data"])]}, "hosts", "exactly one host must have role 'data'"),
+        ({"hosts": [host("box", ["ray-head", "data", "lb", "batch"])]}, "hosts", "role 'gpu'"),
+        (
+            {"hosts": [host("box", ["gpu", "ray-head", "data", "lb", "batch"], privateKeySecret="keyA")]},
+            "hosts[0].privateKeySecret",
+            "'keyA', which is not set",
+        ),
+        (
+            {"parallelism": "tensor", "hosts": [host("box", ["gpu", "ray-head", "data", "lb", "batch"])]},
+            "parallelism",
+            "two or more 'gpu' hosts",
+        ),
+        ({"registryUsername": "ci"}, "registryPassword", "required when registryUsername is set"),
+    ],
+)
+def test_bad_values_name_the_stack_file_and_the_key(values: dict, key: str, words: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_with(stack="stella", **values)
+    message = str(caught.value)
+    assert message.startswith(f"Pulumi.stella.yaml: {PROJECT}:{key}: "), message
+    assert words in message
+
+
+def test_committed_stella_stack_file_is_valid() -> None:
+    document = yaml.safe_load((ROOT / "Pulumi.stella.yaml").read_text())["config"]
+    raw = {k.split(":", 1)[1]: v for k, v in document.items()}
+    cfg = load(reader(raw), "stella", present_keys=raw)
+    assert [h.name for h in cfg.hosts] == ["stella", "nova"]
+    assert {h.name for h in cfg.hosts_with(Role.GPU)} == {"stella", "nova"}
+    assert cfg.host_with(Role.RAY_HEAD).name == "stella"
