@@ -123,3 +123,9 @@ def test_committed_stella_stack_file_is_valid() -> None:
     assert [h.name for h in cfg.hosts] == ["stella", "nova"]
     assert {h.name for h in cfg.hosts_with(Role.GPU)} == {"stella", "nova"}
     assert cfg.host_with(Role.RAY_HEAD).name == "stella"
+
+
+def test_readme_documents_every_key() -> None:
+    readme = (ROOT / "README.md").read_text()
+    missing = [key for key, *_ in schema_entries() if f"| `{key}` |" not in readme]
+    assert not missing, f"README.md configuration table lacks {missing}"

@@ -1,0 +1,103 @@
+"""`python -m infra.plan`: files written, output printed, config errors, and --diff."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from infra.plan.diff import diff_plans, format_diff
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def plan_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "infra.plan", *args], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def stella_out(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("plan")
+    return out, plan_cli("--stack", "stella", "--out", str(out))
+
+
+def test_plan_writes_plan_json_and_generated_files(stella_out) -> None:
+    out, result = stella_out
+    assert result.returncode == 0, result.stderr
+    plan = json.loads((out / "stella" / "plan.json").read_text())
+    assert set(plan) == {"stack", "resources", "outputs"} and plan["stack"] == "stella"
+    assert all(set(r) == {"type", "name", "parent", "inputs"} for r in plan["resources"])
+    files = sorted(str(p.relative_to(out / "stella" / "files")) for p in (out / "stella" / "files").rglob("*.*"))
+    assert files == ["nova/docker-compose.yml", "stella/docker-compose.yml", "stella/haproxy.cfg"]
+
+
+def test_plan_prints_counts_by_type_and_the_outputs(stella_out) -> None:
+    _, result = stella_out
+    assert "stack stella: 29 resources" in result.stdout
+    assert "    2  vllm-gb10:host:Gb10Host" in result.stdout
+    assert 'loadBalancerUrl: "http://stella.lan:8080/v1"' in result.stdout
+    assert 'postgresUrl: "[secret]"' in result.stdout
+
+
+def test_a_config_error_exits_non_zero_naming_file_and_key(tmp_path: Path) -> None:
+    text = (ROOT / "Pulumi.stella.yaml").read_text().replace('vllm-gb10:maxNumSeqs: "64"', "vllm-gb10:maxNumSeqs: lots")
+    (tmp_path / "Pulumi.stella.yaml").write_text(text)
+    result = plan_cli("--stack", "stella", "--project-dir", str(tmp_path), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "Pulumi.stella.yaml: vllm-gb10:maxNumSeqs: Input should be a valid integer" in result.stderr
+    assert not (tmp_path / "out").exists(), "nothing is written for a bad config"
+
+
+def test_an_unknown_stack_is_refused(tmp_path: Path) -> None:
+    result = plan_cli("--stack", "nowhere", "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert "Pulumi.nowhere.yaml: no such stack file" in result.stderr
+
+
+def test_diff_against_an_older_plan_lists_added_changed_and_removed(stella_out, tmp_path: Path) -> None:
+    out, _ = stella_out
+    old = json.loads((out / "stella" / "plan.json").read_text())
+    dropped = old["resources"].pop(0)  # the new plan will have it: "added"
+    old["resources"].append({"type": "command:remote:Command", "name": "gone", "parent": None, "inputs": {}})
+    for r in old["resources"]:
+        if r["name"] == "stella-compose-up":
+            r["inputs"]["triggers"] = ["0" * 64]
+    old["outputs"]["loadBalancerUrl"] = "http://old:8080/v1"
+    old_path = tmp_path / "old.json"
+    old_path.write_text(json.dumps(old))
+    result = plan_cli("--stack", "stella", "--out", str(tmp_path / "new"), "--diff", str(old_path))
+    assert result.returncode == 0, result.stderr
+    assert f"+ {dropped['type']} {dropped['name']}" in result.stdout
+    assert "- command:remote:Command gone" in result.stdout
+    assert "~ command:remote:Command stella-compose-up" in result.stdout
+    assert "    ~ inputs.triggers[0]: '0000" in result.stdout
+    assert "    ~ loadBalancerUrl: 'http://old:8080/v1' => 'http://stella.lan:8080/v1'" in result.stdout
+    assert "1 to add, 1 to change, 1 to delete" in result.stdout
+
+
+def test_diff_of_identical_plans_is_empty(stella_out) -> None:
+    out, _ = stella_out
+    plan = json.loads((out / "stella" / "plan.json").read_text())
+    assert diff_plans(plan, plan).empty
+    assert format_diff(diff_plans(plan, plan)) == "no changes"
+
+
+def test_unreadable_diff_file_is_an_error(tmp_path: Path) -> None:
+    bad = tmp_path / "old.json"
+    bad.write_text("{not json")
+    result = plan_cli("--stack", "stella", "--out", str(tmp_path), "--diff", str(bad))
+    assert result.returncode == 2 and f"--diff {bad}" in result.stderr
+
+
+def test_make_preview_plans_every_stack() -> None:
+    if shutil.which("make") is None:
+        pytest.fail("make is required")
+    result = subprocess.run(["make", "-s", "preview"], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "stack stella:" in result.stdout

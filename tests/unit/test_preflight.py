@@ -1,0 +1,85 @@
+"""The host preflight script, run for real with stand-ins for nvidia-smi and docker on PATH.
+
+The developer and CI machines have no GPU and no Docker engine, so the two commands the script
+asks are small scripts that answer as a GB10 host (or a broken one) would.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from infra.components.host import preflight_command
+
+TOOLS = ("sh", "awk", "df", "grep", "head", "id", "mkdir", "install", "cat")
+
+
+def make_path(tmp_path: Path, *, gpu_name: str | None, runtimes: str, compose_rc: int = 0) -> str:
+    """A PATH holding only basic tools and the given stand-ins (gpu_name None: no nvidia-smi)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in TOOLS:
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    if gpu_name is not None:
+        (bin_dir / "nvidia-smi").write_text(f"#!/bin/sh\necho '{gpu_name}'\n")
+    (bin_dir / "docker").write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1 $2" = "compose version" ]; then exit {compose_rc}; fi\n'
+        'case "$3" in *Runtimes*) echo \'' + runtimes + "' ;; *DockerRootDir*) echo " + str(tmp_path) + " ;; esac\n"
+    )
+    for stub in bin_dir.iterdir():
+        if not stub.is_symlink():
+            stub.chmod(0o755)
+    return str(bin_dir)
+
+
+def run_preflight(path: str, tmp_path: Path, *, require_gpu: bool = True, min_free_gb: int = 1):
+    script = preflight_command(require_gpu=require_gpu, min_free_gb=min_free_gb, remote_dir=str(tmp_path / "app"))
+    return subprocess.run(["sh", "-c", script], env={"PATH": path}, capture_output=True, text=True, check=False)
+
+
+GOOD_RUNTIMES = '{"nvidia":{"path":"nvidia-container-runtime"},"runc":{"path":"runc"}}'
+
+
+def test_a_ready_gb10_host_passes_and_gets_its_directory(tmp_path: Path) -> None:
+    result = run_preflight(make_path(tmp_path, gpu_name="NVIDIA GB10", runtimes=GOOD_RUNTIMES), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("preflight ok: gpu='NVIDIA GB10'")
+    assert (tmp_path / "app").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("gpu_name", "runtimes", "compose_rc", "min_free_gb", "reason"),
+    [
+        ("NVIDIA H100 80GB HBM3", GOOD_RUNTIMES, 0, 1, "GPU 'NVIDIA H100 80GB HBM3' does not match GB10"),
+        (None, GOOD_RUNTIMES, 0, 1, "nvidia-smi not found"),
+        ("NVIDIA GB10", '{"runc":{"path":"runc"}}', 0, 1, "NVIDIA container runtime not registered"),
+        ("NVIDIA GB10", GOOD_RUNTIMES, 1, 1, "docker compose plugin missing"),
+        ("NVIDIA GB10", GOOD_RUNTIMES, 0, 10**9, "GB free under"),
+    ],
+)
+def test_a_host_that_is_not_ready_fails_with_the_reason(
+    tmp_path: Path, gpu_name: str | None, runtimes: str, compose_rc: int, min_free_gb: int, reason: str
+) -> None:
+    path = make_path(tmp_path, gpu_name=gpu_name, runtimes=runtimes, compose_rc=compose_rc)
+    result = run_preflight(path, tmp_path, min_free_gb=min_free_gb)
+    assert result.returncode == 1
+    assert reason in result.stderr
+    assert "preflight ok" not in result.stdout
+
+
+def test_every_failure_is_reported_not_only_the_first(tmp_path: Path) -> None:
+    path = make_path(tmp_path, gpu_name="Quadro", runtimes="{}", compose_rc=1)
+    result = run_preflight(path, tmp_path, min_free_gb=10**9)
+    assert result.returncode == 1
+    assert result.stderr.count("preflight failed:") == 4
+
+
+def test_a_host_without_the_gpu_role_needs_no_gpu(tmp_path: Path) -> None:
+    path = make_path(tmp_path, gpu_name=None, runtimes="{}")
+    result = run_preflight(path, tmp_path, require_gpu=False)
+    assert result.returncode == 0, result.stderr
+    assert "gpu='not required'" in result.stdout
