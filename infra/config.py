@@ -173,7 +173,7 @@ class LoadBalancerSettings(_Frozen):
         "lbBalanceFactor",
         150,
         "hash-balance-factor: a backend above this % of the mean load spills sessions.",
-        ge=100,
+        ge=101,
         le=1000,
     )
     session_header: str = _key(

@@ -4,7 +4,9 @@ Sticky with bounded load (the seeds' ADR-003, option D) without a state server:
 the session key (header, else a hash of Authorization, else the client address) is hashed on a
 consistent ring; `hash-balance-factor` makes a backend above F% of the mean load spill the
 session to the next backend on the ring. Active health checks on vLLM's /health take dead backends
-out; `retry-on` + `option redispatch` retry connection failures on another backend.
+out; `retry-on` + `option redispatch` retry on another backend a request whose backend refused the
+connection or died before answering (the request is buffered for that; replaying a generation has
+no side effects, and a response that has started streaming is never replayed).
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ def render_haproxy_cfg(cfg: LoadBalancerConfig) -> str:
     names = [b.name for b in cfg.backends]
     if len(set(names)) != len(names):
         raise ValueError(f"backend names must be unique: {names}")
-    if not 100 <= cfg.balance_factor <= 65535:
-        raise ValueError(f"balance_factor must be 100..65535 (got {cfg.balance_factor})")
+    if cfg.balance_factor != 0 and not 100 < cfg.balance_factor <= 65535:
+        raise ValueError(f"balance_factor must be 0 (unbounded) or 101..65535 (got {cfg.balance_factor})")
     servers = "\n".join(f"    server {b.name} {b.address} check" for b in cfg.backends)
     header = cfg.session_header
     return f"""\
@@ -62,12 +64,13 @@ defaults
     timeout tunnel 1h
     retries 3
     option redispatch 1
-    retry-on conn-failure empty-response
+    option http-buffer-request
+    retry-on conn-failure empty-response junk-response
 
 frontend openai
     bind {cfg.bind}
     http-request set-var(txn.session_key) req.hdr({header})
-    http-request set-var(txn.session_key) req.hdr(Authorization),sha1,hex if !{{ var(txn.session_key) -m found }}
+    http-request set-var(txn.session_key) req.hdr(Authorization),sha1,hex,lower if !{{ var(txn.session_key) -m found }}
     http-request set-var(txn.session_key) src,ipmask(32) if !{{ var(txn.session_key) -m found }}
     http-response set-header X-LB-Session %[var(txn.session_key)]
     http-response set-header X-LB-Backend %s

@@ -1,0 +1,80 @@
+"""A stand-in vLLM backend for load balancer tests and benchmarks.
+
+Answers GET /health and POST /v1/* with {"backend": name, "inflight": n}, after an optional
+delay (--delay-ms, or the X-Delay-Ms request header). Prints "ready <port>" once listening.
+`python -m bench.lb_backend --name a --port 9001 [--delay-ms 20]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class Backend(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # health checkers and killed clients reset connections; that is not an error here
+
+    def __init__(self, port: int, name: str, delay_ms: float):
+        super().__init__(("127.0.0.1", port), Handler)
+        self.name, self.delay_ms = name, delay_ms
+        self.lock = threading.Lock()
+        self.inflight = 0
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: Backend
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _reply(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        if self.path == "/health":
+            self._reply(200, {"status": "ok"})
+        else:
+            self._reply(404, {"error": "not found"})
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        with self.server.lock:
+            self.server.inflight += 1
+            inflight = self.server.inflight
+        try:
+            delay = float(self.headers.get("X-Delay-Ms") or self.server.delay_ms)
+            if delay:
+                time.sleep(delay / 1000)
+            self._reply(200, {"backend": self.server.name, "inflight": inflight})
+        finally:
+            with self.server.lock:
+                self.server.inflight -= 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--delay-ms", type=float, default=0.0)
+    args = parser.parse_args()
+    server = Backend(args.port, args.name, args.delay_ms)
+    print(f"ready {server.server_address[1]}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

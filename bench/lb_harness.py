@@ -1,0 +1,152 @@
+"""Real HAProxy and stand-in backends on loopback, for the load balancer tests and benchmark."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll `check` until it returns something truthy; raise TimeoutError naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class BackendProcess:
+    """bench/lb_backend.py in its own process, so that a test can SIGKILL it."""
+
+    def __init__(self, name: str, port: int, delay_ms: float = 0.0):
+        self.name, self.port, self.delay_ms = name, port, delay_ms
+        self.process: subprocess.Popen[str] | None = None
+        self.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        command = [sys.executable, "-m", "bench.lb_backend", "--name", self.name, "--port", str(self.port)]
+        self.process = subprocess.Popen(
+            [*command, "--delay-ms", str(self.delay_ms)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        )
+        line = self.process.stdout.readline() if self.process.stdout else ""
+        if not line.startswith("ready"):
+            raise RuntimeError(f"backend {self.name} did not start: {line!r}")
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+def render_config(backends: Iterable[str], port: int, stats_port: int, **options: object) -> str:
+    """haproxy.cfg from the real CLI (`python -m infra.lb`), as users and CI get it."""
+    args = [sys.executable, "-m", "infra.lb", "--port", str(port), "--stats-port", str(stats_port)]
+    for address in backends:
+        args += ["--backend", address]
+    for key, value in options.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+
+
+class Haproxy:
+    """haproxy -db (foreground) on a rendered config; `status()` reads the stats CSV."""
+
+    def __init__(self, config: str, port: int, stats_port: int):
+        binary = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
+        if binary is None:
+            raise RuntimeError("haproxy not found: run `make setup`")
+        self.port, self.stats_port = port, stats_port
+        self._dir = tempfile.TemporaryDirectory(prefix="haproxy-")
+        path = Path(self._dir.name) / "haproxy.cfg"
+        path.write_text(config)
+        self.process = subprocess.Popen(
+            [binary, "-db", "-f", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+
+    def _servers(self) -> list[dict[str, str]]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.stats_port}/stats;csv", timeout=2) as response:
+                text = response.read().decode()
+        except OSError:
+            return []
+        rows = csv.DictReader(io.StringIO(text.lstrip("# ")))
+        return [r for r in rows if r["pxname"] == "vllm" and r["svname"] != "BACKEND"]
+
+    def status(self) -> dict[str, str]:
+        """Server name -> status (UP, DOWN, …) from the stats page's CSV export."""
+        return {r["svname"]: r["status"] for r in self._servers()}
+
+    def in_flight(self) -> dict[str, int]:
+        """Server name -> requests it is serving now (`scur`)."""
+        return {r["svname"]: int(r["scur"] or 0) for r in self._servers()}
+
+    def wait_status(self, expected: dict[str, str], timeout: float = 15.0) -> None:
+        def matches() -> bool:
+            current = self.status()
+            return all(current.get(name, "").startswith(state) for name, state in expected.items())
+
+        wait_for(matches, timeout, f"haproxy servers {expected} (now {self.status()})")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+        self._dir.cleanup()
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    backend: str | None
+    session: str | None
+    inflight: int | None
+
+
+class Client:
+    """One keep-alive HTTP/1.1 connection; the way an OpenAI client talks to the balancer."""
+
+    def __init__(self, port: int):
+        import http.client
+
+        self._connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    def post(self, headers: dict[str, str] | None = None, path: str = "/v1/completions") -> Reply:
+        body = json.dumps({"model": "m", "prompt": "hi", "max_tokens": 1}).encode()
+        self._connection.request(
+            "POST", path, body=body, headers={"Content-Type": "application/json", **(headers or {})}
+        )
+        response = self._connection.getresponse()
+        data = response.read()
+        inflight = json.loads(data).get("inflight") if response.status == 200 else None
+        return Reply(response.status, response.getheader("X-LB-Backend"), response.getheader("X-LB-Session"), inflight)
+
+    def close(self) -> None:
+        self._connection.close()

@@ -1,0 +1,223 @@
+"""The sticky load balancer: real haproxy, stand-in vLLM backends in their own processes."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import subprocess
+import threading
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from bench.lb_harness import BackendProcess, Client, Haproxy, Reply, free_port, render_config, wait_for
+from tests.conftest import require_binary
+
+pytestmark = pytest.mark.integration
+SESSIONS = [f"session-{i}" for i in range(40)]
+
+
+class Pool:
+    def __init__(self, n: int, delay_ms: float = 0.0, **options: object):
+        require_binary("haproxy")
+        self.backends = [BackendProcess(f"b{i}", free_port(), delay_ms) for i in range(1, n + 1)]
+        self.port, self.stats_port = free_port(), free_port()
+        config = render_config([b.address for b in self.backends], self.port, self.stats_port, **options)
+        self.haproxy = Haproxy(config, self.port, self.stats_port)
+        self.names = {f"vllm{i}": b for i, b in enumerate(self.backends, start=1)}
+        self.haproxy.wait_status(dict.fromkeys(self.names, "UP"))
+
+    def backend_of(self, reply: Reply) -> str:
+        assert reply.status == 200, reply
+        return reply.backend
+
+    def round(self, sessions: list[str]) -> dict[str, str]:
+        """One sequential request per session: session -> haproxy server name."""
+        client = Client(self.port)
+        try:
+            return {s: self.backend_of(client.post({"X-Session-ID": s})) for s in sessions}
+        finally:
+            client.close()
+
+    def close(self) -> None:
+        self.haproxy.stop()
+        for backend in self.backends:
+            backend.kill()
+
+
+@pytest.fixture
+def pool_factory() -> Iterator:
+    pools: list[Pool] = []
+
+    def make(n: int, delay_ms: float = 0.0, **options: object) -> Pool:
+        pools.append(Pool(n, delay_ms, **options))
+        return pools[-1]
+
+    yield make
+    for pool in pools:
+        pool.close()
+
+
+def test_every_session_sticks_to_one_backend_and_all_backends_serve(pool_factory) -> None:
+    pool = pool_factory(3)
+    rounds = [pool.round(SESSIONS) for _ in range(5)]
+    assert all(r == rounds[0] for r in rounds), "a session moved between backends"
+    assert set(rounds[0].values()) == set(pool.names)
+    client = Client(pool.port)
+    reply = client.post({"X-Session-ID": "abc"})
+    assert reply.session == "abc" and reply.backend in pool.names
+
+
+def test_session_key_falls_back_to_authorization_then_client_address(pool_factory) -> None:
+    pool = pool_factory(3)
+    client = Client(pool.port)
+    by_auth = [client.post({"Authorization": "Bearer sk-test"}) for _ in range(5)]
+    assert {r.session for r in by_auth} == {hashlib.sha1(b"Bearer sk-test").hexdigest()}
+    assert len({r.backend for r in by_auth}) == 1
+    by_address = [client.post() for _ in range(5)]
+    assert {r.session for r in by_address} == {"127.0.0.1"}
+    assert len({r.backend for r in by_address}) == 1
+
+
+def test_the_session_header_is_configurable(pool_factory) -> None:
+    pool = pool_factory(2, session_header="X-Conversation")
+    client = Client(pool.port)
+    replies = [client.post({"X-Conversation": "c-1", "X-Session-ID": str(i)}) for i in range(6)]
+    assert {r.session for r in replies} == {"c-1"} and len({r.backend for r in replies}) == 1
+
+
+def _burst(port: int, session: str, count: int) -> list[Reply]:
+    """`count` requests of one session at once, each on its own connection."""
+    start = threading.Barrier(count)
+
+    def one(_: int) -> Reply:
+        client = Client(port)
+        start.wait()
+        try:
+            return client.post({"X-Session-ID": session})
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def test_an_overloaded_backend_spills_the_session_within_the_bound(pool_factory) -> None:
+    factor, backends, concurrent = 125, 3, 15
+    bounded = pool_factory(backends, delay_ms=500, balance_factor=factor)
+    replies = _burst(bounded.port, "hot-session", concurrent)
+    assert all(r.status == 200 for r in replies)
+    peak = Counter()
+    for r in replies:
+        peak[r.backend] = max(peak[r.backend], r.inflight)
+    bound = math.ceil(factor / 100 * concurrent / backends) + 1  # HAProxy rounds each server's share up
+    assert len(peak) > 1, "the hot session never spilled"
+    assert max(peak.values()) <= bound, f"in-flight per backend {dict(peak)} over the bound {bound}"
+
+    unbounded = pool_factory(backends, delay_ms=500, balance_factor=0)
+    replies = _burst(unbounded.port, "hot-session", concurrent)
+    assert len({r.backend for r in replies}) == 1, "without a balance factor the session must not spill"
+
+
+def test_a_killed_backend_loses_no_request_and_its_sessions_move_then_return(pool_factory) -> None:
+    pool = pool_factory(3, delay_ms=30, check_interval_ms=300)
+    before = pool.round(SESSIONS)
+    victim_name = Counter(before.values()).most_common(1)[0][0]
+    victim = pool.names[victim_name]
+    errors: list[Reply] = []
+    sent = Counter()
+    stop = threading.Event()
+
+    def traffic(offset: int) -> None:
+        client = Client(pool.port)
+        while not stop.is_set() and sent[offset] < 5000:
+            reply = client.post({"X-Session-ID": SESSIONS[(offset + sent[offset]) % len(SESSIONS)]})
+            if reply.status != 200:
+                errors.append(reply)
+            sent[offset] += 1
+        client.close()
+
+    victim_sessions = [s for s, b in before.items() if b == victim_name]
+
+    def slow_request_on_victim(i: int) -> Reply:
+        session = victim_sessions[i % len(victim_sessions)]
+        return Client(pool.port).post({"X-Session-ID": session, "X-Delay-Ms": "3000"})
+
+    with ThreadPoolExecutor(8) as executor:
+        senders = [executor.submit(traffic, i * 10) for i in range(4)]
+        try:
+            wait_for(lambda: sum(sent.values()) >= 40, 10, "traffic before the kill")
+            caught = [executor.submit(slow_request_on_victim, i) for i in range(4)]
+            wait_for(lambda: pool.haproxy.in_flight().get(victim_name, 0) >= 4, 10, "requests in flight on victim")
+            victim.kill()  # SIGKILL with requests in flight on it
+            lost = [r for r in (c.result() for c in caught) if r.status != 200]
+            assert not lost, f"requests in flight on the killed backend were lost: {lost}"
+            at_kill = sum(sent.values())
+            pool.haproxy.wait_status({victim_name: "DOWN"})
+            at_down = sum(sent.values())
+            wait_for(lambda: sum(sent.values()) >= at_down + 40, 10, "traffic after the backend went down")
+        finally:
+            stop.set()
+        for sender in senders:
+            sender.result()
+    assert sum(sent.values()) > at_kill and not errors, f"{len(errors)} failed requests, e.g. {errors[:3]}"
+    during = pool.round(SESSIONS)
+    moved = {s for s, b in before.items() if b == victim_name}
+    assert moved and all(during[s] != victim_name for s in moved)
+    assert all(during[s] == before[s] for s in before if s not in moved), "sessions of live backends moved"
+
+    victim.start()
+    pool.haproxy.wait_status({victim_name: "UP"})
+    assert pool.round(SESSIONS) == before, "sessions did not return to their backend after recovery"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"balance_factor": 0},
+        {"balance_factor": 101},
+        {"balance_factor": 1000, "session_header": "X-Conversation"},
+        {"address": "*", "check_interval_ms": 500},
+    ],
+)
+@pytest.mark.parametrize("backends", [1, 5])
+def test_every_rendered_config_passes_haproxy_check(tmp_path: Path, options: dict, backends: int) -> None:
+    haproxy = require_binary("haproxy")
+    addresses = [f"127.0.0.1:{9000 + i}" for i in range(backends)]
+    path = tmp_path / "haproxy.cfg"
+    path.write_text(render_config(addresses, 8080, 8404, **options))
+    result = subprocess.run([haproxy, "-c", "-f", str(path)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_stats_page_and_prometheus_metrics_are_served(pool_factory) -> None:
+    pool = pool_factory(2)
+    pool.round(SESSIONS[:4])
+    with urllib.request.urlopen(f"http://127.0.0.1:{pool.stats_port}/metrics", timeout=5) as response:
+        metrics = response.read().decode()
+    assert 'haproxy_server_status{proxy="vllm",server="vllm1"' in metrics
+    assert "haproxy_backend_http_requests_total" in metrics
+    with urllib.request.urlopen(f"http://127.0.0.1:{pool.stats_port}/stats", timeout=5) as response:
+        assert "Statistics Report" in response.read().decode()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "80"], "--backend"),
+        (["--port", "80", "--backend", "localhost"], "'localhost' is not HOST:PORT"),
+        (["--port", "80", "--backend", "h:1", "--balance-factor", "50"], "50 must be 0 (no bound) or between 101"),
+        (["--port", "80", "--backend", "h:1", "--balance-factor", "100"], "100 must be 0 (no bound) or between 101"),
+        (["--port", "80", "--backend", "h:1", "--address", "nowhere"], "--address"),
+    ],
+)
+def test_lb_cli_refuses_bad_arguments(args: list[str], message: str) -> None:
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "infra.lb", *args], capture_output=True, text=True, check=False)
+    assert result.returncode == 2 and message in result.stderr
