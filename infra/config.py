@@ -119,18 +119,30 @@ class ImageSettings(_Frozen):
 class VllmSettings(_Frozen):
     model: str = _key("model", "Qwen/Qwen3-4B", "Hugging Face model id served by vLLM.", min_length=1)
     served_model_name: str = _key("servedModelName", "", "Model name clients send; empty: the model id.")
+    model_config_file: str = _key(
+        "modelConfigFile",
+        "",
+        "The model's config.json (path from the project root) for KV sizing; empty: the bundled catalog.",
+    )
+    host_profile: str = _key(
+        "hostProfile", "gb10", "KV policy host profile of the GPU hosts: gb10, h100, rtx4090, rtx4080."
+    )
     max_model_len: int = _key("maxModelLen", 8192, "Context length per sequence.", ge=256)
-    max_num_seqs: int = _key("maxNumSeqs", 64, "Concurrent sequences per vLLM server.", ge=1)
+    max_num_seqs: int = _key(
+        "maxNumSeqs", 64, "Target concurrent sequences per vLLM server; the KV policy sizes for it.", ge=1
+    )
     gpu_memory_utilization: float = _key(
         "gpuMemoryUtilization",
-        0.80,
-        "Share of GPU memory vLLM may use (GB10 unified memory: at most 0.85).",
-        gt=0.0,
+        0.0,
+        "Override: share of GPU memory vLLM may use; 0: the KV policy's (0.85 on GB10).",
+        ge=0.0,
         le=0.95,
     )
-    kv_cache_dtype: Literal["auto", "fp8"] = _key("kvCacheDtype", "auto", "KV cache dtype: auto (model dtype) or fp8.")
+    kv_cache_dtype: Literal["", "auto", "fp8"] = _key(
+        "kvCacheDtype", "", "Override: KV cache dtype auto or fp8; empty: the KV policy decides."
+    )
     kv_cache_memory_bytes: int = _key(
-        "kvCacheMemoryBytes", 0, "Explicit KV cache size in bytes; 0: derived by vLLM.", ge=0
+        "kvCacheMemoryBytes", 0, "Override: KV cache size in bytes; 0: the KV policy's.", ge=0
     )
     parallelism: Parallelism = _key(
         "parallelism",

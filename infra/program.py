@@ -24,6 +24,7 @@ from infra.components.redis import Redis
 from infra.components.vllm import VllmService
 from infra.config import PROJECT, ConfigError, Parallelism, Platform, Role, StackConfig, load, stack_file
 from infra.platforms.compose import ComposePlatform
+from infra.vllm_sizing import engine_args, size_vllm
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 IMAGE_PLATFORM = "linux/arm64"  # GB10 is aarch64
@@ -89,6 +90,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
         raise ConfigError(
             f"{stack_file(cfg.stack)}: {PROJECT}:platform: {cfg.platform.value!r} is not available yet; use 'compose'"
         )
+    vllm_engine_args = engine_args(cfg, size_vllm(cfg, REPO_ROOT))
     hosts = {
         h.name: Gb10Host(
             h.name,
@@ -163,6 +165,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "image": vllm_image.ref,
             "hosts": gpu_hosts,
             "settings": cfg.vllm,
+            "engine_args": vllm_engine_args,
             "hf_token": secrets.hf_token,
             "ray_gcs_address": ray.gcs_address,
         },

@@ -23,3 +23,11 @@ def require_binary(name: str) -> str:
     if path is None:
         pytest.fail(f"{name} not found: run `make setup` (installs redis-server, postgresql, haproxy)")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny random Llama with its own tokenizer (runtime.tiny_model), built once per run."""
+    from runtime.tiny_model import make_tiny_llama
+
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))

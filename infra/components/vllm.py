@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import pulumi
 
 from infra.config import Parallelism, VllmSettings
 from infra.platforms import Platform
 from infra.services import HealthCheck, Port, Secret, ServiceSpec, Volume
+from runtime.kvcache import engine_args_to_flags
 
 MODEL_CACHE = Volume(name="model-cache", mount_path="/models", size_gi=200)
 # Model download and CUDA graph capture on first start take minutes.
@@ -17,30 +18,10 @@ API_SERVER = ("python3", "-m", "vllm.entrypoints.openai.api_server")
 RAY_AGENT_PORT = 52367  # distinct from the Ray worker's default agent port on the same host
 
 
-def engine_flags(settings: VllmSettings, port: int) -> list[str]:
-    """vLLM server flags from the stack settings (V1 engine; no swap_space, see DESIGN.md)."""
-    flags = [
-        "--model",
-        settings.model,
-        "--served-model-name",
-        settings.served_name,
-        "--host",
-        "0.0.0.0",
-        "--port",
-        str(port),
-        "--max-model-len",
-        str(settings.max_model_len),
-        "--max-num-seqs",
-        str(settings.max_num_seqs),
-        "--gpu-memory-utilization",
-        f"{settings.gpu_memory_utilization:.2f}",
-        "--kv-cache-dtype",
-        settings.kv_cache_dtype,
-        "--enable-prefix-caching",
-    ]
-    if settings.kv_cache_memory_bytes:
-        flags += ["--kv-cache-memory-bytes", str(settings.kv_cache_memory_bytes)]
-    return flags + list(settings.extra_args)
+def server_flags(settings: VllmSettings, port: int, engine_args: dict[str, Any]) -> list[str]:
+    """vLLM server flags: model and port, the sized engine arguments, then raw extra flags."""
+    head = ["--model", settings.model, "--served-model-name", settings.served_name, "--host", "0.0.0.0"]
+    return [*head, "--port", str(port), *engine_args_to_flags(engine_args), *settings.extra_args]
 
 
 def health_check(port: int) -> HealthCheck:
@@ -59,6 +40,7 @@ class VllmServiceArgs(TypedDict):
     image: pulumi.Input[str]
     hosts: list[str]  # GPU hosts; the first leads in tensor/pipeline mode
     settings: VllmSettings
+    engine_args: dict[str, Any]  # from infra.vllm_sizing: the KV policy plus overrides
     hf_token: pulumi.Input[str] | None
     ray_gcs_address: str  # head host:port, used in tensor/pipeline mode
 
@@ -95,7 +77,7 @@ class VllmService(pulumi.ComponentResource):
                     ServiceSpec(
                         name=f"{name}-{host}",
                         host=host,
-                        command=(*API_SERVER, *engine_flags(settings, port)),
+                        command=(*API_SERVER, *server_flags(settings, port, args["engine_args"])),
                         ports=(Port(port, port),),
                         **common,
                     ),
@@ -109,7 +91,14 @@ class VllmService(pulumi.ComponentResource):
                 "--tensor-parallel-size" if settings.parallelism is Parallelism.TENSOR else "--pipeline-parallel-size"
             )
             serve = " ".join(
-                [*API_SERVER, *engine_flags(settings, port), "--distributed-executor-backend", "ray", size_flag, size]
+                [
+                    *API_SERVER,
+                    *server_flags(settings, port, args["engine_args"]),
+                    "--distributed-executor-backend",
+                    "ray",
+                    size_flag,
+                    size,
+                ]
             )
             bind_ip = platform.internal_address(leader, port, name).rsplit(":", 1)[0]
             join = (

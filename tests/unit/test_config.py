@@ -34,7 +34,8 @@ def load_with(stack: str = "test", **values: object):
 def test_defaults_apply_when_keys_are_absent() -> None:
     cfg = load_with()
     assert cfg.vllm.port == 8000
-    assert cfg.vllm.gpu_memory_utilization == 0.80
+    assert cfg.vllm.gpu_memory_utilization == 0.0  # 0: the KV policy decides
+    assert cfg.vllm.kv_cache_dtype == ""
     assert cfg.vllm.parallelism is Parallelism.REPLICA
     assert cfg.lb.balance_factor == 150
     assert [h.name for h in cfg.hosts_with(Role.GPU)] == ["stella", "nova"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 import yaml
 from pulumi.runtime import rpc
 
+from infra.config import ConfigError
 from infra.plan import Plan, build_plan
 from infra.plan.recorder import MASK, unmarked_secrets
 from infra.plan.stackfile import placeholder
@@ -80,9 +82,12 @@ def test_vllm_servers_get_engine_args_model_cache_and_hf_token(stella: Plan) -> 
         vllm = compose(stella, host)["services"][f"vllm-{host}"]
         args = vllm["command"]
         assert args[:3] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
-        flags = dict(zip(args[3::2], args[4::2], strict=False))
+        flags = dict(itertools.pairwise(args))  # flag -> the word after it
         assert flags["--model"] == "Qwen/Qwen3-4B"
-        assert flags["--gpu-memory-utilization"] == "0.80"
+        assert flags["--gpu-memory-utilization"] == "0.85"  # the KV policy's GB10 ceiling
+        assert flags["--kv-cache-dtype"] == "auto"  # 64 x 8192 tokens fit in bf16
+        assert int(flags["--kv-cache-memory-bytes"]) > 64 * 8192 * 147_456  # sized explicitly on GB10
+        assert "--enable-prefix-caching" in args
         assert "--swap-space" not in args
         assert vllm["ports"] == [f"{ip}:8000:8000"]
         assert "model-cache:/models" in vllm["volumes"]
@@ -273,3 +278,56 @@ def test_rendered_haproxy_cfg_passes_haproxy_check(stella: Plan, tmp_path: Path)
     assert result.returncode == 0, result.stdout + result.stderr
     path.write_text(stella.files["stella/haproxy.cfg"].replace("hash-type consistent", "hash-type bogus"))
     assert subprocess.run([haproxy, "-c", "-f", str(path)], capture_output=True, check=False).returncode != 0
+
+
+def _vllm_flags(plan: Plan) -> list[str]:
+    return compose(plan, "stella")["services"]["vllm-stella"]["command"][3:]
+
+
+def test_explicit_stack_keys_override_the_kv_policy_and_extra_args_come_last() -> None:
+    plan = build_plan(
+        "stella",
+        overrides={
+            "kvCacheDtype": "fp8",
+            "gpuMemoryUtilization": "0.7",
+            "kvCacheMemoryBytes": str(40 * 2**30),
+            "vllmExtraArgs": '["--seed", "7"]',
+        },
+    )
+    flags = _vllm_flags(plan)
+    pairs = dict(itertools.pairwise(flags))
+    assert pairs["--kv-cache-dtype"] == "fp8"
+    assert pairs["--gpu-memory-utilization"] == "0.70"
+    assert pairs["--kv-cache-memory-bytes"] == str(40 * 2**30)
+    assert flags[-2:] == ["--seed", "7"]
+
+
+def test_a_concurrency_beyond_bf16_capacity_switches_the_kv_cache_to_fp8() -> None:
+    flags = _vllm_flags(build_plan("stella", overrides={"maxNumSeqs": "120", "maxModelLen": "8192"}))
+    assert flags[flags.index("--kv-cache-dtype") + 1] == "fp8"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "words"),
+    [
+        ({"maxModelLen": "65536"}, "maxModelLen", "beyond Qwen/Qwen3-4B's max_position_embeddings 40960"),
+        ({"model": "acme/unknown-7b"}, "modelConfigFile", "no bundled config.json for model 'acme/unknown-7b'"),
+        ({"modelConfigFile": "nowhere/config.json"}, "modelConfigFile", "no file 'nowhere/config.json'"),
+        ({"hostProfile": "rtx3060"}, "hostProfile", "'rtx3060' is not one of"),
+        (
+            {"model": "meta-llama/Llama-3.1-8B-Instruct", "hostProfile": "rtx4090", "maxModelLen": "131072"},
+            "maxModelLen",
+            "max_model_len up to 70160 fits with fp8 (35072 with auto)",
+        ),
+        (
+            {"model": "meta-llama/Llama-3.1-8B-Instruct", "hostProfile": "rtx4080"},
+            "model",
+            "it would fit on a GPU with more than 19 GiB",
+        ),
+    ],
+)
+def test_a_vllm_target_that_cannot_work_fails_naming_the_key(overrides: dict, key: str, words: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        build_plan("stella", overrides=overrides)
+    assert str(caught.value).startswith(f"Pulumi.stella.yaml: vllm-gb10:{key}: ")
+    assert words in str(caught.value)

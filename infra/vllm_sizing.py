@@ -1,0 +1,63 @@
+"""vLLM engine arguments for the stack: the KV policy (runtime.kvcache) plus explicit overrides.
+
+A stack says what it wants (model, context, concurrency, host profile); the policy decides KV dtype
+and sizes; `gpuMemoryUtilization`, `kvCacheDtype` and `kvCacheMemoryBytes` override it when set,
+and `vllmExtraArgs` are appended last. Runs before any resource, so a target that cannot work
+fails with the stack file and key named.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from infra.config import PROJECT, ConfigError, Parallelism, Role, StackConfig, stack_file
+from runtime.kvcache import PROFILES, KvPlan, ModelConfigError, PlanError, Target, load_model_shape, plan
+from runtime.kvcache.catalog import catalog_config, catalog_models
+
+POLICY_KEYS = {"model": "model", "max_model_len": "maxModelLen", "concurrency": "maxNumSeqs"}
+
+
+def size_vllm(cfg: StackConfig, project_dir: Path) -> KvPlan:
+    where = stack_file(cfg.stack)
+    vllm = cfg.vllm
+
+    def fail(key: str, message: str) -> ConfigError:
+        return ConfigError(f"{where}: {PROJECT}:{key}: {message}")
+
+    if vllm.model_config_file:
+        config_path = project_dir / vllm.model_config_file
+        if not config_path.is_file():
+            raise fail("modelConfigFile", f"no file {vllm.model_config_file!r} under the project directory")
+    else:
+        found = catalog_config(vllm.model)
+        if found is None:
+            raise fail(
+                "modelConfigFile",
+                f"no bundled config.json for model {vllm.model!r} (bundled: {', '.join(catalog_models())}); "
+                f"download it (huggingface-cli download {vllm.model} config.json) and set modelConfigFile",
+            )
+        config_path = found
+    if vllm.host_profile not in PROFILES:
+        raise fail("hostProfile", f"{vllm.host_profile!r} is not one of {', '.join(sorted(PROFILES))}")
+    gpus = 1 if vllm.parallelism is Parallelism.REPLICA else len(cfg.hosts_with(Role.GPU))
+    try:
+        shape = load_model_shape(config_path).per_gpu(gpus, vllm.parallelism.value)
+        return plan(shape, PROFILES[vllm.host_profile], Target(vllm.max_model_len, vllm.max_num_seqs))
+    except ModelConfigError as err:
+        raise fail("modelConfigFile", str(err)) from None
+    except PlanError as err:
+        raise fail(POLICY_KEYS[err.target], str(err)) from None
+
+
+def engine_args(cfg: StackConfig, kv_plan: KvPlan) -> dict[str, Any]:
+    """The policy's engine arguments with the stack's explicit overrides applied."""
+    args = dict(kv_plan.engine_args)
+    vllm = cfg.vllm
+    if vllm.gpu_memory_utilization:
+        args["gpu_memory_utilization"] = vllm.gpu_memory_utilization
+    if vllm.kv_cache_dtype:
+        args["kv_cache_dtype"] = vllm.kv_cache_dtype
+    if vllm.kv_cache_memory_bytes:
+        args["kv_cache_memory_bytes"] = vllm.kv_cache_memory_bytes
+    return args

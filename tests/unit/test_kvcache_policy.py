@@ -1,0 +1,206 @@
+"""runtime.kvcache: model shapes, the sizing decisions, refusals that say what fits, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runtime.kvcache import (
+    PROFILES,
+    HostProfile,
+    ModelConfigError,
+    PlanError,
+    Target,
+    load_model_shape,
+    plan,
+    tokens_for_budget,
+)
+from runtime.kvcache.catalog import catalog_config
+from runtime.kvcache.hosts import GIB
+from runtime.kvcache.policy import sequence_bytes
+
+ROOT = Path(__file__).resolve().parents[2]
+QWEN3_4B = catalog_config("Qwen/Qwen3-4B")
+LLAMA_8B = catalog_config("meta-llama/Llama-3.1-8B-Instruct")
+
+
+def write_config(tmp_path: Path, **fields: object) -> Path:
+    base = {
+        "num_hidden_layers": 4,
+        "num_attention_heads": 8,
+        "hidden_size": 512,
+        "max_position_embeddings": 4096,
+        "torch_dtype": "bfloat16",
+    }
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**base, **fields}))
+    return path
+
+
+def test_bytes_per_token_follow_two_layers_kv_heads_head_dim_dtype() -> None:
+    qwen = load_model_shape(QWEN3_4B)
+    assert qwen.kv_bytes_per_token() == 2 * 36 * 8 * 128 * 2 == 147_456
+    assert qwen.kv_bytes_per_token(1) == 73_728
+    llama = load_model_shape(LLAMA_8B)
+    assert llama.kv_bytes_per_token() == 131_072  # the published 128 KiB per token
+
+
+def test_head_dim_and_kv_heads_fall_back_to_hidden_over_heads_and_mha(tmp_path: Path) -> None:
+    shape = load_model_shape(write_config(tmp_path))
+    assert (shape.head_dim, shape.num_kv_heads) == (64, 8)
+    assert shape.kv_bytes_per_token() == 2 * 4 * 8 * 64 * 2
+
+
+def test_mla_caches_one_latent_per_token_and_layer(tmp_path: Path) -> None:
+    shape = load_model_shape(write_config(tmp_path, kv_lora_rank=512, qk_rope_head_dim=64))
+    assert shape.kv_bytes_per_token() == 4 * 576 * 2
+
+
+def test_sliding_window_layers_hold_only_the_window(tmp_path: Path) -> None:
+    types = ["sliding_attention"] * 3 + ["full_attention"]
+    shape = load_model_shape(write_config(tmp_path, sliding_window=256, layer_types=types))
+    assert (shape.sliding_layers, shape.full_layers, shape.sliding_window) == (3, 1, 256)
+    long = sequence_bytes(shape, 4096, 2, 16)
+    assert long < 4 * 4096 * shape.layer_bytes_per_token(2)  # less than if every layer held it all
+    assert long == (4096 + 3 * (256 + 16)) * shape.layer_bytes_per_token(2)
+    disabled = load_model_shape(write_config(tmp_path, sliding_window=256, use_sliding_window=False))
+    assert disabled.sliding_layers == 0
+
+
+def test_weights_come_from_the_safetensors_index_else_are_estimated(tmp_path: Path) -> None:
+    config = write_config(tmp_path, vocab_size=1000, intermediate_size=1024)
+    estimated = load_model_shape(config)
+    assert estimated.weights_estimated and estimated.weights_bytes > 0
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": 123456}}))
+    exact = load_model_shape(config)
+    assert (exact.weights_bytes, exact.weights_estimated) == (123456, False)
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"num_hidden_layers": None}, "missing 'num_hidden_layers'"),
+        ({"num_attention_heads": 0}, "'num_attention_heads' must be a positive integer"),
+        ({"torch_dtype": "int4"}, "unknown dtype 'int4'"),
+        ({"max_position_embeddings": "lots"}, "'max_position_embeddings' must be a positive integer"),
+    ],
+)
+def test_bad_model_configs_name_the_file_and_key(tmp_path: Path, fields: dict, words: str) -> None:
+    path = write_config(tmp_path, **fields)
+    with pytest.raises(ModelConfigError) as caught:
+        load_model_shape(path)
+    assert str(caught.value).startswith(str(path)) and words in str(caught.value)
+
+
+def test_a_config_that_is_not_json_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text('{\n  "num_hidden_layers": 2,\n  oops\n}')
+    with pytest.raises(ModelConfigError, match=r"config.json: not JSON: .* at line 3"):
+        load_model_shape(path)
+
+
+def test_block_exact_capacity_matches_vllms_arithmetic() -> None:
+    qwen = load_model_shape(QWEN3_4B)
+    block = 16 * 147_456
+    assert tokens_for_budget(qwen, 10 * block + block - 1, 2, 16) == 160  # partial blocks do not count
+    assert tokens_for_budget(qwen, 10 * block, 1, 16) == 320  # fp8: twice the tokens
+
+
+def test_a_target_that_fits_in_bf16_keeps_auto_and_sizes_kv_explicitly_on_gb10() -> None:
+    result = plan(load_model_shape(QWEN3_4B), PROFILES["gb10"], Target(8192, 64))
+    assert (result.kv_cache_dtype, result.fp8_needed, result.fits_target) == ("auto", False, True)
+    assert result.gpu_memory_utilization <= 0.85
+    demand = 64 * 8192 * 147_456
+    assert demand <= result.kv_cache_memory_bytes <= result.kv_budget_bytes
+    assert result.kv_offloading_size_gib is None
+    assert result.engine_args["kv_cache_memory_bytes"] == result.kv_cache_memory_bytes
+    assert "--kv-cache-memory-bytes" in result.cli_flags and "--enable-prefix-caching" in result.cli_flags
+
+
+def test_a_target_beyond_bf16_but_within_fp8_needs_fp8() -> None:
+    result = plan(load_model_shape(QWEN3_4B), PROFILES["gb10"], Target(8192, 120))
+    assert (result.kv_cache_dtype, result.fp8_needed, result.fits_target) == ("fp8", True, True)
+    assert (
+        result.kv_tokens["fp8"] == 2 * result.kv_tokens["auto"]
+        or abs(result.kv_tokens["fp8"] - 2 * result.kv_tokens["auto"]) <= 16
+    )
+
+
+def test_a_target_beyond_fp8_uses_fp8_says_what_fits_and_offloads_only_on_discrete_gpus() -> None:
+    llama = load_model_shape(LLAMA_8B)
+    discrete = plan(llama, PROFILES["rtx4090"], Target(32768, 16))
+    assert (discrete.kv_cache_dtype, discrete.fits_target) == ("fp8", False)
+    assert discrete.full_context_sequences["fp8"] == 2
+    assert any("2 sequences at full context fit" in n for n in discrete.notes)
+    assert discrete.kv_offloading_size_gib and discrete.engine_args["kv_offloading_backend"] == "native"
+    assert discrete.kv_cache_memory_bytes is None
+    unified = plan(llama, PROFILES["gb10"], Target(131072, 64))
+    assert unified.fits_target is False and unified.kv_offloading_size_gib is None
+    assert "kv_offloading_size" not in unified.engine_args
+
+
+def test_weights_that_do_not_fit_are_refused_with_what_would() -> None:
+    small = HostProfile("tiny-gpu", gpu_memory_gib=8, unified=False, max_gpu_memory_utilization=0.9, overhead_gib=1)
+    with pytest.raises(PlanError) as caught:
+        plan(load_model_shape(LLAMA_8B), small, Target(4096, 1))
+    assert caught.value.target == "model"
+    assert "it would fit on a GPU with more than 18 GiB" in str(caught.value)
+
+
+def test_context_beyond_the_models_positions_is_refused() -> None:
+    with pytest.raises(PlanError, match="beyond Qwen/Qwen3-4B's max_position_embeddings 40960; use 40960"):
+        plan(load_model_shape(QWEN3_4B), PROFILES["gb10"], Target(65536, 1))
+
+
+def test_tensor_parallel_splits_kv_heads_and_weights() -> None:
+    qwen = load_model_shape(QWEN3_4B)
+    half = qwen.per_gpu(2, "tensor")
+    assert half.kv_bytes_per_token() * 2 == qwen.kv_bytes_per_token()
+    assert half.weights_bytes * 2 >= qwen.weights_bytes
+    with pytest.raises(ModelConfigError, match="8 KV heads do not split over 3 GPUs"):
+        qwen.per_gpu(3, "tensor")
+    assert qwen.per_gpu(2, "pipeline").num_layers == 18
+
+
+def kvcache_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "runtime.kvcache", *args], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+
+
+def test_cli_plan_json_has_bytes_per_token_engine_args_and_flags() -> None:
+    result = kvcache_cli("plan", "--model-config", str(QWEN3_4B), "--host", "gb10", "--max-model-len", "8192",
+                         "--concurrency", "64", "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["kv_bytes_per_token"] == {"auto": 147_456, "fp8": 73_728}
+    assert data["engine_args"]["max_num_seqs"] == 64 and data["engine_args"]["kv_cache_dtype"] == "auto"
+    assert isinstance(data["cli_flags"], list) and data["cli_flags"][:2] == ["--max-model-len", "8192"]
+
+
+def test_cli_plan_report_is_for_a_person() -> None:
+    result = kvcache_cli("plan", "--model-config", str(QWEN3_4B), "--host", "gb10", "--concurrency", "4")
+    assert result.returncode == 0 and "KV per token      147,456 B auto, 73,728 B fp8" in result.stdout
+
+
+def test_cli_custom_host_profiles_and_errors(tmp_path: Path) -> None:
+    profiles = tmp_path / "hosts.json"
+    profiles.write_text(json.dumps({"l40s": {"gpu_memory_gib": 44.5, "unified": False,
+                                             "max_gpu_memory_utilization": 0.9, "overhead_gib": 3}}))  # fmt: skip
+    ok = kvcache_cli("plan", "--model-config", str(LLAMA_8B), "--host", "l40s", "--host-profiles", str(profiles))
+    assert ok.returncode == 0 and "on l40s" in ok.stdout
+    unknown = kvcache_cli("plan", "--model-config", str(LLAMA_8B), "--host", "a100")
+    assert unknown.returncode == 2 and "unknown host profile 'a100'" in unknown.stderr
+    refused = kvcache_cli("plan", "--model-config", str(QWEN3_4B), "--max-model-len", "50000")
+    assert refused.returncode == 2 and "max_position_embeddings 40960" in refused.stderr
+    missing = kvcache_cli("plan", "--model-config", str(tmp_path / "nope.json"))
+    assert missing.returncode == 2 and "nope.json: cannot read" in missing.stderr
+
+
+def test_gb10_profile_never_exceeds_085() -> None:
+    assert PROFILES["gb10"].unified and PROFILES["gb10"].max_gpu_memory_utilization <= 0.85
+    assert PROFILES["gb10"].gpu_memory_gib * GIB > 100 * GIB
