@@ -50,7 +50,7 @@ preview: install ## offline plan of every stack into build/plan/<stack>/
 	@for s in $(STACKS); do $(PY) -m infra.plan --stack $$s || exit 1; done
 
 lock: install ## re-freeze requirements.txt from the virtualenv (keeps the comment header)
-	{ grep '^#' requirements.txt; $(PY) -m pip freeze --exclude-editable; } > requirements.lock.tmp
+	{ grep '^#' requirements.txt; $(PY) -m pip freeze --all --exclude-editable --exclude pip; } > requirements.lock.tmp
 	mv requirements.lock.tmp requirements.txt
 
 clean:
