@@ -8,7 +8,7 @@ APT_PACKAGES := redis-server postgresql haproxy
 STACKS := $(patsubst Pulumi.%.yaml,%,$(wildcard Pulumi.*.yaml))
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test setup system-deps install pip-check lint preview lock clean
+.PHONY: test setup system-deps install pip-check lint preview snapshot lock clean
 
 test: setup lint ## set up everything, lint, run the whole test suite
 	$(PY) -m pytest
@@ -48,6 +48,10 @@ lint: install ## ruff, and hadolint on the Dockerfiles
 
 preview: install ## offline plan of every stack into build/plan/<stack>/
 	@for s in $(STACKS); do $(PY) -m infra.plan --stack $$s || exit 1; done
+
+snapshot: install ## refresh tests/snapshots/<stack>/ after an intended change to a stack
+	@for s in $(STACKS); do $(PY) -m infra.plan --stack $$s --out tests/snapshots > /dev/null || exit 1; done
+	@git status --short tests/snapshots
 
 lock: install ## re-freeze requirements.txt from the virtualenv (keeps the comment header)
 	{ grep '^#' requirements.txt; $(PY) -m pip freeze --all --exclude-editable --exclude pip; } > requirements.lock.tmp

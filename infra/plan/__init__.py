@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from infra.plan.policy_check import Violation, evaluate
 from infra.plan.recorder import MASK, Recording, generated_files, masked, run_program
 from infra.plan.stackfile import read_stack_file
 
@@ -24,7 +25,12 @@ class Plan:
     files: dict[str, str]
     placeholders: list[str]
     known_secrets: set[str]
+    violations: list[Violation]
     recording: Recording
+
+    @property
+    def mandatory_violations(self) -> list[Violation]:
+        return [v for v in self.violations if v.level == "mandatory"]
 
     def to_json(self) -> dict[str, Any]:
         return {"stack": self.stack, "resources": self.resources, "outputs": self.outputs}
@@ -57,8 +63,15 @@ def build_plan(stack: str, project_dir: Path = PROJECT_DIR, overrides: dict[str,
         files=generated_files(recording),
         placeholders=stack_config.placeholders,
         known_secrets=known_secrets,
+        violations=evaluate(recording, policy_config(values)),
         recording=recording,
     )
+
+
+def policy_config(values: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Policy config the stack implies: publicDataServices is the explicit exception it allows."""
+    public = str(values.get("vllm-gb10:publicDataServices", "false")).lower() in {"true", "1", "yes"}
+    return {"data-services-private": {"allowPublicDataServices": public}}
 
 
 def write_plan(plan: Plan, out_dir: Path) -> Path:

@@ -50,6 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     if old is not None:
         print(f"diff against {args.diff}:")
         print(format_diff(diff_plans(old, plan.to_json())))
+    if plan.violations:
+        print("policy violations:")
+        for violation in plan.violations:
+            print(f"  {violation}")
+    else:
+        print("policy violations: none")
+    if plan.mandatory_violations:
+        print(f"error: {len(plan.mandatory_violations)} mandatory policy violations", file=sys.stderr)
+        return 1
     return 0
 
 

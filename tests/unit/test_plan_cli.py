@@ -101,3 +101,29 @@ def test_make_preview_plans_every_stack() -> None:
     result = subprocess.run(["make", "-s", "preview"], cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert "stack stella:" in result.stdout
+
+
+def test_plan_evaluates_the_policy_pack_and_stella_has_no_mandatory_violation(stella_out) -> None:
+    _, result = stella_out
+    assert "policy violations:" in result.stdout
+    assert "[mandatory]" not in result.stdout
+
+
+def test_a_mandatory_policy_violation_makes_the_plan_exit_non_zero(tmp_path: Path) -> None:
+    text = (ROOT / "Pulumi.stella.yaml").read_text() + '  vllm-gb10:gpuMemoryUtilization: "0.9"\n'
+    (tmp_path / "Pulumi.stella.yaml").write_text(text)
+    result = plan_cli("--stack", "stella", "--project-dir", str(tmp_path), "--out", str(tmp_path / "out"))
+    assert result.returncode == 1
+    assert (
+        "[mandatory] vllm-memory-utilization: command:remote:CopyToRemote stella-compose-docker-compose.yml: "
+        "vllm-stella: --gpu-memory-utilization 0.90 is above 0.85" in result.stdout
+    )
+    assert "mandatory policy violations" in result.stderr
+
+
+def test_public_data_services_are_the_explicit_exception_the_policy_allows(tmp_path: Path) -> None:
+    text = (ROOT / "Pulumi.stella.yaml").read_text() + '  vllm-gb10:publicDataServices: "true"\n'
+    (tmp_path / "Pulumi.stella.yaml").write_text(text)
+    result = plan_cli("--stack", "stella", "--project-dir", str(tmp_path), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stdout
+    assert "data-services-private" not in result.stdout

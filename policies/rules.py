@@ -1,0 +1,408 @@
+"""The vllm-gb10 CrossGuard rules, as plain functions and policy objects.
+
+This module never constructs a `PolicyPack` (its constructor serves forever): `policies/__main__.py`
+does that for `pulumi preview --policy-pack policies`, and `python -m infra.plan` and the tests
+call the policies here directly.
+
+Rules read what actually reaches the hosts or the cluster: the docker-compose.yml that a
+`command:remote:CopyToRemote` ships, Kubernetes workload specs, image builds and SSH connections.
+Policies see secret values unwrapped, so "no plain-text secret" is judged on those artefacts: a
+secret-named variable must be filled from the secrets env file (`${VAR:?}`) or a Kubernetes
+Secret, never written as a literal.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from pulumi_policy import (
+    EnforcementLevel,
+    PolicyConfigSchema,
+    ReportViolation,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+    StackValidationArgs,
+    StackValidationPolicy,
+)
+
+COMPOSE_FILE = "docker-compose.yml"
+K8S_WORKLOADS = {
+    "kubernetes:apps/v1:Deployment": ("spec", "template", "spec"),
+    "kubernetes:apps/v1:StatefulSet": ("spec", "template", "spec"),
+    "kubernetes:apps/v1:DaemonSet": ("spec", "template", "spec"),
+    "kubernetes:batch/v1:Job": ("spec", "template", "spec"),
+    "kubernetes:core/v1:Pod": ("spec",),
+}
+# An access key ID is an identifier, not a secret (AWS and MinIO treat it so).
+SECRET_NAME = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|ACCESS_?KEY(?!_?ID)|PRIVATE_?KEY|CREDENTIAL)", re.I)
+INTERPOLATION = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*(:?[?-][^}]*)?\}$")
+URL_WITH_PASSWORD = re.compile(r"://[^/@\s:]*:[^/@\s$]+@")
+DATA_SERVICE = re.compile(r"(^|[/-])(redis|postgres|pgvector|minio|ray)([:/-]|$)")
+VLLM_SERVER = re.compile(r"vllm\.entrypoints\.openai\.api_server|\bvllm serve\b")
+ANY_ADDRESS = {"", "0.0.0.0", "::", "[::]"}
+
+
+@dataclass
+class Workload:
+    """One container, from a compose service or a Kubernetes pod spec."""
+
+    name: str
+    image: str
+    command: list[str]
+    env: dict[str, str | None]  # None: filled from a Kubernetes Secret reference
+    memory_limit: str | None
+    gpu: bool
+    health_check: bool
+    restart: str | None
+    published: list[tuple[str, str]] = field(default_factory=list)  # (host ip, port)
+    host_network: bool = False
+    one_shot: bool = False
+
+    @property
+    def command_text(self) -> str:
+        return " ".join(self.command)
+
+    @property
+    def is_data_service(self) -> bool:
+        if re.search(r"minio/mc|(^|/)mc:", self.image):
+            return False  # the bucket set-up job publishes nothing
+        return bool(DATA_SERVICE.search(self.name) or DATA_SERVICE.search(self.image.split("@")[0]))
+
+
+def compose_document(resource_type: str, props: Any) -> dict | None:
+    if resource_type != "command:remote:CopyToRemote" or not str(props.get("remotePath", "")).endswith(COMPOSE_FILE):
+        return None
+    text = getattr(props.get("source"), "text", None)
+    if not isinstance(text, str):
+        return None
+    document = yaml.safe_load(text)
+    return document if isinstance(document, dict) else None
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+
+
+def _compose_ports(ports: Any) -> list[tuple[str, str]]:
+    published = []
+    for port in ports or []:
+        if isinstance(port, dict):
+            if port.get("published") is not None:
+                published.append((str(port.get("host_ip", "")), str(port["published"])))
+            continue
+        parts = str(port).rsplit(":", 2)
+        if len(parts) == 3:
+            published.append((parts[0], parts[1]))
+        elif len(parts) == 2:
+            published.append(("", parts[0]))
+    return published
+
+
+def compose_workloads(document: dict) -> Iterator[Workload]:
+    for name, service in (document.get("services") or {}).items():
+        deploy = (service.get("deploy") or {}).get("resources") or {}
+        devices = ((deploy.get("reservations") or {}).get("devices")) or []
+        env = service.get("environment") or {}
+        if isinstance(env, list):
+            env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+        restart = service.get("restart")
+        yield Workload(
+            name=name,
+            image=str(service.get("image", "")),
+            command=_as_list(service.get("entrypoint")) + _as_list(service.get("command")),
+            env={k: "" if v is None else str(v) for k, v in env.items()},
+            memory_limit=(deploy.get("limits") or {}).get("memory") or service.get("mem_limit"),
+            gpu=any("gpu" in (d.get("capabilities") or []) for d in devices) or service.get("runtime") == "nvidia",
+            health_check=bool(service.get("healthcheck")) and not service["healthcheck"].get("disable"),
+            restart=restart,
+            published=_compose_ports(service.get("ports")),
+            host_network=service.get("network_mode") == "host",
+            one_shot=restart == "on-failure",
+        )
+
+
+def _dig(value: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def pod_spec(resource_type: str, props: Any) -> dict | None:
+    path = K8S_WORKLOADS.get(resource_type)
+    spec = _dig(props, path) if path else None
+    return spec if isinstance(spec, dict) else None
+
+
+def pod_workloads(resource_type: str, name: str, spec: dict) -> Iterator[Workload]:
+    restart = spec.get("restartPolicy", "Always")
+    for container in (spec.get("containers") or []) + (spec.get("initContainers") or []):
+        resources = container.get("resources") or {}
+        limits, requests = resources.get("limits") or {}, resources.get("requests") or {}
+        env = {}
+        for item in container.get("env") or []:
+            env[item.get("name", "")] = None if item.get("valueFrom") else str(item.get("value", ""))
+        yield Workload(
+            name=f"{name}/{container.get('name', '')}",
+            image=str(container.get("image", "")),
+            command=_as_list(container.get("command")) + _as_list(container.get("args")),
+            env=env,
+            memory_limit=limits.get("memory"),
+            gpu="nvidia.com/gpu" in limits or "nvidia.com/gpu" in requests,
+            health_check=bool(container.get("readinessProbe") or container.get("livenessProbe")),
+            restart=restart,
+            one_shot=resource_type == "kubernetes:batch/v1:Job",
+        )
+
+
+def workloads(resource_type: str, props: Any, name: str) -> list[Workload]:
+    document = compose_document(resource_type, props)
+    if document is not None:
+        return list(compose_workloads(document))
+    spec = pod_spec(resource_type, props)
+    return list(pod_workloads(resource_type, name, spec)) if spec is not None else []
+
+
+def _config(args: Any, key: str, default: Any) -> Any:
+    value = args.get_config().get(key)
+    return default if value is None else value
+
+
+# --- mandatory -------------------------------------------------------------------------------------
+
+
+def image_is_pinned(image: str) -> bool:
+    if "@sha256:" in image:
+        return True
+    last = image.rsplit("/", 1)[-1]
+    return ":" in last and not last.endswith(":latest")
+
+
+def validate_images_pinned(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    images = [(w.name, w.image) for w in workloads(args.resource_type, args.props, args.name)]
+    if args.resource_type == "docker-build:index:Image":
+        images += [("build", str(tag)) for tag in args.props.get("tags") or []]
+        if not args.props.get("tags"):
+            report("image build has no tag: push a versioned tag, never an untagged or latest image")
+    for where, image in images:
+        if not image_is_pinned(image):
+            report(f"{where}: image {image!r} is not pinned (use a version tag or a digest, never latest)")
+
+
+def validate_no_plaintext_secrets(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    for w in workloads(args.resource_type, args.props, args.name):
+        for key, value in w.env.items():
+            if value is None or value == "" or INTERPOLATION.match(value):
+                continue
+            if SECRET_NAME.search(key) or URL_WITH_PASSWORD.search(value):
+                report(f"{w.name}: environment {key} holds a literal secret; take it from the secrets file or a Secret")
+        if re.search(r"--requirepass\s+(?![\"']?\$)\S", w.command_text):
+            report(f"{w.name}: --requirepass is given a literal password")
+    if args.resource_type == "kubernetes:core/v1:ConfigMap":
+        for key in args.props.get("data") or {}:
+            if SECRET_NAME.search(key):
+                report(f"ConfigMap key {key} looks like a secret; use a Secret")
+    if args.resource_type == "docker-build:index:Image":
+        for key in args.props.get("buildArgs") or {}:
+            if SECRET_NAME.search(key):
+                report(f"build arg {key} looks like a secret; build args stay in the image history (use secrets)")
+
+
+def validate_data_services_private(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if _config(args, "allowPublicDataServices", False):
+        return
+    for w in workloads(args.resource_type, args.props, args.name):
+        if not w.is_data_service:
+            continue
+        for ip, port in w.published:
+            if ip in ANY_ADDRESS:
+                report(f"{w.name}: port {port} is published on every interface; bind it to the cluster address")
+        if re.search(r"--dashboard-host[= ](0\.0\.0\.0|::)\b", w.command_text):
+            report(f"{w.name}: the Ray dashboard listens on every interface")
+    if args.resource_type == "kubernetes:core/v1:Service":
+        kind = _dig(args.props, ("spec", "type")) or "ClusterIP"
+        name = str(_dig(args.props, ("metadata", "name")) or args.name)
+        if kind in {"LoadBalancer", "NodePort"} and DATA_SERVICE.search(name):
+            report(f"Service {name} of a data service is of type {kind}; keep it ClusterIP")
+
+
+def validate_vllm_memory_utilization(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    ceiling = float(_config(args, "maxGpuMemoryUtilization", 0.85))
+    for w in workloads(args.resource_type, args.props, args.name):
+        if not VLLM_SERVER.search(w.command_text):
+            continue
+        found = re.search(r"--gpu-memory-utilization[= ]([0-9.]+)", w.command_text)
+        if found is None:
+            report(f"{w.name}: --gpu-memory-utilization not set; vLLM's default (0.9) runs out of memory on GB10")
+        elif float(found.group(1)) > ceiling:
+            report(f"{w.name}: --gpu-memory-utilization {found.group(1)} is above {ceiling} (GB10 unified memory)")
+        if "--swap-space" in w.command_text:
+            report(f"{w.name}: --swap-space does nothing in vLLM's V1 engine; size the KV cache instead")
+
+
+def validate_ssh_host_key_pinned(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if not args.resource_type.startswith("command:remote:"):
+        return
+    connection = args.props.get("connection") or {}
+    if not connection.get("hostKey"):
+        report(f"SSH connection to {connection.get('host', '?')} does not pin a host key (hostKey)")
+
+
+def validate_memory_limits(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    for w in workloads(args.resource_type, args.props, args.name):
+        if not w.memory_limit:
+            report(f"{w.name}: no memory limit")
+
+
+def validate_redis_persistence(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    for w in workloads(args.resource_type, args.props, args.name):
+        if re.search(r"(^|/)redis[:@]", w.image) and not re.search(r"--appendonly\s+yes", w.command_text):
+            report(f"{w.name}: Redis runs without AOF persistence (--appendonly yes); queued jobs would be lost")
+
+
+def validate_gpu_on_gb10(args: StackValidationArgs, report: ReportViolation) -> None:
+    pattern = str(_config(args, "gpuPattern", "GB10"))
+    label_key = str(_config(args, "nodeLabelKey", "kubernetes.io/hostname"))
+    label_values = set(_config(args, "nodeLabelValues", ["hw-brain-01"]))
+    gb10_hosts = {
+        str((r.props.get("connection") or {}).get("host"))
+        for r in args.resources
+        if r.resource_type == "command:remote:Command"
+        and "REQUIRE_GPU=1" in str(r.props.get("create", ""))
+        and f"GPU_PATTERN={pattern}" in str(r.props.get("create", ""))
+    }
+    for r in args.resources:
+        document = compose_document(r.resource_type, r.props)
+        if document is not None:
+            host = str((r.props.get("connection") or {}).get("host"))
+            gpu = [w.name for w in compose_workloads(document) if w.gpu]
+            if gpu and host not in gb10_hosts:
+                report(f"GPU services {gpu} on {host}, which no preflight checks for a {pattern} GPU", r.urn)
+        spec = pod_spec(r.resource_type, r.props)
+        if spec is not None and any(w.gpu for w in pod_workloads(r.resource_type, r.name, spec)):
+            if not _pinned_to_node(spec, label_key, label_values):
+                report(f"{r.name}: GPU pod not pinned to the GB10 node ({label_key} in {sorted(label_values)})", r.urn)
+
+
+def _pinned_to_node(spec: dict, key: str, values: set[str]) -> bool:
+    if str((spec.get("nodeSelector") or {}).get(key)) in values:
+        return True
+    terms = _dig(
+        spec, ("affinity", "nodeAffinity", "requiredDuringSchedulingIgnoredDuringExecution", "nodeSelectorTerms")
+    )
+    for term in terms or []:
+        for expression in term.get("matchExpressions") or []:
+            if expression.get("key") == key and expression.get("operator") == "In":
+                if set(expression.get("values") or []) & values:
+                    return True
+    return False
+
+
+# --- advisory --------------------------------------------------------------------------------------
+
+
+def validate_result_lifecycle(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    limit = int(_config(args, "maxDays", 7))
+    found = [w for w in workloads(args.resource_type, args.props, args.name) if "minio/minio" in w.image]
+    if not found:
+        return
+    rules = [
+        int(m.group(1))
+        for w in workloads(args.resource_type, args.props, args.name)
+        for m in re.finditer(r"ilm rule add --expire-days (\d+)", w.command_text)
+    ]
+    if not rules:
+        report("MinIO has no lifecycle rule: batch results never expire")
+    elif max(rules) > limit:
+        report(f"MinIO results expire after {max(rules)} days, more than {limit}")
+
+
+def validate_health_checks(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    for w in workloads(args.resource_type, args.props, args.name):
+        if not w.one_shot and not w.health_check:
+            report(f"{w.name}: no health check")
+
+
+def validate_restart_policies(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    for w in workloads(args.resource_type, args.props, args.name):
+        if not w.one_shot and w.restart not in {"always", "unless-stopped", "Always"}:
+            report(f"{w.name}: restart policy {w.restart!r} does not bring a crashed service back")
+
+
+MANDATORY = EnforcementLevel.MANDATORY
+ADVISORY = EnforcementLevel.ADVISORY
+
+POLICIES: list[ResourceValidationPolicy | StackValidationPolicy] = [
+    ResourceValidationPolicy(
+        "images-pinned", "Images carry a version tag or digest, never latest.", validate_images_pinned, MANDATORY
+    ),
+    ResourceValidationPolicy(
+        "no-plaintext-secrets",
+        "HF tokens, passwords, access and API keys reach services only as secrets.",
+        validate_no_plaintext_secrets,
+        MANDATORY,
+    ),
+    ResourceValidationPolicy(
+        "data-services-private",
+        "Redis, Postgres, MinIO and Ray ports stay inside the host or cluster unless config allows.",
+        validate_data_services_private,
+        MANDATORY,
+        PolicyConfigSchema({"allowPublicDataServices": {"type": "boolean", "default": False}}),
+    ),
+    StackValidationPolicy(
+        "gpu-on-gb10",
+        "GPU workloads run only on hosts or nodes checked to be GB10.",
+        validate_gpu_on_gb10,
+        MANDATORY,
+        PolicyConfigSchema(
+            {
+                "gpuPattern": {"type": "string", "default": "GB10"},
+                "nodeLabelKey": {"type": "string", "default": "kubernetes.io/hostname"},
+                "nodeLabelValues": {"type": "array", "items": {"type": "string"}, "default": ["hw-brain-01"]},
+            }
+        ),
+    ),
+    ResourceValidationPolicy(
+        "vllm-memory-utilization",
+        "vLLM gpu_memory_utilization at most 0.85 on GB10 unified memory; no reliance on swap_space.",
+        validate_vllm_memory_utilization,
+        MANDATORY,
+        PolicyConfigSchema({"maxGpuMemoryUtilization": {"type": "number", "default": 0.85, "maximum": 1}}),
+    ),
+    ResourceValidationPolicy(
+        "ssh-host-key-pinned", "SSH connections pin the host key.", validate_ssh_host_key_pinned, MANDATORY
+    ),
+    ResourceValidationPolicy("memory-limits", "Every container has a memory limit.", validate_memory_limits, MANDATORY),
+    ResourceValidationPolicy(
+        "redis-persistence", "Redis persists the queue (AOF).", validate_redis_persistence, MANDATORY
+    ),
+    ResourceValidationPolicy(
+        "result-lifecycle",
+        "Batch results in MinIO expire within the retention period.",
+        validate_result_lifecycle,
+        ADVISORY,
+        PolicyConfigSchema({"maxDays": {"type": "integer", "default": 7, "minimum": 1}}),
+    ),
+    ResourceValidationPolicy(
+        "health-checks", "Every long-running service has a health check.", validate_health_checks, ADVISORY
+    ),
+    ResourceValidationPolicy(
+        "restart-policies", "Every long-running service restarts after a crash.", validate_restart_policies, ADVISORY
+    ),
+]
+
+
+def default_config() -> dict[str, dict[str, Any]]:
+    """Each policy's config with its schema defaults (what the engine passes when none is set)."""
+    config: dict[str, dict[str, Any]] = {}
+    for policy in POLICIES:
+        schema = policy.config_schema.properties if policy.config_schema else {}
+        config[policy.name] = {key: spec["default"] for key, spec in schema.items() if "default" in spec}
+    return config

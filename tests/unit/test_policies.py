@@ -1,0 +1,274 @@
+"""Every CrossGuard rule: a resource that passes and one that violates, built with the SDK's args."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import yaml
+from pulumi_policy import (
+    EnforcementLevel,
+    PolicyCustomTimeouts,
+    PolicyResource,
+    PolicyResourceOptions,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+    StackValidationArgs,
+)
+
+from policies.rules import POLICIES, default_config
+
+ROOT = Path(__file__).resolve().parents[2]
+BY_NAME = {p.name: p for p in POLICIES}
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDZCdjWjVb9EHw8Qr0tp4/Y5r7rwUVz3cO333wUBrp4B"
+COPY = "command:remote:CopyToRemote"
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+TESTED: set[str] = set()
+
+
+def options() -> PolicyResourceOptions:
+    return PolicyResourceOptions(False, [], None, [], PolicyCustomTimeouts(0, 0, 0), [], None)
+
+
+def good_service(**changes: Any) -> dict:
+    service = {
+        "image": "redis:7.4.6-bookworm",
+        "command": ["sh", "-c", 'exec redis-server --appendonly yes --requirepass "$$REDIS_PASSWORD"'],
+        "environment": {"REDIS_PASSWORD": "${REDIS_PASSWORD:?missing}"},
+        "ports": ["10.0.0.1:6379:6379"],
+        "healthcheck": {"test": ["CMD", "redis-cli", "ping"]},
+        "restart": "unless-stopped",
+        "deploy": {"resources": {"limits": {"memory": "4g"}}},
+    }
+    service.update(changes)
+    return {key: value for key, value in service.items() if value is not None}
+
+
+def compose(services: dict[str, dict], host: str = "10.0.0.1") -> dict:
+    return {
+        "remotePath": "/opt/vllm-gb10/docker-compose.yml",
+        "source": pulumi.StringAsset(yaml.safe_dump({"name": "vllm-gb10", "services": services})),
+        "connection": {"host": host, "hostKey": HOST_KEY},
+    }
+
+
+def deployment(container: dict, **pod: Any) -> dict:
+    return {"metadata": {"name": "app"}, "spec": {"template": {"spec": {"containers": [container], **pod}}}}
+
+
+def violations(policy: str, resource_type: str, props: dict, **config: Any) -> list[str]:
+    TESTED.add(policy)
+    found: list[str] = []
+    args = ResourceValidationArgs(
+        resource_type, props, f"urn:{resource_type}::r", "r", options(), None, {**default_config()[policy], **config}
+    )
+    BY_NAME[policy].validate(args, lambda message, urn=None: found.append(message))
+    return found
+
+
+def stack_violations(policy: str, resources: list[tuple[str, dict]], **config: Any) -> list[str]:
+    TESTED.add(policy)
+    found: list[str] = []
+    items = [
+        PolicyResource(t, props, f"urn:{t}::r{i}", f"r{i}", options(), None, None, [], {})
+        for i, (t, props) in enumerate(resources)
+    ]
+    args = StackValidationArgs(items, {**default_config()[policy], **config})
+    BY_NAME[policy].validate(args, lambda message, urn=None: found.append(message))
+    return found
+
+
+def vllm_service(*flags: str) -> dict:
+    command = ["python3", "-m", "vllm.entrypoints.openai.api_server", "--model", "m", *flags]
+    return good_service(image="reg:5000/vllm-gb10:0.1.0@sha256:" + "0" * 64, command=command, environment=None)
+
+
+# --- images-pinned
+
+
+def test_images_pinned() -> None:
+    assert violations("images-pinned", COPY, compose({"redis": good_service()})) == []
+    digest = good_service(image="reg/vllm@sha256:" + "a" * 64)
+    assert violations("images-pinned", COPY, compose({"vllm": digest})) == []
+    for image in ("redis", "redis:latest", "registry.lan:5000/vllm"):
+        assert violations("images-pinned", COPY, compose({"x": good_service(image=image)})), image
+    assert violations("images-pinned", "docker-build:index:Image", {"tags": ["r:5000/x:latest"]})
+    assert violations("images-pinned", "docker-build:index:Image", {"tags": []})
+    assert violations("images-pinned", "docker-build:index:Image", {"tags": ["r:5000/x:0.1.0"]}) == []
+    assert violations("images-pinned", DEPLOYMENT, deployment({"name": "c", "image": "nginx"}))
+
+
+# --- no-plaintext-secrets
+
+
+def test_no_plaintext_secrets() -> None:
+    ok = good_service(environment={"POSTGRES_PASSWORD": "${POSTGRES_PASSWORD:?x}", "S3_ACCESS_KEY_ID": "vllm"})
+    assert violations("no-plaintext-secrets", COPY, compose({"db": ok})) == []
+    literal = good_service(environment={"POSTGRES_PASSWORD": "hunter2"})
+    assert violations("no-plaintext-secrets", COPY, compose({"db": literal}))
+    url = good_service(environment={"BATCH_REDIS_URL": "redis://:hunter2@10.0.0.1:6379/0"})
+    assert violations("no-plaintext-secrets", COPY, compose({"api": url}))
+    requirepass = good_service(command=["redis-server", "--requirepass", "hunter2"])
+    assert violations("no-plaintext-secrets", COPY, compose({"redis": requirepass}))
+    from_secret = {"name": "c", "image": "x:1", "env": [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {}}}]}
+    assert violations("no-plaintext-secrets", DEPLOYMENT, deployment(from_secret)) == []
+    inline = {"name": "c", "image": "x:1", "env": [{"name": "HF_TOKEN", "value": "hf_abc"}]}
+    assert violations("no-plaintext-secrets", DEPLOYMENT, deployment(inline))
+    assert violations("no-plaintext-secrets", "kubernetes:core/v1:ConfigMap", {"data": {"API_KEY": "x"}})
+    assert violations("no-plaintext-secrets", "docker-build:index:Image", {"buildArgs": {"HF_TOKEN": "x"}})
+
+
+# --- data-services-private
+
+
+def test_data_services_private() -> None:
+    policy = "data-services-private"
+    assert violations(policy, COPY, compose({"redis": good_service()})) == []
+    for ports in (["6379:6379"], ["0.0.0.0:6379:6379"], [{"target": 6379, "published": 6379}]):
+        assert violations(policy, COPY, compose({"redis": good_service(ports=ports)})), ports
+    public_lb = good_service(image="haproxy:3.2.4", ports=["0.0.0.0:8080:8080"])
+    assert violations(policy, COPY, compose({"lb": public_lb})) == [], "only data services are private"
+    assert (
+        violations(policy, COPY, compose({"redis": good_service(ports=["6379:6379"])}), allowPublicDataServices=True)
+        == []
+    )
+    ray = good_service(image="reg/vllm-gb10:0.1.0", command=["ray", "start", "--head", "--dashboard-host=0.0.0.0"])
+    assert violations(policy, COPY, compose({"ray-head": ray}))
+    service = {"metadata": {"name": "redis"}, "spec": {"type": "LoadBalancer"}}
+    assert violations(policy, "kubernetes:core/v1:Service", service)
+    assert violations(policy, "kubernetes:core/v1:Service", {**service, "spec": {"type": "ClusterIP"}}) == []
+
+
+# --- gpu-on-gb10
+
+
+def test_gpu_on_gb10() -> None:
+    gpu = good_service(deploy={"resources": {"limits": {"memory": "100g"}, "reservations": {
+        "devices": [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]}}})  # fmt: skip
+    preflight = {"connection": {"host": "10.0.0.1"}, "create": "REQUIRE_GPU=1\nGPU_PATTERN=GB10\n..."}
+    files = ("command:remote:CopyToRemote", compose({"vllm": gpu}, host="10.0.0.1"))
+    assert stack_violations("gpu-on-gb10", [files, ("command:remote:Command", preflight)]) == []
+    assert stack_violations("gpu-on-gb10", [files])
+    other = {"connection": {"host": "10.0.0.9"}, "create": "REQUIRE_GPU=1\nGPU_PATTERN=GB10\n"}
+    assert stack_violations("gpu-on-gb10", [files, ("command:remote:Command", other)])
+    container = {"name": "vllm", "image": "v:1", "resources": {"limits": {"nvidia.com/gpu": 1, "memory": "100Gi"}}}
+    pinned = deployment(container, nodeSelector={"kubernetes.io/hostname": "hw-brain-01"})
+    assert stack_violations("gpu-on-gb10", [(DEPLOYMENT, pinned)]) == []
+    assert stack_violations("gpu-on-gb10", [(DEPLOYMENT, deployment(container))])
+    expression = {"key": "kubernetes.io/hostname", "operator": "In", "values": ["hw-brain-01"]}
+    required = {"nodeSelectorTerms": [{"matchExpressions": [expression]}]}
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": required}}
+    assert stack_violations("gpu-on-gb10", [(DEPLOYMENT, deployment(container, affinity=affinity))]) == []
+
+
+# --- vllm-memory-utilization
+
+
+def test_vllm_memory_utilization() -> None:
+    policy = "vllm-memory-utilization"
+    assert violations(policy, COPY, compose({"vllm": vllm_service("--gpu-memory-utilization", "0.85")})) == []
+    assert violations(policy, COPY, compose({"vllm": vllm_service("--gpu-memory-utilization", "0.90")}))
+    assert violations(policy, COPY, compose({"vllm": vllm_service()}))
+    swap = vllm_service("--gpu-memory-utilization", "0.8", "--swap-space", "16")
+    assert violations(policy, COPY, compose({"vllm": swap})) == [
+        "vllm: --swap-space does nothing in vLLM's V1 engine; size the KV cache instead"
+    ]
+    relaxed = compose({"vllm": vllm_service("--gpu-memory-utilization", "0.90")})
+    assert violations(policy, COPY, relaxed, maxGpuMemoryUtilization=0.9) == []
+
+
+# --- ssh-host-key-pinned
+
+
+def test_ssh_host_key_pinned() -> None:
+    pinned = {"connection": {"host": "stella.lan", "hostKey": HOST_KEY}, "create": "true"}
+    assert violations("ssh-host-key-pinned", "command:remote:Command", pinned) == []
+    unpinned = {"connection": {"host": "stella.lan"}, "create": "true"}
+    assert violations("ssh-host-key-pinned", "command:remote:Command", unpinned)
+
+
+# --- memory-limits
+
+
+def test_memory_limits() -> None:
+    assert violations("memory-limits", COPY, compose({"redis": good_service()})) == []
+    assert violations("memory-limits", COPY, compose({"redis": good_service(deploy={})}))
+    assert violations("memory-limits", DEPLOYMENT, deployment({"name": "c", "image": "x:1"}))
+    limited = {"name": "c", "image": "x:1", "resources": {"limits": {"memory": "1Gi"}}}
+    assert violations("memory-limits", DEPLOYMENT, deployment(limited)) == []
+
+
+# --- redis-persistence
+
+
+def test_redis_persistence() -> None:
+    assert violations("redis-persistence", COPY, compose({"redis": good_service()})) == []
+    volatile = good_service(command=["redis-server", "--save", ""])
+    assert violations("redis-persistence", COPY, compose({"redis": volatile}))
+
+
+# --- advisory
+
+
+def _minio_pair(days: int | None) -> dict:
+    command = [f"mc ilm rule add --expire-days {days} store/batch"] if days else ["true"]
+    setup = good_service(
+        image="minio/mc:RELEASE.2025-08-13T08-35-41Z", restart="on-failure", healthcheck=None, command=command
+    )
+    return compose({"minio": good_service(image="minio/minio:RELEASE.2025-09-07T16-13-09Z"), "setup": setup})
+
+
+def test_result_lifecycle() -> None:
+    assert violations("result-lifecycle", COPY, _minio_pair(7)) == []
+    assert violations("result-lifecycle", COPY, _minio_pair(30))
+    assert violations("result-lifecycle", COPY, _minio_pair(None))
+    assert violations("result-lifecycle", COPY, _minio_pair(30), maxDays=30) == []
+
+
+def test_health_checks() -> None:
+    assert violations("health-checks", COPY, compose({"redis": good_service()})) == []
+    assert violations("health-checks", COPY, compose({"redis": good_service(healthcheck=None)}))
+    job = good_service(healthcheck=None, restart="on-failure")
+    assert violations("health-checks", COPY, compose({"setup": job})) == [], "one-shot jobs need none"
+
+
+def test_restart_policies() -> None:
+    assert violations("restart-policies", COPY, compose({"redis": good_service()})) == []
+    assert violations("restart-policies", COPY, compose({"redis": good_service(restart="no")}))
+
+
+def test_every_policy_is_tested_and_levels_are_as_the_issue_says() -> None:
+    assert TESTED == set(BY_NAME), f"untested policies: {set(BY_NAME) - TESTED}"
+    advisory = {p.name for p in POLICIES if p.enforcement_level == EnforcementLevel.ADVISORY}
+    assert advisory == {"result-lifecycle", "health-checks", "restart-policies"}
+    tunable = {p.name for p in POLICIES if p.config_schema}
+    assert {"data-services-private", "vllm-memory-utilization", "result-lifecycle", "gpu-on-gb10"} <= tunable
+    assert all(isinstance(p, ResourceValidationPolicy) for p in POLICIES if p.name != "gpu-on-gb10")
+
+
+def test_policy_pack_requirements_match_the_lock() -> None:
+    lock = {
+        line.split("==")[0].lower().replace("_", "-"): line.split("==")[1]
+        for line in (ROOT / "requirements.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    }
+    for name in ("policies/requirements.txt", "requirements-runtime.txt", "requirements-plan.txt"):
+        for line in (ROOT / name).read_text().splitlines():
+            if "==" in line and not line.startswith("#"):
+                package, version = line.split("==")
+                assert lock[package.lower().replace("_", "-")] == version, f"{name}: {line}"
+
+
+def test_rules_module_builds_no_policy_pack() -> None:
+    source = (ROOT / "policies" / "rules.py").read_text()
+    assert "PolicyPack(" not in source.replace("`PolicyPack`", "")
+    assert "PolicyPack(" in (ROOT / "policies" / "__main__.py").read_text()
+
+
+def test_default_config_is_a_fresh_copy() -> None:
+    first = default_config()
+    changed = copy.deepcopy(first)
+    changed["result-lifecycle"]["maxDays"] = 1
+    assert default_config() == first
