@@ -65,6 +65,12 @@ class HealthCheck:
     http_port: int | None = None
 
 
+def http_health_check(port: int, path: str = "/health", *, python: str = "python3", **timing: int) -> HealthCheck:
+    """An HTTP GET probe run inside the container with its own Python (no curl in slim images)."""
+    probe = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}{path}', timeout=5)"
+    return HealthCheck(command=(python, "-c", probe), http_path=path, http_port=port, **timing)
+
+
 @dataclass(frozen=True)
 class ServiceSpec:
     """One long-running container (or a one-shot job when `one_shot`)."""

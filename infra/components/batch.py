@@ -12,7 +12,7 @@ import pulumi
 from infra.components.secrets import generated_password
 from infra.config import BatchSettings
 from infra.platforms import Platform
-from infra.services import Exposure, HealthCheck, Port, Secret, ServiceSpec
+from infra.services import Exposure, Port, Secret, ServiceSpec, http_health_check
 
 
 class BatchServiceArgs(TypedDict):
@@ -58,7 +58,6 @@ class BatchService(pulumi.ComponentResource):
             Secret("BATCH_WEBHOOK_SECRET", webhook_secret),
         )
         port = settings.api_port
-        probe = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/health', timeout=5)"
         platform.deploy(
             ServiceSpec(
                 name=f"{name}-api",
@@ -68,13 +67,7 @@ class BatchService(pulumi.ComponentResource):
                 environment=env,
                 secrets=secrets,
                 ports=(Port(port, port, Exposure.PUBLIC, "http"),),
-                healthcheck=HealthCheck(
-                    command=("python", "-c", probe),
-                    interval_s=15,
-                    start_period_s=20,
-                    http_path="/health",
-                    http_port=port,
-                ),
+                healthcheck=http_health_check(port, python="python", interval_s=15, start_period_s=20),
                 memory_limit="2g",
             ),
             parent=self,

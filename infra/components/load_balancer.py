@@ -31,7 +31,7 @@ class LoadBalancer(pulumi.ComponentResource):
     def __init__(self, name: str, args: LoadBalancerArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("vllm-gb10:lb:LoadBalancer", name, None, opts)
         platform, settings, host = args["platform"], args["settings"], args["host"]
-        stats_ip = platform.internal_address(host, settings.stats_port, name).rsplit(":", 1)[0]
+        stats_ip = platform.internal_host(host, name)
         self.config_text = render_haproxy_cfg(
             LoadBalancerConfig(
                 backends=tuple(Backend(n, a) for n, a in args["backends"]),

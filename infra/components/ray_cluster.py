@@ -34,7 +34,7 @@ class RayCluster(pulumi.ComponentResource):
     def __init__(self, name: str, args: RayClusterArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("vllm-gb10:ray:RayCluster", name, None, opts)
         platform, settings, head = args["platform"], args["settings"], args["head_host"]
-        head_ip = platform.internal_address(head, settings.gcs_port, f"{name}-head").rsplit(":", 1)[0]
+        head_ip = platform.internal_host(head, f"{name}-head")
         self.gcs_address = f"{head_ip}:{settings.gcs_port}"
         platform.deploy(
             ServiceSpec(
@@ -66,7 +66,7 @@ class RayCluster(pulumi.ComponentResource):
             parent=self,
         )
         for host in args["worker_hosts"]:
-            ip = platform.internal_address(host, settings.gcs_port, f"{name}-worker-{host}").rsplit(":", 1)[0]
+            ip = platform.internal_host(host, f"{name}-worker-{host}")
             platform.deploy(
                 ServiceSpec(
                     name=f"{name}-worker-{host}",

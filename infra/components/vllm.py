@@ -8,7 +8,7 @@ import pulumi
 
 from infra.config import Parallelism, VllmSettings
 from infra.platforms import Platform
-from infra.services import HealthCheck, Port, Secret, ServiceSpec, Volume
+from infra.services import Port, Secret, ServiceSpec, Volume, http_health_check
 from runtime.kvcache import engine_args_to_flags
 
 MODEL_CACHE = Volume(name="model-cache", mount_path="/models", size_gi=200)
@@ -22,17 +22,6 @@ def server_flags(settings: VllmSettings, port: int, engine_args: dict[str, Any])
     """vLLM server flags: model and port, the sized engine arguments, then raw extra flags."""
     head = ["--model", settings.model, "--served-model-name", settings.served_name, "--host", "0.0.0.0"]
     return [*head, "--port", str(port), *engine_args_to_flags(engine_args), *settings.extra_args]
-
-
-def health_check(port: int) -> HealthCheck:
-    probe = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/health', timeout=5)"
-    return HealthCheck(
-        command=("python3", "-c", probe),
-        interval_s=15,
-        start_period_s=STARTUP_GRACE_S,
-        http_path="/health",
-        http_port=port,
-    )
 
 
 class VllmServiceArgs(TypedDict):
@@ -64,7 +53,7 @@ class VllmService(pulumi.ComponentResource):
             environment=env,
             secrets=secrets,
             volumes=(MODEL_CACHE,),
-            healthcheck=health_check(port),
+            healthcheck=http_health_check(port, interval_s=15, start_period_s=STARTUP_GRACE_S),
             gpu=True,
             memory_limit=settings.memory_limit,
             shm_size="16g",
@@ -100,7 +89,7 @@ class VllmService(pulumi.ComponentResource):
                     size,
                 ]
             )
-            bind_ip = platform.internal_address(leader, port, name).rsplit(":", 1)[0]
+            bind_ip = platform.internal_host(leader, name)
             join = (
                 f"ray start --address={args['ray_gcs_address']} --node-ip-address={bind_ip} --num-gpus=1 "
                 f"--dashboard-agent-listen-port={RAY_AGENT_PORT}"

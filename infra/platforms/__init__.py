@@ -15,6 +15,9 @@ class Platform(Protocol):
     def deploy(self, spec: ServiceSpec, parent: pulumi.Resource) -> None:
         """Run `spec` (on `spec.host` where placement matters)."""
 
+    def internal_host(self, host: str, service: str) -> str:
+        """The address (no port) at which other services reach `service`; also what it binds to."""
+
     def internal_address(self, host: str, port: int, service: str) -> str:
         """host:port at which other services reach `service` on `port`."""
 

@@ -166,8 +166,11 @@ class ComposePlatform:
             raise ValueError(f"service {spec.name} placed on unknown host {spec.host!r}")
         self._specs[spec.host].append(spec)
 
+    def internal_host(self, host: str, service: str) -> str:
+        return self._hosts[host].bind_ip
+
     def internal_address(self, host: str, port: int, service: str) -> str:
-        return f"{self._hosts[host].bind_ip}:{port}"
+        return f"{self.internal_host(host, service)}:{port}"
 
     def external_address(self, host: str, port: int, service: str) -> str:
         return f"{self._hosts[host].address}:{port}"

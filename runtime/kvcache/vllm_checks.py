@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import gc
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,31 +24,35 @@ SAMPLE_TEXT = (
 ) * 8
 
 
-def probe_capacity(model: Path, kv_cache_memory_bytes: int, kv_cache_dtype: str, max_model_len: int) -> dict[str, Any]:
-    """vLLM's KV capacity for an explicit KV budget, beside the policy's prediction for it."""
+@contextmanager
+def _engine(model: Path, **engine_args: Any) -> Iterator[Any]:
+    """A vLLM engine for one check, released before the next one loads (one model in memory)."""
     from vllm import LLM
 
-    llm = LLM(
-        model=str(model),
-        kv_cache_memory_bytes=kv_cache_memory_bytes,
-        kv_cache_dtype=kv_cache_dtype,
-        max_model_len=max_model_len,
-        enforce_eager=True,
-    )
-    cache = llm.llm_engine.vllm_config.cache_config
+    llm = LLM(model=str(model), enforce_eager=True, **engine_args)
+    try:
+        yield llm
+    finally:
+        del llm
+        gc.collect()
+
+
+def probe_capacity(model: Path, kv_cache_memory_bytes: int, kv_cache_dtype: str, max_model_len: int) -> dict[str, Any]:
+    """vLLM's KV capacity for an explicit KV budget, beside the policy's prediction for it."""
+    engine_args = {"kv_cache_memory_bytes": kv_cache_memory_bytes, "kv_cache_dtype": kv_cache_dtype}
+    with _engine(model, max_model_len=max_model_len, **engine_args) as llm:
+        cache = llm.llm_engine.vllm_config.cache_config
+        block_size, num_blocks = cache.block_size, cache.num_gpu_blocks
     shape = load_model_shape(model / "config.json")
     width = FP8_BYTES if kv_cache_dtype.startswith("fp8") else shape.dtype_bytes
-    result = {
+    return {
         "kv_cache_dtype": kv_cache_dtype,
         "kv_cache_memory_bytes": kv_cache_memory_bytes,
-        "block_size": cache.block_size,
-        "num_blocks": cache.num_gpu_blocks,
-        "vllm_tokens": cache.num_gpu_blocks * cache.block_size,
-        "predicted_tokens": tokens_for_budget(shape, kv_cache_memory_bytes, width, cache.block_size),
+        "block_size": block_size,
+        "num_blocks": num_blocks,
+        "vllm_tokens": num_blocks * block_size,
+        "predicted_tokens": tokens_for_budget(shape, kv_cache_memory_bytes, width, block_size),
     }
-    del llm
-    gc.collect()
-    return result
 
 
 def default_memory_utilization() -> float:
@@ -64,26 +70,21 @@ def perplexity(
     Chunked prefill in `chunk_tokens` pieces makes every later chunk attend to the earlier ones
     through the KV cache, so the cache's dtype affects the result as it does in serving.
     """
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
 
-    llm = LLM(
-        model=str(model),
+    with _engine(
+        model,
         kv_cache_dtype=kv_cache_dtype,
         max_model_len=max_model_len,
         enable_chunked_prefill=True,
         max_num_batched_tokens=chunk_tokens,
         enable_prefix_caching=False,
         gpu_memory_utilization=memory_utilization,
-        enforce_eager=True,
-    )
-    tokenizer = llm.get_tokenizer()
-    ids = tokenizer.encode(text)[: max_model_len - 1]
-    output = llm.generate([{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)[
-        0
-    ]
+    ) as llm:
+        ids = llm.get_tokenizer().encode(text)[: max_model_len - 1]
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0)
+        output = llm.generate([{"prompt_token_ids": ids}], params, use_tqdm=False)[0]
     nll = [-entry[token].logprob for token, entry in zip(ids[1:], output.prompt_logprobs[1:], strict=True)]
-    del llm
-    gc.collect()
     return math.exp(sum(nll) / len(nll))
 
 
