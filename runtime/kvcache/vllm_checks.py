@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import gc
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from runtime.kvcache.model import load_model_shape
 from runtime.kvcache.policy import FP8_BYTES, tokens_for_budget
 
+T = TypeVar("T")
 SAMPLE_TEXT = (
     "Grace Blackwell boxes serve language models with unified memory. A batch of requests is split into "
     "chunks and checkpointed after each chunk, so that a worker that dies resumes where it stopped. Sticky "
@@ -24,14 +24,14 @@ SAMPLE_TEXT = (
 ) * 8
 
 
-@contextmanager
-def _engine(model: Path, **engine_args: Any) -> Iterator[Any]:
-    """A vLLM engine for one check, released before the next one loads (one model in memory)."""
+def _with_engine(model: Path, work: Callable[[Any], T], **engine_args: Any) -> T:
+    """Run `work` on a vLLM engine that is released before returning (one model in memory at a time;
+    no reference to the engine escapes)."""
     from vllm import LLM
 
     llm = LLM(model=str(model), enforce_eager=True, **engine_args)
     try:
-        yield llm
+        return work(llm)
     finally:
         del llm
         gc.collect()
@@ -40,9 +40,12 @@ def _engine(model: Path, **engine_args: Any) -> Iterator[Any]:
 def probe_capacity(model: Path, kv_cache_memory_bytes: int, kv_cache_dtype: str, max_model_len: int) -> dict[str, Any]:
     """vLLM's KV capacity for an explicit KV budget, beside the policy's prediction for it."""
     engine_args = {"kv_cache_memory_bytes": kv_cache_memory_bytes, "kv_cache_dtype": kv_cache_dtype}
-    with _engine(model, max_model_len=max_model_len, **engine_args) as llm:
+
+    def blocks(llm: Any) -> tuple[int, int]:
         cache = llm.llm_engine.vllm_config.cache_config
-        block_size, num_blocks = cache.block_size, cache.num_gpu_blocks
+        return cache.block_size, cache.num_gpu_blocks
+
+    block_size, num_blocks = _with_engine(model, blocks, max_model_len=max_model_len, **engine_args)
     shape = load_model_shape(model / "config.json")
     width = FP8_BYTES if kv_cache_dtype.startswith("fp8") else shape.dtype_bytes
     return {
@@ -72,18 +75,21 @@ def perplexity(
     """
     from vllm import SamplingParams
 
-    with _engine(
+    def prompt_logprobs(llm: Any) -> tuple[list[int], Any]:
+        ids = llm.get_tokenizer().encode(text)[: max_model_len - 1]
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0)
+        return ids, llm.generate([{"prompt_token_ids": ids}], params, use_tqdm=False)[0]
+
+    ids, output = _with_engine(
         model,
+        prompt_logprobs,
         kv_cache_dtype=kv_cache_dtype,
         max_model_len=max_model_len,
         enable_chunked_prefill=True,
         max_num_batched_tokens=chunk_tokens,
         enable_prefix_caching=False,
         gpu_memory_utilization=memory_utilization,
-    ) as llm:
-        ids = llm.get_tokenizer().encode(text)[: max_model_len - 1]
-        params = SamplingParams(max_tokens=1, prompt_logprobs=0)
-        output = llm.generate([{"prompt_token_ids": ids}], params, use_tqdm=False)[0]
+    )
     nll = [-entry[token].logprob for token, entry in zip(ids[1:], output.prompt_logprobs[1:], strict=True)]
     return math.exp(sum(nll) / len(nll))
 
