@@ -240,7 +240,7 @@ def validate_vllm_memory_utilization(args: ResourceValidationArgs, report: Repor
             continue
         found = re.search(r"--gpu-memory-utilization[= ]([0-9.]+)", w.command_text)
         if found is None:
-            report(f"{w.name}: --gpu-memory-utilization not set; vLLM's default (0.9) runs out of memory on GB10")
+            report(f"{w.name}: --gpu-memory-utilization not set; vLLM's default (0.92) runs out of memory on GB10")
         elif float(found.group(1)) > ceiling:
             report(f"{w.name}: --gpu-memory-utilization {found.group(1)} is above {ceiling} (GB10 unified memory)")
         if "--swap-space" in w.command_text:
