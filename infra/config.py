@@ -301,7 +301,6 @@ def load(read: RawReader, stack: str, present_keys: Iterable[str] = ()) -> Stack
     error rather than a silently ignored setting. Hosts' private-key secret names are allowed.
     """
     where = stack_file(stack)
-    _check_unknown_keys(set(present_keys), read, where)
     groups: dict[str, Any] = {}
     for group, model in GROUPS.items():
         raw: dict[str, Any] = {}
@@ -316,6 +315,7 @@ def load(read: RawReader, stack: str, present_keys: Iterable[str] = ()) -> Stack
     if not isinstance(hosts_raw, list):
         raise ConfigError(f"{where}: {PROJECT}:hosts: must be a list of host objects")
     hosts = tuple(_validate(Host, entry, where, prefix=f"hosts[{i}].") for i, entry in enumerate(hosts_raw))
+    _check_unknown_keys(set(present_keys), {h.private_key_secret for h in hosts}, where)
     try:
         platform = Platform(platform_raw or Platform.COMPOSE)
     except ValueError:
@@ -326,13 +326,8 @@ def load(read: RawReader, stack: str, present_keys: Iterable[str] = ()) -> Stack
     return config
 
 
-def _check_unknown_keys(present: set[str], read: RawReader, where: str) -> None:
-    allowed = known_keys()
-    try:
-        for entry in json.loads(read("hosts") or "[]"):
-            allowed.add(entry.get("privateKeySecret", "sshPrivateKey"))
-    except (json.JSONDecodeError, AttributeError, TypeError):
-        pass  # reported with its key by the hosts validation
+def _check_unknown_keys(present: set[str], host_secret_keys: set[str], where: str) -> None:
+    allowed = known_keys() | host_secret_keys
     for key in sorted(present - allowed):
         close = difflib.get_close_matches(key, sorted(allowed), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""

@@ -310,13 +310,11 @@ def _pinned_to_node(spec: dict, key: str, values: set[str]) -> bool:
 
 def validate_result_lifecycle(args: ResourceValidationArgs, report: ReportViolation) -> None:
     limit = int(_config(args, "maxDays", 7))
-    found = [w for w in workloads(args.resource_type, args.props, args.name) if "minio/minio" in w.image]
-    if not found:
+    services = workloads(args.resource_type, args.props, args.name)
+    if not any("minio/minio" in w.image for w in services):
         return
     rules = [
-        int(m.group(1))
-        for w in workloads(args.resource_type, args.props, args.name)
-        for m in re.finditer(r"ilm rule add --expire-days (\d+)", w.command_text)
+        int(m.group(1)) for w in services for m in re.finditer(r"ilm rule add --expire-days (\d+)", w.command_text)
     ]
     if not rules:
         report("MinIO has no lifecycle rule: batch results never expire")

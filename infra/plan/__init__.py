@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from infra.config import PROJECT, DataSettings
 from infra.plan.policy_check import Violation, evaluate
 from infra.plan.recorder import MASK, Recording, generated_files, masked, run_program
 from infra.plan.stackfile import read_stack_file
@@ -70,7 +71,8 @@ def build_plan(stack: str, project_dir: Path = PROJECT_DIR, overrides: dict[str,
 
 def policy_config(values: dict[str, str]) -> dict[str, dict[str, Any]]:
     """Policy config the stack implies: publicDataServices is the explicit exception it allows."""
-    public = str(values.get("vllm-gb10:publicDataServices", "false")).lower() in {"true", "1", "yes"}
+    raw = values.get(f"{PROJECT}:publicDataServices")
+    public = DataSettings.model_validate({} if raw is None else {"publicDataServices": raw}).public
     return {"data-services-private": {"allowPublicDataServices": public}}
 
 

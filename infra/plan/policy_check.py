@@ -7,6 +7,7 @@ policy's config (its schema defaults, overridden by what the stack implies).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,24 +58,26 @@ def evaluate(recording: Recording, overrides: dict[str, dict[str, Any]] | None =
     resources = [(r, f"urn:pulumi:plan::vllm-gb10::{r.type}::{r.name}", _plain(r.inputs)) for r in recording.resources]
     by_urn = {urn: f"{r.type} {r.name}" for r, urn, _ in resources}
     violations: list[Violation] = []
+
+    def reporter(policy_name: str, level: str, at: str | None = None) -> Callable[..., None]:
+        """A report_violation callback; `at` is the resource under validation (resource policies)."""
+
+        def report(message: str, urn: str | None = None) -> None:
+            where = by_urn.get(at or urn or "", "stack")
+            violations.append(Violation(policy_name, level, where, message))
+
+        return report
+
     for policy in POLICIES:
         level = "mandatory" if policy.enforcement_level == EnforcementLevel.MANDATORY else "advisory"
-        found: list[tuple[str, str | None]] = []  # (message, urn) as the policy reports them
-
-        def report(message: str, urn: str | None = None, _found: list = found) -> None:
-            _found.append((message, urn))
-
         if isinstance(policy, ResourceValidationPolicy):
             for r, urn, props in resources:
                 args = ResourceValidationArgs(r.type, props, urn, r.name, _options(r.parent), None, config[policy.name])
-                before = len(found)
-                policy.validate(args, report)
-                found[before:] = [(message, urn) for message, _ in found[before:]]
+                policy.validate(args, reporter(policy.name, level, urn))
         else:
             stack_resources = [
                 PolicyResource(r.type, props, urn, r.name, _options(r.parent), None, None, [], {})
                 for r, urn, props in resources
             ]
-            policy.validate(StackValidationArgs(stack_resources, config[policy.name]), report)
-        violations += [Violation(policy.name, level, by_urn.get(urn or "", "stack"), msg) for msg, urn in found]
+            policy.validate(StackValidationArgs(stack_resources, config[policy.name]), reporter(policy.name, level))
     return violations

@@ -34,10 +34,7 @@ class ModelShape:
 
     def kv_bytes_per_token(self, kv_dtype_bytes: int | None = None) -> int:
         """2 x layers x kv_heads x head_dim x dtype bytes (all layers, as if none were sliding)."""
-        width = kv_dtype_bytes or self.dtype_bytes
-        if self.mla_latent_dim is not None:
-            return self.num_layers * self.mla_latent_dim * width
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * width
+        return self.num_layers * self.layer_bytes_per_token(kv_dtype_bytes or self.dtype_bytes)
 
     def per_gpu(self, gpus: int, kind: str) -> ModelShape:
         """The share one GPU holds when the model is split: tensor parallel splits heads and weights,
@@ -75,14 +72,13 @@ def _positive_int(value: Any, key: str, where: str) -> int:
     return value
 
 
-def _estimate_weights(config: dict[str, Any], layers: int, dtype_bytes: int) -> int:
+def _estimate_weights(
+    config: dict[str, Any], layers: int, heads: int, kv_heads: int, head_dim: int, dtype_bytes: int
+) -> int:
     """Dense decoder parameters: embeddings, attention and gated MLP per layer (no MoE)."""
     hidden = config["hidden_size"]
     vocab = config.get("vocab_size", 32000)
     intermediate = config.get("intermediate_size", 4 * hidden)
-    heads = config["num_attention_heads"]
-    kv_heads = config.get("num_key_value_heads") or heads
-    head_dim = config.get("head_dim") or hidden // heads
     attention = hidden * heads * head_dim * 2 + hidden * kv_heads * head_dim * 2
     mlp = 3 * hidden * intermediate
     embeddings = vocab * hidden * (1 if config.get("tie_word_embeddings") else 2)
@@ -144,7 +140,7 @@ def load_model_shape(config_path: Path, index_path: Path | None = None) -> Model
     if weights is None:
         if "hidden_size" not in config:
             raise ModelConfigError(f"{where}: no hidden_size to estimate the weights from, and no safetensors index")
-        weights = _estimate_weights(config, layers, dtype_bytes)
+        weights = _estimate_weights(config, layers, heads, kv_heads, head_dim, dtype_bytes)
 
     return ModelShape(
         name=str(config.get("_name_or_path") or config_path.parent.name),
