@@ -6,10 +6,13 @@ services; a test builds it from the environment the stack renders.
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
-from pydantic import AnyHttpUrl, Field, RedisDsn, SecretStr
+from pydantic import AnyHttpUrl, Field, RedisDsn, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+InvalidLines = Literal["reject", "error_file"]
 
 
 class BatchSettings(BaseSettings):
@@ -20,11 +23,44 @@ class BatchSettings(BaseSettings):
     s3_bucket: str = Field(min_length=3)
     s3_access_key_id: str = Field(min_length=1)
     s3_secret_access_key: SecretStr
+    s3_region: str = "us-east-1"
     engine: Literal["http", "offline"] = "http"
     vllm_base_url: AnyHttpUrl | None = Field(default=None, description="http engine: the load balancer.")
+    vllm_request_priority: int = Field(
+        default=10,
+        description="http engine: vLLM `priority` sent with each request (higher runs later); needs the "
+        "servers started with --scheduling-policy priority. 0 sends none.",
+    )
     model: str = Field(min_length=1, description="Model id jobs must name (OpenAI 'model').")
+    model_path: str | None = Field(default=None, description="offline engine: weights to load (default: model).")
+    vllm_args: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="offline engine: extra vLLM engine arguments, JSON object."
+    )
     chunk_size: int = Field(default=100, ge=1)
-    concurrency: int = Field(default=64, ge=1)
+    concurrency: int = Field(default=64, ge=1, description="Requests in flight per worker (the window).")
+    request_max_attempts: int = Field(default=3, ge=1, description="Tries per request on retryable errors.")
+    job_max_attempts: int = Field(default=5, ge=1, description="Leases of one job before it is failed.")
+    lease_seconds: float = Field(default=30.0, gt=0, description="A dead worker's job returns after this.")
+    completion_window_seconds: int = Field(default=86_400, ge=1, description="OpenAI's 24h window.")
+    max_file_lines: int = Field(default=50_000, ge=1)
+    max_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
+    invalid_lines: InvalidLines = Field(
+        default="reject", description="reject: 400 naming the line; error_file: bad lines go to the error file."
+    )
+    rate_limit_per_minute: int = Field(default=600, ge=1, description="API requests per key per minute.")
     result_retention_days: int = Field(default=7, ge=1, le=7)
     bootstrap_api_key: SecretStr = Field(description="Stored hashed at start; clients send it as Bearer.")
     webhook_secret: SecretStr = Field(description="HMAC-SHA256 key for webhook signatures.")
+    webhook_max_attempts: int = Field(default=8, ge=1)
+    worker_metrics_port: int = Field(default=8101, ge=0, le=65535, description="Worker /health and /metrics.")
+
+    @field_validator("vllm_args", mode="before")
+    @classmethod
+    def _json_object(cls, value: object) -> object:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
+        return value
+
+    @property
+    def retention_seconds(self) -> int:
+        return self.result_retention_days * 86_400

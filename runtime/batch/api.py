@@ -1,0 +1,476 @@
+"""The batch API: OpenAI's /v1/files and /v1/batches, and the seeds' /v1/batch, on one job store.
+
+Run: `python -m runtime.batch.api --host 0.0.0.0 --port 8100` (settings from BATCH_* variables).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import redis.asyncio as redis
+import uvicorn
+from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+
+from runtime.batch import auth, keys, logs, metrics, webhooks
+from runtime.batch.intake import InputRefusedError, create_job
+from runtime.batch.jobs import JobStore, priority_of
+from runtime.batch.models import (
+    ENDPOINTS,
+    ApiError,
+    Batch,
+    BatchList,
+    BatchStatus,
+    FileObject,
+    Priority,
+    SeedJobCreated,
+    SeedJobRequest,
+    SeedJobStatus,
+    SeedProgress,
+    SeedResults,
+    SeedStats,
+    SeedThroughput,
+)
+from runtime.batch.settings import BatchSettings, InvalidLines
+from runtime.batch.sources import SourceError, open_lines
+from runtime.batch.storage import ObjectStore, file_key
+
+OFFLINE_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings")
+
+
+class ApiException(Exception):  # noqa: N818 - mirrors FastAPI's HTTPException
+    def __init__(self, status: int, error: ApiError, headers: dict[str, str] | None = None):
+        super().__init__(error.message)
+        self.status, self.error, self.headers = status, error, headers
+
+
+def not_found(what: str, ident: str) -> ApiException:
+    return ApiException(404, ApiError(message=f"No {what} found with id '{ident}'.", code="not_found"))
+
+
+class CreateBatch(BaseModel):
+    input_file_id: str
+    endpoint: str
+    completion_window: str = "24h"
+    metadata: dict[str, str] | None = None
+
+
+class State:
+    def __init__(self, settings: BatchSettings):
+        self.settings = settings
+        self.redis = redis.Redis.from_url(str(settings.redis_url), decode_responses=True)
+        self.store = JobStore(self.redis)
+        self.objects = ObjectStore(settings)
+        self.endpoints = OFFLINE_ENDPOINTS if settings.engine == "offline" else ENDPOINTS
+
+
+async def caller(request: Request) -> str:
+    """The calling key's id, after authentication and the rate limit."""
+    state: State = request.app.state.batch
+    settings = state.settings
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    key_id = await auth.key_id_of(state.redis, token) if scheme.lower() == "bearer" and token else None
+    if key_id is None:
+        raise ApiException(
+            401, ApiError(message="Missing or unknown API key (Authorization: Bearer …).", code="invalid_api_key")
+        )
+    wait = await auth.over_limit(state.redis, key_id, settings.rate_limit_per_minute)
+    if wait is not None:
+        raise ApiException(
+            429,
+            ApiError(message=f"Rate limit of {settings.rate_limit_per_minute}/min reached.", code="rate_limit"),
+            headers={"Retry-After": str(wait)},
+        )
+    logs.job_id.set(None)
+    return key_id
+
+
+Caller = Annotated[str, Depends(caller)]
+
+
+def create_app(settings: BatchSettings) -> FastAPI:
+    state = State(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(state.objects.ensure_bucket)
+        await auth.add_key(state.redis, settings.bootstrap_api_key.get_secret_value(), "bootstrap")
+        yield
+        await state.redis.aclose()
+
+    app = FastAPI(title="vllm-gb10 batch API", version="1.0", lifespan=lifespan)
+    app.state.batch = state
+
+    @app.exception_handler(ApiException)
+    async def api_error(_request: Request, exc: ApiException) -> JSONResponse:
+        return JSONResponse({"error": exc.error.model_dump()}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"][1:]) or None
+        error = ApiError(message=f"{param}: {first['msg']}" if param else first["msg"], param=param)
+        return JSONResponse({"error": error.model_dump()}, status_code=400)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):
+        response = await call_next(request)
+        route = request.scope.get("route")
+        metrics.api_requests.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
+        return response
+
+    # --- health and metrics --------------------------------------------------------------
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        await state.redis.ping()
+        workers = await state.store.live_workers(within_seconds=30)
+        return {"status": "ok", "workers": len(workers), "queue_depth": await state.store.queue_depth()}
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        metrics.queue_depth.set(await state.store.queue_depth())
+        for status, count in (await state.store.counts_by_status()).items():
+            metrics.jobs_by_status.labels(status).set(count)
+        metrics.job_progress.clear()
+        metrics.job_last_progress.clear()
+        batches, _ = await state.store.list(limit=1000, after=None)
+        for batch in batches:
+            if batch.status in (BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING, BatchStatus.CANCELLING):
+                counts = batch.request_counts
+                done = counts.completed + counts.failed
+                metrics.job_progress.labels(batch.id).set(done / counts.total if counts.total else 0)
+                progress_at = await state.store.progress_at(batch.id)
+                metrics.job_last_progress.labels(batch.id).set(progress_at or batch.in_progress_at or batch.created_at)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    # --- files ---------------------------------------------------------------------------
+
+    @app.post("/v1/files")
+    async def upload_file(_key: Caller, file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()]):
+        if purpose != "batch":
+            raise ApiException(400, ApiError(message=f"purpose {purpose!r}: only 'batch' is accepted", param="purpose"))
+        size = file.size if file.size is not None else 0
+        if size > settings.max_file_bytes:
+            raise ApiException(
+                400,
+                ApiError(
+                    message=f"file is {size} bytes; the limit is {settings.max_file_bytes}",
+                    code="file_too_large",
+                    param="file",
+                ),
+            )
+        file_id = f"file-{uuid.uuid4().hex}"
+        await asyncio.to_thread(state.objects.upload, file_key(file_id), file.file)
+        now = int(time.time())
+        record = FileObject(
+            id=file_id,
+            bytes=size,
+            created_at=now,
+            expires_at=now + settings.retention_seconds,
+            filename=file.filename or "input.jsonl",
+            purpose="batch",
+        )
+        await state.store.save_file(record)
+        return record
+
+    async def existing_file(file_id: str) -> FileObject:
+        record = await state.store.get_file(file_id)
+        if record is None or (record.expires_at is not None and record.expires_at <= time.time()):
+            raise not_found("file", file_id)
+        return record
+
+    @app.get("/v1/files/{file_id}")
+    async def get_file(_key: Caller, file_id: str) -> FileObject:
+        return await existing_file(file_id)
+
+    @app.get("/v1/files/{file_id}/content")
+    async def file_content(_key: Caller, file_id: str) -> StreamingResponse:
+        await existing_file(file_id)
+        body = await asyncio.to_thread(state.objects.open, file_key(file_id))
+        return StreamingResponse(_iterate(body), media_type="application/jsonl")
+
+    @app.delete("/v1/files/{file_id}")
+    async def delete_file(_key: Caller, file_id: str) -> dict[str, Any]:
+        await existing_file(file_id)
+        await asyncio.to_thread(state.objects.delete, file_key(file_id))
+        await state.store.delete_file(file_id)
+        return {"id": file_id, "object": "file", "deleted": True}
+
+    # --- OpenAI batches ------------------------------------------------------------------
+
+    async def submit(
+        key_id: str,
+        *,
+        input_file_id: str,
+        lines: Iterator[bytes],
+        endpoint: str | None,
+        metadata: dict[str, str] | None,
+        priority: Priority,
+        webhook_url: str | None,
+        invalid_lines: InvalidLines,
+    ) -> Batch:
+        try:
+            batch = await create_job(
+                state.store,
+                state.objects,
+                settings,
+                input_file_id=input_file_id,
+                lines=lines,
+                endpoint=endpoint,
+                endpoints=state.endpoints,
+                priority=priority,
+                metadata=metadata,
+                webhook_url=webhook_url,
+                key_id=key_id,
+                invalid_lines=invalid_lines,
+            )
+        except InputRefusedError as refused:
+            error = refused.error
+            raise ApiException(
+                400, ApiError(message=error.message, code=error.code, param=error.param, line=error.line)
+            ) from None
+        except SourceError as exc:
+            raise ApiException(
+                400, ApiError(message=str(exc), code="invalid_input_file", param="input_file_url")
+            ) from None
+        logs.job_id.set(batch.id)
+        return batch
+
+    def job_options(metadata: dict[str, str] | None) -> tuple[Priority, InvalidLines]:
+        try:
+            priority = priority_of(metadata)
+        except ValueError:
+            raise ApiException(
+                400, ApiError(message="metadata.priority must be high, normal or low", param="metadata.priority")
+            ) from None
+        mode = (metadata or {}).get("invalid_lines", settings.invalid_lines)
+        if mode not in ("reject", "error_file"):
+            raise ApiException(
+                400,
+                ApiError(message="metadata.invalid_lines must be reject or error_file", param="metadata.invalid_lines"),
+            )
+        return priority, mode
+
+    @app.post("/v1/batches")
+    async def create_batch(key_id: Caller, body: CreateBatch) -> Batch:
+        if body.endpoint not in state.endpoints:
+            raise ApiException(
+                400,
+                ApiError(message=f"endpoint must be one of {', '.join(state.endpoints)}", param="endpoint"),
+            )
+        if body.completion_window != "24h":
+            raise ApiException(400, ApiError(message="completion_window must be '24h'", param="completion_window"))
+        await existing_file(body.input_file_id)
+        priority, mode = job_options(body.metadata)
+        return await submit(
+            key_id,
+            input_file_id=body.input_file_id,
+            lines=state.objects.lines(file_key(body.input_file_id)),
+            endpoint=body.endpoint,
+            metadata=body.metadata,
+            priority=priority,
+            webhook_url=(body.metadata or {}).get("webhook_url"),
+            invalid_lines=mode,
+        )
+
+    async def existing_batch(batch_id: str) -> Batch:
+        batch = await state.store.get(batch_id)
+        if batch is None:
+            raise not_found("batch", batch_id)
+        logs.job_id.set(batch_id)
+        return batch
+
+    @app.get("/v1/batches/{batch_id}")
+    async def get_batch(_key: Caller, batch_id: str) -> Batch:
+        return await existing_batch(batch_id)
+
+    @app.post("/v1/batches/{batch_id}/cancel")
+    async def cancel_batch(_key: Caller, batch_id: str) -> Batch:
+        batch = await existing_batch(batch_id)
+        if batch.status in (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.EXPIRED):
+            raise ApiException(
+                409, ApiError(message=f"batch {batch_id} is already {batch.status.value}", code="batch_not_cancellable")
+            )
+        cancelled = await state.store.cancel(batch_id)
+        if cancelled.status == BatchStatus.CANCELLED and batch.status != BatchStatus.CANCELLED:
+            plan = await state.store.plan(batch_id)
+            if plan.webhook_url:
+                await webhooks.enqueue(state.redis, plan.webhook_url, cancelled)
+        return cancelled
+
+    @app.get("/v1/batches")
+    async def list_batches(
+        _key: Caller, limit: Annotated[int, Query(ge=1, le=100)] = 20, after: str | None = None
+    ) -> BatchList:
+        batches, more = await state.store.list(limit=limit, after=after)
+        return BatchList(
+            data=batches,
+            first_id=batches[0].id if batches else None,
+            last_id=batches[-1].id if batches else None,
+            has_more=more,
+        )
+
+    # --- the seeds' API ------------------------------------------------------------------
+
+    @app.post("/v1/batch")
+    async def create_seed_job(key_id: Caller, body: SeedJobRequest) -> SeedJobCreated:
+        if body.model != settings.model:
+            raise ApiException(
+                400, ApiError(message=f"model {body.model!r} is not served here", code="model_not_found", param="model")
+            )
+        try:
+            lines, _size = await asyncio.to_thread(
+                open_lines, state.objects, body.input_file_url, settings.max_file_bytes
+            )
+        except SourceError as exc:
+            raise ApiException(
+                400, ApiError(message=str(exc), code="invalid_input_file", param="input_file_url")
+            ) from None
+        file_id = f"file-{uuid.uuid4().hex}"
+        spool = tempfile.SpooledTemporaryFile(max_size=16 * 1024 * 1024)
+        try:
+            metadata = {k: str(v) for k, v in body.metadata.model_dump(mode="json").items() if v is not None}
+            batch = await submit(
+                key_id,
+                input_file_id=file_id,
+                lines=_tee(lines, spool),
+                endpoint=None,
+                metadata=metadata,
+                priority=body.metadata.priority,
+                webhook_url=body.webhook_url,
+                invalid_lines=settings.invalid_lines,
+            )
+            size = spool.tell()
+            spool.seek(0)
+            await asyncio.to_thread(state.objects.upload, file_key(file_id), spool)
+        finally:
+            spool.close()
+        now = int(time.time())
+        await state.store.save_file(
+            FileObject(
+                id=file_id,
+                bytes=size,
+                created_at=now,
+                expires_at=now + settings.retention_seconds,
+                filename=body.input_file_url.rsplit("/", 1)[-1] or "input.jsonl",
+                purpose="batch",
+            )
+        )
+        return SeedJobCreated(
+            job_id=batch.id,
+            status=batch.status,
+            created_at=batch.created_at,
+            estimated_completion=await estimate_completion(batch),
+        )
+
+    async def estimate_completion(batch: Batch) -> int | None:
+        rate = await state.store.throughput()
+        if not rate:
+            return None
+        ahead = await state.redis.zrange(keys.QUEUE, 0, -1)
+        work = 0
+        for batch_id in ahead:
+            other = await state.store.get(batch_id)
+            if other is not None:
+                work += other.request_counts.total
+            if batch_id == batch.id:
+                break
+        return int(time.time() + work / rate)
+
+    @app.get("/v1/batch/{job_id}")
+    async def seed_job_status(_key: Caller, job_id: str) -> SeedJobStatus:
+        batch = await existing_batch(job_id)
+        counts = batch.request_counts
+        done = counts.completed + counts.failed
+        elapsed = (batch.completed_at or time.time()) - batch.in_progress_at if batch.in_progress_at else 0
+        rate = done / elapsed if elapsed > 0 else 0.0
+        remaining = counts.total - done
+        return SeedJobStatus(
+            job_id=batch.id,
+            status=batch.status,
+            created_at=batch.created_at,
+            progress=SeedProgress(
+                completed=done, total=counts.total, percent=round(100 * done / counts.total, 2) if counts.total else 0
+            ),
+            throughput=SeedThroughput(
+                req_per_sec=round(rate, 3), estimated_remaining=int(remaining / rate) if rate > 0 else None
+            ),
+            metadata=batch.metadata,
+        )
+
+    @app.get("/v1/batch/{job_id}/results")
+    async def seed_job_results(_key: Caller, job_id: str) -> SeedResults:
+        batch = await existing_batch(job_id)
+        if not batch.status.terminal:
+            raise ApiException(
+                409,
+                ApiError(message=f"job {job_id} is {batch.status.value}; results come when it ends", code="not_ready"),
+            )
+        if batch.output_file_id is None and batch.error_file_id is None:
+            raise ApiException(404, ApiError(message=f"job {job_id} produced no results", code="no_results"))
+        stats = json.loads(await state.redis.get(keys.stats(job_id)) or "{}")
+        ends = [
+            f.expires_at
+            for f in [await state.store.get_file(i) for i in (batch.output_file_id, batch.error_file_id) if i]
+            if f
+        ]
+        expires_at = min(e for e in ends if e) if ends else int(time.time())
+        ttl = max(1, min(expires_at - int(time.time()), 7 * 86_400))
+
+        def url(file_id: str | None) -> str | None:
+            return state.objects.presign(file_key(file_id), ttl) if file_id else None
+
+        return SeedResults(
+            job_id=job_id,
+            results_url=url(batch.output_file_id or batch.error_file_id),
+            errors_url=url(batch.error_file_id),
+            expires_at=expires_at,
+            stats=SeedStats(
+                total=batch.request_counts.total,
+                successful=batch.request_counts.completed,
+                failed=batch.request_counts.failed,
+                avg_response_time=stats.get("avg_response_time"),
+            ),
+        )
+
+    return app
+
+
+def _iterate(body: Any) -> Iterator[bytes]:
+    try:
+        yield from body.iter_chunks(1024 * 1024)
+    finally:
+        body.close()
+
+
+def _tee(lines: Iterator[bytes], spool: Any) -> Iterator[bytes]:
+    for line in lines:
+        spool.write(line + b"\n")
+        yield line
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="vllm-gb10 batch API (settings from BATCH_* variables)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8100)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logs.configure("batch-api", args.log_level)
+    uvicorn.run(create_app(BatchSettings()), host=args.host, port=args.port, log_config=None, access_log=False)
+
+
+if __name__ == "__main__":
+    main()

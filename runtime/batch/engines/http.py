@@ -1,0 +1,70 @@
+"""The http engine: the vLLM OpenAI servers behind the load balancer.
+
+Batch work must not starve interactive users, so each request carries vLLM's `priority` (higher
+runs later under `--scheduling-policy priority`). Each request gets its own session key so the
+load balancer spreads a job over every backend instead of pinning it to one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from runtime.batch.engines import Outcome, usage_of
+from runtime.batch.validation import RequestLine
+
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def request_body(request: RequestLine, priority: int) -> dict[str, Any]:
+    body = dict(request.body)
+    if priority:
+        body["priority"] = priority
+    return body
+
+
+class HttpEngine:
+    endpoints = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+
+    def __init__(self, base_url: str, *, priority: int, concurrency: int, timeout_s: float = 600.0):
+        self.base_url = base_url.rstrip("/").removesuffix("/v1")
+        self.priority = priority
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        self.client = httpx.AsyncClient(base_url=self.base_url, limits=limits, timeout=timeout_s)
+
+    async def start(self) -> None:
+        response = await self.client.get("/v1/models")
+        response.raise_for_status()
+
+    async def run(self, request: RequestLine) -> Outcome:
+        try:
+            response = await self.client.post(
+                request.url,
+                json=request_body(request, self.priority),
+                headers={"X-Session-ID": request.custom_id},
+            )
+        except httpx.TransportError as exc:
+            return Outcome(
+                status_code=503,
+                error={"code": "engine_unreachable", "message": f"{type(exc).__name__}: {exc}"},
+                retryable=True,
+            )
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"error": {"message": response.text[:500]}}
+        request_id = response.headers.get("x-request-id")
+        if response.is_success:
+            return Outcome(status_code=response.status_code, body=body, request_id=request_id, usage=usage_of(body))
+        error = body.get("error") if isinstance(body.get("error"), dict) else {"message": str(body)[:500]}
+        return Outcome(
+            status_code=response.status_code,
+            body=body,
+            error={"code": str(error.get("code") or response.status_code), "message": str(error.get("message"))},
+            retryable=response.status_code in RETRYABLE_STATUS,
+            request_id=request_id,
+        )
+
+    async def close(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,152 @@
+"""From an uploaded input file to a queued job: validate every line, write chunk objects, enqueue.
+
+Runs before the job exists, so a refused file leaves nothing behind: no batch record, no chunk
+objects. Lines stream from S3; memory holds one chunk at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Iterable
+
+from runtime.batch.jobs import JobStore
+from runtime.batch.models import Batch, BatchError, BatchErrors, BatchStatus, JobPlan, Priority, RequestCounts
+from runtime.batch.settings import BatchSettings, InvalidLines
+from runtime.batch.storage import ObjectStore, chunk_input_key, invalid_lines_key
+from runtime.batch.validation import FileRejectedError, LineValidator, RequestLine
+
+
+class InputRefusedError(ValueError):
+    """The input cannot become a job; `error` names the line (or the whole file)."""
+
+    def __init__(self, error: BatchError):
+        super().__init__(error.message)
+        self.error = error
+
+
+def new_batch_id() -> str:
+    return f"batch_{uuid.uuid4().hex}"
+
+
+def split_input(
+    objects: ObjectStore,
+    lines: Iterable[bytes],
+    *,
+    batch_id: str,
+    model: str,
+    endpoint: str | None,
+    endpoints: tuple[str, ...],
+    settings: BatchSettings,
+    invalid_lines: InvalidLines,
+) -> tuple[int, int, int, str]:
+    """Write batches/<id>/in/<n>.jsonl; returns (valid, invalid, chunks, endpoint). Blocking."""
+    validator = LineValidator(model=model, endpoint=endpoint, endpoints=endpoints, max_lines=settings.max_file_lines)
+    buffer: list[RequestLine] = []
+    errors: list[BatchError] = []
+    chunks = valid = 0
+
+    def flush() -> None:
+        nonlocal chunks
+        objects.put(chunk_input_key(batch_id, chunks), "\n".join(r.to_json() for r in buffer).encode())
+        chunks += 1
+        buffer.clear()
+
+    try:
+        for number, raw in enumerate(lines, start=1):
+            checked = validator.check(number, raw)
+            if checked is None:
+                continue
+            if isinstance(checked, BatchError):
+                if invalid_lines == "reject":
+                    raise InputRefusedError(checked)
+                errors.append(checked)
+                continue
+            buffer.append(checked)
+            valid += 1
+            if len(buffer) == settings.chunk_size:
+                flush()
+        if buffer:
+            flush()
+        if valid == 0 and not errors:
+            raise InputRefusedError(BatchError(code="empty_file", message="the input file has no requests"))
+        if errors:
+            objects.put(invalid_lines_key(batch_id), _error_lines(errors))
+    except (InputRefusedError, FileRejectedError) as exc:
+        objects.delete_prefix(f"batches/{batch_id}/")
+        raise InputRefusedError(exc.error) from None
+    return valid, len(errors), chunks, validator.endpoint or (endpoint or endpoints[0])
+
+
+def _error_lines(errors: list[BatchError]) -> bytes:
+    rows = [
+        {
+            "id": f"batch_req_line_{e.line}",
+            "custom_id": None,
+            "response": None,
+            "error": {"code": e.code, "message": e.message, "line": e.line, "param": e.param},
+        }
+        for e in errors
+    ]
+    return ("\n".join(json.dumps(r) for r in rows) + "\n").encode()
+
+
+async def create_job(
+    store: JobStore,
+    objects: ObjectStore,
+    settings: BatchSettings,
+    *,
+    input_file_id: str,
+    lines: Iterable[bytes],
+    endpoint: str | None,
+    endpoints: tuple[str, ...],
+    priority: Priority,
+    metadata: dict[str, str] | None,
+    webhook_url: str | None,
+    key_id: str,
+    invalid_lines: InvalidLines,
+) -> Batch:
+    batch_id = new_batch_id()
+    valid, invalid, chunks, endpoint = await asyncio.to_thread(
+        split_input,
+        objects,
+        lines,
+        batch_id=batch_id,
+        model=settings.model,
+        endpoint=endpoint,
+        endpoints=endpoints,
+        settings=settings,
+        invalid_lines=invalid_lines,
+    )
+    now = int(time.time())
+    batch = Batch(
+        id=batch_id,
+        endpoint=endpoint,
+        input_file_id=input_file_id,
+        status=BatchStatus.VALIDATING,
+        created_at=now,
+        expires_at=now + settings.completion_window_seconds,
+        request_counts=RequestCounts(total=valid + invalid, failed=invalid),
+        metadata=metadata,
+        model=settings.model,
+        errors=None,
+    )
+    if invalid:
+        batch.errors = BatchErrors(
+            data=[BatchError(code="invalid_lines", message=f"{invalid} input lines are in the error file")]
+        )
+    plan = JobPlan(
+        batch_id=batch_id,
+        model=settings.model,
+        priority=priority,
+        chunks=chunks,
+        chunk_size=settings.chunk_size,
+        valid_requests=valid,
+        invalid_lines=invalid,
+        webhook_url=webhook_url,
+        key_id=key_id,
+    )
+    await store.create(batch, plan)
+    return batch

@@ -1,0 +1,305 @@
+"""Job state in Redis: the priority queue, leases with fencing, checkpoints, batch records.
+
+Guarantees (tested against a real redis-server):
+- `enqueue` is idempotent: a batch id is in the queue at most once.
+- `claim` is atomic: of N workers claiming at once, one gets a job; each claim increments the
+  job's fence, so a worker whose lease ran out is refused by every fenced write afterwards.
+- An expired lease puts the job back at its original priority position on the next claim.
+- `commit_chunk` records a chunk only under the current fence, so each chunk counts once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as redis
+from redis.exceptions import WatchError
+
+from runtime.batch import keys
+from runtime.batch.models import TERMINAL, Batch, BatchStatus, ChunkCheckpoint, FileObject, JobPlan, Priority
+
+PRIORITY_SPAN = 10**13  # larger than any epoch-ms, so rank dominates and FIFO holds within a rank
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class StaleLeaseError(RuntimeError):
+    """This worker's lease was taken over (fence changed): it must stop writing for this job."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    batch_id: str
+    fence: int
+    attempts: int
+
+
+_CLAIM = """
+local now = tonumber(ARGV[1])
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+for _, id in ipairs(expired) do
+  redis.call('ZREM', KEYS[2], id)
+  local score = redis.call('HGET', ARGV[3] .. id .. ':job', 'score')
+  if score then redis.call('ZADD', KEYS[1], score, id) end
+end
+local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
+for _, id in ipairs(due) do
+  redis.call('ZREM', KEYS[3], id)
+  local score = redis.call('HGET', ARGV[3] .. id .. ':job', 'score')
+  if score then redis.call('ZADD', KEYS[1], score, id) end
+end
+local popped = redis.call('ZPOPMIN', KEYS[1])
+if #popped == 0 then return false end
+local id = popped[1]
+local job = ARGV[3] .. id .. ':job'
+local fence = redis.call('HINCRBY', job, 'fence', 1)
+local attempts = redis.call('HINCRBY', job, 'attempts', 1)
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), id)
+return {id, fence, attempts}
+"""
+
+_RENEW = """
+if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then return 0 end
+if not redis.call('ZSCORE', KEYS[2], ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+return 1
+"""
+
+_COMMIT_CHUNK = """
+if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[1], 'progress_at', ARGV[4])
+return 1
+"""
+
+_RELEASE = """
+if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+return 1
+"""
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis):
+        self.redis = client
+        self._claim = client.register_script(_CLAIM)
+        self._renew = client.register_script(_RENEW)
+        self._commit = client.register_script(_COMMIT_CHUNK)
+        self._release = client.register_script(_RELEASE)
+
+    # --- files ---------------------------------------------------------------------------
+
+    async def save_file(self, file: FileObject) -> None:
+        await self.redis.set(keys.file(file.id), file.model_dump_json(), exat=file.expires_at)
+
+    async def get_file(self, file_id: str) -> FileObject | None:
+        raw = await self.redis.get(keys.file(file_id))
+        return FileObject.model_validate_json(raw) if raw else None
+
+    async def delete_file(self, file_id: str) -> bool:
+        return bool(await self.redis.delete(keys.file(file_id)))
+
+    # --- batches -------------------------------------------------------------------------
+
+    async def create(self, batch: Batch, plan: JobPlan) -> None:
+        """Record the batch and put it in the queue, all at once (idempotent per batch id)."""
+        score = plan.priority.rank * PRIORITY_SPAN + now_ms()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(keys.batch(batch.id), batch.model_dump_json(), nx=True)
+            pipe.set(keys.plan(batch.id), plan.model_dump_json(), nx=True)
+            pipe.hsetnx(keys.job(batch.id), "score", score)
+            pipe.zadd(keys.BATCHES, {batch.id: batch.created_at * 1000}, nx=True)
+            pipe.zadd(keys.QUEUE, {batch.id: score}, nx=True)
+            await pipe.execute()
+
+    async def get(self, batch_id: str) -> Batch | None:
+        raw = await self.redis.get(keys.batch(batch_id))
+        return Batch.model_validate_json(raw) if raw else None
+
+    async def plan(self, batch_id: str) -> JobPlan:
+        raw = await self.redis.get(keys.plan(batch_id))
+        if raw is None:
+            raise KeyError(f"batch {batch_id} has no plan in Redis")
+        return JobPlan.model_validate_json(raw)
+
+    async def list(self, *, limit: int, after: str | None) -> tuple[list[Batch], bool]:
+        start = 0
+        if after is not None:
+            rank = await self.redis.zrevrank(keys.BATCHES, after)
+            if rank is None:
+                return [], False
+            start = rank + 1
+        ids = await self.redis.zrevrange(keys.BATCHES, start, start + limit)
+        batches = [b for b in [await self.get(i) for i in ids[:limit]] if b is not None]
+        return batches, len(ids) > limit
+
+    async def update(self, batch_id: str, change, *, fence: int | None = None) -> Batch:
+        """Read-modify-write the batch object; with `fence`, only while this worker holds the job."""
+        batch_key, job_key = keys.batch(batch_id), keys.job(batch_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(batch_key, job_key)
+                    if fence is not None and int(await pipe.hget(job_key, "fence") or 0) != fence:
+                        raise StaleLeaseError(f"batch {batch_id}: fence {fence} is no longer current")
+                    raw = await pipe.get(batch_key)
+                    if raw is None:
+                        raise KeyError(f"batch {batch_id} not found")
+                    batch = change(Batch.model_validate_json(raw))
+                    pipe.multi()
+                    pipe.set(batch_key, batch.model_dump_json(), keepttl=True)
+                    await pipe.execute()
+                    return batch
+                except WatchError:
+                    continue
+
+    async def cancel(self, batch_id: str) -> Batch | None:
+        """Queued: cancelled at once (True returned via status). Running: `cancelling`, the worker ends it."""
+        batch_key = keys.batch(batch_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(batch_key, keys.QUEUE, keys.DELAYED, keys.LEASES)
+                    raw = await pipe.get(batch_key)
+                    if raw is None:
+                        return None
+                    batch = Batch.model_validate_json(raw)
+                    if batch.status in TERMINAL or batch.status == BatchStatus.CANCELLING:
+                        return batch
+                    now = int(time.time())
+                    leased = await pipe.zscore(keys.LEASES, batch_id) is not None
+                    pipe.multi()
+                    if leased:
+                        batch = batch.model_copy(update={"status": BatchStatus.CANCELLING, "cancelling_at": now})
+                    else:
+                        batch = batch.model_copy(
+                            update={"status": BatchStatus.CANCELLED, "cancelling_at": now, "cancelled_at": now}
+                        )
+                        pipe.zrem(keys.QUEUE, batch_id)
+                        pipe.zrem(keys.DELAYED, batch_id)
+                    pipe.set(batch_key, batch.model_dump_json(), keepttl=True)
+                    await pipe.execute()
+                    return batch
+                except WatchError:
+                    continue
+
+    # --- queue and leases ----------------------------------------------------------------
+
+    async def claim(self, lease_seconds: float) -> Lease | None:
+        result = await self._claim(
+            keys=[keys.QUEUE, keys.LEASES, keys.DELAYED],
+            args=[now_ms(), int(lease_seconds * 1000), keys.PREFIX + "batch:"],
+        )
+        if not result:
+            return None
+        batch_id, fence, attempts = result
+        return Lease(batch_id=_text(batch_id), fence=int(fence), attempts=int(attempts))
+
+    async def renew(self, lease: Lease, lease_seconds: float) -> bool:
+        return bool(
+            await self._renew(
+                keys=[keys.job(lease.batch_id), keys.LEASES],
+                args=[lease.fence, now_ms() + int(lease_seconds * 1000), lease.batch_id],
+            )
+        )
+
+    async def release(self, lease: Lease, delay_seconds: float) -> bool:
+        """Give the job back (after a job-level failure) to be claimed again after `delay_seconds`."""
+        return bool(
+            await self._release(
+                keys=[keys.job(lease.batch_id), keys.LEASES, keys.DELAYED],
+                args=[lease.fence, lease.batch_id, now_ms() + int(delay_seconds * 1000)],
+            )
+        )
+
+    async def finish(self, lease: Lease, batch: Batch, retention_seconds: int) -> None:
+        """Write the terminal batch object and drop the lease and job state in one transaction."""
+        batch_key, job_key = keys.batch(lease.batch_id), keys.job(lease.batch_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(job_key)
+            if int(await pipe.hget(job_key, "fence") or 0) != lease.fence:
+                raise StaleLeaseError(f"batch {lease.batch_id}: fence {lease.fence} is no longer current")
+            expire_at = int(time.time()) + retention_seconds
+            pipe.multi()
+            pipe.set(batch_key, batch.model_dump_json())
+            pipe.expireat(batch_key, expire_at)
+            pipe.expireat(keys.plan(lease.batch_id), expire_at)
+            pipe.delete(job_key, keys.chunks(lease.batch_id))
+            pipe.zrem(keys.LEASES, lease.batch_id)
+            try:
+                await pipe.execute()
+            except WatchError as exc:
+                raise StaleLeaseError(f"batch {lease.batch_id}: taken over while finishing") from exc
+
+    async def progress_at(self, batch_id: str) -> float | None:
+        """Seconds since the epoch when the job last committed a chunk (None before its first)."""
+        raw = await self.redis.hget(keys.job(batch_id), "progress_at")
+        return int(raw) / 1000 if raw else None
+
+    async def forget(self, lease: Lease) -> None:
+        """Drop a claimed job that has nothing left to do (its record expired or it already ended)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(keys.LEASES, lease.batch_id)
+            pipe.delete(keys.job(lease.batch_id), keys.chunks(lease.batch_id))
+            await pipe.execute()
+
+    async def queue_depth(self) -> int:
+        return await self.redis.zcard(keys.QUEUE) + await self.redis.zcard(keys.DELAYED)
+
+    async def queued_ahead(self, batch_id: str) -> int | None:
+        return await self.redis.zrank(keys.QUEUE, batch_id)
+
+    # --- checkpoints ---------------------------------------------------------------------
+
+    async def commit_chunk(self, lease: Lease, checkpoint: ChunkCheckpoint) -> None:
+        done = await self._commit(
+            keys=[keys.job(lease.batch_id), keys.chunks(lease.batch_id)],
+            args=[lease.fence, checkpoint.index, checkpoint.model_dump_json(), now_ms()],
+        )
+        if not done:
+            raise StaleLeaseError(
+                f"batch {lease.batch_id}: chunk {checkpoint.index} refused, fence {lease.fence} is stale"
+            )
+
+    async def checkpoints(self, batch_id: str) -> dict[int, ChunkCheckpoint]:
+        raw = await self.redis.hgetall(keys.chunks(batch_id))
+        return {int(k): ChunkCheckpoint.model_validate_json(v) for k, v in raw.items()}
+
+    # --- fleet figures -------------------------------------------------------------------
+
+    async def record_throughput(self, requests_per_second: float) -> None:
+        await self.redis.set(keys.THROUGHPUT, f"{requests_per_second:.3f}", ex=3600)
+
+    async def throughput(self) -> float | None:
+        raw = await self.redis.get(keys.THROUGHPUT)
+        return float(raw) if raw else None
+
+    async def heartbeat(self, worker_id: str) -> None:
+        await self.redis.hset(keys.WORKERS, worker_id, now_ms())
+
+    async def live_workers(self, within_seconds: float) -> list[str]:
+        cutoff = now_ms() - within_seconds * 1000
+        return [_text(w) for w, beat in (await self.redis.hgetall(keys.WORKERS)).items() if int(beat) >= cutoff]
+
+    async def counts_by_status(self) -> dict[str, int]:
+        counts = dict.fromkeys((s.value for s in BatchStatus), 0)
+        ids = await self.redis.zrange(keys.BATCHES, 0, -1)
+        if ids:
+            for raw in await self.redis.mget([keys.batch(_text(i)) for i in ids]):
+                if raw:
+                    counts[json.loads(raw)["status"]] += 1
+        return counts
+
+
+def priority_of(metadata: dict[str, str] | None) -> Priority:
+    value = (metadata or {}).get("priority", Priority.NORMAL.value)
+    return Priority(value)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

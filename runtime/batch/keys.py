@@ -1,0 +1,58 @@
+"""Every Redis key the batch service uses, in one place (as arq keeps its constants).
+
+A test asserts the exact set of keys a finished job leaves behind, so new keys start here.
+"""
+
+from __future__ import annotations
+
+PREFIX = "vgb:"
+
+QUEUE = PREFIX + "queue"  # zset batch_id -> priority rank * 1e13 + enqueue ms (lowest first)
+DELAYED = PREFIX + "delayed"  # zset batch_id -> ms when it may be claimed again (after a failed attempt)
+LEASES = PREFIX + "leases"  # zset batch_id -> ms when the current lease runs out
+BATCHES = PREFIX + "batches"  # zset batch_id -> created ms (listing, newest first)
+WEBHOOKS = PREFIX + "webhooks"  # zset delivery_id -> ms when due (SQS-style visibility timeout)
+API_KEYS = PREFIX + "apikeys"  # hash sha256(key) -> JSON {name, created_at}
+WORKERS = PREFIX + "workers"  # hash worker_id -> last heartbeat ms
+THROUGHPUT = PREFIX + "throughput"  # string: recent requests/s of the fleet (estimates)
+
+
+def batch(batch_id: str) -> str:
+    """The OpenAI batch object (JSON)."""
+    return f"{PREFIX}batch:{batch_id}"
+
+
+def plan(batch_id: str) -> str:
+    """The JobPlan (JSON) the API decided at creation."""
+    return f"{PREFIX}batch:{batch_id}:plan"
+
+
+def job(batch_id: str) -> str:
+    """Hash: score (queue position), fence (increments per lease), attempts."""
+    return f"{PREFIX}batch:{batch_id}:job"
+
+
+def chunks(batch_id: str) -> str:
+    """Hash: chunk index -> ChunkCheckpoint JSON."""
+    return f"{PREFIX}batch:{batch_id}:chunks"
+
+
+def file(file_id: str) -> str:
+    return f"{PREFIX}file:{file_id}"
+
+
+def webhook(delivery_id: str) -> str:
+    return f"{PREFIX}webhook:{delivery_id}"
+
+
+def rate_limit(key_id: str, minute: int) -> str:
+    return f"{PREFIX}ratelimit:{key_id}:{minute}"
+
+
+def per_batch(batch_id: str) -> list[str]:
+    return [batch(batch_id), plan(batch_id), job(batch_id), chunks(batch_id)]
+
+
+def stats(batch_id: str) -> str:
+    """JSON {avg_response_time, prompt_tokens, completion_tokens} written when a job finishes."""
+    return f"{PREFIX}batch:{batch_id}:stats"

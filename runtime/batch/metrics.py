@@ -1,0 +1,35 @@
+"""Prometheus metrics of the batch service (API gauges are refreshed from Redis at scrape time)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+registry = CollectorRegistry(auto_describe=True)
+
+requests_total = Counter(
+    "batch_requests", "Requests finished by the worker, by outcome.", ["outcome"], registry=registry
+)
+tokens_total = Counter("batch_tokens", "Tokens processed by the worker.", ["kind"], registry=registry)
+request_seconds = Histogram(
+    "batch_request_duration_seconds",
+    "Engine time per request, retries included.",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+    registry=registry,
+)
+request_retries = Counter("batch_request_retries", "Engine retries of retryable failures.", registry=registry)
+chunks_committed = Counter("batch_chunks_committed", "Chunks whose results reached S3.", registry=registry)
+jobs_finished = Counter("batch_jobs_finished", "Jobs the worker ended, by status.", ["status"], registry=registry)
+in_flight = Gauge("batch_requests_in_flight", "Requests in the engine window now.", registry=registry)
+webhook_deliveries = Counter("batch_webhook_deliveries", "Webhook attempts by result.", ["result"], registry=registry)
+queue_depth = Gauge("batch_queue_depth", "Jobs waiting to be claimed.", registry=registry)
+jobs_by_status = Gauge("batch_jobs", "Jobs known to the API, by status.", ["status"], registry=registry)
+job_progress = Gauge("batch_job_progress_ratio", "Finished share of each running job.", ["batch_id"], registry=registry)
+job_last_progress = Gauge(
+    "batch_job_last_progress_timestamp_seconds",
+    "When a running job last finished a chunk (alerts on stalled jobs).",
+    ["batch_id"],
+    registry=registry,
+)
+api_requests = Counter(
+    "batch_api_requests", "API requests by route and status.", ["route", "status"], registry=registry
+)

@@ -1,0 +1,117 @@
+"""Input and result objects in S3 (MinIO in production), through the S3 API only.
+
+Keys: files/<file_id> (uploads and finished output/error files), batches/<id>/in/<chunk>.jsonl
+(validated requests), batches/<id>/out|err/<chunk>-<fence>.jsonl (chunk results; the fence in the
+key keeps a stale worker from overwriting what the current one committed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import IO, Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from runtime.batch.settings import BatchSettings
+
+
+def file_key(file_id: str) -> str:
+    return f"files/{file_id}"
+
+
+def chunk_input_key(batch_id: str, index: int) -> str:
+    return f"batches/{batch_id}/in/{index:06d}.jsonl"
+
+
+def chunk_result_key(batch_id: str, kind: str, index: int, fence: int) -> str:
+    return f"batches/{batch_id}/{kind}/{index:06d}-{fence}.jsonl"
+
+
+def invalid_lines_key(batch_id: str) -> str:
+    return f"batches/{batch_id}/invalid.jsonl"
+
+
+class ObjectStore:
+    """Blocking boto3 calls, with `a*` wrappers that run them off the event loop."""
+
+    def __init__(self, settings: BatchSettings):
+        self.bucket = settings.s3_bucket
+        self.retention_days = settings.result_retention_days
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=str(settings.s3_endpoint_url),
+            aws_access_key_id=settings.s3_access_key_id,
+            aws_secret_access_key=settings.s3_secret_access_key.get_secret_value(),
+            region_name=settings.s3_region,
+            config=Config(
+                signature_version="s3v4",
+                s3={"addressing_style": "path"},
+                retries={"mode": "standard", "max_attempts": 3},
+                connect_timeout=5,
+                read_timeout=60,
+                max_pool_connections=32,
+            ),
+        )
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket if needed and set the expiry rule (MinIO honours the same S3 call)."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            self.client.create_bucket(Bucket=self.bucket)
+        self.client.put_bucket_lifecycle_configuration(
+            Bucket=self.bucket,
+            LifecycleConfiguration={
+                "Rules": [
+                    {
+                        "ID": "batch-results-expire",
+                        "Filter": {"Prefix": ""},
+                        "Status": "Enabled",
+                        "Expiration": {"Days": self.retention_days},
+                    }
+                ]
+            },
+        )
+
+    def put(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
+
+    def upload(self, key: str, fileobj: IO[bytes]) -> None:
+        self.client.upload_fileobj(fileobj, self.bucket, key)
+
+    def get(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+    def open(self, key: str, bucket: str | None = None) -> Any:
+        """A streaming body (iter_lines / iter_chunks) of the object."""
+        return self.client.get_object(Bucket=bucket or self.bucket, Key=key)["Body"]
+
+    def lines(self, key: str) -> Iterator[bytes]:
+        yield from self.open(key).iter_lines(keepends=False)
+
+    def size(self, key: str, bucket: str | None = None) -> int:
+        return self.client.head_object(Bucket=bucket or self.bucket, Key=key)["ContentLength"]
+
+    def delete_prefix(self, prefix: str) -> None:
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if keys:
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    def presign(self, key: str, expires_in: int) -> str:
+        return self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_in
+        )
+
+    async def aput(self, key: str, data: bytes) -> None:
+        await asyncio.to_thread(self.put, key, data)
+
+    async def aget(self, key: str) -> bytes:
+        return await asyncio.to_thread(self.get, key)

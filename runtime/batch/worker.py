@@ -1,0 +1,495 @@
+"""The batch worker: claims jobs from the Redis queue and runs them chunk by chunk.
+
+- A window of `concurrency` requests stays in the engine across chunk boundaries; a chunk is
+  committed (results to S3, then its checkpoint to Redis under the job's fence) when its last
+  request finishes. A restarted worker runs only the chunks without a checkpoint, so after a
+  kill -9 every custom_id appears exactly once across the output and error files.
+- Retryable request failures are retried with backoff (tenacity); job-level failures (S3 or
+  Redis down, engine gone) give the job back with a delay, and a job leased more than
+  `job_max_attempts` times ends as `failed` with its errors.
+
+Run: `python -m runtime.batch.worker` (settings from BATCH_* variables).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import importlib
+import json
+import logging
+import signal
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio as redis
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from tenacity import AsyncRetrying, retry_if_exception_type, retry_if_result, stop_after_attempt, stop_after_delay
+from tenacity import wait_exponential_jitter as jitter
+
+from runtime.batch import keys, logs, metrics, webhooks
+from runtime.batch.engines import Engine, Outcome
+from runtime.batch.jobs import JobStore, Lease, StaleLeaseError
+from runtime.batch.models import (
+    Batch,
+    BatchError,
+    BatchErrors,
+    BatchStatus,
+    ChunkCheckpoint,
+    FileObject,
+    JobPlan,
+    RequestCounts,
+)
+from runtime.batch.settings import BatchSettings
+from runtime.batch.storage import ObjectStore, chunk_input_key, chunk_result_key, file_key, invalid_lines_key
+from runtime.batch.validation import RequestLine
+
+log = logging.getLogger("runtime.batch.worker")
+IDLE_POLL_S = 0.2
+STORAGE_RETRY_S = 120.0  # keep retrying S3 this long inside a job before giving the job back
+
+
+class JobStopError(Exception):
+    """Stop launching requests: the job was cancelled or ran past its completion window."""
+
+    def __init__(self, status: BatchStatus):
+        super().__init__(status.value)
+        self.status = status
+
+
+def make_engine(settings: BatchSettings) -> Engine:
+    if settings.engine == "offline":
+        from runtime.batch.engines.offline import OfflineEngine
+
+        return OfflineEngine(settings.model_path or settings.model, settings.model, settings.vllm_args)
+    from runtime.batch.engines.http import HttpEngine
+
+    if settings.vllm_base_url is None:
+        raise ValueError("BATCH_VLLM_BASE_URL is required with BATCH_ENGINE=http")
+    return HttpEngine(
+        str(settings.vllm_base_url), priority=settings.vllm_request_priority, concurrency=settings.concurrency
+    )
+
+
+def request_id(batch_id: str, custom_id: str) -> str:
+    """Deterministic per request, so a chunk run twice writes identical ids."""
+    return "batch_req_" + hashlib.sha1(f"{batch_id}\0{custom_id}".encode()).hexdigest()[:24]
+
+
+def output_row(batch_id: str, request: RequestLine, outcome: Outcome) -> dict[str, Any]:
+    """One line of OpenAI's batch output (or error) file."""
+    return {
+        "id": request_id(batch_id, request.custom_id),
+        "custom_id": request.custom_id,
+        "response": {
+            "status_code": outcome.status_code,
+            "request_id": outcome.request_id or request_id(batch_id, request.custom_id),
+            "body": outcome.body,
+        },
+        "error": None if outcome.ok else {**(outcome.error or {}), "line": request.line},
+    }
+
+
+class Worker:
+    def __init__(self, settings: BatchSettings, engine: Engine, client: redis.Redis, objects: ObjectStore):
+        self.settings = settings
+        self.engine = engine
+        self.redis = client
+        self.store = JobStore(client)
+        self.objects = objects
+        self.worker_id = f"worker-{uuid.uuid4().hex[:8]}"
+        self.webhooks = webhooks.WebhookSender(
+            client, settings.webhook_secret.get_secret_value(), settings.webhook_max_attempts
+        )
+        self.ready = False
+        self.last_beat = time.monotonic()
+        self._stopping = asyncio.Event()
+        self.window = asyncio.Semaphore(settings.concurrency)
+
+    # --- main loop -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.engine.start()
+        self.ready = True
+        log.info("worker %s ready (engine %s)", self.worker_id, type(self.engine).__name__)
+        background = asyncio.create_task(self._background())
+        try:
+            while not self._stopping.is_set():
+                lease = await self.store.claim(self.settings.lease_seconds)
+                if lease is None:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), IDLE_POLL_S)
+                    continue
+                await self.run_leased(lease)
+        finally:
+            background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await background
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def _background(self) -> None:
+        """Heartbeat for the fleet view and webhook delivery, independent of job work."""
+        while True:
+            try:
+                await self.store.heartbeat(self.worker_id)
+                self.last_beat = time.monotonic()
+                await self.webhooks.deliver_due()
+            except (redis.RedisError, OSError) as exc:
+                log.warning("background loop: %s", exc)
+            await asyncio.sleep(0.5)
+
+    async def run_leased(self, lease: Lease) -> None:
+        """Run one leased job; renew the lease meanwhile; give it back on a job-level failure."""
+        token_job, token_chunk = logs.job_id.set(lease.batch_id), logs.chunk.set(None)
+        work = asyncio.create_task(self.process(lease))
+        renew = asyncio.create_task(self._keep_lease(lease, work))
+        stop = asyncio.create_task(self._stopping.wait())
+        try:
+            await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StaleLeaseError):
+                    await work
+                await self.store.release(lease, delay_seconds=0)
+                log.info("stopping: job given back to the queue")
+                return
+            error = work.exception()
+            while isinstance(error, BaseExceptionGroup):  # from the chunk TaskGroup: report the first cause
+                error = error.exceptions[0]
+            if error is None:
+                return
+            if isinstance(error, StaleLeaseError | asyncio.CancelledError):
+                log.warning("lease lost, another worker owns the job now: %s", error)
+                return
+            delay = min(2.0**lease.attempts, 60.0)
+            log.error("job attempt %d failed, retry in %.0fs: %r", lease.attempts, delay, error)
+            with contextlib.suppress(redis.RedisError, OSError):
+                await self.store.release(lease, delay_seconds=delay)
+        finally:
+            for task in (renew, stop):
+                task.cancel()
+            logs.job_id.reset(token_job)
+            logs.chunk.reset(token_chunk)
+
+    async def _keep_lease(self, lease: Lease, work: asyncio.Task) -> None:
+        while not work.done():
+            await asyncio.sleep(self.settings.lease_seconds / 3)
+            try:
+                if not await self.store.renew(lease, self.settings.lease_seconds):
+                    log.warning("lease renewal refused (fence %d): stopping this job", lease.fence)
+                    work.cancel()
+                    return
+            except (redis.RedisError, OSError) as exc:
+                log.warning("lease renewal failed, will retry: %s", exc)
+
+    # --- one job -------------------------------------------------------------------------
+
+    async def process(self, lease: Lease) -> None:
+        batch = await self.store.get(lease.batch_id)
+        plan = await self.store.plan(lease.batch_id)
+        if batch is None or batch.status.terminal:  # expired from Redis, or ended by the API meanwhile
+            await self.store.forget(lease)
+            return
+        now = int(time.time())
+        if lease.attempts > self.settings.job_max_attempts:
+            error = BatchError(
+                code="job_attempts_exhausted",
+                message=f"the job was started {lease.attempts - 1} times without finishing; see the worker logs",
+            )
+            await self.finalize(lease, plan, BatchStatus.FAILED, errors=[error])
+            return
+        if batch.status == BatchStatus.CANCELLING:
+            await self.finalize(lease, plan, BatchStatus.CANCELLED)
+            return
+        if batch.expires_at is not None and now >= batch.expires_at:
+            await self.finalize(lease, plan, BatchStatus.EXPIRED)
+            return
+        if batch.status == BatchStatus.VALIDATING:
+            batch = await self.store.update(
+                lease.batch_id,
+                lambda b: b.model_copy(update={"status": BatchStatus.IN_PROGRESS, "in_progress_at": now}),
+                fence=lease.fence,
+            )
+        log.info("job started: %d requests in %d chunks (attempt %d)", plan.valid_requests, plan.chunks, lease.attempts)
+        try:
+            await self.run_chunks(lease, plan, batch)
+        except JobStopError as stop:
+            await self.finalize(lease, plan, stop.status)
+            return
+        await self.finalize(lease, plan, BatchStatus.COMPLETED)
+
+    async def run_chunks(self, lease: Lease, plan: JobPlan, batch: Batch) -> None:
+        """Feed every unfinished chunk through the shared window; commit each when it is complete."""
+        done = await self.store.checkpoints(lease.batch_id)
+        pending = [i for i in range(plan.chunks) if i not in done]
+        started = time.monotonic()
+        completed_before = sum(c.completed + c.failed for c in done.values())
+        stop: BatchStatus | None = None
+        async with asyncio.TaskGroup() as group:
+            next_input = group.create_task(self._load_chunk(lease.batch_id, pending[0])) if pending else None
+            for position, index in enumerate(pending):
+                stop = await self._stop_reason(lease.batch_id, batch)
+                if stop is not None:  # let the chunks already started finish and commit
+                    next_input.cancel()
+                    break
+                lines = await next_input
+                if position + 1 < len(pending):  # prefetch while this chunk runs
+                    next_input = group.create_task(self._load_chunk(lease.batch_id, pending[position + 1]))
+                logs.chunk.set(index)
+                requests = []
+                for line in lines:
+                    await self.window.acquire()
+                    task = group.create_task(self._run_request(line))
+                    task.add_done_callback(lambda _: self.window.release())
+                    requests.append(task)
+                group.create_task(self._commit(lease, plan, index, lines, requests))
+        elapsed = time.monotonic() - started
+        finished = sum(c.completed + c.failed for c in (await self.store.checkpoints(lease.batch_id)).values())
+        if elapsed > 0 and finished > completed_before:
+            await self.store.record_throughput((finished - completed_before) / elapsed)
+        if stop is not None:
+            raise JobStopError(stop)
+
+    async def _stop_reason(self, batch_id: str, batch: Batch) -> BatchStatus | None:
+        current = await self.store.get(batch_id)
+        if current is not None and current.status == BatchStatus.CANCELLING:
+            return BatchStatus.CANCELLED
+        if batch.expires_at is not None and time.time() >= batch.expires_at:
+            return BatchStatus.EXPIRED
+        return None
+
+    async def _load_chunk(self, batch_id: str, index: int) -> list[RequestLine]:
+        raw = await self._with_storage_retry(self.objects.aget, chunk_input_key(batch_id, index))
+        return [RequestLine.from_json(line) for line in raw.splitlines() if line.strip()]
+
+    async def _run_request(self, request: RequestLine) -> tuple[Outcome, float]:
+        metrics.in_flight.inc()
+        started = time.perf_counter()
+        try:
+            outcome = await self._with_request_retry(request)
+        finally:
+            metrics.in_flight.dec()
+        elapsed = time.perf_counter() - started
+        metrics.request_seconds.observe(elapsed)
+        metrics.requests_total.labels("succeeded" if outcome.ok else "failed").inc()
+        metrics.tokens_total.labels("prompt").inc(outcome.usage.get("prompt_tokens") or 0)
+        metrics.tokens_total.labels("completion").inc(outcome.usage.get("completion_tokens") or 0)
+        return outcome, elapsed
+
+    async def _with_request_retry(self, request: RequestLine) -> Outcome:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.settings.request_max_attempts),
+            wait=jitter(initial=0.5, max=30),
+            retry=retry_if_result(lambda outcome: outcome.retryable),
+            retry_error_callback=lambda state: state.outcome.result(),  # out of tries: keep the last answer
+            before_sleep=lambda _state: metrics.request_retries.inc(),
+        )
+        return await retrying(self.engine.run, request)
+
+    async def _with_storage_retry(self, call: Callable, *args: Any) -> Any:
+        async for attempt in AsyncRetrying(
+            stop=stop_after_delay(STORAGE_RETRY_S),
+            wait=jitter(initial=0.5, max=10),
+            retry=retry_if_exception_type(Exception),
+            reraise=True,
+        ):
+            with attempt:
+                return await call(*args)
+        raise AssertionError("unreachable")
+
+    async def _commit(
+        self, lease: Lease, plan: JobPlan, index: int, lines: list[RequestLine], requests: list[asyncio.Task]
+    ) -> None:
+        results = [await task for task in requests]
+        logs.chunk.set(index)
+        output, errors = [], []
+        for request, (outcome, _elapsed) in zip(lines, results, strict=True):
+            (output if outcome.ok else errors).append(json.dumps(output_row(lease.batch_id, request, outcome)))
+        checkpoint = ChunkCheckpoint(
+            index=index,
+            output_key=chunk_result_key(lease.batch_id, "out", index, lease.fence),
+            error_key=chunk_result_key(lease.batch_id, "err", index, lease.fence),
+            completed=len(output),
+            failed=len(errors),
+            prompt_tokens=sum(o.usage.get("prompt_tokens") or 0 for o, _ in results),
+            completion_tokens=sum(o.usage.get("completion_tokens") or 0 for o, _ in results),
+            latency_seconds=sum(elapsed for _, elapsed in results),
+        )
+        await self._with_storage_retry(self.objects.aput, checkpoint.output_key, _jsonl(output))
+        await self._with_storage_retry(self.objects.aput, checkpoint.error_key, _jsonl(errors))
+        await self.store.commit_chunk(lease, checkpoint)
+        metrics.chunks_committed.inc()
+        counts = await self._counts(lease.batch_id, plan)
+        await self.store.update(
+            lease.batch_id, lambda b: b.model_copy(update={"request_counts": counts}), fence=lease.fence
+        )
+        log.info("chunk committed: %d ok, %d failed", checkpoint.completed, checkpoint.failed)
+
+    async def _counts(self, batch_id: str, plan: JobPlan) -> RequestCounts:
+        done = (await self.store.checkpoints(batch_id)).values()
+        return RequestCounts(
+            total=plan.valid_requests + plan.invalid_lines,
+            completed=sum(c.completed for c in done),
+            failed=plan.invalid_lines + sum(c.failed for c in done),
+        )
+
+    # --- the end of a job ----------------------------------------------------------------
+
+    async def finalize(
+        self, lease: Lease, plan: JobPlan, status: BatchStatus, errors: list[BatchError] | None = None
+    ) -> None:
+        """Join chunk results into the output and error files, then write the terminal state once."""
+        batch_id = lease.batch_id
+        now = int(time.time())
+        if status == BatchStatus.COMPLETED:
+            await self.store.update(
+                batch_id,
+                lambda b: b.model_copy(update={"status": BatchStatus.FINALIZING, "finalizing_at": now}),
+                fence=lease.fence,
+            )
+        checkpoints = [c for _, c in sorted((await self.store.checkpoints(batch_id)).items())]
+        counts = await self._counts(batch_id, plan)
+        output_file = await self._join(batch_id, "output", [c.output_key for c in checkpoints if c.completed])
+        error_keys = [c.error_key for c in checkpoints if c.failed]
+        if plan.invalid_lines:
+            error_keys.insert(0, invalid_lines_key(batch_id))
+        error_file = await self._join(batch_id, "errors", error_keys)
+        finished = int(time.time())
+        stamp = {
+            BatchStatus.COMPLETED: "completed_at",
+            BatchStatus.FAILED: "failed_at",
+            BatchStatus.CANCELLED: "cancelled_at",
+            BatchStatus.EXPIRED: "expired_at",
+        }[status]
+        current = await self.store.get(batch_id)
+        previous = list(current.errors.data) if current and current.errors else []
+        batch = current.model_copy(
+            update={
+                "status": status,
+                stamp: finished,
+                "request_counts": counts,
+                "output_file_id": output_file.id if output_file else None,
+                "error_file_id": error_file.id if error_file else None,
+                "errors": BatchErrors(data=previous + errors) if (previous or errors) else None,
+            }
+        )
+        requests = sum(c.completed + c.failed for c in checkpoints)
+        stats = {
+            "avg_response_time": (sum(c.latency_seconds for c in checkpoints) / requests) if requests else None,
+            "prompt_tokens": sum(c.prompt_tokens for c in checkpoints),
+            "completion_tokens": sum(c.completion_tokens for c in checkpoints),
+        }
+        await self.redis.set(keys.stats(batch_id), json.dumps(stats), ex=self.settings.retention_seconds)
+        await self.store.finish(lease, batch, self.settings.retention_seconds)
+        metrics.jobs_finished.labels(status.value).inc()
+        if plan.webhook_url:
+            await webhooks.enqueue(self.redis, plan.webhook_url, batch)
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(self.objects.delete_prefix, f"batches/{batch_id}/")
+        log.info("job %s: %d ok, %d failed", status.value, counts.completed, counts.failed)
+
+    async def _join(self, batch_id: str, kind: str, parts: list[str]) -> FileObject | None:
+        """Concatenate chunk objects into one file object (spooled to disk, not held in memory)."""
+        if not parts:
+            return None
+        file_id = f"file-{batch_id.removeprefix('batch_')}-{kind}"
+
+        def join() -> int:
+            with tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024) as spool:
+                for key in parts:
+                    for chunk in self.objects.open(key).iter_chunks(1024 * 1024):
+                        spool.write(chunk)
+                size = spool.tell()
+                spool.seek(0)
+                self.objects.upload(file_key(file_id), spool)
+                return size
+
+        size = await self._with_storage_retry(asyncio.to_thread, join)
+        now = int(time.time())
+        file = FileObject(
+            id=file_id,
+            bytes=size,
+            created_at=now,
+            expires_at=now + self.settings.retention_seconds,
+            filename=f"{batch_id}_{kind}.jsonl",
+            purpose="batch_output",
+        )
+        await self.store.save_file(file)
+        return file
+
+
+def _jsonl(rows: list[str]) -> bytes:
+    return "".join(row + "\n" for row in rows).encode()
+
+
+# --- process entry point -------------------------------------------------------------------
+
+
+def health_app(worker: Worker) -> Starlette:
+    async def health(_request) -> JSONResponse:
+        beat_age = time.monotonic() - worker.last_beat
+        healthy = worker.ready and beat_age < 30
+        body = {"ready": worker.ready, "worker_id": worker.worker_id, "heartbeat_age_s": round(beat_age, 1)}
+        return JSONResponse(body, status_code=200 if healthy else 503)
+
+    async def metrics_endpoint(_request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(routes=[Route("/health", health), Route("/metrics", metrics_endpoint)])
+
+
+def load_factory(path: str) -> Callable[[BatchSettings], Engine]:
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+async def serve(settings: BatchSettings, engine: Engine) -> None:
+    client = redis.Redis.from_url(str(settings.redis_url), decode_responses=True)
+    objects = ObjectStore(settings)
+    worker = Worker(settings, engine, client, objects)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    server = None
+    if settings.worker_metrics_port:
+        config = uvicorn.Config(
+            health_app(worker), host="0.0.0.0", port=settings.worker_metrics_port, log_level="warning"
+        )
+        server = uvicorn.Server(config)
+        server.install_signal_handlers = lambda: None
+        server_task = asyncio.create_task(server.serve())
+    try:
+        await worker.run()
+    finally:
+        if server is not None:
+            server.should_exit = True
+            await server_task
+        await worker.webhooks.close()
+        await engine.close()
+        await client.aclose()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="vllm-gb10 batch worker (settings from BATCH_* variables)")
+    parser.add_argument("--engine-factory", help="module:callable taking BatchSettings (benchmarks, extensions)")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logs.configure("batch-worker", args.log_level)
+    settings = BatchSettings()
+    engine = load_factory(args.engine_factory)(settings) if args.engine_factory else make_engine(settings)
+    asyncio.run(serve(settings, engine))
+
+
+if __name__ == "__main__":
+    main()

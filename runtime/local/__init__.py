@@ -1,0 +1,1 @@
+"""The whole runtime on one machine without Docker or a GPU (demos, tests, benchmarks)."""

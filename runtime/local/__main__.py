@@ -1,0 +1,65 @@
+"""`python -m runtime.local up`: Redis, S3 (moto), a tiny CPU model, the batch API and worker.
+
+Prints `ready: <base_url> api_key=<key>` once a batch can be submitted, and stops everything
+cleanly on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from runtime.local.servers import BatchApi, BatchWorker, RedisServer, S3Server, batch_env, tiny_model_args
+
+
+def up(work_dir: Path, api_port: int | None) -> int:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    started = []
+    try:
+        print(f"logs: {work_dir}", file=sys.stderr, flush=True)
+        redis, s3 = RedisServer(work_dir), S3Server(work_dir)
+        for server in (redis, s3):
+            server.start()
+            started.append(server)
+        from runtime.tiny_model import make_tiny_llama
+
+        model = make_tiny_llama(work_dir / "tiny-llama")
+        env = batch_env(redis, s3, **tiny_model_args(model))
+        api = BatchApi(work_dir, env, port=api_port)
+        worker = BatchWorker(work_dir, env)
+        for server, timeout in ((api, 60), (worker, 300)):
+            server.start(timeout=timeout)
+            started.append(server)
+        print(f"ready: {api.url}/v1 api_key={env['BATCH_BOOTSTRAP_API_KEY']}", flush=True)
+        while not stop.wait(0.5):
+            for server in started:
+                if not server.running:
+                    print(f"{server.name} exited; see {server.log_path}", file=sys.stderr, flush=True)
+                    return 1
+        return 0
+    finally:
+        for server in reversed(started):
+            server.stop()
+        print("stopped", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runtime.local", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    up_parser = sub.add_parser("up", help="start everything and wait for Ctrl-C / SIGTERM")
+    up_parser.add_argument("--dir", type=Path, help="work directory for logs and data (default: a temp dir)")
+    up_parser.add_argument("--port", type=int, help="batch API port (default: a free one)")
+    args = parser.parse_args(argv)
+    work_dir = args.dir or Path(tempfile.mkdtemp(prefix="vllm-gb10-local-"))
+    work_dir.mkdir(parents=True, exist_ok=True)
+    return up(work_dir, args.port)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""Real servers on loopback, each in its own process so a test can kill or restart it.
+
+Shared by `python -m runtime.local up`, the integration tests and bench/batch.py: redis-server
+(AOF on, so a restart keeps the queue), moto's S3 server (standing in for MinIO, S3 API only),
+the batch API and the batch worker.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll `check` until it returns something truthy; raise TimeoutError naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def find_binary(name: str) -> str:
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/usr/lib/postgresql/15/bin")
+    if path is None:
+        raise FileNotFoundError(f"{name} not found: run `make setup` (installs redis-server, postgresql, haproxy)")
+    return path
+
+
+class Process:
+    """A child process with a readiness check; stop() is SIGTERM then SIGKILL, kill() is SIGKILL."""
+
+    def __init__(self, name: str, log_dir: Path):
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def environment(self) -> Mapping[str, str]:
+        return {}
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 60) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.command(), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.environment()}
+        )
+        log.close()
+        wait_for(self._ready_or_dead, timeout, f"{self.name} to start (log: {self.log_path})", interval=0.1)
+
+    def _ready_or_dead(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            tail = self.log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{tail}")
+        try:
+            return self.ready()
+        except (OSError, httpx.HTTPError):
+            return False
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        if self.running:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self, timeout: float = 30) -> None:
+        if not self.running:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+class RedisServer(Process):
+    def __init__(self, log_dir: Path, port: int | None = None):
+        super().__init__("redis", log_dir)
+        self.port = port or free_port()
+        self.data_dir = Path(tempfile.mkdtemp(prefix="redis-", dir=log_dir))
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        return [
+            find_binary("redis-server"),
+            "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.data_dir),
+            "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "yes",
+        ]  # fmt: skip
+
+    def ready(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+            conn.sendall(b"PING\r\n")
+            return conn.recv(16).startswith(b"+PONG")
+
+
+class S3Server(Process):
+    """moto's S3 server: the S3 API that MinIO serves in production."""
+
+    def __init__(self, log_dir: Path, port: int | None = None):
+        super().__init__("s3", log_dir)
+        self.port = port or free_port()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+
+    def ready(self) -> bool:
+        return httpx.get(f"{self.url}/moto-api/", timeout=1).status_code < 500
+
+
+class BatchApi(Process):
+    def __init__(self, log_dir: Path, env: Mapping[str, str], port: int | None = None):
+        super().__init__("batch-api", log_dir)
+        self.port = port or free_port()
+        self.env = dict(env)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "runtime.batch.api", "--host", "127.0.0.1", "--port", str(self.port)]
+
+    def environment(self) -> Mapping[str, str]:
+        return self.env
+
+    def ready(self) -> bool:
+        return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
+
+
+class BatchWorker(Process):
+    def __init__(
+        self, log_dir: Path, env: Mapping[str, str], *, engine_factory: str | None = None, name: str = "worker"
+    ):
+        super().__init__(name, log_dir)
+        self.port = free_port()
+        self.env = {**env, "BATCH_WORKER_METRICS_PORT": str(self.port)}
+        self.engine_factory = engine_factory
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        extra = ["--engine-factory", self.engine_factory] if self.engine_factory else []
+        return [sys.executable, "-m", "runtime.batch.worker", *extra]
+
+    def environment(self) -> Mapping[str, str]:
+        return self.env
+
+    def ready(self) -> bool:
+        return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
+
+
+def batch_env(redis: RedisServer, s3: S3Server, **overrides: str) -> dict[str, str]:
+    """BATCH_* variables for a local API/worker pair on these servers."""
+    env = {
+        "BATCH_REDIS_URL": redis.url,
+        "BATCH_S3_ENDPOINT_URL": s3.url,
+        "BATCH_S3_BUCKET": "batch-local",
+        "BATCH_S3_ACCESS_KEY_ID": "local",
+        "BATCH_S3_SECRET_ACCESS_KEY": "local-secret",
+        "BATCH_MODEL": "tiny-llama",
+        "BATCH_BOOTSTRAP_API_KEY": "sk-local-" + os.urandom(12).hex(),
+        "BATCH_WEBHOOK_SECRET": os.urandom(16).hex(),
+        "BATCH_ENGINE": "offline",
+        "VLLM_LOGGING_STREAM": "ext://sys.stderr",
+    }
+    env.update({f"BATCH_{k.upper()}": v for k, v in overrides.items()})
+    return env
+
+
+def tiny_model_args(model_path: Path) -> dict[str, str]:
+    """Offline-engine settings for the tiny CPU model: small KV budget, quick eager start."""
+    import json
+
+    args = {"max_model_len": 512, "kv_cache_memory_bytes": 64 * 1024 * 1024, "enforce_eager": True, "seed": 0}
+    return {"model_path": str(model_path), "vllm_args": json.dumps(args)}
