@@ -395,8 +395,10 @@ def create_app(settings: BatchSettings) -> FastAPI:
         batch = await existing_batch(job_id)
         counts = batch.request_counts
         done = counts.completed + counts.failed
-        elapsed = (batch.completed_at or time.time()) - batch.in_progress_at if batch.in_progress_at else 0
-        rate = done / elapsed if elapsed > 0 else 0.0
+        ended = batch.completed_at or batch.cancelled_at or batch.expired_at or batch.failed_at or time.time()
+        # OpenAI timestamps are whole seconds: a job shorter than one counts as one second long
+        elapsed = max(ended - batch.in_progress_at, 1.0) if batch.in_progress_at else 0.0
+        rate = done / elapsed if elapsed else 0.0
         remaining = counts.total - done
         return SeedJobStatus(
             job_id=batch.id,

@@ -113,7 +113,7 @@ class JobStore:
             pipe.set(keys.batch(batch.id), batch.model_dump_json(), nx=True)
             pipe.set(keys.plan(batch.id), plan.model_dump_json(), nx=True)
             pipe.hsetnx(keys.job(batch.id), "score", score)
-            pipe.zadd(keys.BATCHES, {batch.id: batch.created_at * 1000}, nx=True)
+            pipe.zadd(keys.BATCHES, {batch.id: now_ms()}, nx=True)
             pipe.zadd(keys.QUEUE, {batch.id: score}, nx=True)
             await pipe.execute()
 

@@ -40,6 +40,12 @@ class BatchSettings(BaseSettings):
     concurrency: int = Field(default=64, ge=1, description="Requests in flight per worker (the window).")
     request_max_attempts: int = Field(default=3, ge=1, description="Tries per request on retryable errors.")
     job_max_attempts: int = Field(default=5, ge=1, description="Leases of one job before it is failed.")
+    job_retry_base_seconds: float = Field(
+        default=2.0, gt=0, description="First delay before a failed job is retried (doubles)."
+    )
+    storage_retry_seconds: float = Field(
+        default=120.0, gt=0, description="S3 retries inside a job before it backs off."
+    )
     lease_seconds: float = Field(default=30.0, gt=0, description="A dead worker's job returns after this.")
     completion_window_seconds: int = Field(default=86_400, ge=1, description="OpenAI's 24h window.")
     max_file_lines: int = Field(default=50_000, ge=1)

@@ -55,7 +55,6 @@ from runtime.batch.validation import RequestLine
 
 log = logging.getLogger("runtime.batch.worker")
 IDLE_POLL_S = 0.2
-STORAGE_RETRY_S = 120.0  # keep retrying S3 this long inside a job before giving the job back
 
 
 class JobStopError(Exception):
@@ -172,8 +171,8 @@ class Worker:
             if isinstance(error, StaleLeaseError | asyncio.CancelledError):
                 log.warning("lease lost, another worker owns the job now: %s", error)
                 return
-            delay = min(2.0**lease.attempts, 60.0)
-            log.error("job attempt %d failed, retry in %.0fs: %r", lease.attempts, delay, error)
+            delay = min(self.settings.job_retry_base_seconds * 2 ** (lease.attempts - 1), 60.0)
+            log.error("job attempt %d failed, retry in %.0fs: %r", lease.attempts, delay, error, exc_info=error)
             with contextlib.suppress(redis.RedisError, OSError):
                 await self.store.release(lease, delay_seconds=delay)
         finally:
@@ -299,7 +298,7 @@ class Worker:
 
     async def _with_storage_retry(self, call: Callable, *args: Any) -> Any:
         async for attempt in AsyncRetrying(
-            stop=stop_after_delay(STORAGE_RETRY_S),
+            stop=stop_after_delay(self.settings.storage_retry_seconds),
             wait=jitter(initial=0.5, max=10),
             retry=retry_if_exception_type(Exception),
             reraise=True,
@@ -372,6 +371,7 @@ class Worker:
             BatchStatus.CANCELLED: "cancelled_at",
             BatchStatus.EXPIRED: "expired_at",
         }[status]
+        errors = errors or []
         current = await self.store.get(batch_id)
         previous = list(current.errors.data) if current and current.errors else []
         batch = current.model_copy(

@@ -1,0 +1,92 @@
+"""Servers for the batch tests: real redis-server and moto's S3 server, started once per session."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from runtime.local.servers import RedisServer, S3Server, free_port
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    server = S3Server(tmp_path_factory.mktemp("s3"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def chat_lines(count: int, *, model: str = "tiny-llama", max_tokens: int = 8, prefix: str = "r") -> list[str]:
+    return [
+        json.dumps(
+            {
+                "custom_id": f"{prefix}{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {
+                    "model": model,
+                    "messages": [{"role": "user", "content": f"count {i}"}],
+                    "max_tokens": max_tokens,
+                },
+            }
+        )
+        for i in range(count)
+    ]
+
+
+class WebhookReceiver:
+    """A real HTTP endpoint that records deliveries; the first `fail_first` attempts get a 500."""
+
+    def __init__(self, fail_first: int = 0):
+        self.deliveries: list[dict] = []
+        self.attempts = 0
+        self.fail_first = fail_first
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.attempts += 1
+                if receiver.attempts <= receiver.fail_first:
+                    self.send_response(500)
+                    self.end_headers()
+                    return
+                receiver.deliveries.append({"headers": dict(self.headers), "body": body})
+                self.send_response(204)
+                self.end_headers()
+
+            def do_GET(self) -> None:
+                path = Path(receiver.files_dir) / self.path.lstrip("/")
+                data = path.read_bytes() if path.is_file() else None
+                self.send_response(200 if data is not None else 404)
+                self.end_headers()
+                if data is not None:
+                    self.wfile.write(data)
+
+            def log_message(self, *_args) -> None:
+                pass
+
+        self.files_dir = ""
+        self.port = free_port()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.server.shutdown()

@@ -1,0 +1,1 @@
+from tests.integration.batch_fixtures import redis_server, s3_server  # noqa: F401 - fixtures

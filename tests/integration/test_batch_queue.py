@@ -1,0 +1,105 @@
+"""The Redis job store against a real redis-server: atomic claims, priorities, leases, fencing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import redis.asyncio as redis
+
+from runtime.batch import auth, keys
+from runtime.batch.jobs import JobStore, StaleLeaseError
+from runtime.batch.models import Batch, BatchStatus, ChunkCheckpoint, JobPlan, Priority
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def store(redis_server):
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    await client.flushdb()
+    yield JobStore(client)
+    await client.aclose()
+
+
+async def add_job(store: JobStore, batch_id: str, priority: Priority = Priority.NORMAL) -> None:
+    now = int(time.time())
+    batch = Batch(id=batch_id, endpoint="/v1/chat/completions", input_file_id="f", status="validating", created_at=now)
+    plan = JobPlan(
+        batch_id=batch_id, model="m", priority=priority, chunks=2, chunk_size=10, valid_requests=20, invalid_lines=0,
+        key_id="k",
+    )  # fmt: skip
+    await store.create(batch, plan)
+
+
+async def test_a_job_claimed_by_five_workers_at_once_runs_once(store: JobStore) -> None:
+    await add_job(store, "b1")
+    await add_job(store, "b1")  # enqueue is idempotent
+    leases = await asyncio.gather(*(store.claim(30) for _ in range(5)))
+    won = [lease for lease in leases if lease is not None]
+    assert [(lease.batch_id, lease.fence, lease.attempts) for lease in won] == [("b1", 1, 1)]
+
+
+async def test_priorities_then_first_in_first_out(store: JobStore) -> None:
+    for batch_id, priority in [
+        ("low", Priority.LOW),
+        ("n1", Priority.NORMAL),
+        ("high", Priority.HIGH),
+        ("n2", Priority.NORMAL),
+    ]:
+        await add_job(store, batch_id, priority)
+        await asyncio.sleep(0.002)  # distinct enqueue milliseconds
+    order = [(await store.claim(30)).batch_id for _ in range(4)]
+    assert order == ["high", "n1", "n2", "low"]
+    assert await store.claim(30) is None
+
+
+async def test_expired_lease_returns_the_job_and_fences_out_the_old_worker(store: JobStore) -> None:
+    await add_job(store, "b1")
+    first = await store.claim(0.05)
+    assert await store.claim(30) is None  # still leased
+    deadline = time.monotonic() + 5
+    second = None
+    while second is None and time.monotonic() < deadline:
+        second = await store.claim(30)
+    assert (second.batch_id, second.fence, second.attempts) == ("b1", 2, 2)
+    checkpoint = ChunkCheckpoint(index=0, output_key="o", error_key="e", completed=10, failed=0)
+    with pytest.raises(StaleLeaseError):
+        await store.commit_chunk(first, checkpoint)
+    assert not await store.renew(first, 30)
+    await store.commit_chunk(second, checkpoint)
+    assert list(await store.checkpoints("b1")) == [0]
+
+
+async def test_finish_leaves_only_the_documented_keys(store: JobStore) -> None:
+    await add_job(store, "b1")
+    lease = await store.claim(30)
+    await store.commit_chunk(lease, ChunkCheckpoint(index=0, output_key="o", error_key="e", completed=10, failed=0))
+    batch = (await store.get("b1")).model_copy(update={"status": BatchStatus.COMPLETED})
+    await store.finish(lease, batch, retention_seconds=3600)
+    assert set(await store.redis.keys("*")) == {keys.batch("b1"), keys.plan("b1"), keys.BATCHES}
+    assert 0 < await store.redis.ttl(keys.batch("b1")) <= 3600
+    with pytest.raises(StaleLeaseError):
+        await store.finish(lease, batch, retention_seconds=3600)  # the job state is gone: fence no longer matches
+
+
+async def test_cancel_of_a_queued_job_removes_it_from_the_queue(store: JobStore) -> None:
+    await add_job(store, "queued")
+    await add_job(store, "running")
+    lease = await store.claim(30)
+    assert lease.batch_id == "queued"
+    assert (await store.cancel("running")).status == BatchStatus.CANCELLED
+    assert (await store.cancel("queued")).status == BatchStatus.CANCELLING  # the worker ends it
+    assert await store.queue_depth() == 0
+
+
+async def test_api_keys_are_stored_hashed_and_rate_limited(store: JobStore) -> None:
+    key_id = await auth.add_key(store.redis, "sk-secret-value", "test")
+    stored = await store.redis.hgetall(keys.API_KEYS)
+    assert "sk-secret-value" not in str(stored)
+    assert await auth.key_id_of(store.redis, "sk-secret-value") == key_id
+    assert await auth.key_id_of(store.redis, "sk-wrong") is None
+    results = [await auth.over_limit(store.redis, key_id, per_minute=3) for _ in range(4)]
+    assert results[:3] == [None, None, None]
+    assert 1 <= results[3] <= 61

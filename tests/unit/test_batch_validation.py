@@ -1,0 +1,72 @@
+"""Every rule of the input validator, each with the line number it must name."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from runtime.batch.models import BatchError
+from runtime.batch.validation import FileRejectedError, LineValidator, RequestLine
+from runtime.batch.webhooks import sign, verify
+
+
+def line(custom_id="a", url="/v1/chat/completions", model="m", **extra) -> str:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], **extra.pop("body", {})}
+    return json.dumps({"custom_id": custom_id, "method": "POST", "url": url, "body": body, **extra})
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        ("{not json", "invalid_json_line"),
+        ("[1, 2]", "invalid_json_line"),
+        (
+            json.dumps({"method": "POST", "url": "/v1/chat/completions", "body": {"model": "m"}}),
+            "missing_required_parameter",
+        ),
+        (line(url="/v1/images/generations"), "invalid_url"),
+        (line(method="GET"), "invalid_method"),
+        (line(model="other"), "model_not_found"),
+        (line(body={"stream": True}), "streaming_unsupported"),
+        (json.dumps({"custom_id": "a", "method": "POST", "url": "/v1/chat/completions"}), "missing_required_parameter"),
+    ],
+)
+def test_bad_line_is_named_with_its_number(raw: str, code: str) -> None:
+    validator = LineValidator(model="m")
+    assert isinstance(validator.check(1, line("first")), RequestLine)
+    error = validator.check(2, raw)
+    assert isinstance(error, BatchError)
+    assert (error.code, error.line) == (code, 2)
+    assert error.message.startswith("line 2: ")
+
+
+def test_duplicate_custom_id_and_mixed_endpoints() -> None:
+    validator = LineValidator(model="m")
+    assert isinstance(validator.check(1, line("x")), RequestLine)
+    assert validator.check(2, line("x")).code == "duplicate_custom_id"
+    assert validator.check(3, line("y", url="/v1/embeddings")).code == "mismatched_endpoint"
+    assert validator.check(4, "   ") is None  # blank lines are skipped, numbering continues
+    assert validator.check(5, line("z")).line == 5
+
+
+def test_endpoint_not_served_by_the_engine_is_refused() -> None:
+    validator = LineValidator(model="m", endpoints=("/v1/chat/completions",))
+    assert validator.check(1, line(url="/v1/completions")).code == "invalid_url"
+
+
+def test_too_many_lines_rejects_the_file() -> None:
+    validator = LineValidator(model="m", max_lines=2)
+    validator.check(1, line("a"))
+    validator.check(2, line("b"))
+    with pytest.raises(FileRejectedError, match="line 3: a batch holds at most 2 requests"):
+        validator.check(3, line("c"))
+
+
+def test_webhook_signature_round_trip() -> None:
+    body = b'{"type":"batch.completed"}'
+    signature = sign("secret", 1700000000, body)
+    assert signature.startswith("sha256=")
+    assert verify("secret", 1700000000, body, signature)
+    assert not verify("secret", 1700000001, body, signature)
+    assert not verify("other", 1700000000, body, signature)
