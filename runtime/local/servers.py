@@ -7,6 +7,7 @@ the batch API and the batch worker.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -70,7 +71,12 @@ class Process:
     def start(self, timeout: float = 60) -> None:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            self.command(), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.environment()}
+            self.command(),
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.environment()},
+            start_new_session=True,  # its own process group: kill() takes vLLM's engine process with it
         )
         log.close()
         wait_for(self._ready_or_dead, timeout, f"{self.name} to start (log: {self.log_path})", interval=0.1)
@@ -89,18 +95,20 @@ class Process:
         return self.process is not None and self.process.poll() is None
 
     def kill(self) -> None:
-        if self.running:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=30)
+        """SIGKILL the whole process group, as a crash of the machine's service would."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
 
     def stop(self, timeout: float = 30) -> None:
-        if not self.running:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        """SIGTERM and wait (a clean shutdown), then clear out anything left in its group."""
+        if self.running:
+            self.process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=timeout)
+        self.kill()
 
 
 class RedisServer(Process):

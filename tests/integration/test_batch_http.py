@@ -1,0 +1,120 @@
+"""The http engine against a real vLLM OpenAI server (CPU, tiny model) with priority scheduling."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+import redis
+
+from runtime.local.servers import ROOT, BatchApi, BatchWorker, batch_env, free_port, wait_for
+from tests.integration.batch_fixtures import chat_lines
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tiny_model, tmp_path_factory) -> Iterator[tuple[str, subprocess.Popen]]:
+    port = free_port()
+    log = (tmp_path_factory.mktemp("vllm") / "vllm.log").open("wb")
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model),
+            "--served-model-name", "tiny-llama", "--host", "127.0.0.1", "--port", str(port),
+            "--max-model-len", "512", "--kv-cache-memory-bytes", str(64 * 1024 * 1024), "--enforce-eager",
+            "--scheduling-policy", "priority",
+        ],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert process.poll() is None, f"vLLM server exited, see {log.name}"
+        try:
+            return httpx.get(f"{url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(up, 300, "vLLM server", interval=0.5)
+    yield url, process
+    kill_group(process)
+
+
+def retries(worker: BatchWorker) -> float:
+    text = httpx.get(f"{worker.url}/metrics").text
+    return float(re.search(r"^batch_request_retries_total (\S+)$", text, re.M).group(1))
+
+
+def test_http_engine_runs_a_job_and_retries_only_what_is_retryable(
+    redis_server, s3_server, vllm_server, tmp_path
+) -> None:
+    vllm_url, vllm_process = vllm_server
+    redis.Redis.from_url(redis_server.url).flushdb()
+    env = batch_env(
+        redis_server, s3_server, s3_bucket="batch-http", engine="http", vllm_base_url=f"{vllm_url}/v1",
+        chunk_size="10", concurrency="16", request_max_attempts="3",
+    )  # fmt: skip
+    api, worker = BatchApi(tmp_path, env), BatchWorker(tmp_path, env)
+    api.start()
+    worker.start(timeout=60)
+    client = openai.OpenAI(base_url=f"{api.url}/v1", api_key=env["BATCH_BOOTSTRAP_API_KEY"], max_retries=0)
+
+    def run(lines: list[str]):
+        file_id = client.files.create(file=("in.jsonl", io.BytesIO("\n".join(lines).encode())), purpose="batch").id
+        batch = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
+        done = wait_for(
+            lambda: (b := client.batches.retrieve(batch.id)).status in {"completed", "failed"} and b, 120, "batch"
+        )
+
+        def rows(file_id: str | None) -> list[dict]:
+            return [json.loads(x) for x in client.files.content(file_id).text.splitlines()] if file_id else []
+
+        return done, rows(done.output_file_id), rows(done.error_file_id)
+
+    try:
+        too_long = json.loads(chat_lines(1, prefix="long")[0])
+        too_long["body"]["max_tokens"] = 100_000
+        done, output, errors = run([*chat_lines(45), json.dumps(too_long)])
+        assert done.status == "completed"
+        assert sorted(r["custom_id"] for r in output) == sorted(f"r{i}" for i in range(45))
+        assert [(e["custom_id"], e["response"]["status_code"]) for e in errors] == [("long0", 400)]
+        assert retries(worker) == 0  # a 400 is final: not retried
+
+        completions = httpx.get(f"{vllm_url}/metrics").text
+        assert "vllm:request_success_total" in completions
+
+        kill_group(vllm_process)
+        wait_for(lambda: _down(vllm_url), 30, "vLLM to stop")
+        done, output, errors = run(chat_lines(3, prefix="down"))
+        assert done.status == "completed" and output == []
+        assert sorted(e["custom_id"] for e in errors) == ["down0", "down1", "down2"]
+        assert {e["error"]["code"] for e in errors} == {"engine_unreachable"}
+        assert retries(worker) == 3 * 2  # three requests, two retries each, then given up
+    finally:
+        worker.stop()
+        api.stop()
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL the server and its engine process (same process group)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def _down(url: str) -> bool:
+    try:
+        httpx.get(f"{url}/health", timeout=1)
+        return False
+    except httpx.HTTPError:
+        return True
