@@ -11,6 +11,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from runtime.batch.jobs import JobStore
 from runtime.batch.models import Batch, BatchError, BatchErrors, BatchStatus, JobPlan, Priority, RequestCounts
@@ -48,9 +49,13 @@ def split_input(
     errors: list[BatchError] = []
     chunks = valid = 0
 
+    pool = ThreadPoolExecutor(8)  # chunk uploads overlap with validating the next lines
+    uploads: list[Future] = []
+
     def flush() -> None:
         nonlocal chunks
-        objects.put(chunk_input_key(batch_id, chunks), "\n".join(r.to_json() for r in buffer).encode())
+        data = "\n".join(r.to_json() for r in buffer).encode()
+        uploads.append(pool.submit(objects.put, chunk_input_key(batch_id, chunks), data))
         chunks += 1
         buffer.clear()
 
@@ -74,9 +79,14 @@ def split_input(
             raise InputRefusedError(BatchError(code="empty_file", message="the input file has no requests"))
         if errors:
             objects.put(invalid_lines_key(batch_id), _error_lines(errors))
+        for upload in uploads:
+            upload.result()
     except (InputRefusedError, FileRejectedError) as exc:
+        pool.shutdown(wait=True)
         objects.delete_prefix(f"batches/{batch_id}/")
         raise InputRefusedError(exc.error) from None
+    finally:
+        pool.shutdown(wait=True)
     return valid, len(errors), chunks, validator.endpoint or (endpoint or endpoints[0])
 
 

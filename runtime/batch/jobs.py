@@ -115,6 +115,8 @@ class JobStore:
             pipe.hsetnx(keys.job(batch.id), "score", score)
             pipe.zadd(keys.BATCHES, {batch.id: now_ms()}, nx=True)
             pipe.zadd(keys.QUEUE, {batch.id: score}, nx=True)
+            pipe.rpush(keys.WAKE, batch.id)
+            pipe.ltrim(keys.WAKE, -100, -1)
             await pipe.execute()
 
     async def get(self, batch_id: str) -> Batch | None:
@@ -247,6 +249,10 @@ class JobStore:
             pipe.zrem(keys.LEASES, lease.batch_id)
             pipe.delete(keys.job(lease.batch_id), keys.chunks(lease.batch_id))
             await pipe.execute()
+
+    async def wait_for_work(self, timeout_seconds: float) -> None:
+        """Block until a job is enqueued or the timeout passes (the queue itself is the truth)."""
+        await self.redis.blpop([keys.WAKE], timeout=timeout_seconds)
 
     async def queue_depth(self) -> int:
         return await self.redis.zcard(keys.QUEUE) + await self.redis.zcard(keys.DELAYED)

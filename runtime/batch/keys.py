@@ -14,6 +14,7 @@ BATCHES = PREFIX + "batches"  # zset batch_id -> created ms (listing, newest fir
 WEBHOOKS = PREFIX + "webhooks"  # zset delivery_id -> ms when due (SQS-style visibility timeout)
 API_KEYS = PREFIX + "apikeys"  # hash sha256(key) -> JSON {name, created_at}
 WORKERS = PREFIX + "workers"  # hash worker_id -> last heartbeat ms
+WAKE = PREFIX + "wake"  # list: a token per new job, so idle workers wake at once (BLPOP)
 THROUGHPUT = PREFIX + "throughput"  # string: recent requests/s of the fleet (estimates)
 
 

@@ -25,6 +25,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis.asyncio as redis
@@ -54,7 +55,7 @@ from runtime.batch.storage import ObjectStore, chunk_input_key, chunk_result_key
 from runtime.batch.validation import RequestLine
 
 log = logging.getLogger("runtime.batch.worker")
-IDLE_POLL_S = 0.2
+IDLE_POLL_S = 0.5  # also picks up delayed retries and expired leases
 
 
 class JobStopError(Exception):
@@ -125,8 +126,7 @@ class Worker:
             while not self._stopping.is_set():
                 lease = await self.store.claim(self.settings.lease_seconds)
                 if lease is None:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stopping.wait(), IDLE_POLL_S)
+                    await self.store.wait_for_work(IDLE_POLL_S)
                     continue
                 await self.run_leased(lease)
         finally:
@@ -406,10 +406,9 @@ class Worker:
         file_id = f"file-{batch_id.removeprefix('batch_')}-{kind}"
 
         def join() -> int:
-            with tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024) as spool:
-                for key in parts:
-                    for chunk in self.objects.open(key).iter_chunks(1024 * 1024):
-                        spool.write(chunk)
+            with tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024) as spool, ThreadPoolExecutor(8) as pool:
+                for data in pool.map(self.objects.get, parts):  # fetched ahead, written in chunk order
+                    spool.write(data)
                 size = spool.tell()
                 spool.seek(0)
                 self.objects.upload(file_key(file_id), spool)
