@@ -8,7 +8,7 @@ APT_PACKAGES := redis-server postgresql haproxy
 STACKS := $(patsubst Pulumi.%.yaml,%,$(wildcard Pulumi.*.yaml))
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test setup system-deps install pip-check lint preview snapshot lock clean
+.PHONY: test setup system-deps install pip-check lint preview snapshot lock clean demo bench
 
 test: setup lint ## set up everything, lint, run the whole test suite
 	$(PY) -m pytest
@@ -52,6 +52,13 @@ preview: install ## offline plan of every stack into build/plan/<stack>/
 snapshot: install ## refresh tests/snapshots/<stack>/ after an intended change to a stack
 	@for s in $(STACKS); do $(PY) -m infra.plan --stack $$s --out tests/snapshots > /dev/null || exit 1; done
 	@git status --short tests/snapshots
+
+demo: install ## the batch runtime on this machine: a sample batch through the openai client, then stop
+	$(PY) -m runtime.local demo
+
+bench: install ## benchmarks: load balancer, then the batch service against vLLM run_batch
+	$(PY) -m bench.lb
+	$(PY) -m bench.batch
 
 lock: install ## re-freeze requirements.txt from the virtualenv (keeps the comment header)
 	{ grep '^#' requirements.txt; $(PY) -m pip freeze --all --exclude-editable --exclude pip; } > requirements.lock.tmp

@@ -206,6 +206,9 @@ class BatchSettings(_Frozen):
     )
     chunk_size: int = _key("batchChunkSize", 100, "Requests per checkpointed chunk.", ge=1, le=10000)
     concurrency: int = _key("batchConcurrency", 64, "In-flight requests the worker keeps at the engine.", ge=1)
+    request_priority: int = _key(
+        "batchRequestPriority", 10, "http engine: vLLM priority of batch requests (interactive traffic is 0).", ge=0
+    )
 
 
 class HostOpsSettings(_Frozen):

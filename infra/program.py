@@ -190,6 +190,9 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "s3_access_key": store.access_key,
             "s3_secret_key": store.secret_key,
             "retention_days": cfg.data.result_retention_days,
+            "model_path": cfg.vllm.model,
+            "engine_args": vllm_engine_args,
+            "hf_token": secrets.hf_token,
         },
     )
     platform.finish()

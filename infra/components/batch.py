@@ -5,7 +5,8 @@ Variable names follow runtime.batch.settings.BatchSettings (prefix BATCH_).
 
 from __future__ import annotations
 
-from typing import TypedDict
+import json
+from typing import Any, TypedDict
 
 import pulumi
 
@@ -13,6 +14,8 @@ from infra.components.secrets import generated_password
 from infra.config import BatchSettings
 from infra.platforms import Platform
 from infra.services import Exposure, Port, Secret, ServiceSpec, http_health_check
+
+WORKER_METRICS_PORT = 8101  # the worker's /health and /metrics
 
 
 class BatchServiceArgs(TypedDict):
@@ -29,6 +32,9 @@ class BatchServiceArgs(TypedDict):
     s3_access_key: str
     s3_secret_key: pulumi.Output[str]
     retention_days: int
+    model_path: str  # offline engine: the weights the worker loads (HF id or path)
+    engine_args: dict[str, Any]  # offline engine: the same sized vLLM arguments as the servers
+    hf_token: pulumi.Input[str] | None
 
 
 class BatchService(pulumi.ComponentResource):
@@ -50,6 +56,8 @@ class BatchService(pulumi.ComponentResource):
             "BATCH_CHUNK_SIZE": str(settings.chunk_size),
             "BATCH_CONCURRENCY": str(settings.concurrency),
             "BATCH_RESULT_RETENTION_DAYS": str(args["retention_days"]),
+            "BATCH_VLLM_REQUEST_PRIORITY": str(settings.request_priority),
+            "BATCH_WORKER_METRICS_PORT": str(WORKER_METRICS_PORT),
         }
         secrets = (
             Secret("BATCH_REDIS_URL", args["redis_url"]),
@@ -73,14 +81,25 @@ class BatchService(pulumi.ComponentResource):
             parent=self,
         )
         offline = settings.engine == "offline"
+        worker_env = dict(env)
+        worker_secrets = secrets
+        if offline:
+            worker_env["BATCH_MODEL_PATH"] = args["model_path"]
+            worker_env["BATCH_VLLM_ARGS"] = json.dumps(args["engine_args"], sort_keys=True)
+            if args["hf_token"] is not None:
+                worker_secrets = (*secrets, Secret("HF_TOKEN", pulumi.Output.secret(args["hf_token"])))
         platform.deploy(
             ServiceSpec(
                 name=f"{name}-worker",
                 host=host,
                 image=args["worker_image"],
                 command=("python3", "-m", "runtime.batch.worker"),
-                environment=env,
-                secrets=secrets,
+                environment=worker_env,
+                secrets=worker_secrets,
+                ports=(Port(WORKER_METRICS_PORT, None, Exposure.INTERNAL, "metrics"),),
+                healthcheck=http_health_check(
+                    WORKER_METRICS_PORT, python="python3", interval_s=15, start_period_s=900 if offline else 30
+                ),
                 gpu=offline,
                 memory_limit="100g" if offline else "4g",
                 shm_size="16g" if offline else None,

@@ -21,7 +21,9 @@ RAY_AGENT_PORT = 52367  # distinct from the Ray worker's default agent port on t
 def server_flags(settings: VllmSettings, port: int, engine_args: dict[str, Any]) -> list[str]:
     """vLLM server flags: model and port, the sized engine arguments, then raw extra flags."""
     head = ["--model", settings.model, "--served-model-name", settings.served_name, "--host", "0.0.0.0"]
-    return [*head, "--port", str(port), *engine_args_to_flags(engine_args), *settings.extra_args]
+    # priority scheduling: the batch worker sends a higher `priority` value, so interactive requests go first
+    head += ["--port", str(port), "--scheduling-policy", "priority"]
+    return [*head, *engine_args_to_flags(engine_args), *settings.extra_args]
 
 
 class VllmServiceArgs(TypedDict):

@@ -55,7 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     up_parser = sub.add_parser("up", help="start everything and wait for Ctrl-C / SIGTERM")
     up_parser.add_argument("--dir", type=Path, help="work directory for logs and data (default: a temp dir)")
     up_parser.add_argument("--port", type=int, help="batch API port (default: a free one)")
+    sub.add_parser("demo", help="start everything, run a sample batch with the openai client, stop")
     args = parser.parse_args(argv)
+    if args.command == "demo":
+        from runtime.local.demo import main as demo
+
+        return demo()
     work_dir = args.dir or Path(tempfile.mkdtemp(prefix="vllm-gb10-local-"))
     work_dir.mkdir(parents=True, exist_ok=True)
     return up(work_dir, args.port)
