@@ -20,5 +20,7 @@ def test_demo_runs_a_batch_and_stops_everything() -> None:
     assert "api_key=" in result.stdout and "completed, 5/5 completed" in result.stdout
     assert "demo-4:" in result.stdout
     assert "runtime.local up stopped (exit 0)" in result.stdout
-    leftovers = subprocess.run(["pgrep", "-f", "runtime.batch.worker|moto.server"], capture_output=True, text=True)
+    leftovers = subprocess.run(
+        ["pgrep", "-f", "vllm-gb10-local-|runtime.local up|runtime.batch"], capture_output=True, text=True
+    )
     assert leftovers.stdout == "", f"processes left running: {leftovers.stdout}"
