@@ -16,11 +16,27 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def store(redis_server):
-    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
-    await client.flushdb()
-    yield JobStore(client)
-    await client.aclose()
+def run(redis_server):
+    """Run `test(store)` in a fresh event loop against an empty Redis (no async plugin needed)."""
+
+    def runner(test) -> None:
+        async def body() -> None:
+            client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+            await client.flushdb()
+            try:
+                await test(JobStore(client))
+            finally:
+                await client.aclose()
+
+        # a private loop, never installed as the current one: asyncio.run would leave "no current event
+        # loop" behind, which breaks the Pulumi mock tests that run later in the same process
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(body())
+        finally:
+            loop.close()
+
+    return runner
 
 
 async def add_job(store: JobStore, batch_id: str, priority: Priority = Priority.NORMAL) -> None:
@@ -33,73 +49,91 @@ async def add_job(store: JobStore, batch_id: str, priority: Priority = Priority.
     await store.create(batch, plan)
 
 
-async def test_a_job_claimed_by_five_workers_at_once_runs_once(store: JobStore) -> None:
-    await add_job(store, "b1")
-    await add_job(store, "b1")  # enqueue is idempotent
-    leases = await asyncio.gather(*(store.claim(30) for _ in range(5)))
-    won = [lease for lease in leases if lease is not None]
-    assert [(lease.batch_id, lease.fence, lease.attempts) for lease in won] == [("b1", 1, 1)]
+def test_a_job_claimed_by_five_workers_at_once_runs_once(run) -> None:
+    async def test(store: JobStore) -> None:
+        await add_job(store, "b1")
+        await add_job(store, "b1")  # enqueue is idempotent
+        leases = await asyncio.gather(*(store.claim(30) for _ in range(5)))
+        won = [lease for lease in leases if lease is not None]
+        assert [(lease.batch_id, lease.fence, lease.attempts) for lease in won] == [("b1", 1, 1)]
+
+    run(test)
 
 
-async def test_priorities_then_first_in_first_out(store: JobStore) -> None:
-    for batch_id, priority in [
-        ("low", Priority.LOW),
-        ("n1", Priority.NORMAL),
-        ("high", Priority.HIGH),
-        ("n2", Priority.NORMAL),
-    ]:
-        await add_job(store, batch_id, priority)
-        await asyncio.sleep(0.002)  # distinct enqueue milliseconds
-    order = [(await store.claim(30)).batch_id for _ in range(4)]
-    assert order == ["high", "n1", "n2", "low"]
-    assert await store.claim(30) is None
+def test_priorities_then_first_in_first_out(run) -> None:
+    async def test(store: JobStore) -> None:
+        for batch_id, priority in [
+            ("low", Priority.LOW),
+            ("n1", Priority.NORMAL),
+            ("high", Priority.HIGH),
+            ("n2", Priority.NORMAL),
+        ]:
+            await add_job(store, batch_id, priority)
+            await asyncio.sleep(0.002)  # distinct enqueue milliseconds
+        order = [(await store.claim(30)).batch_id for _ in range(4)]
+        assert order == ["high", "n1", "n2", "low"]
+        assert await store.claim(30) is None
+
+    run(test)
 
 
-async def test_expired_lease_returns_the_job_and_fences_out_the_old_worker(store: JobStore) -> None:
-    await add_job(store, "b1")
-    first = await store.claim(0.05)
-    assert await store.claim(30) is None  # still leased
-    deadline = time.monotonic() + 5
-    second = None
-    while second is None and time.monotonic() < deadline:
-        second = await store.claim(30)
-    assert (second.batch_id, second.fence, second.attempts) == ("b1", 2, 2)
-    checkpoint = ChunkCheckpoint(index=0, output_key="o", error_key="e", completed=10, failed=0)
-    with pytest.raises(StaleLeaseError):
-        await store.commit_chunk(first, checkpoint)
-    assert not await store.renew(first, 30)
-    await store.commit_chunk(second, checkpoint)
-    assert list(await store.checkpoints("b1")) == [0]
+def test_expired_lease_returns_the_job_and_fences_out_the_old_worker(run) -> None:
+    async def test(store: JobStore) -> None:
+        await add_job(store, "b1")
+        first = await store.claim(0.05)
+        assert await store.claim(30) is None  # still leased
+        deadline = time.monotonic() + 5
+        second = None
+        while second is None and time.monotonic() < deadline:
+            second = await store.claim(30)
+        assert (second.batch_id, second.fence, second.attempts) == ("b1", 2, 2)
+        checkpoint = ChunkCheckpoint(index=0, output_key="o", error_key="e", completed=10, failed=0)
+        with pytest.raises(StaleLeaseError):
+            await store.commit_chunk(first, checkpoint)
+        assert not await store.renew(first, 30)
+        await store.commit_chunk(second, checkpoint)
+        assert list(await store.checkpoints("b1")) == [0]
+
+    run(test)
 
 
-async def test_finish_leaves_only_the_documented_keys(store: JobStore) -> None:
-    await add_job(store, "b1")
-    lease = await store.claim(30)
-    await store.commit_chunk(lease, ChunkCheckpoint(index=0, output_key="o", error_key="e", completed=10, failed=0))
-    batch = (await store.get("b1")).model_copy(update={"status": BatchStatus.COMPLETED})
-    await store.finish(lease, batch, retention_seconds=3600)
-    assert set(await store.redis.keys("*")) == {keys.batch("b1"), keys.plan("b1"), keys.BATCHES}
-    assert 0 < await store.redis.ttl(keys.batch("b1")) <= 3600
-    with pytest.raises(StaleLeaseError):
-        await store.finish(lease, batch, retention_seconds=3600)  # the job state is gone: fence no longer matches
+def test_finish_leaves_only_the_documented_keys(run) -> None:
+    async def test(store: JobStore) -> None:
+        await add_job(store, "b1")
+        lease = await store.claim(30)
+        await store.commit_chunk(lease, ChunkCheckpoint(index=0, output_key="o", error_key="e", completed=10, failed=0))
+        batch = (await store.get("b1")).model_copy(update={"status": BatchStatus.COMPLETED})
+        await store.finish(lease, batch, retention_seconds=3600)
+        assert set(await store.redis.keys("*")) == {keys.batch("b1"), keys.plan("b1"), keys.BATCHES, keys.WAKE}
+        assert 0 < await store.redis.ttl(keys.batch("b1")) <= 3600
+        with pytest.raises(StaleLeaseError):
+            await store.finish(lease, batch, retention_seconds=3600)  # the job state is gone: fence no longer matches
+
+    run(test)
 
 
-async def test_cancel_of_a_queued_job_removes_it_from_the_queue(store: JobStore) -> None:
-    await add_job(store, "queued")
-    await add_job(store, "running")
-    lease = await store.claim(30)
-    assert lease.batch_id == "queued"
-    assert (await store.cancel("running")).status == BatchStatus.CANCELLED
-    assert (await store.cancel("queued")).status == BatchStatus.CANCELLING  # the worker ends it
-    assert await store.queue_depth() == 0
+def test_cancel_of_a_queued_job_removes_it_from_the_queue(run) -> None:
+    async def test(store: JobStore) -> None:
+        await add_job(store, "queued")
+        await add_job(store, "running")
+        lease = await store.claim(30)
+        assert lease.batch_id == "queued"
+        assert (await store.cancel("running")).status == BatchStatus.CANCELLED
+        assert (await store.cancel("queued")).status == BatchStatus.CANCELLING  # the worker ends it
+        assert await store.queue_depth() == 0
+
+    run(test)
 
 
-async def test_api_keys_are_stored_hashed_and_rate_limited(store: JobStore) -> None:
-    key_id = await auth.add_key(store.redis, "sk-secret-value", "test")
-    stored = await store.redis.hgetall(keys.API_KEYS)
-    assert "sk-secret-value" not in str(stored)
-    assert await auth.key_id_of(store.redis, "sk-secret-value") == key_id
-    assert await auth.key_id_of(store.redis, "sk-wrong") is None
-    results = [await auth.over_limit(store.redis, key_id, per_minute=3) for _ in range(4)]
-    assert results[:3] == [None, None, None]
-    assert 1 <= results[3] <= 61
+def test_api_keys_are_stored_hashed_and_rate_limited(run) -> None:
+    async def test(store: JobStore) -> None:
+        key_id = await auth.add_key(store.redis, "sk-secret-value", "test")
+        stored = await store.redis.hgetall(keys.API_KEYS)
+        assert "sk-secret-value" not in str(stored)
+        assert await auth.key_id_of(store.redis, "sk-secret-value") == key_id
+        assert await auth.key_id_of(store.redis, "sk-wrong") is None
+        results = [await auth.over_limit(store.redis, key_id, per_minute=3) for _ in range(4)]
+        assert results[:3] == [None, None, None]
+        assert 1 <= results[3] <= 61
+
+    run(test)
