@@ -22,7 +22,8 @@ import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
-from bench.lb_harness import BackendProcess, Client, Haproxy, free_port, render_config, wait_for
+from bench.lb_harness import BackendProcess, Client, Haproxy, render_config
+from runtime.local.servers import free_port, wait_for
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -5,38 +5,17 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+
+from runtime.local.servers import find_binary, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Poll `check` until it returns something truthy; raise TimeoutError naming `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 class BackendProcess:
@@ -81,9 +60,7 @@ class Haproxy:
     """haproxy -db (foreground) on a rendered config; `status()` reads the stats CSV."""
 
     def __init__(self, config: str, port: int, stats_port: int):
-        binary = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
-        if binary is None:
-            raise RuntimeError("haproxy not found: run `make setup`")
+        binary = find_binary("haproxy")
         self.port, self.stats_port = port, stats_port
         self._dir = tempfile.TemporaryDirectory(prefix="haproxy-")
         path = Path(self._dir.name) / "haproxy.cfg"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
 
@@ -19,10 +18,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def require_binary(name: str) -> str:
     """Path of a server binary `make setup` installs; a missing one fails the test, never skips it."""
-    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/lib/postgresql/15/bin")
-    if path is None:
-        pytest.fail(f"{name} not found: run `make setup` (installs redis-server, postgresql, haproxy)")
-    return path
+    from runtime.local.servers import find_binary
+
+    try:
+        return find_binary(name)
+    except FileNotFoundError as missing:
+        pytest.fail(str(missing))
 
 
 @pytest.fixture(scope="session")
