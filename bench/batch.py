@@ -22,8 +22,10 @@ from pathlib import Path
 
 import openai
 
+from runtime.batch.engines.offline import model_flags
 from runtime.local.servers import (
     ROOT,
+    TINY_MODEL_VLLM_ARGS,
     BatchApi,
     BatchWorker,
     RedisServer,
@@ -39,12 +41,7 @@ MODEL = "tiny-llama"
 
 
 def engine_flags(model: Path) -> list[str]:
-    args = json.loads(tiny_model_args(model)["vllm_args"])
-    flags = ["--model", str(model), "--served-model-name", MODEL]
-    for key, value in args.items():
-        flag = "--" + key.replace("_", "-")
-        flags += [flag] if value is True else [flag, str(value)]
-    return flags
+    return model_flags(str(model), MODEL, TINY_MODEL_VLLM_ARGS)
 
 
 def completion_tokens(rows: list[str]) -> int:

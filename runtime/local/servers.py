@@ -8,6 +8,7 @@ the batch API and the batch worker.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -214,9 +215,15 @@ def batch_env(redis: RedisServer, s3: S3Server, **overrides: str) -> dict[str, s
     return env
 
 
-def tiny_model_args(model_path: Path) -> dict[str, str]:
-    """Offline-engine settings for the tiny CPU model: small KV budget, quick eager start."""
-    import json
+# Offline-engine settings for the tiny CPU model: small KV budget, quick eager start.
+TINY_MODEL_VLLM_ARGS = {
+    "max_model_len": 512,
+    "kv_cache_memory_bytes": 64 * 1024 * 1024,
+    "enforce_eager": True,
+    "seed": 0,
+}
 
-    args = {"max_model_len": 512, "kv_cache_memory_bytes": 64 * 1024 * 1024, "enforce_eager": True, "seed": 0}
-    return {"model_path": str(model_path), "vllm_args": json.dumps(args)}
+
+def tiny_model_args(model_path: Path) -> dict[str, str]:
+    """batch_env overrides that point the offline engine at the tiny model."""
+    return {"model_path": str(model_path), "vllm_args": json.dumps(TINY_MODEL_VLLM_ARGS)}

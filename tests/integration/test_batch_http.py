@@ -17,7 +17,8 @@ import openai
 import pytest
 import redis
 
-from runtime.local.servers import ROOT, BatchApi, BatchWorker, batch_env, free_port, wait_for
+from runtime.batch.engines.offline import model_flags
+from runtime.local.servers import ROOT, TINY_MODEL_VLLM_ARGS, BatchApi, BatchWorker, batch_env, free_port, wait_for
 from tests.integration.batch_fixtures import chat_lines
 
 pytestmark = pytest.mark.integration
@@ -29,10 +30,9 @@ def vllm_server(tiny_model, tmp_path_factory) -> Iterator[tuple[str, subprocess.
     log = (tmp_path_factory.mktemp("vllm") / "vllm.log").open("wb")
     process = subprocess.Popen(
         [
-            sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model),
-            "--served-model-name", "tiny-llama", "--host", "127.0.0.1", "--port", str(port),
-            "--max-model-len", "512", "--kv-cache-memory-bytes", str(64 * 1024 * 1024), "--enforce-eager",
-            "--scheduling-policy", "priority",
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            *model_flags(str(tiny_model), "tiny-llama", TINY_MODEL_VLLM_ARGS),
+            "--host", "127.0.0.1", "--port", str(port), "--scheduling-policy", "priority",
         ],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip

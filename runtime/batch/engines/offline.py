@@ -12,18 +12,17 @@ from typing import Any
 
 from runtime.batch.engines import Outcome, usage_of
 from runtime.batch.validation import RequestLine
+from runtime.kvcache import engine_args_to_flags
+
+
+def model_flags(model_path: str, served_model: str, vllm_args: dict[str, Any]) -> list[str]:
+    """vLLM flags for this model: the same argument-to-flag mapping the vLLM servers get from infra."""
+    return ["--model", model_path, "--served-model-name", served_model, *engine_args_to_flags(vllm_args)]
 
 
 def engine_argv(model_path: str, served_model: str, vllm_args: dict[str, Any]) -> list[str]:
     """run_batch's command line for this model (input/output are unused placeholders)."""
-    argv = ["-i", "unused.jsonl", "-o", "unused.jsonl", "--model", model_path, "--served-model-name", served_model]
-    for key, value in vllm_args.items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            argv.append(flag)
-        elif value is not False:
-            argv += [flag, str(value)]
-    return argv
+    return ["-i", "unused.jsonl", "-o", "unused.jsonl", *model_flags(model_path, served_model, vllm_args)]
 
 
 class OfflineEngine:
