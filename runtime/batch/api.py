@@ -11,6 +11,7 @@ import json
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -117,6 +118,12 @@ def create_app(settings: BatchSettings) -> FastAPI:
     async def api_error(_request: Request, exc: ApiException) -> JSONResponse:
         return JSONResponse({"error": exc.error.model_dump()}, status_code=exc.status, headers=exc.headers)
 
+    @app.exception_handler(SourceError)
+    async def unreadable_input(_request: Request, exc: SourceError) -> JSONResponse:
+        """input_file_url cannot be read: when it is opened, or midway while its lines are checked."""
+        error = ApiError(message=str(exc), code="invalid_input_file", param="input_file_url")
+        return JSONResponse({"error": error.model_dump()}, status_code=400)
+
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
@@ -142,11 +149,12 @@ def create_app(settings: BatchSettings) -> FastAPI:
     @app.get("/metrics")
     async def prometheus() -> Response:
         metrics.queue_depth.set(await state.store.queue_depth())
-        for status, count in (await state.store.counts_by_status()).items():
-            metrics.jobs_by_status.labels(status).set(count)
+        batches = await state.store.all()
+        by_status = Counter(batch.status for batch in batches)
+        for status in BatchStatus:
+            metrics.jobs_by_status.labels(status.value).set(by_status[status])
         metrics.job_progress.clear()
         metrics.job_last_progress.clear()
-        batches, _ = await state.store.list(limit=1000, after=None)
         for batch in batches:
             if batch.status in (BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING, BatchStatus.CANCELLING):
                 counts = batch.request_counts
@@ -174,17 +182,13 @@ def create_app(settings: BatchSettings) -> FastAPI:
             )
         file_id = f"file-{uuid.uuid4().hex}"
         await asyncio.to_thread(state.objects.upload, file_key(file_id), file.file)
-        now = int(time.time())
-        record = FileObject(
-            id=file_id,
-            bytes=size,
-            created_at=now,
-            expires_at=now + settings.retention_seconds,
+        return await state.store.record_file(
+            file_id,
+            size=size,
             filename=file.filename or "input.jsonl",
             purpose="batch",
+            retention_seconds=settings.retention_seconds,
         )
-        await state.store.save_file(record)
-        return record
 
     async def existing_file(file_id: str) -> FileObject:
         record = await state.store.get_file(file_id)
@@ -241,10 +245,6 @@ def create_app(settings: BatchSettings) -> FastAPI:
             error = refused.error
             raise ApiException(
                 400, ApiError(message=error.message, code=error.code, param=error.param, line=error.line)
-            ) from None
-        except SourceError as exc:
-            raise ApiException(
-                400, ApiError(message=str(exc), code="invalid_input_file", param="input_file_url")
             ) from None
         logs.job_id.set(batch.id)
         return batch
@@ -331,14 +331,7 @@ def create_app(settings: BatchSettings) -> FastAPI:
             raise ApiException(
                 400, ApiError(message=f"model {body.model!r} is not served here", code="model_not_found", param="model")
             )
-        try:
-            lines, _size = await asyncio.to_thread(
-                open_lines, state.objects, body.input_file_url, settings.max_file_bytes
-            )
-        except SourceError as exc:
-            raise ApiException(
-                400, ApiError(message=str(exc), code="invalid_input_file", param="input_file_url")
-            ) from None
+        lines = await asyncio.to_thread(open_lines, state.objects, body.input_file_url, settings.max_file_bytes)
         file_id = f"file-{uuid.uuid4().hex}"
         spool = tempfile.SpooledTemporaryFile(max_size=16 * 1024 * 1024)
         try:
@@ -358,16 +351,12 @@ def create_app(settings: BatchSettings) -> FastAPI:
             await asyncio.to_thread(state.objects.upload, file_key(file_id), spool)
         finally:
             spool.close()
-        now = int(time.time())
-        await state.store.save_file(
-            FileObject(
-                id=file_id,
-                bytes=size,
-                created_at=now,
-                expires_at=now + settings.retention_seconds,
-                filename=body.input_file_url.rsplit("/", 1)[-1] or "input.jsonl",
-                purpose="batch",
-            )
+        await state.store.record_file(
+            file_id,
+            size=size,
+            filename=body.input_file_url.rsplit("/", 1)[-1] or "input.jsonl",
+            purpose="batch",
+            retention_seconds=settings.retention_seconds,
         )
         return SeedJobCreated(
             job_id=batch.id,

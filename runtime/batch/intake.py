@@ -81,10 +81,12 @@ def split_input(
             objects.put(invalid_lines_key(batch_id), _error_lines(errors))
         for upload in uploads:
             upload.result()
-    except (InputRefusedError, FileRejectedError) as exc:
+    except BaseException as exc:  # refused, or the source failed midway: leave no chunk objects behind
         pool.shutdown(wait=True)
         objects.delete_prefix(f"batches/{batch_id}/")
-        raise InputRefusedError(exc.error) from None
+        if isinstance(exc, FileRejectedError):
+            raise InputRefusedError(exc.error) from None
+        raise
     finally:
         pool.shutdown(wait=True)
     return valid, len(errors), chunks, validator.endpoint or (endpoint or endpoints[0])

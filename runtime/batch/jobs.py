@@ -10,7 +10,6 @@ Guarantees (tested against a real redis-server):
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 
@@ -101,6 +100,22 @@ class JobStore:
         raw = await self.redis.get(keys.file(file_id))
         return FileObject.model_validate_json(raw) if raw else None
 
+    async def record_file(
+        self, file_id: str, *, size: int, filename: str, purpose: str, retention_seconds: int
+    ) -> FileObject:
+        """Save a file object that expires (here and in the API) `retention_seconds` from now."""
+        now = int(time.time())
+        file = FileObject(
+            id=file_id,
+            bytes=size,
+            created_at=now,
+            expires_at=now + retention_seconds,
+            filename=filename,
+            purpose=purpose,
+        )
+        await self.save_file(file)
+        return file
+
     async def delete_file(self, file_id: str) -> bool:
         return bool(await self.redis.delete(keys.file(file_id)))
 
@@ -137,8 +152,15 @@ class JobStore:
                 return [], False
             start = rank + 1
         ids = await self.redis.zrevrange(keys.BATCHES, start, start + limit)
-        batches = [b for b in [await self.get(i) for i in ids[:limit]] if b is not None]
-        return batches, len(ids) > limit
+        return await self._batches(ids[:limit]), len(ids) > limit
+
+    async def all(self) -> list[Batch]:
+        """Every batch still on record, oldest first (records past their retention have expired)."""
+        return await self._batches(await self.redis.zrange(keys.BATCHES, 0, -1))
+
+    async def _batches(self, ids: list[str]) -> list[Batch]:
+        raws = await self.redis.mget([keys.batch(_text(i)) for i in ids]) if ids else []
+        return [Batch.model_validate_json(raw) for raw in raws if raw]
 
     async def update(self, batch_id: str, change, *, fence: int | None = None) -> Batch:
         """Read-modify-write the batch object; with `fence`, only while this worker holds the job."""
@@ -291,15 +313,6 @@ class JobStore:
     async def live_workers(self, within_seconds: float) -> list[str]:
         cutoff = now_ms() - within_seconds * 1000
         return [_text(w) for w, beat in (await self.redis.hgetall(keys.WORKERS)).items() if int(beat) >= cutoff]
-
-    async def counts_by_status(self) -> dict[str, int]:
-        counts = dict.fromkeys((s.value for s in BatchStatus), 0)
-        ids = await self.redis.zrange(keys.BATCHES, 0, -1)
-        if ids:
-            for raw in await self.redis.mget([keys.batch(_text(i)) for i in ids]):
-                if raw:
-                    counts[json.loads(raw)["status"]] += 1
-        return counts
 
 
 def priority_of(metadata: dict[str, str] | None) -> Priority:

@@ -14,8 +14,8 @@ class SourceError(ValueError):
     """The input URL cannot be read; the message says why."""
 
 
-def open_lines(objects: ObjectStore, url: str, max_bytes: int) -> tuple[Iterator[bytes], int | None]:
-    """Lines of the input and its size when known up front. Blocking (run it in a thread)."""
+def open_lines(objects: ObjectStore, url: str, max_bytes: int) -> Iterator[bytes]:
+    """Lines of the input; an S3 object over the limit is refused before reading. Blocking (run it in a thread)."""
     parsed = urlparse(url)
     if parsed.scheme == "s3":
         bucket, key = parsed.netloc, parsed.path.lstrip("/")
@@ -27,9 +27,9 @@ def open_lines(objects: ObjectStore, url: str, max_bytes: int) -> tuple[Iterator
             raise SourceError(f"input_file_url {url!r}: cannot read the object ({exc})") from exc
         if size > max_bytes:
             raise SourceError(f"input_file_url {url!r}: {size} bytes is over the {max_bytes}-byte limit")
-        return objects.open(key, bucket=bucket).iter_lines(keepends=False), size
+        return objects.open(key, bucket=bucket).iter_lines(keepends=False)
     if parsed.scheme in ("http", "https"):
-        return _http_lines(url, max_bytes), None
+        return _http_lines(url, max_bytes)
     raise SourceError(f"input_file_url {url!r}: use s3://bucket/key or an http(s) URL")
 
 

@@ -415,17 +415,13 @@ class Worker:
                 return size
 
         size = await self._with_storage_retry(asyncio.to_thread, join)
-        now = int(time.time())
-        file = FileObject(
-            id=file_id,
-            bytes=size,
-            created_at=now,
-            expires_at=now + self.settings.retention_seconds,
+        return await self.store.record_file(
+            file_id,
+            size=size,
             filename=f"{batch_id}_{kind}.jsonl",
             purpose="batch_output",
+            retention_seconds=self.settings.retention_seconds,
         )
-        await self.store.save_file(file)
-        return file
 
 
 def _jsonl(rows: list[str]) -> bytes:
