@@ -56,9 +56,10 @@ snapshot: install ## refresh tests/snapshots/<stack>/ after an intended change t
 demo: install ## the batch runtime on this machine: a sample batch through the openai client, then stop
 	$(PY) -m runtime.local demo
 
-bench: install ## benchmarks: load balancer, then the batch service against vLLM run_batch
+bench: install ## benchmarks: load balancer, batch service against vLLM run_batch, Ray offload job
 	$(PY) -m bench.lb
 	$(PY) -m bench.batch
+	$(PY) -m bench.offload
 
 lock: install ## re-freeze requirements.txt from the virtualenv (keeps the comment header)
 	{ grep '^#' requirements.txt; $(PY) -m pip freeze --all --exclude-editable --exclude pip; } > requirements.lock.tmp

@@ -80,7 +80,11 @@ class Process:
             start_new_session=True,  # its own process group: kill() takes vLLM's engine process with it
         )
         log.close()
-        wait_for(self._ready_or_dead, timeout, f"{self.name} to start (log: {self.log_path})", interval=0.1)
+        try:
+            wait_for(self._ready_or_dead, timeout, f"{self.name} to start (log: {self.log_path})", interval=0.1)
+        except BaseException:
+            self.kill()  # leave nothing running behind a failed start
+            raise
 
     def _ready_or_dead(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
@@ -227,3 +231,116 @@ TINY_MODEL_VLLM_ARGS = {
 def tiny_model_args(model_path: Path) -> dict[str, str]:
     """batch_env overrides that point the offline engine at the tiny model."""
     return {"model_path": str(model_path), "vllm_args": json.dumps(TINY_MODEL_VLLM_ARGS)}
+
+
+def _as_postgres_user(command: list[str]) -> list[str]:
+    """Postgres refuses to run as root; as root, run it as the `postgres` user Debian's package made."""
+    if os.geteuid() != 0:
+        return command
+    return ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--", *command]
+
+
+class PostgresServer(Process):
+    """A throwaway Postgres cluster (initdb into a temp dir, trust auth, loopback only)."""
+
+    def __init__(self, log_dir: Path, port: int | None = None):
+        super().__init__("postgres", log_dir)
+        self.port = port or free_port()
+        # Under /tmp, not log_dir: as root the server runs as `postgres`, which cannot enter
+        # pytest's private temp folders.
+        self.data_dir = Path(tempfile.mkdtemp(prefix="pg-"))
+        if os.geteuid() == 0:
+            shutil.chown(self.data_dir, "postgres", "postgres")
+        subprocess.run(
+            _as_postgres_user(
+                [find_binary("initdb"), "-D", str(self.data_dir), "-U", "postgres", "-A", "trust", "-E", "UTF8"]
+            ),
+            check=True,
+            capture_output=True,
+        )
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def command(self) -> list[str]:
+        return _as_postgres_user(
+            [
+                find_binary("postgres"), "-D", str(self.data_dir), "-p", str(self.port), "-h", "127.0.0.1",
+                "-k", str(self.data_dir), "-c", "fsync=off", "-c", "full_page_writes=off",
+            ]
+        )  # fmt: skip
+
+    def stop(self, timeout: float = 30) -> None:
+        super().stop(timeout)
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def ready(self) -> bool:
+        import psycopg
+
+        try:
+            with psycopg.connect(self.dsn, connect_timeout=2):
+                return True
+        except psycopg.OperationalError:
+            return False
+
+
+class RayHead(Process):
+    """A one-node Ray cluster (`ray start --head --block`) with the dashboard, Jobs API and client server.
+
+    Its drivers and workers run this Python with the repository on PYTHONPATH, as the images do.
+    `num_gpus` may declare GPUs the machine lacks, to exercise how tasks ask for them. Ray's token
+    authentication is on, with a token of its own: clients need `client_env` in their environment.
+    """
+
+    def __init__(self, log_dir: Path, *, num_cpus: int = 2, num_gpus: int = 0):
+        super().__init__("ray-head", log_dir)
+        self.gcs_port, self.dashboard_port, self.client_port = free_port(), free_port(), free_port()
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's socket paths
+        self.num_cpus, self.num_gpus = num_cpus, num_gpus
+        self.token = os.urandom(16).hex()
+
+    @property
+    def client_env(self) -> dict[str, str]:
+        """What a driver, `ray job` client or ray:// client needs to be let in."""
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def jobs_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    @property
+    def client_address(self) -> str:
+        return f"ray://127.0.0.1:{self.client_port}"
+
+    def command(self) -> list[str]:
+        return [
+            str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--disable-usage-stats",
+            "--node-ip-address=127.0.0.1", f"--port={self.gcs_port}", "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={self.dashboard_port}", f"--ray-client-server-port={self.client_port}",
+            f"--num-cpus={self.num_cpus}", f"--num-gpus={self.num_gpus}", f"--temp-dir={self.temp_dir}",
+        ]  # fmt: skip
+
+    def environment(self) -> Mapping[str, str]:
+        return {
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PYTHONPATH": str(ROOT),
+            "RAY_USAGE_STATS_ENABLED": "0",
+            **self.client_env,
+            # umap-learn's and pynndescent's numba functions are cached here, so each fresh worker
+            # does not compile them again.
+            "NUMBA_CACHE_DIR": str(self.temp_dir / "numba"),
+        }
+
+    def ready(self) -> bool:
+        """The Jobs API answers and lists no jobs yet (the job manager is up, not just the server)."""
+        response = httpx.get(f"{self.jobs_url}/api/jobs/", headers={"Authorization": f"Bearer {self.token}"}, timeout=2)
+        return response.status_code == 200
+
+    def stop(self, timeout: float = 30) -> None:
+        super().stop(timeout)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)

@@ -1,0 +1,114 @@
+"""Reaching a Ray cluster: connect (ray.init) with a readable version mismatch, or submit a job
+through the Ray Jobs API and follow it to the end.
+
+The Jobs API is Ray's recommended path for long work: the driver runs on the cluster, so a lost
+laptop connection does not end the job (a `ray://` client session ends after 30 s without one).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+_MISMATCH = re.compile(
+    r"The cluster was started with:\s*Ray: (?P<cluster_ray>\S+)\s*Python: (?P<cluster_python>\S+)\s*"
+    r"This process on (?P<where>.+?) was started with:\s*Ray: (?P<our_ray>\S+)\s*Python: (?P<our_python>\S+)",
+    re.DOTALL,
+)
+TERMINAL_STATES = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+class RayVersionMismatchError(RuntimeError):
+    """Client and cluster run different Ray or Python versions; the message is one sentence."""
+
+
+def mismatch_sentence(address: str, cluster_ray: str, cluster_python: str, our_ray: str, our_python: str) -> str:
+    return (
+        f"Ray version mismatch: the cluster at {address} runs Ray {cluster_ray} on Python {cluster_python}, "
+        f"this client runs Ray {our_ray} on Python {our_python}; connect from an environment with "
+        f"ray=={cluster_ray} and Python {'.'.join(cluster_python.split('.')[:2])}, or submit with "
+        "`python -m runtime.offload submit`, which runs the driver on the cluster."
+    )
+
+
+def connect(address: str | None, **init_kwargs) -> None:
+    """ray.init on `address` (None starts a local cluster); a version mismatch becomes one sentence."""
+    import ray
+
+    try:
+        ray.init(address=address, **init_kwargs)
+    except RuntimeError as error:
+        found = _MISMATCH.search(str(error))
+        if found is None:
+            raise
+        raise RayVersionMismatchError(
+            mismatch_sentence(
+                address or "local",
+                found["cluster_ray"],
+                found["cluster_python"],
+                found["our_ray"],
+                found["our_python"],
+            )
+        ) from None
+
+
+@dataclass(frozen=True)
+class SubmittedJob:
+    job_id: str
+    status: str
+    log: str
+
+
+def submit_and_follow(
+    address: str,
+    entrypoint: str,
+    *,
+    env_vars: Mapping[str, str],
+    wait: bool = True,
+    poll_seconds: float = 1.0,
+    print_log: Callable[[str], None] = lambda text: print(text, end="", flush=True),
+) -> SubmittedJob:
+    """Submit `entrypoint` through the Jobs API; follow status and logs until it ends (or return at once)."""
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(address)
+    check_jobs_api_version(address, client)
+    job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"env_vars": dict(env_vars)})
+    print_log(f"submitted job {job_id} to {address}\n")
+    if not wait:
+        return SubmittedJob(job_id, str(client.get_job_status(job_id)), "")
+    shown = 0
+    try:
+        while True:
+            status = str(client.get_job_status(job_id))
+            log = client.get_job_logs(job_id)
+            if len(log) > shown:
+                print_log(log[shown:])
+                shown = len(log)
+            if status in TERMINAL_STATES:
+                return SubmittedJob(job_id, status, log)
+            time.sleep(poll_seconds)  # the Jobs API has no push for status; poll as `ray job submit` does
+    except KeyboardInterrupt:
+        client.stop_job(job_id)
+        print_log(f"\nstopping job {job_id}\n")
+        raise
+
+
+def check_jobs_api_version(address: str, client) -> None:
+    """The Jobs API tolerates a different client Ray, but the user should hear about it once.
+
+    The client read the cluster's Ray version while connecting (with the auth token, which a plain
+    request would lack); it keeps it in `_server_ray_version`. Without it there is nothing to say.
+    """
+    import ray
+
+    cluster_ray = getattr(client, "_server_ray_version", None)
+    if cluster_ray and cluster_ray != ray.__version__:
+        print(
+            f"warning: the cluster at {address} runs Ray {cluster_ray}, this client Ray {ray.__version__}; "
+            "the job itself runs with the cluster's Ray and Python.",
+            file=sys.stderr,
+        )
