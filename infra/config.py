@@ -211,6 +211,36 @@ class BatchSettings(_Frozen):
     )
 
 
+class KubernetesSettings(_Frozen):
+    """Where the kubernetes platform puts things: the cluster, namespace, GB10 node and ingress."""
+
+    kubeconfig: str = _key("kubeconfig", "", "kubernetes: kubeconfig file; empty: $KUBECONFIG or ~/.kube/config.")
+    context: str = _key("kubeContext", "", "kubernetes: kubeconfig context; empty: the current one.")
+    namespace: str = _key(
+        "namespace",
+        "app-cognition",
+        "kubernetes: namespace of every object.",
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+    )
+    gpu_node_label_key: str = _key(
+        "gpuNodeLabelKey", "kubernetes.io/hostname", "kubernetes: node label that picks the GB10 node.", min_length=1
+    )
+    gpu_node_label_value: str = _key(
+        "gpuNodeLabelValue", "hw-brain-01", "kubernetes: value of that label on the GB10 node.", min_length=1
+    )
+    storage_class: str = _key("storageClass", "", "kubernetes: StorageClass of the PVCs; empty: the default one.")
+    ingress_class: str = _key("ingressClass", "nginx", "kubernetes: IngressClass for the public endpoints.")
+    ingress_domain: str = _key(
+        "ingressDomain",
+        "cognition.lan",
+        "kubernetes: public endpoints are <service>.<ingressDomain> (load balancer, batch API).",
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+    )
+    kuberay_version: str = _key(
+        "kuberayVersion", "1.4.2", "kubernetes: KubeRay operator Helm chart version.", pattern=r"^\d+\.\d+\.\d+$"
+    )
+
+
 class HostOpsSettings(_Frozen):
     min_free_disk_gb: int = _key("minFreeDiskGb", 100, "Preflight: free disk needed on each host (GB).", ge=1)
     remote_dir: str = _key(
@@ -225,6 +255,7 @@ GROUPS: dict[str, type[_Frozen]] = {
     "lb": LoadBalancerSettings,
     "ray": RaySettings,
     "batch": BatchSettings,
+    "k8s": KubernetesSettings,
     "ops": HostOpsSettings,
 }
 
@@ -247,6 +278,7 @@ class StackConfig(_Frozen):
     lb: LoadBalancerSettings
     ray: RaySettings
     batch: BatchSettings
+    k8s: KubernetesSettings
     ops: HostOpsSettings
 
     def hosts_with(self, role: Role) -> list[Host]:
@@ -366,6 +398,10 @@ def _check_topology(config: StackConfig, where: str, read: RawReader) -> None:
     if config.platform is Platform.COMPOSE and not config.hosts:
         fail("hosts", "the compose platform needs at least one host")
     if config.platform is Platform.KUBERNETES:
+        if config.hosts:
+            fail("hosts", "the kubernetes platform places services itself; remove hosts (use gpuNodeLabelValue)")
+        if config.vllm.parallelism is not Parallelism.REPLICA:
+            fail("parallelism", "the kubernetes platform runs one vLLM replica on the GB10 node; use 'replica'")
         return
     names = [h.name for h in config.hosts]
     for i, name in enumerate(names):

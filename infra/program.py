@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +24,9 @@ from infra.components.postgres import Postgres
 from infra.components.ray_cluster import RayCluster
 from infra.components.redis import Redis
 from infra.components.vllm import VllmService
-from infra.config import PROJECT, ConfigError, Parallelism, Platform, Role, StackConfig, load, stack_file
+from infra.config import PROJECT, Parallelism, Platform, Role, StackConfig, load
 from infra.platforms.compose import ComposePlatform
+from infra.platforms.kubernetes import KubernetesPlatform
 from infra.vllm_sizing import engine_args, size_vllm
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -84,13 +87,19 @@ def _images(cfg: StackConfig, secrets: StackSecrets) -> tuple[ContainerImage, Co
     return vllm, runtime
 
 
-def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
-    """Declare every resource of the stack; return the stack outputs."""
-    if cfg.platform is not Platform.COMPOSE:
-        raise ConfigError(
-            f"{stack_file(cfg.stack)}: {PROJECT}:platform: {cfg.platform.value!r} is not available yet; use 'compose'"
-        )
-    vllm_engine_args = engine_args(cfg, size_vllm(cfg, REPO_ROOT))
+@dataclass(frozen=True)
+class Placement:
+    """Which host (compose) or placement name (kubernetes) runs each role."""
+
+    data: str
+    lb: str
+    batch: str
+    ray_head: str
+    gpu: list[str]
+
+
+def _compose(cfg: StackConfig, secrets: StackSecrets) -> tuple[ComposePlatform, Any, Any, Placement]:
+    """GB10 hosts over SSH; the images are built here and pushed to the registry."""
     hosts = {
         h.name: Gb10Host(
             h.name,
@@ -104,9 +113,46 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
         )
         for h in cfg.hosts
     }
-    platform = ComposePlatform(hosts, cfg.ops.remote_dir)
     vllm_image, runtime_image = _images(cfg, secrets)
-    data_host = cfg.host_with(Role.DATA).name
+    placement = Placement(
+        data=cfg.host_with(Role.DATA).name,
+        lb=cfg.host_with(Role.LB).name,
+        batch=cfg.host_with(Role.BATCH).name,
+        ray_head=cfg.host_with(Role.RAY_HEAD).name,
+        gpu=[h.name for h in cfg.hosts_with(Role.GPU)],
+    )
+    return ComposePlatform(hosts, cfg.ops.remote_dir), vllm_image.ref, runtime_image.ref, placement
+
+
+K8S_GPU_PLACEMENT = "gb10"  # names the GB10 node's pods (vllm-gb10, ray-worker-gb10) whatever its label
+
+
+def _kubernetes(cfg: StackConfig, secrets: StackSecrets) -> tuple[KubernetesPlatform, str, str, Placement]:
+    """Objects in the cluster's namespace; the images are pulled from the registry (built by stella)."""
+    pull_secret = None
+    if cfg.image.registry_username and secrets.registry_password is not None:
+        pull_secret = secrets.registry_password.apply(
+            lambda password: docker_config_json(cfg.image.registry, cfg.image.registry_username, password)
+        )
+    platform = KubernetesPlatform(cfg.k8s, image_pull_secret=pull_secret)
+    registry, tag = cfg.image.registry, cfg.image.image_tag
+    placement = Placement(data="cluster", lb="cluster", batch="cluster", ray_head="cluster", gpu=[K8S_GPU_PLACEMENT])
+    return platform, f"{registry}/vllm-gb10:{tag}", f"{registry}/vllm-gb10-runtime:{tag}", placement
+
+
+def docker_config_json(registry: str, username: str, password: str) -> str:
+    token = base64.b64encode(f"{username}:{password}".encode()).decode()
+    return json.dumps({"auths": {registry: {"username": username, "password": password, "auth": token}}})
+
+
+def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
+    """Declare every resource of the stack; return the stack outputs."""
+    vllm_engine_args = engine_args(cfg, size_vllm(cfg, REPO_ROOT))
+    if cfg.platform is Platform.COMPOSE:
+        platform, vllm_image_ref, runtime_image_ref, placement = _compose(cfg, secrets)
+    else:
+        platform, vllm_image_ref, runtime_image_ref, placement = _kubernetes(cfg, secrets)
+    data_host = placement.data
     public = cfg.data.public
 
     redis = Redis(
@@ -145,14 +191,14 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
         },
     )
 
-    gpu_hosts = [h.name for h in cfg.hosts_with(Role.GPU)]
+    gpu_hosts = placement.gpu
     distributed = cfg.vllm.parallelism is not Parallelism.REPLICA
     ray = RayCluster(
         "ray",
         {
             "platform": platform,
-            "image": vllm_image.ref,
-            "head_host": cfg.host_with(Role.RAY_HEAD).name,
+            "image": vllm_image_ref,
+            "head_host": placement.ray_head,
             # In tensor/pipeline mode the vLLM container is the Ray node of the leading GPU host.
             "worker_hosts": gpu_hosts[1:] if distributed else gpu_hosts,
             "settings": cfg.ray,
@@ -162,7 +208,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
         "vllm",
         {
             "platform": platform,
-            "image": vllm_image.ref,
+            "image": vllm_image_ref,
             "hosts": gpu_hosts,
             "settings": cfg.vllm,
             "engine_args": vllm_engine_args,
@@ -172,15 +218,15 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
     )
     lb = LoadBalancer(
         "lb",
-        {"platform": platform, "host": cfg.host_with(Role.LB).name, "backends": vllm.backends, "settings": cfg.lb},
+        {"platform": platform, "host": placement.lb, "backends": vllm.backends, "settings": cfg.lb},
     )
     batch = BatchService(
         "batch",
         {
             "platform": platform,
-            "host": cfg.host_with(Role.BATCH).name,
-            "api_image": runtime_image.ref,
-            "worker_image": vllm_image.ref if cfg.batch.engine == "offline" else runtime_image.ref,
+            "host": placement.batch,
+            "api_image": runtime_image_ref,
+            "worker_image": vllm_image_ref if cfg.batch.engine == "offline" else runtime_image_ref,
             "settings": cfg.batch,
             "model": cfg.vllm.served_name,
             "vllm_base_url": lb.internal_url,
@@ -211,8 +257,8 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
         "minioSecretKey": store.secret_key,
         "postgresUrl": postgres.url,
         "redisUrl": redis.url,
-        "vllmImage": vllm_image.ref,
-        "runtimeImage": runtime_image.ref,
+        "vllmImage": vllm_image_ref,
+        "runtimeImage": runtime_image_ref,
     }
 
 

@@ -90,6 +90,7 @@ class ServiceSpec:
     gpu: bool = False
     host_network: bool = False  # Ray and multi-node vLLM need the host's network stack
     memory_limit: str = "4g"
+    memory_request: str | None = None  # kubernetes: what the scheduler reserves; None: the limit
     cpu_limit: float | None = None
     shm_size: str | None = None
     one_shot: bool = False  # runs to completion (e.g. bucket setup) instead of staying up

@@ -37,6 +37,7 @@ K8S_WORKLOADS = {
     "kubernetes:batch/v1:Job": ("spec", "template", "spec"),
     "kubernetes:core/v1:Pod": ("spec",),
 }
+RAY_CLUSTER = "kubernetes:ray.io/v1:RayCluster"
 # An access key ID is an identifier, not a secret (AWS and MinIO treat it so).
 SECRET_NAME = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|ACCESS_?KEY(?!_?ID)|PRIVATE_?KEY|CREDENTIAL)", re.I)
 INTERPOLATION = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*(:?[?-][^}]*)?\}$")
@@ -141,6 +142,20 @@ def pod_spec(resource_type: str, props: Any) -> dict | None:
     return spec if isinstance(spec, dict) else None
 
 
+def pod_specs(resource_type: str, props: Any, name: str) -> list[tuple[str, dict]]:
+    """(name, pod spec) of every pod template: one for a workload, head and groups for a RayCluster."""
+    if resource_type == RAY_CLUSTER:
+        spec = props.get("spec") or {}
+        found = [(f"{name}/head", _dig(spec, ("headGroupSpec", "template", "spec")))]
+        found += [
+            (f"{name}/{group.get('groupName', 'workers')}", _dig(group, ("template", "spec")))
+            for group in spec.get("workerGroupSpecs") or []
+        ]
+        return [(n, s) for n, s in found if isinstance(s, dict)]
+    spec = pod_spec(resource_type, props)
+    return [(name, spec)] if spec is not None else []
+
+
 def pod_workloads(resource_type: str, name: str, spec: dict) -> Iterator[Workload]:
     restart = spec.get("restartPolicy", "Always")
     for container in (spec.get("containers") or []) + (spec.get("initContainers") or []):
@@ -166,8 +181,9 @@ def workloads(resource_type: str, props: Any, name: str) -> list[Workload]:
     document = compose_document(resource_type, props)
     if document is not None:
         return list(compose_workloads(document))
-    spec = pod_spec(resource_type, props)
-    return list(pod_workloads(resource_type, name, spec)) if spec is not None else []
+    return [
+        w for where, spec in pod_specs(resource_type, props, name) for w in pod_workloads(resource_type, where, spec)
+    ]
 
 
 def _config(args: Any, key: str, default: Any) -> Any:
@@ -285,10 +301,12 @@ def validate_gpu_on_gb10(args: StackValidationArgs, report: ReportViolation) -> 
             gpu = [w.name for w in compose_workloads(document) if w.gpu]
             if gpu and host not in gb10_hosts:
                 report(f"GPU services {gpu} on {host}, which no preflight checks for a {pattern} GPU", r.urn)
-        spec = pod_spec(r.resource_type, r.props)
-        if spec is not None and any(w.gpu for w in pod_workloads(r.resource_type, r.name, spec)):
-            if not _pinned_to_node(spec, label_key, label_values):
-                report(f"{r.name}: GPU pod not pinned to the GB10 node ({label_key} in {sorted(label_values)})", r.urn)
+        for where, spec in pod_specs(r.resource_type, r.props, r.name):
+            if any(w.gpu for w in pod_workloads(r.resource_type, where, spec)):
+                if not _pinned_to_node(spec, label_key, label_values):
+                    report(
+                        f"{where}: GPU pod not pinned to the GB10 node ({label_key} in {sorted(label_values)})", r.urn
+                    )
 
 
 def _pinned_to_node(spec: dict, key: str, values: set[str]) -> bool:
@@ -308,16 +326,18 @@ def _pinned_to_node(spec: dict, key: str, values: set[str]) -> bool:
 # --- advisory --------------------------------------------------------------------------------------
 
 
-def validate_result_lifecycle(args: ResourceValidationArgs, report: ReportViolation) -> None:
+def validate_result_lifecycle(args: StackValidationArgs, report: ReportViolation) -> None:
+    """Across the stack: the MinIO bucket setup may be another object (a Kubernetes Job) than MinIO."""
     limit = int(_config(args, "maxDays", 7))
-    services = workloads(args.resource_type, args.props, args.name)
-    if not any("minio/minio" in w.image for w in services):
+    services = [w for r in args.resources for w in workloads(r.resource_type, r.props, r.name)]
+    minio = [w for w in services if "minio/minio" in w.image]
+    if not minio:
         return
     rules = [
         int(m.group(1)) for w in services for m in re.finditer(r"ilm rule add --expire-days (\d+)", w.command_text)
     ]
     if not rules:
-        report("MinIO has no lifecycle rule: batch results never expire")
+        report(f"MinIO ({minio[0].name}) has no lifecycle rule: batch results never expire")
     elif max(rules) > limit:
         report(f"MinIO results expire after {max(rules)} days, more than {limit}")
 
@@ -381,7 +401,7 @@ POLICIES: list[ResourceValidationPolicy | StackValidationPolicy] = [
     ResourceValidationPolicy(
         "redis-persistence", "Redis persists the queue (AOF).", validate_redis_persistence, MANDATORY
     ),
-    ResourceValidationPolicy(
+    StackValidationPolicy(
         "result-lifecycle",
         "Batch results in MinIO expire within the retention period.",
         validate_result_lifecycle,

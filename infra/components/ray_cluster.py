@@ -1,7 +1,8 @@
-"""A Ray cluster on the hosts: a head (no tasks scheduled on it) and a GPU worker per host.
+"""A Ray cluster: a head (no tasks scheduled on it) and a GPU worker per GPU host.
 
-Ray needs many ports between nodes, so its containers use the host network and bind to the
-host's cluster address; the dashboard (Jobs API) and client server bind there too.
+On compose, Ray needs many ports between nodes, so its containers use the host network and bind
+to the host's cluster address; the dashboard (Jobs API) and client server bind there too. On
+kubernetes the platform hands the same specs to KubeRay (`Platform.deploy_ray`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from infra.services import HealthCheck, ServiceSpec
 
 HEAD_MEMORY = "8g"
 WORKER_MEMORY = "48g"
+# What the scheduler reserves for a worker beside vLLM on the GB10 node; the offload job peaks
+# under 2 GB (bench/offload.py), the limit leaves room for bigger work.
+WORKER_MEMORY_REQUEST = "8g"
 
 
 class RayClusterArgs(TypedDict):
@@ -36,38 +40,37 @@ class RayCluster(pulumi.ComponentResource):
         platform, settings, head = args["platform"], args["settings"], args["head_host"]
         head_ip = platform.internal_host(head, f"{name}-head")
         self.gcs_address = f"{head_ip}:{settings.gcs_port}"
-        platform.deploy(
-            ServiceSpec(
-                name=f"{name}-head",
-                host=head,
-                image=args["image"],
-                command=(
-                    "ray",
-                    "start",
-                    "--head",
-                    "--block",
-                    f"--node-ip-address={head_ip}",
-                    f"--port={settings.gcs_port}",
-                    f"--dashboard-host={head_ip}",
-                    f"--dashboard-port={settings.dashboard_port}",
-                    f"--ray-client-server-port={settings.client_port}",
-                    "--num-cpus=0",
-                    "--num-gpus=0",
-                ),
-                host_network=True,
-                healthcheck=HealthCheck(
-                    command=("ray", "health-check", f"--address={self.gcs_address}"),
-                    interval_s=15,
-                    start_period_s=60,
-                ),
-                memory_limit=HEAD_MEMORY,
-                shm_size="4g",
+        head_spec = ServiceSpec(
+            name=f"{name}-head",
+            host=head,
+            image=args["image"],
+            command=(
+                "ray",
+                "start",
+                "--head",
+                "--block",
+                f"--node-ip-address={head_ip}",
+                f"--port={settings.gcs_port}",
+                f"--dashboard-host={head_ip}",
+                f"--dashboard-port={settings.dashboard_port}",
+                f"--ray-client-server-port={settings.client_port}",
+                "--num-cpus=0",
+                "--num-gpus=0",
             ),
-            parent=self,
+            host_network=True,
+            healthcheck=HealthCheck(
+                command=("ray", "health-check", f"--address={self.gcs_address}"),
+                interval_s=15,
+                start_period_s=60,
+            ),
+            memory_limit=HEAD_MEMORY,
+            memory_request="2g",
+            shm_size="4g",
         )
+        worker_specs = []
         for host in args["worker_hosts"]:
             ip = platform.internal_host(host, f"{name}-worker-{host}")
-            platform.deploy(
+            worker_specs.append(
                 ServiceSpec(
                     name=f"{name}-worker-{host}",
                     host=host,
@@ -88,10 +91,11 @@ class RayCluster(pulumi.ComponentResource):
                         start_period_s=60,
                     ),
                     memory_limit=WORKER_MEMORY,
+                    memory_request=WORKER_MEMORY_REQUEST,
                     shm_size="16g",
-                ),
-                parent=self,
+                )
             )
+        platform.deploy_ray(name, head_spec, worker_specs, settings, parent=self)
         self.dashboard_url = f"http://{head_ip}:{settings.dashboard_port}"
         self.client_address = f"ray://{head_ip}:{settings.client_port}"
         self.register_outputs(

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
+import yaml
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc, settings
 from pulumi.runtime.stack import run_pulumi_func
@@ -146,10 +147,49 @@ def unmarked_secrets(value: Any, known_secrets: set[str], path: str = "") -> lis
     return []
 
 
-def generated_files(recording: Recording) -> dict[str, str]:
-    """host/filename -> text for every file the compose platform copies to a host."""
+K8S_PREFIX = "kubernetes:"
+HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
+
+
+def _as_written(value: Any, known_secrets: set[str]) -> Any:
+    """Integral numbers back to ints (the gRPC Struct carried them as doubles); known secrets masked."""
+    if isinstance(value, dict):
+        return {k: _as_written(v, known_secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_written(v, known_secrets) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and any(secret in value for secret in known_secrets):
+        return MASK
+    return value
+
+
+MANIFEST_KEYS = {"apiVersion", "kind", "metadata", "spec", "data", "stringData", "type"}
+
+
+def kubernetes_manifest(res: RecordedResource, known_secrets: set[str]) -> dict[str, Any]:
+    """The object as `kubectl apply` would take it, secret values masked."""
+    inputs = _as_written(masked(res.inputs, known_secrets), known_secrets)
+    return {k: v for k, v in inputs.items() if k in MANIFEST_KEYS}
+
+
+def generated_files(recording: Recording, known_secrets: set[str]) -> dict[str, str]:
+    """host/filename -> text for every file the compose platform copies to a host; on kubernetes,
+    k8s/<kind>-<name>.yaml for every object and k8s/helm-<name>.yaml for every Helm release."""
     files = {}
     for res in recording.resources:
+        if res.type == HELM_RELEASE:
+            release = _as_written(masked(res.inputs, known_secrets), known_secrets)
+            keep = ("name", "chart", "version", "namespace", "repositoryOpts", "values")
+            files[f"k8s/helm-{release['name']}.yaml"] = yaml.safe_dump(
+                {k: release.get(k) for k in keep}, sort_keys=True
+            )
+            continue
+        if res.type.startswith(K8S_PREFIX) and "apiVersion" in res.inputs:
+            manifest = kubernetes_manifest(res, known_secrets)
+            name = manifest["metadata"]["name"]
+            files[f"k8s/{manifest['kind'].lower()}-{name}.yaml"] = yaml.safe_dump(manifest, sort_keys=True)
+            continue
         if res.type != "command:remote:CopyToRemote":
             continue
         source = rpc.unwrap_rpc_secret(res.inputs["source"])

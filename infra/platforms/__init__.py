@@ -6,6 +6,7 @@ from typing import Protocol
 
 import pulumi
 
+from infra.config import RaySettings
 from infra.services import ServiceSpec
 
 
@@ -14,6 +15,11 @@ class Platform(Protocol):
 
     def deploy(self, spec: ServiceSpec, parent: pulumi.Resource) -> None:
         """Run `spec` (on `spec.host` where placement matters)."""
+
+    def deploy_ray(
+        self, name: str, head: ServiceSpec, workers: list[ServiceSpec], settings: RaySettings, parent: pulumi.Resource
+    ) -> None:
+        """Run a Ray cluster: compose runs the specs' `ray start` containers, kubernetes uses KubeRay."""
 
     def internal_host(self, host: str, service: str) -> str:
         """The address (no port) at which other services reach `service`; also what it binds to."""

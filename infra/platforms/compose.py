@@ -17,6 +17,7 @@ import pulumi
 from pulumi_command import remote
 
 from infra.components.host import Gb10Host
+from infra.config import RaySettings
 from infra.render.compose import PROJECT_NAME, render_compose
 from infra.services import ServiceSpec
 
@@ -165,6 +166,12 @@ class ComposePlatform:
         if spec.host not in self._hosts:
             raise ValueError(f"service {spec.name} placed on unknown host {spec.host!r}")
         self._specs[spec.host].append(spec)
+
+    def deploy_ray(
+        self, name: str, head: ServiceSpec, workers: list[ServiceSpec], settings: RaySettings, parent: pulumi.Resource
+    ) -> None:
+        for spec in (head, *workers):
+            self.deploy(spec, parent)
 
     def internal_host(self, host: str, service: str) -> str:
         return self._hosts[host].bind_ip

@@ -221,10 +221,10 @@ def _minio_pair(days: int | None) -> dict:
 
 
 def test_result_lifecycle() -> None:
-    assert violations("result-lifecycle", COPY, _minio_pair(7)) == []
-    assert violations("result-lifecycle", COPY, _minio_pair(30))
-    assert violations("result-lifecycle", COPY, _minio_pair(None))
-    assert violations("result-lifecycle", COPY, _minio_pair(30), maxDays=30) == []
+    assert stack_violations("result-lifecycle", [(COPY, _minio_pair(7))]) == []
+    assert stack_violations("result-lifecycle", [(COPY, _minio_pair(30))])
+    assert stack_violations("result-lifecycle", [(COPY, _minio_pair(None))])
+    assert stack_violations("result-lifecycle", [(COPY, _minio_pair(30))], maxDays=30) == []
 
 
 def test_health_checks() -> None:
@@ -245,7 +245,8 @@ def test_every_policy_is_tested_and_levels_are_as_the_issue_says() -> None:
     assert advisory == {"result-lifecycle", "health-checks", "restart-policies"}
     tunable = {p.name for p in POLICIES if p.config_schema}
     assert {"data-services-private", "vllm-memory-utilization", "result-lifecycle", "gpu-on-gb10"} <= tunable
-    assert all(isinstance(p, ResourceValidationPolicy) for p in POLICIES if p.name != "gpu-on-gb10")
+    stack_wide = {"gpu-on-gb10", "result-lifecycle"}
+    assert all(isinstance(p, ResourceValidationPolicy) for p in POLICIES if p.name not in stack_wide)
 
 
 def test_policy_pack_requirements_match_the_lock() -> None:

@@ -1,0 +1,247 @@
+"""The kubernetes platform: every ServiceSpec as objects in one namespace, and Ray via KubeRay.
+
+A spec becomes a Deployment (StatefulSet when stateful, Job when one-shot), a ClusterIP Service
+named like the spec, a Secret for its secret variables, a ConfigMap for its files and PVCs for
+its volumes. GPU specs request `nvidia.com/gpu` and are pinned to the GB10 node by its label.
+Public HTTP ports get an Ingress rule `<name>.<ingressDomain>`; nothing gets a NodePort or
+LoadBalancer. This stack pulls images from the registry and builds nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra.config import KubernetesSettings, RaySettings
+from infra.render import kubernetes as render
+from infra.services import Exposure, ServiceSpec
+
+KUBERAY_CHART = "kuberay-operator"
+KUBERAY_REPO = "https://ray-project.github.io/kuberay-helm/"
+RAY_CLUSTER_NAME = "ray"
+
+
+class KubernetesPlatform:
+    def __init__(self, settings: KubernetesSettings, *, image_pull_secret: pulumi.Input[str] | None = None):
+        self.settings = settings
+        provider_args: dict[str, Any] = {}
+        if settings.kubeconfig:
+            provider_args["kubeconfig"] = settings.kubeconfig
+        if settings.context:
+            provider_args["context"] = settings.context
+        self.provider = k8s.Provider("k8s", **provider_args)
+        self.namespace = k8s.core.v1.Namespace(
+            "namespace",
+            metadata={"name": settings.namespace, "labels": {"app.kubernetes.io/part-of": render.PART_OF}},
+            opts=pulumi.ResourceOptions(provider=self.provider),
+        )
+        pull_secret = ""
+        if image_pull_secret is not None:
+            pull_secret = "registry-pull"
+            k8s.core.v1.Secret(
+                pull_secret,
+                metadata={"name": pull_secret, "namespace": settings.namespace},
+                type="kubernetes.io/dockerconfigjson",
+                string_data={".dockerconfigjson": pulumi.Output.secret(image_pull_secret)},
+                opts=self._opts(None),
+            )
+        self.placement = render.Placement(
+            namespace=settings.namespace,
+            gpu_label_key=settings.gpu_node_label_key,
+            gpu_label_value=settings.gpu_node_label_value,
+            storage_class=settings.storage_class,
+            image_pull_secret=pull_secret,
+        )
+        self._public: list[tuple[str, int]] = []
+
+    def _opts(self, parent: pulumi.Resource | None, **extra: Any) -> pulumi.ResourceOptions:
+        depends = [self.namespace, *extra.pop("depends_on", [])]
+        return pulumi.ResourceOptions(parent=parent, provider=self.provider, depends_on=depends, **extra)
+
+    def deploy(self, spec: ServiceSpec, parent: pulumi.Resource) -> None:
+        placement, name = self.placement, spec.name
+        opts = self._opts(parent)
+        if spec.secrets:
+            k8s.core.v1.Secret(
+                f"{name}-env",
+                metadata=render.metadata(render.secret_name(spec), placement),
+                type="Opaque",
+                string_data={s.env: pulumi.Output.secret(s.value) for s in spec.secrets},
+                opts=opts,
+            )
+        if spec.files:
+            k8s.core.v1.ConfigMap(
+                f"{name}-files",
+                metadata=render.metadata(render.files_name(spec), placement),
+                data={f.filename: f.content for f in spec.files},
+                opts=opts,
+            )
+        if not spec.stateful:
+            for volume in spec.volumes:
+                claim = render.claim_name(spec, volume)
+                k8s.core.v1.PersistentVolumeClaim(
+                    claim,
+                    metadata=render.metadata(claim, placement),
+                    spec=render.claim_spec(volume, placement),
+                    # Model weights and data outlive a `pulumi destroy` of the workload.
+                    opts=self._opts(parent, retain_on_delete=True),
+                )
+        kind, body = render.workload(spec, placement)
+        resource_class = {
+            "Deployment": k8s.apps.v1.Deployment,
+            "StatefulSet": k8s.apps.v1.StatefulSet,
+            "Job": k8s.batch.v1.Job,
+        }[kind]
+        resource_class(name, metadata=render.metadata(name, placement), spec=body, opts=opts)
+        if spec.ports and not spec.one_shot:
+            k8s.core.v1.Service(
+                f"{name}-service",
+                metadata=render.metadata(name, placement),
+                spec=render.service_spec(spec),
+                opts=opts,
+            )
+        for port in spec.ports:
+            if port.exposure is Exposure.PUBLIC and port.name == "http":
+                self._public.append((name, port.published or port.container))
+
+    def deploy_ray(
+        self, name: str, head: ServiceSpec, workers: list[ServiceSpec], settings: RaySettings, parent: pulumi.Resource
+    ) -> None:
+        """The KubeRay operator from its Helm chart, then a RayCluster (head + GPU worker group).
+
+        The specs give image, memory and shm; KubeRay writes the `ray start` commands itself.
+        A Service named like the head spec makes the head reachable by the same name as on compose.
+        """
+        placement = self.placement
+        operator = k8s.helm.v3.Release(
+            f"{name}-operator",
+            name="kuberay-operator",
+            chart=KUBERAY_CHART,
+            version=self.settings.kuberay_version,
+            namespace=placement.namespace,
+            repository_opts={"repo": KUBERAY_REPO},
+            values={
+                "resources": {
+                    "requests": {"cpu": "100m", "memory": "256Mi"},
+                    "limits": {"cpu": "500m", "memory": "512Mi"},
+                },
+                "watchNamespace": [placement.namespace],
+                "singleNamespaceInstall": True,
+            },
+            opts=self._opts(parent),
+        )
+        head_ports = {
+            "gcs-server": settings.gcs_port,
+            "dashboard": settings.dashboard_port,
+            "client": settings.client_port,
+        }
+        head_container = _ray_container(head, placement, ports=head_ports)
+        head_group = {
+            "rayStartParams": {
+                "port": str(settings.gcs_port),
+                "dashboard-host": "0.0.0.0",
+                "dashboard-port": str(settings.dashboard_port),
+                "ray-client-server-port": str(settings.client_port),
+                "num-cpus": "0",  # no tasks on the head
+                "num-gpus": "0",
+            },
+            "template": {
+                "metadata": {"labels": render.labels(head.name)},
+                "spec": _ray_pod(head, placement, head_container),
+            },
+        }
+        worker_groups = []
+        if workers:
+            worker = workers[0]
+            worker_groups.append(
+                {
+                    "groupName": "gb10",
+                    "replicas": len(workers),
+                    "minReplicas": len(workers),
+                    "maxReplicas": len(workers),
+                    "rayStartParams": {"num-gpus": "1"},
+                    "template": {
+                        "metadata": {"labels": render.labels(worker.name)},
+                        "spec": _ray_pod(worker, placement, _ray_container(worker, placement, ports={})),
+                    },
+                }
+            )
+        k8s.apiextensions.CustomResource(
+            f"{name}-cluster",
+            api_version="ray.io/v1",
+            kind="RayCluster",
+            metadata=render.metadata(RAY_CLUSTER_NAME, placement),
+            spec={"headGroupSpec": head_group, "workerGroupSpecs": worker_groups},
+            opts=self._opts(parent, depends_on=[operator]),
+        )
+        k8s.core.v1.Service(
+            f"{head.name}-service",
+            metadata=render.metadata(head.name, placement),
+            spec={
+                "type": "ClusterIP",
+                "selector": {"ray.io/cluster": RAY_CLUSTER_NAME, "ray.io/node-type": "head"},
+                "ports": [{"name": n, "port": p, "targetPort": p, "protocol": "TCP"} for n, p in head_ports.items()],
+            },
+            opts=self._opts(parent),
+        )
+
+    def internal_host(self, host: str, service: str) -> str:
+        return f"{service}.{self.settings.namespace}.svc.cluster.local"
+
+    def internal_address(self, host: str, port: int, service: str) -> str:
+        return f"{self.internal_host(host, service)}:{port}"
+
+    def external_address(self, host: str, port: int, service: str) -> str:
+        return f"{service}.{self.settings.ingress_domain}"
+
+    def finish(self) -> None:
+        """One Ingress for every public HTTP endpoint."""
+        if not self._public:
+            return
+        rules = [
+            {
+                "host": f"{name}.{self.settings.ingress_domain}",
+                "http": {
+                    "paths": [
+                        {
+                            "path": "/",
+                            "pathType": "Prefix",
+                            "backend": {"service": {"name": name, "port": {"number": port}}},
+                        }
+                    ]
+                },
+            }
+            for name, port in sorted(self._public)
+        ]
+        k8s.networking.v1.Ingress(
+            "public-ingress",
+            metadata={
+                **render.metadata("public", self.placement),
+                # Batch uploads reach 200 MB; long generations stream for minutes.
+                "annotations": {
+                    "nginx.ingress.kubernetes.io/proxy-body-size": "200m",
+                    "nginx.ingress.kubernetes.io/proxy-read-timeout": "600",
+                },
+            },
+            spec={"ingressClassName": self.settings.ingress_class, "rules": rules},
+            opts=self._opts(None),
+        )
+
+
+def _ray_container(spec: ServiceSpec, placement: render.Placement, *, ports: dict[str, int]) -> dict[str, Any]:
+    body = render.container(spec)
+    body.pop("args", None)  # KubeRay builds the `ray start` command line from rayStartParams
+    body.pop("command", None)
+    # The spec's `ray health-check` probes stay: KubeRay keeps user-set probes instead of its own.
+    body["name"] = "ray-head" if ports else "ray-worker"
+    if ports:
+        body["ports"] = [{"name": n, "containerPort": p} for n, p in ports.items()]
+    return body
+
+
+def _ray_pod(spec: ServiceSpec, placement: render.Placement, container: dict[str, Any]) -> dict[str, Any]:
+    pod = render.pod_spec(spec, placement, claims=True)
+    pod["containers"] = [container]
+    return pod

@@ -1,0 +1,204 @@
+"""Kubernetes object bodies for a ServiceSpec: pod template, workload, Service, Ingress, RayCluster.
+
+Pure functions returning manifest-shaped dicts (values may still be Pulumi inputs); the kubernetes
+platform turns them into resources. Names come from the spec, so DNS names are predictable:
+`<spec.name>.<namespace>.svc.cluster.local`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from infra.services import ConfigFile, HealthCheck, ServiceSpec, Volume
+
+PART_OF = "vllm-gb10"
+GPU_RESOURCE = "nvidia.com/gpu"
+DEFAULT_CPU_REQUEST = "250m"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where GPU pods go: the GB10 node's label, and the pull secret for the registry, if any."""
+
+    namespace: str
+    gpu_label_key: str
+    gpu_label_value: str
+    storage_class: str = ""
+    image_pull_secret: str = ""
+
+
+def quantity(size: str) -> str:
+    """Docker-style sizes (`4g`, `512m`) as Kubernetes binary quantities (`4Gi`, `512Mi`)."""
+    found = re.fullmatch(r"(\d+)([kmg])", size.strip().lower())
+    if found is None:
+        raise ValueError(f"size {size!r} is not like 4g or 512m")
+    return f"{found[1]}{ {'k': 'Ki', 'm': 'Mi', 'g': 'Gi'}[found[2]] }"
+
+
+def labels(name: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": PART_OF}
+
+
+def metadata(name: str, placement: Placement) -> dict[str, Any]:
+    return {"name": name, "namespace": placement.namespace, "labels": labels(name)}
+
+
+def secret_name(spec: ServiceSpec) -> str:
+    return f"{spec.name}-env"
+
+
+def files_name(spec: ServiceSpec) -> str:
+    return f"{spec.name}-files"
+
+
+def claim_name(spec: ServiceSpec, volume: Volume) -> str:
+    return f"{spec.name}-{volume.name}"
+
+
+def gpu_affinity(placement: Placement) -> dict[str, Any]:
+    term = {"key": placement.gpu_label_key, "operator": "In", "values": [placement.gpu_label_value]}
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [term]}]}
+        }
+    }
+
+
+def _probe(check: HealthCheck, *, failure_threshold: int | None = None) -> dict[str, Any]:
+    action: dict[str, Any]
+    if check.http_path is not None and check.http_port is not None:
+        action = {"httpGet": {"path": check.http_path, "port": check.http_port}}
+    else:
+        action = {"exec": {"command": list(check.command)}}
+    return {
+        **action,
+        "periodSeconds": check.interval_s,
+        "timeoutSeconds": check.timeout_s,
+        "failureThreshold": failure_threshold or check.retries,
+    }
+
+
+def resources(spec: ServiceSpec) -> dict[str, Any]:
+    """Memory requests equal limits unless the spec says less (no overcommit on unified memory)."""
+    memory = quantity(spec.memory_limit)
+    request = quantity(spec.memory_request) if spec.memory_request else memory
+    requests: dict[str, Any] = {
+        "memory": request,
+        "cpu": str(spec.cpu_limit) if spec.cpu_limit else DEFAULT_CPU_REQUEST,
+    }
+    limits: dict[str, Any] = {"memory": memory}
+    if spec.cpu_limit is not None:
+        limits["cpu"] = str(spec.cpu_limit)
+    if spec.gpu:
+        requests[GPU_RESOURCE] = 1
+        limits[GPU_RESOURCE] = 1
+    return {"requests": requests, "limits": limits}
+
+
+def container(spec: ServiceSpec) -> dict[str, Any]:
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(spec.environment.items())]
+    env += [
+        {"name": s.env, "valueFrom": {"secretKeyRef": {"name": secret_name(spec), "key": s.env}}} for s in spec.secrets
+    ]
+    body: dict[str, Any] = {"name": spec.name, "image": spec.image, "resources": resources(spec)}
+    if spec.entrypoint is not None:
+        body["command"] = list(spec.entrypoint)
+    if spec.command:
+        body["args"] = list(spec.command)
+    if env:
+        body["env"] = env
+    if spec.ports:
+        body["ports"] = [{"name": p.name, "containerPort": p.container} for p in spec.ports]
+    mounts = [{"name": v.name, "mountPath": v.mount_path} for v in spec.volumes]
+    mounts += [_file_mount(f) for f in spec.files]
+    if spec.shm_size:
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    if mounts:
+        body["volumeMounts"] = mounts
+    check = spec.healthcheck
+    if check is not None and not spec.one_shot:
+        # The start-up probe covers model downloads and graph capture; liveness only starts after it.
+        body["startupProbe"] = _probe(
+            check, failure_threshold=max(1, math.ceil(check.start_period_s / check.interval_s))
+        )
+        body["readinessProbe"] = _probe(check)
+        body["livenessProbe"] = _probe(check)
+    return body
+
+
+def _file_mount(file: ConfigFile) -> dict[str, Any]:
+    return {"name": "files", "mountPath": file.mount_path, "subPath": file.filename, "readOnly": True}
+
+
+def pod_spec(spec: ServiceSpec, placement: Placement, *, claims: bool) -> dict[str, Any]:
+    """The pod's spec; `claims`: volumes come from PVC objects (Deployment), not claim templates."""
+    volumes: list[dict[str, Any]] = []
+    if claims:
+        volumes += [{"name": v.name, "persistentVolumeClaim": {"claimName": claim_name(spec, v)}} for v in spec.volumes]
+    if spec.files:
+        volumes.append({"name": "files", "configMap": {"name": files_name(spec)}})
+    if spec.shm_size:
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": quantity(spec.shm_size)}})
+    body: dict[str, Any] = {
+        "containers": [container(spec)],
+        "restartPolicy": "OnFailure" if spec.one_shot else "Always",
+        "enableServiceLinks": False,  # docker-style *_PORT variables would clash with BATCH_* settings
+    }
+    if volumes:
+        body["volumes"] = volumes
+    if spec.gpu:
+        body["affinity"] = gpu_affinity(placement)
+        body["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
+    if placement.image_pull_secret:
+        body["imagePullSecrets"] = [{"name": placement.image_pull_secret}]
+    return body
+
+
+def claim_spec(volume: Volume, placement: Placement) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": f"{volume.size_gi}Gi"}},
+    }
+    if placement.storage_class:
+        body["storageClassName"] = placement.storage_class
+    return body
+
+
+def workload(spec: ServiceSpec, placement: Placement) -> tuple[str, dict[str, Any]]:
+    """(kind, spec) of the workload that runs `spec`: Job, StatefulSet or Deployment."""
+    selector = {"matchLabels": labels(spec.name)}
+    if spec.one_shot:
+        template = {"metadata": {"labels": labels(spec.name)}, "spec": pod_spec(spec, placement, claims=True)}
+        return "Job", {"backoffLimit": 10, "template": template}
+    if spec.stateful:
+        template = {"metadata": {"labels": labels(spec.name)}, "spec": pod_spec(spec, placement, claims=False)}
+        body = {"serviceName": spec.name, "replicas": 1, "selector": selector, "template": template}
+        if spec.volumes:
+            body["volumeClaimTemplates"] = [
+                {"metadata": {"name": v.name, "labels": labels(spec.name)}, "spec": claim_spec(v, placement)}
+                for v in spec.volumes
+            ]
+        return "StatefulSet", body
+    template = {"metadata": {"labels": labels(spec.name)}, "spec": pod_spec(spec, placement, claims=True)}
+    # One GPU on the node: a rolling update would start the new pod beside the old one and wait
+    # for a GPU forever. Recreate stops the old pod first. Pods with a ReadWriteOnce claim likewise.
+    exclusive = spec.gpu or bool(spec.volumes)
+    strategy = (
+        {"type": "Recreate"}
+        if exclusive
+        else {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    )
+    body = {"replicas": 1, "selector": selector, "strategy": strategy, "template": template}
+    return "Deployment", body
+
+
+def service_spec(spec: ServiceSpec) -> dict[str, Any]:
+    """A ClusterIP Service for every port: other services reach `spec` by its name."""
+    ports = [
+        {"name": p.name, "port": p.published or p.container, "targetPort": p.container, "protocol": "TCP"}
+        for p in spec.ports
+    ]
+    return {"type": "ClusterIP", "selector": labels(spec.name), "ports": ports}

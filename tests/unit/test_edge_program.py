@@ -1,0 +1,252 @@
+"""The edge stack (kubernetes platform) under Pulumi's mock monitor: every manifest it writes is
+checked against the Kubernetes OpenAPI schemas (kubernetes-validate, no cluster needed), then for
+what matters on a one-GPU GB10 node: GPU requests, node affinity, PVCs, private data services,
+Secret objects, the KubeRay operator and RayCluster."""
+
+from __future__ import annotations
+
+import json
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from infra.config import ConfigError
+from infra.plan import Plan, build_plan
+from infra.plan.recorder import MASK, unmarked_secrets
+
+K8S_VERSION = "1.33"
+NODE_LABEL = ("kubernetes.io/hostname", "hw-brain-01")
+NAMESPACE = "app-cognition"
+DATA_SERVICES = ("redis", "postgres", "minio")
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDZCdjWjVb9EHw8Qr0tp4/Y5r7rwUVz3cO333wUBrp4B"
+
+
+@pytest.fixture(scope="module")
+def edge() -> Plan:
+    return build_plan("edge")
+
+
+def manifests(plan: Plan) -> dict[str, dict]:
+    """files/k8s/<kind>-<name>.yaml → the object (Helm releases are values files, not objects)."""
+    return {
+        path: yaml.safe_load(text)
+        for path, text in plan.files.items()
+        if path.startswith("k8s/") and not path.startswith("k8s/helm-")
+    }
+
+
+def objects(plan: Plan, kind: str) -> dict[str, dict]:
+    return {m["metadata"]["name"]: m for m in manifests(plan).values() if m["kind"] == kind}
+
+
+def pod(workload: dict) -> dict:
+    return workload["spec"]["template"]["spec"]
+
+
+def ray_pod_templates(plan: Plan) -> dict[str, dict]:
+    (cluster,) = objects(plan, "RayCluster").values()
+    templates = {"head": cluster["spec"]["headGroupSpec"]["template"]}
+    templates.update({g["groupName"]: g["template"] for g in cluster["spec"]["workerGroupSpecs"]})
+    return templates
+
+
+def validate(manifest: dict) -> None:
+    kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+
+
+def test_every_manifest_validates_against_the_kubernetes_schemas(edge: Plan) -> None:
+    found = manifests(edge)
+    kinds = {m["kind"] for m in found.values()}
+    assert {"Namespace", "Deployment", "StatefulSet", "Job", "Service", "Secret", "ConfigMap"} <= kinds
+    assert {"PersistentVolumeClaim", "Ingress", "RayCluster"} <= kinds
+    for path, manifest in found.items():
+        if manifest["kind"] == "RayCluster":
+            continue  # a custom resource: its pod templates are checked below
+        validate(manifest)
+        assert manifest["kind"] == "Namespace" or manifest["metadata"]["namespace"] == NAMESPACE, path
+
+
+def test_the_raycluster_pod_templates_validate_as_pod_templates(edge: Plan) -> None:
+    for group, template in ray_pod_templates(edge).items():
+        validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": group}, "template": template})
+
+
+def test_the_schema_check_catches_a_broken_manifest(edge: Plan) -> None:
+    broken = json.loads(json.dumps(objects(edge, "Deployment")["lb"]))
+    broken["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"] = {"gigabytes": 1}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate(broken)
+    broken = json.loads(json.dumps(objects(edge, "Service")["redis"]))
+    broken["spec"]["portz"] = broken["spec"].pop("ports")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate(broken)
+
+
+def test_plan_cli_writes_every_manifest_under_files(edge: Plan, tmp_path) -> None:
+    from infra.plan.__main__ import main
+
+    assert main(["--stack", "edge", "--out", str(tmp_path)]) == 0
+    written = sorted(p.relative_to(tmp_path / "edge" / "files").as_posix() for p in (tmp_path / "edge").rglob("*.yaml"))
+    assert written == sorted(edge.files)
+    assert len([p for p in written if p.startswith("k8s/")]) == len(edge.files)
+
+
+def test_vllm_requests_the_gpu_on_the_gb10_node_and_never_rolls_two_gpu_pods(edge: Plan) -> None:
+    vllm = objects(edge, "Deployment")["vllm-gb10"]
+    spec = pod(vllm)
+    (container,) = spec["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == 1
+    terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms == [{"matchExpressions": [{"key": NODE_LABEL[0], "operator": "In", "values": [NODE_LABEL[1]]}]}]
+    assert vllm["spec"]["replicas"] == 1 and vllm["spec"]["strategy"] == {"type": "Recreate"}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/health", "port": 8000}, probe
+    # The start-up probe allows the model download and graph capture (15 min) before liveness counts.
+    assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] >= 900
+    assert "--gpu-memory-utilization" in container["args"]
+
+
+def test_only_gpu_pods_request_a_gpu_and_all_of_them_are_pinned(edge: Plan) -> None:
+    templates = {
+        n: w["spec"]["template"]
+        for kind in ("Deployment", "StatefulSet", "Job")
+        for n, w in objects(edge, kind).items()
+    }
+    templates.update({f"ray-{g}": t for g, t in ray_pod_templates(edge).items()})
+    gpu = {
+        name for name, t in templates.items() if "nvidia.com/gpu" in t["spec"]["containers"][0]["resources"]["limits"]
+    }
+    assert gpu == {"vllm-gb10", "ray-gb10"}
+    for name in gpu:
+        assert "affinity" in templates[name]["spec"], name
+
+
+def test_model_cache_and_data_services_have_persistent_volumes(edge: Plan) -> None:
+    claims = objects(edge, "PersistentVolumeClaim")
+    assert claims["vllm-gb10-model-cache"]["spec"]["resources"]["requests"]["storage"] == "200Gi"
+    volumes = pod(objects(edge, "Deployment")["vllm-gb10"])["volumes"]
+    assert {"name": "model-cache", "persistentVolumeClaim": {"claimName": "vllm-gb10-model-cache"}} in volumes
+    stateful = objects(edge, "StatefulSet")
+    assert set(stateful) == set(DATA_SERVICES)
+    for name in DATA_SERVICES:
+        (template,) = stateful[name]["spec"]["volumeClaimTemplates"]
+        mounts = pod(stateful[name])["containers"][0]["volumeMounts"]
+        assert template["metadata"]["name"] in {m["name"] for m in mounts}, name
+
+
+def test_no_service_is_exposed_by_nodeport_or_loadbalancer_and_the_public_ones_use_ingress(edge: Plan) -> None:
+    services = objects(edge, "Service")
+    assert {s["spec"]["type"] for s in services.values()} == {"ClusterIP"}
+    assert set(DATA_SERVICES) | {"ray-head"} <= set(services)
+    (ingress,) = objects(edge, "Ingress").values()
+    hosts = {rule["host"]: rule["http"]["paths"][0]["backend"]["service"] for rule in ingress["spec"]["rules"]}
+    assert hosts == {
+        "lb.cognition.lan": {"name": "lb", "port": {"number": 8080}},
+        "batch-api.cognition.lan": {"name": "batch-api", "port": {"number": 8100}},
+    }
+    assert edge.outputs["loadBalancerUrl"] == "http://lb.cognition.lan/v1"
+    assert edge.outputs["batchApiUrl"] == "http://batch-api.cognition.lan/v1"
+
+
+def test_secrets_are_secret_objects_referenced_by_name_and_marked_secret(edge: Plan) -> None:
+    secrets = objects(edge, "Secret")
+    assert {"redis-env", "postgres-env", "minio-env", "batch-api-env", "batch-worker-env"} <= set(secrets)
+    for name, secret in secrets.items():
+        assert set(secret["stringData"].values()) == {MASK}, name
+    for kind in ("Deployment", "StatefulSet", "Job"):
+        for name, workload in objects(edge, kind).items():
+            for item in pod(workload)["containers"][0].get("env", []):
+                if "valueFrom" in item:
+                    assert item["valueFrom"]["secretKeyRef"]["name"] in secrets, name
+                else:
+                    assert not any(s in item["value"] for s in edge.known_secrets), f"{name}: {item['name']}"
+    leaks = [
+        f"{r.type} {r.name}: {p}"
+        for r in edge.recording.resources
+        for p in unmarked_secrets(r.inputs, edge.known_secrets)
+    ]
+    assert not leaks
+    plain = json.dumps([edge.resources, edge.outputs, edge.files])
+    assert not [s for s in edge.known_secrets if s in plain]
+
+
+def test_kuberay_operator_comes_first_and_the_raycluster_has_a_head_and_a_gpu_worker_group(edge: Plan) -> None:
+    release = yaml.safe_load(edge.files["k8s/helm-kuberay-operator.yaml"])
+    assert release["chart"] == "kuberay-operator" and release["version"] == "1.4.2"
+    assert release["repositoryOpts"]["repo"] == "https://ray-project.github.io/kuberay-helm/"
+    (cluster,) = objects(edge, "RayCluster").values()
+    assert cluster["apiVersion"] == "ray.io/v1"
+    head = cluster["spec"]["headGroupSpec"]
+    assert head["rayStartParams"]["num-gpus"] == "0" and head["rayStartParams"]["dashboard-port"] == "8265"
+    (workers,) = cluster["spec"]["workerGroupSpecs"]
+    assert workers["replicas"] == 1 and workers["rayStartParams"] == {"num-gpus": "1"}
+    assert workers["template"]["spec"]["containers"][0]["image"] == "registry.lan:5000/vllm-gb10:0.1.0"
+    (raw,) = [r for r in edge.recording.resources if r.type == "kubernetes:ray.io/v1:RayCluster"]
+    assert edge.outputs["rayJobsAddress"] == "http://ray-head.app-cognition.svc.cluster.local:8265"
+    assert objects(edge, "Service")["ray-head"]["spec"]["selector"] == {
+        "ray.io/cluster": "ray",
+        "ray.io/node-type": "head",
+    }
+    assert raw.parent == "ray"  # the component's child, declared after the operator (depends_on in the program)
+
+
+def test_this_stack_builds_nothing_and_pulls_pinned_images(edge: Plan) -> None:
+    assert not [r for r in edge.resources if r["type"].startswith("docker-build:") or r["type"].startswith("command:")]
+    images = {
+        c["image"]
+        for kind in ("Deployment", "StatefulSet", "Job")
+        for w in objects(edge, kind).values()
+        for c in pod(w)["containers"]
+    }
+    assert {"registry.lan:5000/vllm-gb10:0.1.0", "registry.lan:5000/vllm-gb10-runtime:0.1.0"} <= images
+    assert not [i for i in images if i.endswith(":latest") or ":" not in i.rsplit("/", 1)[-1]]
+
+
+def test_every_container_has_requests_limits_and_a_restarting_owner(edge: Plan) -> None:
+    for kind in ("Deployment", "StatefulSet"):
+        for name, workload in objects(edge, kind).items():
+            (container,) = pod(workload)["containers"]
+            assert {"memory", "cpu"} <= set(container["resources"]["requests"]), name
+            assert "memory" in container["resources"]["limits"], name
+            assert pod(workload)["restartPolicy"] == "Always", name
+    for name, job in objects(edge, "Job").items():
+        assert pod(job)["restartPolicy"] == "OnFailure" and job["spec"]["backoffLimit"] >= 1, name
+
+
+def test_the_policy_pack_passes_the_edge_stack(edge: Plan) -> None:
+    assert edge.violations == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "words"),
+    [
+        (
+            {"hosts": json.dumps([{"name": "box", "address": "10.0.0.1", "hostKey": HOST_KEY, "roles": ["gpu"]}])},
+            "hosts",
+            "remove hosts",
+        ),
+        ({"parallelism": "tensor"}, "parallelism", "one vLLM replica"),
+        ({"namespace": "App_Cognition"}, "namespace", "pattern"),
+    ],
+)
+def test_bad_edge_config_fails_naming_the_key(overrides: dict, key: str, words: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        build_plan("edge", overrides=overrides)
+    assert f"Pulumi.edge.yaml: vllm-gb10:{key}" in str(error.value) and words in str(error.value)
+
+
+def test_node_label_and_namespace_come_from_config() -> None:
+    plan = build_plan(
+        "edge",
+        overrides={"gpuNodeLabelKey": "nvidia.com/gpu.product", "gpuNodeLabelValue": "NVIDIA-GB10", "namespace": "lab"},
+    )
+    terms = pod(objects(plan, "Deployment")["vllm-gb10"])["affinity"]["nodeAffinity"]
+    expression = terms["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchExpressions"][0]
+    assert (expression["key"], expression["values"]) == ("nvidia.com/gpu.product", ["NVIDIA-GB10"])
+    assert (
+        plan.outputs["redisUrl"] == MASK
+        and plan.outputs["rayClientAddress"] == "ray://ray-head.lab.svc.cluster.local:10001"
+    )
+    assert {m["metadata"].get("namespace") for m in manifests(plan).values()} == {"lab", None}
