@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Real servers the integration tests start on loopback.
-APT_PACKAGES := redis-server postgresql haproxy
+APT_PACKAGES := redis-server postgresql haproxy prometheus
 STACKS := $(patsubst Pulumi.%.yaml,%,$(wildcard Pulumi.*.yaml))
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

@@ -197,6 +197,7 @@ class RaySettings(_Frozen):
     gcs_port: int = _key("rayGcsPort", 6380, "Ray GCS port on the head.", ge=1, le=65535)
     dashboard_port: int = _key("rayDashboardPort", 8265, "Ray dashboard and Jobs API port.", ge=1, le=65535)
     client_port: int = _key("rayClientPort", 10001, "Ray client (ray://) port.", ge=1, le=65535)
+    metrics_port: int = _key("rayMetricsPort", 8090, "Prometheus metrics port of each Ray node.", ge=1, le=65535)
 
 
 class BatchSettings(_Frozen):
@@ -209,6 +210,13 @@ class BatchSettings(_Frozen):
     request_priority: int = _key(
         "batchRequestPriority", 10, "http engine: vLLM priority of batch requests (interactive traffic is 0).", ge=0
     )
+
+
+class MonitoringSettings(_Frozen):
+    prometheus_port: int = _key("prometheusPort", 9090, "Prometheus port (internal).", ge=1, le=65535)
+    grafana_port: int = _key("grafanaPort", 3000, "Grafana port (public: the dashboards).", ge=1, le=65535)
+    retention_days: int = _key("prometheusRetentionDays", 15, "Days of metrics Prometheus keeps.", ge=1, le=365)
+    scrape_interval_s: int = _key("scrapeIntervalSeconds", 15, "Prometheus scrape interval.", ge=5, le=300)
 
 
 class KubernetesSettings(_Frozen):
@@ -255,6 +263,7 @@ GROUPS: dict[str, type[_Frozen]] = {
     "lb": LoadBalancerSettings,
     "ray": RaySettings,
     "batch": BatchSettings,
+    "monitoring": MonitoringSettings,
     "k8s": KubernetesSettings,
     "ops": HostOpsSettings,
 }
@@ -278,6 +287,7 @@ class StackConfig(_Frozen):
     lb: LoadBalancerSettings
     ray: RaySettings
     batch: BatchSettings
+    monitoring: MonitoringSettings
     k8s: KubernetesSettings
     ops: HostOpsSettings
 

@@ -19,6 +19,7 @@ from infra.components.batch import BatchService
 from infra.components.host import Gb10Host
 from infra.components.image import ContainerImage
 from infra.components.load_balancer import LoadBalancer
+from infra.components.monitoring import Monitoring
 from infra.components.object_store import ObjectStore
 from infra.components.postgres import Postgres
 from infra.components.ray_cluster import RayCluster
@@ -27,6 +28,7 @@ from infra.components.vllm import VllmService
 from infra.config import PROJECT, Parallelism, Platform, Role, StackConfig, load
 from infra.platforms.compose import ComposePlatform
 from infra.platforms.kubernetes import KubernetesPlatform
+from infra.render.monitoring import ScrapeJob
 from infra.vllm_sizing import engine_args, size_vllm
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -96,6 +98,7 @@ class Placement:
     batch: str
     ray_head: str
     gpu: list[str]
+    nodes: list[str]  # every host (compose) or the GB10 node (kubernetes): node exporters
 
 
 def _compose(cfg: StackConfig, secrets: StackSecrets) -> tuple[ComposePlatform, Any, Any, Placement]:
@@ -120,6 +123,7 @@ def _compose(cfg: StackConfig, secrets: StackSecrets) -> tuple[ComposePlatform, 
         batch=cfg.host_with(Role.BATCH).name,
         ray_head=cfg.host_with(Role.RAY_HEAD).name,
         gpu=[h.name for h in cfg.hosts_with(Role.GPU)],
+        nodes=[h.name for h in cfg.hosts],
     )
     return ComposePlatform(hosts, cfg.ops.remote_dir), vllm_image.ref, runtime_image.ref, placement
 
@@ -136,7 +140,14 @@ def _kubernetes(cfg: StackConfig, secrets: StackSecrets) -> tuple[KubernetesPlat
         )
     platform = KubernetesPlatform(cfg.k8s, image_pull_secret=pull_secret)
     registry, tag = cfg.image.registry, cfg.image.image_tag
-    placement = Placement(data="cluster", lb="cluster", batch="cluster", ray_head="cluster", gpu=[K8S_GPU_PLACEMENT])
+    placement = Placement(
+        data="cluster",
+        lb="cluster",
+        batch="cluster",
+        ray_head="cluster",
+        gpu=[K8S_GPU_PLACEMENT],
+        nodes=[K8S_GPU_PLACEMENT],
+    )
     return platform, f"{registry}/vllm-gb10:{tag}", f"{registry}/vllm-gb10-runtime:{tag}", placement
 
 
@@ -241,8 +252,28 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "hf_token": secrets.hf_token,
         },
     )
+    monitoring = Monitoring(
+        "monitoring",
+        {
+            "platform": platform,
+            "host": data_host,
+            "gpu_hosts": gpu_hosts,
+            "node_hosts": placement.nodes,
+            "jobs": [
+                ScrapeJob("vllm", tuple(address for _, address in vllm.backends)),
+                ScrapeJob("haproxy", (lb.stats_address,)),
+                ScrapeJob("batch-api", (batch.metrics_targets["batch-api"],)),
+                ScrapeJob("batch-worker", (batch.metrics_targets["batch-worker"],)),
+                ScrapeJob("ray", tuple(ray.metrics_targets)),
+            ],
+            "settings": cfg.monitoring,
+        },
+    )
     platform.finish()
     return {
+        "grafanaUrl": monitoring.grafana_url,
+        "grafanaAdminPassword": monitoring.grafana_password,
+        "prometheusUrl": monitoring.prometheus_url,
         "loadBalancerUrl": lb.url,
         "loadBalancerStatsUrl": lb.stats_url,
         "vllmUrls": vllm.urls,

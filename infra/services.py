@@ -55,6 +55,15 @@ class ConfigFile:
 
 
 @dataclass(frozen=True)
+class HostPath:
+    """A host directory mounted read-only (node exporter reads /proc, /sys and the root fs)."""
+
+    name: str
+    host_path: str
+    mount_path: str
+
+
+@dataclass(frozen=True)
 class HealthCheck:
     command: tuple[str, ...]
     interval_s: int = 15
@@ -87,7 +96,10 @@ class ServiceSpec:
     files: tuple[ConfigFile, ...] = ()
     healthcheck: HealthCheck | None = None
     depends_on: tuple[str, ...] = ()  # names of specs on the same host that must be healthy first
-    gpu: bool = False
+    gpu: bool = False  # reserves the GPU (kubernetes: requests nvidia.com/gpu) and runs on a GB10
+    gpu_visible: bool = False  # sees the GPUs without taking one (metrics exporters), on a GB10
+    pin_to_gpu_node: bool = False  # kubernetes: runs on the GB10 node (compose: placement does it)
+    host_paths: tuple[HostPath, ...] = ()
     host_network: bool = False  # Ray and multi-node vLLM need the host's network stack
     memory_limit: str = "4g"
     memory_request: str | None = None  # kubernetes: what the scheduler reserves; None: the limit

@@ -96,7 +96,8 @@ class BatchService(pulumi.ComponentResource):
                 command=("python3", "-m", "runtime.batch.worker"),
                 environment=worker_env,
                 secrets=worker_secrets,
-                ports=(Port(WORKER_METRICS_PORT, None, Exposure.INTERNAL, "metrics"),),
+                # Published on the cluster address: Prometheus scrapes it.
+                ports=(Port(WORKER_METRICS_PORT, WORKER_METRICS_PORT, Exposure.INTERNAL, "metrics"),),
                 healthcheck=http_health_check(
                     WORKER_METRICS_PORT, python="python3", interval_s=15, start_period_s=900 if offline else 30
                 ),
@@ -107,4 +108,8 @@ class BatchService(pulumi.ComponentResource):
             parent=self,
         )
         self.url = f"http://{platform.external_address(host, port, f'{name}-api')}/v1"
+        self.metrics_targets = {
+            "batch-api": platform.internal_address(host, port, f"{name}-api"),
+            "batch-worker": platform.internal_address(host, WORKER_METRICS_PORT, f"{name}-worker"),
+        }
         self.register_outputs({"url": self.url})

@@ -27,6 +27,7 @@ class LoadBalancer(pulumi.ComponentResource):
     url: str
     internal_url: str
     stats_url: str
+    stats_address: str
 
     def __init__(self, name: str, args: LoadBalancerArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("vllm-gb10:lb:LoadBalancer", name, None, opts)
@@ -65,4 +66,5 @@ class LoadBalancer(pulumi.ComponentResource):
         self.url = f"http://{platform.external_address(host, settings.port, name)}/v1"
         self.internal_url = f"http://{platform.internal_address(host, settings.port, name)}/v1"
         self.stats_url = f"http://{stats_ip}:{settings.stats_port}/stats"
+        self.stats_address = platform.internal_address(host, settings.stats_port, name)  # /metrics for Prometheus
         self.register_outputs({"url": self.url, "statsUrl": self.stats_url})

@@ -17,6 +17,7 @@ from infra.services import HealthCheck, ServiceSpec
 
 HEAD_MEMORY = "8g"
 WORKER_MEMORY = "48g"
+WORKER_AGENT_PORT = 52366  # the head's dashboard agent keeps Ray's default 52365; vLLM's Ray uses 52367
 # What the scheduler reserves for a worker beside vLLM on the GB10 node; the offload job peaks
 # under 2 GB (bench/offload.py), the limit leaves room for bigger work.
 WORKER_MEMORY_REQUEST = "8g"
@@ -31,6 +32,7 @@ class RayClusterArgs(TypedDict):
 
 
 class RayCluster(pulumi.ComponentResource):
+    metrics_targets: list[str]  # host:port of each node's Prometheus endpoint that others can reach
     gcs_address: str
     dashboard_url: str
     client_address: str
@@ -82,6 +84,10 @@ class RayCluster(pulumi.ComponentResource):
                         f"--address={self.gcs_address}",
                         f"--node-ip-address={ip}",
                         "--num-gpus=1",
+                        # On the head's host both share the host network: the worker takes the next
+                        # metrics port and its own dashboard-agent port.
+                        f"--metrics-export-port={settings.metrics_port + 1}",
+                        f"--dashboard-agent-listen-port={WORKER_AGENT_PORT}",
                     ),
                     host_network=True,
                     gpu=True,
@@ -96,6 +102,12 @@ class RayCluster(pulumi.ComponentResource):
                 )
             )
         platform.deploy_ray(name, head_spec, worker_specs, settings, parent=self)
+        self.metrics_targets = [f"{head_ip}:{settings.metrics_port}"]
+        if platform.nodes_addressable:
+            self.metrics_targets += [
+                f"{platform.internal_host(h, f'{name}-worker-{h}')}:{settings.metrics_port + 1}"
+                for h in args["worker_hosts"]
+            ]
         self.dashboard_url = f"http://{head_ip}:{settings.dashboard_port}"
         self.client_address = f"ray://{head_ip}:{settings.client_port}"
         self.register_outputs(

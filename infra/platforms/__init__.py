@@ -13,6 +13,8 @@ from infra.services import ServiceSpec
 class Platform(Protocol):
     """What components may ask of a platform; nothing here names a stack."""
 
+    nodes_addressable: bool  # can other services reach each host's (or pod's) own address?
+
     def deploy(self, spec: ServiceSpec, parent: pulumi.Resource) -> None:
         """Run `spec` (on `spec.host` where placement matters)."""
 

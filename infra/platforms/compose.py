@@ -156,6 +156,8 @@ def _resolved(spec: ServiceSpec) -> pulumi.Output[ServiceSpec]:
 class ComposePlatform:
     """Collects specs per host; `finish` declares one ComposeProject per host that has any."""
 
+    nodes_addressable = True
+
     def __init__(self, hosts: dict[str, Gb10Host], remote_dir: str):
         self._hosts = hosts
         self._remote_dir = remote_dir

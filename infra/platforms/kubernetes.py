@@ -24,6 +24,8 @@ RAY_CLUSTER_NAME = "ray"
 
 
 class KubernetesPlatform:
+    nodes_addressable = False  # pods are reached through Services; Ray workers have none
+
     def __init__(self, settings: KubernetesSettings, *, image_pull_secret: pulumi.Input[str] | None = None):
         self.settings = settings
         provider_args: dict[str, Any] = {}
@@ -146,6 +148,7 @@ class KubernetesPlatform:
                 "ray-client-server-port": str(settings.client_port),
                 "num-cpus": "0",  # no tasks on the head
                 "num-gpus": "0",
+                "metrics-export-port": str(settings.metrics_port),
             },
             "template": {
                 "metadata": {"labels": render.labels(head.name)},
@@ -161,7 +164,7 @@ class KubernetesPlatform:
                     "replicas": len(workers),
                     "minReplicas": len(workers),
                     "maxReplicas": len(workers),
-                    "rayStartParams": {"num-gpus": "1"},
+                    "rayStartParams": {"num-gpus": "1", "metrics-export-port": str(settings.metrics_port)},
                     "template": {
                         "metadata": {"labels": render.labels(worker.name)},
                         "spec": _ray_pod(worker, placement, _ray_container(worker, placement, ports={})),

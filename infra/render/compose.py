@@ -41,6 +41,7 @@ def _service(spec: ServiceSpec, bind_ip: str) -> dict:
             out["ports"] = ports
     mounts = [f"{v.name}:{v.mount_path}" for v in spec.volumes]
     mounts += [f"./{f.filename}:{f.mount_path}:ro" for f in spec.files]
+    mounts += [f"{h.host_path}:{h.mount_path}:ro" for h in spec.host_paths]
     if mounts:
         out["volumes"] = mounts
     if spec.healthcheck is not None:
@@ -59,7 +60,7 @@ def _service(spec: ServiceSpec, bind_ip: str) -> dict:
     if spec.cpu_limit is not None:
         limits["cpus"] = str(spec.cpu_limit)
     resources: dict = {"limits": limits}
-    if spec.gpu:
+    if spec.gpu or spec.gpu_visible:  # docker does not hand a GPU out exclusively: both are a reservation
         resources["reservations"] = {"devices": [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]}
     out["deploy"] = {"resources": resources}
     if spec.shm_size:

@@ -99,7 +99,10 @@ def resources(spec: ServiceSpec) -> dict[str, Any]:
 
 
 def container(spec: ServiceSpec) -> dict[str, Any]:
-    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(spec.environment.items())]
+    environment = dict(spec.environment)
+    if spec.gpu_visible:  # the NVIDIA runtime shows every GPU without the device plugin handing one out
+        environment |= {"NVIDIA_VISIBLE_DEVICES": "all", "NVIDIA_DRIVER_CAPABILITIES": "utility"}
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(environment.items())]
     env += [
         {"name": s.env, "valueFrom": {"secretKeyRef": {"name": secret_name(spec), "key": s.env}}} for s in spec.secrets
     ]
@@ -114,6 +117,7 @@ def container(spec: ServiceSpec) -> dict[str, Any]:
         body["ports"] = [{"name": p.name, "containerPort": p.container} for p in spec.ports]
     mounts = [{"name": v.name, "mountPath": v.mount_path} for v in spec.volumes]
     mounts += [_file_mount(f) for f in spec.files]
+    mounts += [{"name": h.name, "mountPath": h.mount_path, "readOnly": True} for h in spec.host_paths]
     if spec.shm_size:
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
     if mounts:
@@ -140,6 +144,7 @@ def pod_spec(spec: ServiceSpec, placement: Placement, *, claims: bool) -> dict[s
         volumes += [{"name": v.name, "persistentVolumeClaim": {"claimName": claim_name(spec, v)}} for v in spec.volumes]
     if spec.files:
         volumes.append({"name": "files", "configMap": {"name": files_name(spec)}})
+    volumes += [{"name": h.name, "hostPath": {"path": h.host_path, "type": "Directory"}} for h in spec.host_paths]
     if spec.shm_size:
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": quantity(spec.shm_size)}})
     body: dict[str, Any] = {
@@ -149,7 +154,7 @@ def pod_spec(spec: ServiceSpec, placement: Placement, *, claims: bool) -> dict[s
     }
     if volumes:
         body["volumes"] = volumes
-    if spec.gpu:
+    if spec.gpu or spec.gpu_visible or spec.pin_to_gpu_node:
         body["affinity"] = gpu_affinity(placement)
         body["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
     if placement.image_pull_secret:

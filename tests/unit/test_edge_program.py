@@ -129,8 +129,8 @@ def test_model_cache_and_data_services_have_persistent_volumes(edge: Plan) -> No
     volumes = pod(objects(edge, "Deployment")["vllm-gb10"])["volumes"]
     assert {"name": "model-cache", "persistentVolumeClaim": {"claimName": "vllm-gb10-model-cache"}} in volumes
     stateful = objects(edge, "StatefulSet")
-    assert set(stateful) == set(DATA_SERVICES)
-    for name in DATA_SERVICES:
+    assert set(stateful) == {*DATA_SERVICES, "prometheus", "grafana"}
+    for name in stateful:
         (template,) = stateful[name]["spec"]["volumeClaimTemplates"]
         mounts = pod(stateful[name])["containers"][0]["volumeMounts"]
         assert template["metadata"]["name"] in {m["name"] for m in mounts}, name
@@ -145,6 +145,7 @@ def test_no_service_is_exposed_by_nodeport_or_loadbalancer_and_the_public_ones_u
     assert hosts == {
         "lb.cognition.lan": {"name": "lb", "port": {"number": 8080}},
         "batch-api.cognition.lan": {"name": "batch-api", "port": {"number": 8100}},
+        "grafana.cognition.lan": {"name": "grafana", "port": {"number": 3000}},
     }
     assert edge.outputs["loadBalancerUrl"] == "http://lb.cognition.lan/v1"
     assert edge.outputs["batchApiUrl"] == "http://batch-api.cognition.lan/v1"
@@ -181,7 +182,7 @@ def test_kuberay_operator_comes_first_and_the_raycluster_has_a_head_and_a_gpu_wo
     head = cluster["spec"]["headGroupSpec"]
     assert head["rayStartParams"]["num-gpus"] == "0" and head["rayStartParams"]["dashboard-port"] == "8265"
     (workers,) = cluster["spec"]["workerGroupSpecs"]
-    assert workers["replicas"] == 1 and workers["rayStartParams"] == {"num-gpus": "1"}
+    assert workers["replicas"] == 1 and workers["rayStartParams"] == {"num-gpus": "1", "metrics-export-port": "8090"}
     assert workers["template"]["spec"]["containers"][0]["image"] == "registry.lan:5000/vllm-gb10:0.1.0"
     (raw,) = [r for r in edge.recording.resources if r.type == "kubernetes:ray.io/v1:RayCluster"]
     assert edge.outputs["rayJobsAddress"] == "http://ray-head.app-cognition.svc.cluster.local:8265"

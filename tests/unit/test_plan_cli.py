@@ -34,12 +34,16 @@ def test_plan_writes_plan_json_and_generated_files(stella_out) -> None:
     assert set(plan) == {"stack", "resources", "outputs"} and plan["stack"] == "stella"
     assert all(set(r) == {"type", "name", "parent", "inputs"} for r in plan["resources"])
     files = sorted(str(p.relative_to(out / "stella" / "files")) for p in (out / "stella" / "files").rglob("*.*"))
-    assert files == ["nova/docker-compose.yml", "stella/docker-compose.yml", "stella/haproxy.cfg"]
+    assert files == [
+        "nova/docker-compose.yml", "stella/alerts.yml", "stella/docker-compose.yml",
+        "stella/grafana-dashboards.yml", "stella/grafana-datasource.yml", "stella/haproxy.cfg",
+        "stella/prometheus.yml", "stella/vllm-gb10-dashboard.json",
+    ]  # fmt: skip
 
 
 def test_plan_prints_counts_by_type_and_the_outputs(stella_out) -> None:
     _, result = stella_out
-    assert "stack stella: 29 resources" in result.stdout
+    assert "stack stella: 36 resources" in result.stdout
     assert "    2  vllm-gb10:host:Gb10Host" in result.stdout
     assert 'loadBalancerUrl: "http://stella.lan:8080/v1"' in result.stdout
     assert 'postgresUrl: "[secret]"' in result.stdout

@@ -47,17 +47,20 @@ def raw_inputs(plan: Plan, type_: str, name: str) -> dict:
 def test_every_service_runs_on_its_host(stella: Plan) -> None:
     assert set(compose(stella, "stella")["services"]) == {
         "redis", "minio", "minio-setup", "postgres", "ray-head", "ray-worker-stella",
-        "vllm-stella", "lb", "batch-api", "batch-worker",
+        "vllm-stella", "lb", "batch-api", "batch-worker", "prometheus", "grafana",
+        "dcgm-exporter-stella", "node-exporter-stella",
     }  # fmt: skip
-    assert set(compose(stella, "nova")["services"]) == {"ray-worker-nova", "vllm-nova"}
-    assert sorted(stella.files) == ["nova/docker-compose.yml", "stella/docker-compose.yml", "stella/haproxy.cfg"]
+    assert set(compose(stella, "nova")["services"]) == {
+        "ray-worker-nova", "vllm-nova", "dcgm-exporter-nova", "node-exporter-nova"
+    }  # fmt: skip
+    assert "nova/prometheus.yml" not in stella.files and "stella/prometheus.yml" in stella.files
 
 
 def test_gpu_services_reserve_the_gpu_and_nothing_else_does(stella: Plan) -> None:
     for host in ("stella", "nova"):
         for name, service in compose(stella, host)["services"].items():
             reserved = "reservations" in service["deploy"]["resources"]
-            assert reserved == name.startswith(("vllm-", "ray-worker-")), name
+            assert reserved == name.startswith(("vllm-", "ray-worker-", "dcgm-exporter-")), name
 
 
 def test_every_container_has_a_memory_limit_and_a_restart_policy(stella: Plan) -> None:
@@ -165,7 +168,9 @@ def test_every_secret_value_is_marked_secret_where_pulumi_stores_it(stella: Plan
     assert not leaks, f"secret values in plain resource inputs: {leaks}"
     plain = json.dumps([stella.resources, stella.outputs, stella.files])
     assert not [s for s in known if s in plain], "a secret value reached plan.json or a generated file"
-    assert stella.recording.secret_outputs == {"batchApiKey", "minioSecretKey", "postgresUrl", "redisUrl"}
+    assert stella.recording.secret_outputs == {
+        "batchApiKey", "grafanaAdminPassword", "minioSecretKey", "postgresUrl", "redisUrl"
+    }  # fmt: skip
     assert {stella.outputs[k] for k in stella.recording.secret_outputs} == {MASK}
 
 
@@ -173,7 +178,7 @@ def test_ssh_connections_pin_the_host_key(stella: Plan) -> None:
     stack = yaml.safe_load(Path("Pulumi.stella.yaml").read_text())["config"]["vllm-gb10:hosts"]
     keys = {h["address"]: h["hostKey"] for h in stack}
     remote = [r for r in stella.resources if r["type"].startswith("command:remote:")]
-    assert len(remote) == 9
+    assert len(remote) == 14
     for r in remote:
         connection = r["inputs"]["connection"]
         assert connection["hostKey"] == keys[connection["host"]], r["name"]

@@ -1,0 +1,175 @@
+"""Prometheus and Grafana, plus the exporters on the GB10 hosts (NVIDIA DCGM, node exporter).
+
+Prometheus scrapes the targets the program hands it (vLLM, HAProxy, batch API and worker, Ray,
+the exporters) and evaluates the seeds' alert rules; Grafana comes up with Prometheus as its
+data source and the vllm-gb10 dashboard, both provisioned from files.
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+import pulumi
+
+from infra.components.secrets import generated_password
+from infra.config import MonitoringSettings
+from infra.platforms import Platform
+from infra.render.monitoring import (
+    ALERTS_FILE,
+    DASHBOARD_FILE,
+    ScrapeJob,
+    render_grafana_dashboards,
+    render_grafana_datasource,
+    render_prometheus_config,
+)
+from infra.services import ConfigFile, Exposure, HealthCheck, HostPath, Port, Secret, ServiceSpec, Volume
+
+PROMETHEUS_IMAGE = "prom/prometheus:v3.5.0"
+GRAFANA_IMAGE = "grafana/grafana:12.1.1"
+DCGM_EXPORTER_IMAGE = "nvcr.io/nvidia/k8s/dcgm-exporter:4.2.3-4.1.3-ubuntu22.04"
+NODE_EXPORTER_IMAGE = "prom/node-exporter:v1.9.1"
+DCGM_PORT, NODE_PORT = 9400, 9100
+RULES_PATH = "/etc/prometheus/alerts.yml"
+DASHBOARDS_DIR = "/etc/grafana/dashboards"
+
+
+class MonitoringArgs(TypedDict):
+    platform: Platform
+    host: str  # where Prometheus and Grafana run
+    gpu_hosts: list[str]  # each gets an NVIDIA DCGM exporter
+    node_hosts: list[str]  # each gets a node exporter (disk and memory)
+    jobs: list[ScrapeJob]  # the services' own metrics endpoints
+    settings: MonitoringSettings
+
+
+def _wget(port: int, path: str) -> HealthCheck:
+    """The Prometheus, Grafana and node-exporter images carry busybox wget."""
+    return HealthCheck(
+        command=("wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{port}{path}"),
+        interval_s=15,
+        start_period_s=30,
+        http_path=path,
+        http_port=port,
+    )
+
+
+class Monitoring(pulumi.ComponentResource):
+    prometheus_url: str
+    grafana_url: str
+    grafana_password: pulumi.Output[str]
+    prometheus_config: str
+
+    def __init__(self, name: str, args: MonitoringArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("vllm-gb10:monitoring:Monitoring", name, None, opts)
+        platform, settings, host = args["platform"], args["settings"], args["host"]
+        exporters: list[ScrapeJob] = [
+            ScrapeJob("dcgm", tuple(self._dcgm_exporter(platform, h) for h in args["gpu_hosts"])),
+            ScrapeJob("node", tuple(self._node_exporter(platform, h) for h in args["node_hosts"])),
+        ]
+        self.prometheus_config = render_prometheus_config(
+            [*args["jobs"], *exporters], scrape_interval_s=settings.scrape_interval_s, rules_path=RULES_PATH
+        )
+        prometheus = "prometheus"
+        platform.deploy(
+            ServiceSpec(
+                name=prometheus,
+                host=host,
+                image=PROMETHEUS_IMAGE,
+                command=(
+                    "--config.file=/etc/prometheus/prometheus.yml",
+                    "--storage.tsdb.path=/prometheus",
+                    f"--storage.tsdb.retention.time={settings.retention_days}d",
+                    f"--web.listen-address=:{settings.prometheus_port}",
+                ),
+                files=(
+                    ConfigFile("prometheus.yml", "/etc/prometheus/prometheus.yml", self.prometheus_config),
+                    ConfigFile("alerts.yml", RULES_PATH, ALERTS_FILE.read_text()),
+                ),
+                ports=(Port(settings.prometheus_port, settings.prometheus_port, Exposure.INTERNAL, "web"),),
+                volumes=(Volume("prometheus-data", "/prometheus", size_gi=50),),
+                healthcheck=_wget(settings.prometheus_port, "/-/ready"),
+                memory_limit="4g",
+                stateful=True,
+            ),
+            parent=self,
+        )
+        self.prometheus_url = f"http://{platform.internal_address(host, settings.prometheus_port, prometheus)}"
+        self.grafana_password = generated_password(f"{name}-grafana-password", self)
+        platform.deploy(
+            ServiceSpec(
+                name="grafana",
+                host=host,
+                image=GRAFANA_IMAGE,
+                environment={
+                    "GF_SECURITY_ADMIN_USER": "admin",
+                    "GF_SERVER_HTTP_PORT": str(settings.grafana_port),
+                    "GF_USERS_ALLOW_SIGN_UP": "false",
+                },
+                secrets=(Secret("GF_SECURITY_ADMIN_PASSWORD", self.grafana_password),),
+                files=(
+                    ConfigFile(
+                        "grafana-datasource.yml",
+                        "/etc/grafana/provisioning/datasources/prometheus.yml",
+                        render_grafana_datasource(self.prometheus_url),
+                    ),
+                    ConfigFile(
+                        "grafana-dashboards.yml",
+                        "/etc/grafana/provisioning/dashboards/vllm-gb10.yml",
+                        render_grafana_dashboards(DASHBOARDS_DIR),
+                    ),
+                    ConfigFile(
+                        "vllm-gb10-dashboard.json", f"{DASHBOARDS_DIR}/vllm-gb10.json", DASHBOARD_FILE.read_text()
+                    ),
+                ),
+                ports=(Port(settings.grafana_port, settings.grafana_port, Exposure.PUBLIC, "http"),),
+                volumes=(Volume("grafana-data", "/var/lib/grafana", size_gi=5),),
+                healthcheck=_wget(settings.grafana_port, "/api/health"),
+                memory_limit="1g",
+                stateful=True,
+            ),
+            parent=self,
+        )
+        self.grafana_url = f"http://{platform.external_address(host, settings.grafana_port, 'grafana')}"
+        self.register_outputs({"prometheusUrl": self.prometheus_url, "grafanaUrl": self.grafana_url})
+
+    def _dcgm_exporter(self, platform: Platform, host: str) -> str:
+        name = f"dcgm-exporter-{host}"
+        platform.deploy(
+            ServiceSpec(
+                name=name,
+                host=host,
+                image=DCGM_EXPORTER_IMAGE,
+                ports=(Port(DCGM_PORT, DCGM_PORT, Exposure.INTERNAL, "metrics"),),
+                healthcheck=HealthCheck(
+                    command=("bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{DCGM_PORT}"),
+                    http_path="/health",
+                    http_port=DCGM_PORT,
+                ),
+                gpu_visible=True,
+                memory_limit="512m",
+            ),
+            parent=self,
+        )
+        return platform.internal_address(host, DCGM_PORT, name)
+
+    def _node_exporter(self, platform: Platform, host: str) -> str:
+        name = f"node-exporter-{host}"
+        platform.deploy(
+            ServiceSpec(
+                name=name,
+                host=host,
+                image=NODE_EXPORTER_IMAGE,
+                command=("--path.rootfs=/host/root", "--path.procfs=/host/proc", "--path.sysfs=/host/sys"),
+                host_paths=(
+                    HostPath("host-root", "/", "/host/root"),
+                    HostPath("host-proc", "/proc", "/host/proc"),
+                    HostPath("host-sys", "/sys", "/host/sys"),
+                ),
+                ports=(Port(NODE_PORT, NODE_PORT, Exposure.INTERNAL, "metrics"),),
+                healthcheck=_wget(NODE_PORT, "/"),
+                pin_to_gpu_node=True,  # kubernetes: the GB10 node is the one whose disk and memory matter
+                memory_limit="256m",
+            ),
+            parent=self,
+        )
+        return platform.internal_address(host, NODE_PORT, name)

@@ -1,0 +1,149 @@
+"""Prometheus rules, scrape config and the Grafana dashboard, checked with the real promtool."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from infra.plan import Plan, build_plan
+from infra.render.monitoring import ALERTS_FILE, DASHBOARD_FILE, PROMETHEUS_DATASOURCE_UID
+from tests.conftest import require_binary
+
+ROOT = Path(__file__).resolve().parents[2]
+RULE_TESTS = ROOT / "tests" / "unit" / "monitoring" / "alerts_test.yml"
+SEEDS_ALERTS = {
+    "GpuUnderusedWhileJobsRun", "BatchErrorRateHigh", "LoadBalancerErrorRateHigh", "BatchQueueDeep",
+    "DiskFreeLow", "GpuTemperatureHigh", "MemoryHigh", "BatchJobStalled",
+}  # fmt: skip
+
+
+def promtool(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([require_binary("promtool"), *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="module", params=["stella", "edge"])
+def plan(request) -> Plan:
+    return build_plan(request.param)
+
+
+def prometheus_files(plan: Plan) -> dict[str, str]:
+    """prometheus.yml and alerts.yml as the stack ships them (compose: host dir; edge: the ConfigMap)."""
+    if plan.stack == "edge":
+        return yaml.safe_load(plan.files["k8s/configmap-prometheus-files.yaml"])["data"]
+    return {name: plan.files[f"stella/{name}"] for name in ("prometheus.yml", "alerts.yml")}
+
+
+def test_the_alert_rules_parse() -> None:
+    result = promtool("check", "rules", str(ALERTS_FILE))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(SEEDS_ALERTS)} rules found" in result.stdout
+
+
+def test_every_alert_fires_on_sample_series_and_stays_quiet_inside_its_threshold() -> None:
+    result = promtool("test", "rules", RULE_TESTS.name, cwd=RULE_TESTS.parent)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rules = {r["alert"] for g in yaml.safe_load(ALERTS_FILE.read_text())["groups"] for r in g["rules"]}
+    assert rules == SEEDS_ALERTS
+    tests = yaml.safe_load(RULE_TESTS.read_text())["tests"]
+    fired = {case["alertname"] for t in tests for case in t["alert_rule_test"] if case["exp_alerts"]}
+    quiet = {case["alertname"] for t in tests for case in t["alert_rule_test"] if not case["exp_alerts"]}
+    assert fired == SEEDS_ALERTS
+    assert {"GpuUnderusedWhileJobsRun", "LoadBalancerErrorRateHigh", "BatchJobStalled"} <= quiet
+
+
+def test_a_broken_rule_fails_the_rule_tests(tmp_path: Path) -> None:
+    """The rule tests can fail: lift the queue threshold and the expected alert goes missing."""
+    (tmp_path / "alerts.yml").write_text(
+        ALERTS_FILE.read_text().replace("max(batch_queue_depth) > 100", "max(batch_queue_depth) > 1000")
+    )
+    tests = yaml.safe_load(RULE_TESTS.read_text())
+    tests["rule_files"] = ["alerts.yml"]
+    (tmp_path / "t.yml").write_text(yaml.safe_dump(tests))
+    result = promtool("test", "rules", "t.yml", cwd=tmp_path)
+    assert result.returncode != 0 and "BatchQueueDeep" in result.stdout + result.stderr
+
+
+def test_the_shipped_prometheus_config_passes_promtool(plan: Plan, tmp_path: Path) -> None:
+    files = prometheus_files(plan)
+    assert files["alerts.yml"] == ALERTS_FILE.read_text()
+    (tmp_path / "alerts.yml").write_text(files["alerts.yml"])
+    (tmp_path / "prometheus.yml").write_text(
+        files["prometheus.yml"].replace("/etc/prometheus/alerts.yml", "alerts.yml")
+    )
+    result = promtool("check", "config", "prometheus.yml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_prometheus_scrapes_every_service_and_the_gpu_hosts(plan: Plan) -> None:
+    config = yaml.safe_load(prometheus_files(plan)["prometheus.yml"])
+    jobs = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
+    assert set(jobs) == {"vllm", "haproxy", "batch-api", "batch-worker", "ray", "dcgm", "node"}
+    every = [t for targets in jobs.values() for t in targets]
+    assert len(every) == len(set(every)), "two jobs or nodes scrape one endpoint"
+    if plan.stack == "stella":
+        assert jobs["dcgm"] == ["10.10.10.1:9400", "10.10.10.2:9400"]
+        assert jobs["ray"] == ["10.10.10.1:8090", "10.10.10.1:8091", "10.10.10.2:8091"]
+        assert jobs["batch-worker"] == ["10.10.10.1:8101"]
+    else:
+        assert jobs["vllm"] == ["vllm-gb10.app-cognition.svc.cluster.local:8000"]
+        assert jobs["dcgm"] == ["dcgm-exporter-gb10.app-cognition.svc.cluster.local:9400"]
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_dashboard(plan: Plan) -> None:
+    if plan.stack == "edge":
+        files = yaml.safe_load(plan.files["k8s/configmap-grafana-files.yaml"])["data"]
+    else:
+        files = {
+            n.split("/", 1)[1]: t
+            for n, t in plan.files.items()
+            if n.startswith("stella/grafana") or n.endswith(".json")
+        }
+    (datasource,) = yaml.safe_load(files["grafana-datasource.yml"])["datasources"]
+    assert datasource["uid"] == PROMETHEUS_DATASOURCE_UID and datasource["url"] == plan.outputs["prometheusUrl"]
+    assert json.loads(files["vllm-gb10-dashboard.json"]) == json.loads(DASHBOARD_FILE.read_text())
+    assert plan.outputs["grafanaAdminPassword"] == "[secret]"
+
+
+def dashboard_expressions() -> list[str]:
+    dashboard = json.loads(DASHBOARD_FILE.read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def test_every_dashboard_query_parses(tmp_path: Path) -> None:
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [{"record": f"panel:q{i}", "expr": e} for i, e in enumerate(dashboard_expressions())],
+            }
+        ]
+    }
+    (tmp_path / "dashboard-queries.yml").write_text(yaml.safe_dump(rules))
+    result = promtool("check", "rules", "dashboard-queries.yml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_dashboard_covers_what_the_seeds_ask_for() -> None:
+    dashboard = json.loads(DASHBOARD_FILE.read_text())
+    titles = " | ".join(p["title"].lower() for p in dashboard["panels"])
+    for words in ("gpu utilisation", "gpu memory", "temperature", "power", "tokens per second", "requests per second",
+                  "queue depth", "job progress", "error rates", "load per backend", "stickiness"):  # fmt: skip
+        assert words in titles, words
+    assert {p["datasource"]["uid"] for p in dashboard["panels"]} == {PROMETHEUS_DATASOURCE_UID}
+
+
+def test_batch_metrics_named_in_rules_and_dashboard_exist_in_the_runtime() -> None:
+    from runtime.batch import metrics
+
+    exported = set()
+    for metric in metrics.registry.collect():
+        exported |= {sample.name for sample in metric.samples} | {metric.name, f"{metric.name}_total"}
+    used = set(re.findall(r"\bbatch_[a-z_]+", ALERTS_FILE.read_text() + " ".join(dashboard_expressions()))) - {
+        "batch_id"
+    }
+    assert used and used <= exported, used - exported
