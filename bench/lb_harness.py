@@ -59,14 +59,16 @@ def render_config(backends: Iterable[str], port: int, stats_port: int, **options
 class Haproxy:
     """haproxy -db (foreground) on a rendered config; `status()` reads the stats CSV."""
 
-    def __init__(self, config: str, port: int, stats_port: int):
+    def __init__(self, config: str, port: int, stats_port: int, log_path: Path | None = None):
         binary = find_binary("haproxy")
         self.port, self.stats_port = port, stats_port
         self._dir = tempfile.TemporaryDirectory(prefix="haproxy-")
         path = Path(self._dir.name) / "haproxy.cfg"
         path.write_text(config)
+        # The request log (JSON lines) goes to stdout: kept in `log_path` when given.
+        self._log = log_path.open("w") if log_path is not None else subprocess.DEVNULL
         self.process = subprocess.Popen(
-            [binary, "-db", "-f", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            [binary, "-db", "-f", str(path)], stdout=self._log, stderr=subprocess.PIPE, text=True
         )
 
     def _servers(self) -> list[dict[str, str]]:
@@ -96,6 +98,8 @@ class Haproxy:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=10)
+        if self._log is not subprocess.DEVNULL:
+            self._log.close()
         self._dir.cleanup()
 
 

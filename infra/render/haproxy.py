@@ -35,6 +35,21 @@ class LoadBalancerConfig:
     maxconn: int = 4096
 
 
+# HAProxy log-format for one JSON object per request (HAProxy substitutes the %-variables).
+REQUEST_LOG_FIELDS = {
+    "time": '"%tr"',
+    "service": '"lb"',
+    "host": '"%H"',
+    "request_id": '"%[capture.req.hdr(0)]"',
+    "session": '"%[var(txn.session_key)]"',
+    "backend": '"%s"',
+    "status": "%ST",
+    "retries": "%rc",
+    "total_ms": "%Ta",
+}
+REQUEST_LOG_FORMAT = "'{" + ",".join(f'"{key}":{value}' for key, value in REQUEST_LOG_FIELDS.items()) + "}'"
+
+
 def render_haproxy_cfg(cfg: LoadBalancerConfig) -> str:
     if not cfg.backends:
         raise ValueError("the load balancer needs at least one backend")
@@ -69,6 +84,10 @@ defaults
 
 frontend openai
     bind {cfg.bind}
+    # One JSON line per request: the batch worker's X-Request-ID, the session and the chosen backend,
+    # so a request can be followed from the batch API through the worker to the vLLM server.
+    http-request capture req.hdr(X-Request-ID) len 64
+    log-format {REQUEST_LOG_FORMAT}
     http-request set-var(txn.session_key) req.hdr({header})
     http-request set-var(txn.session_key) req.hdr(Authorization),sha1,hex,lower if !{{ var(txn.session_key) -m found }}
     http-request set-var(txn.session_key) src,ipmask(32) if !{{ var(txn.session_key) -m found }}

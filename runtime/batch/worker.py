@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import importlib
 import json
 import logging
@@ -24,6 +23,7 @@ import signal
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -34,11 +34,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from tenacity import AsyncRetrying, retry_if_exception_type, retry_if_result, stop_after_attempt, stop_after_delay
+from tenacity import (
+    AsyncRetrying,
+    before_sleep_log,
+    retry_if_exception_type,
+    retry_if_result,
+    stop_after_attempt,
+    stop_after_delay,
+)
 from tenacity import wait_exponential_jitter as jitter
 
 from runtime.batch import keys, logs, metrics, webhooks
-from runtime.batch.engines import Engine, Outcome
+from runtime.batch.engines import Engine, Outcome, request_id
 from runtime.batch.jobs import JobStore, Lease, StaleLeaseError
 from runtime.batch.models import (
     Batch,
@@ -56,6 +63,7 @@ from runtime.batch.validation import RequestLine
 
 log = logging.getLogger("runtime.batch.worker")
 IDLE_POLL_S = 0.5  # also picks up delayed retries and expired leases
+QUEUE_RETRY_MAX_S = 10.0  # longest wait between tries while Redis is unreachable
 
 
 class JobStopError(Exception):
@@ -78,11 +86,6 @@ def make_engine(settings: BatchSettings) -> Engine:
     return HttpEngine(
         str(settings.vllm_base_url), priority=settings.vllm_request_priority, concurrency=settings.concurrency
     )
-
-
-def request_id(batch_id: str, custom_id: str) -> str:
-    """Deterministic per request, so a chunk run twice writes identical ids."""
-    return "batch_req_" + hashlib.sha1(f"{batch_id}\0{custom_id}".encode()).hexdigest()[:24]
 
 
 def output_row(batch_id: str, request: RequestLine, outcome: Outcome) -> dict[str, Any]:
@@ -122,13 +125,24 @@ class Worker:
         self.ready = True
         log.info("worker %s ready (engine %s)", self.worker_id, type(self.engine).__name__)
         background = asyncio.create_task(self._background())
+        outages = 0
         try:
             while not self._stopping.is_set():
-                lease = await self.store.claim(self.settings.lease_seconds)
-                if lease is None:
-                    await self.store.wait_for_work(IDLE_POLL_S)
-                    continue
-                await self.run_leased(lease)
+                try:
+                    lease = await self.store.claim(self.settings.lease_seconds)
+                    if lease is None:
+                        await self.store.wait_for_work(IDLE_POLL_S)
+                    else:
+                        await self.run_leased(lease)
+                    outages = 0
+                except (redis.RedisError, OSError) as exc:
+                    # Redis restarting or out of reach: a lease we held expires and its job goes back to
+                    # the queue with its checkpoints (AOF); the worker waits and claims again.
+                    outages += 1
+                    delay = min(QUEUE_RETRY_MAX_S, 0.25 * 2**outages)
+                    log.warning("queue unreachable (%d), retrying in %.1fs: %s", outages, delay, exc)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), delay)
         finally:
             background.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -289,7 +303,7 @@ class Worker:
     async def _with_request_retry(self, request: RequestLine) -> Outcome:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.settings.request_max_attempts),
-            wait=jitter(initial=0.5, max=30),
+            wait=jitter(multiplier=0.5, max=30),
             retry=retry_if_result(lambda outcome: outcome.retryable),
             retry_error_callback=lambda state: state.outcome.result(),  # out of tries: keep the last answer
             before_sleep=lambda _state: metrics.request_retries.inc(),
@@ -299,8 +313,9 @@ class Worker:
     async def _with_storage_retry(self, call: Callable, *args: Any) -> Any:
         async for attempt in AsyncRetrying(
             stop=stop_after_delay(self.settings.storage_retry_seconds),
-            wait=jitter(initial=0.5, max=10),
+            wait=jitter(multiplier=0.5, max=10),
             retry=retry_if_exception_type(Exception),
+            before_sleep=before_sleep_log(log, logging.WARNING),  # an S3 outage shows in the log
             reraise=True,
         ):
             with attempt:
@@ -333,7 +348,13 @@ class Worker:
         await self.store.update(
             lease.batch_id, lambda b: b.model_copy(update={"request_counts": counts}), fence=lease.fence
         )
-        log.info("chunk committed: %d ok, %d failed", checkpoint.completed, checkpoint.failed)
+        backends = Counter(outcome.backend for outcome, _ in results if outcome.backend)
+        log.info(
+            "chunk committed: %d ok, %d failed",
+            checkpoint.completed,
+            checkpoint.failed,
+            extra={"backends": dict(sorted(backends.items()))} if backends else None,
+        )
 
     async def _counts(self, batch_id: str, plan: JobPlan) -> RequestCounts:
         done = (await self.store.checkpoints(batch_id)).values()

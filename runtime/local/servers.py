@@ -344,3 +344,35 @@ class RayHead(Process):
     def stop(self, timeout: float = 30) -> None:
         super().stop(timeout)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+class VllmServer(Process):
+    """vLLM's OpenAI server (CPU build here) on a local model, with priority scheduling as in the stacks."""
+
+    def __init__(self, log_dir: Path, model_path: Path, *, name: str = "vllm", served_name: str = "tiny-llama"):
+        super().__init__(name, log_dir)
+        self.port = free_port()
+        self.model_path, self.served_name = model_path, served_name
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        from runtime.batch.engines.offline import model_flags
+
+        flags = model_flags(str(self.model_path), self.served_name, TINY_MODEL_VLLM_ARGS)
+        return [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server", *flags,
+            "--host", "127.0.0.1", "--port", str(self.port), "--scheduling-policy", "priority",
+        ]  # fmt: skip
+
+    def environment(self) -> Mapping[str, str]:
+        return {"VLLM_LOGGING_STREAM": "ext://sys.stderr"}
+
+    def ready(self) -> bool:
+        return httpx.get(f"{self.url}/health", timeout=2).status_code == 200

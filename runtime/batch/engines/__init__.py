@@ -6,6 +6,7 @@ warm across jobs); `http` sends requests to the vLLM servers behind the load bal
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -22,10 +23,17 @@ class Outcome:
     retryable: bool = False
     request_id: str | None = None
     usage: dict[str, Any] = field(default_factory=dict)
+    backend: str | None = None  # the vLLM server the load balancer chose (its X-LB-Backend header)
 
     @property
     def ok(self) -> bool:
         return self.error is None and 200 <= self.status_code < 300
+
+
+def request_id(batch_id: str, custom_id: str) -> str:
+    """Deterministic per request, so a chunk run twice writes identical ids; sent to vLLM as
+    X-Request-ID, so one request can be followed from the worker's log to the server's."""
+    return "batch_req_" + hashlib.sha1(f"{batch_id}\0{custom_id}".encode()).hexdigest()[:24]
 
 
 class Engine(Protocol):

@@ -11,7 +11,8 @@ from typing import Any
 
 import httpx
 
-from runtime.batch.engines import Outcome, usage_of
+from runtime.batch import logs
+from runtime.batch.engines import Outcome, request_id, usage_of
 from runtime.batch.validation import RequestLine
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -42,7 +43,10 @@ class HttpEngine:
             response = await self.client.post(
                 request.url,
                 json=request_body(request, self.priority),
-                headers={"X-Session-ID": request.custom_id},
+                headers={
+                    "X-Session-ID": request.custom_id,
+                    "X-Request-ID": request_id(logs.job_id.get() or "", request.custom_id),
+                },
             )
         except httpx.TransportError as exc:
             return Outcome(
@@ -54,16 +58,20 @@ class HttpEngine:
             body = response.json()
         except ValueError:
             body = {"error": {"message": response.text[:500]}}
-        request_id = response.headers.get("x-request-id")
+        echoed_id = response.headers.get("x-request-id")
+        backend = response.headers.get("x-lb-backend")
         if response.is_success:
-            return Outcome(status_code=response.status_code, body=body, request_id=request_id, usage=usage_of(body))
+            return Outcome(
+                status_code=response.status_code, body=body, request_id=echoed_id, usage=usage_of(body), backend=backend
+            )
         error = body.get("error") if isinstance(body.get("error"), dict) else {"message": str(body)[:500]}
         return Outcome(
             status_code=response.status_code,
             body=body,
             error={"code": str(error.get("code") or response.status_code), "message": str(error.get("message"))},
             retryable=response.status_code in RETRYABLE_STATUS,
-            request_id=request_id,
+            request_id=echoed_id,
+            backend=backend,
         )
 
     async def close(self) -> None:
