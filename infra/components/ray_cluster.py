@@ -42,6 +42,7 @@ class RayCluster(pulumi.ComponentResource):
         platform, settings, head = args["platform"], args["settings"], args["head_host"]
         head_ip = platform.internal_host(head, f"{name}-head")
         self.gcs_address = f"{head_ip}:{settings.gcs_port}"
+        health = HealthCheck(command=("ray", "health-check", f"--address={self.gcs_address}"), start_period_s=60)
         head_spec = ServiceSpec(
             name=f"{name}-head",
             host=head,
@@ -58,13 +59,10 @@ class RayCluster(pulumi.ComponentResource):
                 f"--ray-client-server-port={settings.client_port}",
                 "--num-cpus=0",
                 "--num-gpus=0",
+                f"--metrics-export-port={settings.metrics_port}",
             ),
             host_network=True,
-            healthcheck=HealthCheck(
-                command=("ray", "health-check", f"--address={self.gcs_address}"),
-                interval_s=15,
-                start_period_s=60,
-            ),
+            healthcheck=health,
             memory_limit=HEAD_MEMORY,
             memory_request="2g",
             shm_size="4g",
@@ -91,11 +89,7 @@ class RayCluster(pulumi.ComponentResource):
                     ),
                     host_network=True,
                     gpu=True,
-                    healthcheck=HealthCheck(
-                        command=("ray", "health-check", f"--address={self.gcs_address}"),
-                        interval_s=15,
-                        start_period_s=60,
-                    ),
+                    healthcheck=health,
                     memory_limit=WORKER_MEMORY,
                     memory_request=WORKER_MEMORY_REQUEST,
                     shm_size="16g",

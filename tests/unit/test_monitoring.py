@@ -147,3 +147,16 @@ def test_batch_metrics_named_in_rules_and_dashboard_exist_in_the_runtime() -> No
         "batch_id"
     }
     assert used and used <= exported, used - exported
+
+
+def test_every_ray_target_is_a_port_a_ray_node_exports_on() -> None:
+    """Scrape targets and `ray start` flags come from one setting; a node that exports elsewhere shows here."""
+    plan = build_plan("stella")
+    config = yaml.safe_load(plan.files["stella/prometheus.yml"])
+    (targets,) = [job["static_configs"][0]["targets"] for job in config["scrape_configs"] if job["job_name"] == "ray"]
+    host_of = {"10.10.10.1": "stella", "10.10.10.2": "nova"}
+    for target in targets:
+        ip, port = target.split(":")
+        services = yaml.safe_load(plan.files[f"{host_of[ip]}/docker-compose.yml"])["services"]
+        exported = [name for name, s in services.items() if f"--metrics-export-port={port}" in s.get("command", [])]
+        assert len(exported) == 1, f"{target}: exported by {exported}"
