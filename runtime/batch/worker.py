@@ -177,12 +177,15 @@ class Worker:
                 await self.store.release(lease, delay_seconds=0)
                 log.info("stopping: job given back to the queue")
                 return
+            if work.cancelled():  # the renewal was refused: the lease is gone (expired, or the job just finished)
+                log.warning("lease lost, this worker stopped the job")
+                return
             error = work.exception()
             while isinstance(error, BaseExceptionGroup):  # from the chunk TaskGroup: report the first cause
                 error = error.exceptions[0]
             if error is None:
                 return
-            if isinstance(error, StaleLeaseError | asyncio.CancelledError):
+            if isinstance(error, StaleLeaseError):
                 log.warning("lease lost, another worker owns the job now: %s", error)
                 return
             delay = min(self.settings.job_retry_base_seconds * 2 ** (lease.attempts - 1), 60.0)

@@ -137,3 +137,28 @@ def test_api_keys_are_stored_hashed_and_rate_limited(run) -> None:
         assert 1 <= results[3] <= 61
 
     run(test)
+
+
+def test_a_refused_lease_renewal_stops_the_job_but_not_the_worker(run, redis_server) -> None:
+    """The race CI hit: the job's final write drops the lease while its clean-up still runs; the
+    renewal is then refused and the job task cancelled. The worker must carry on, not die."""
+    from runtime.batch.settings import BatchSettings
+    from runtime.batch.worker import Worker
+
+    class JobThatFinishesThenCleansUp(Worker):
+        async def process(self, lease) -> None:
+            await self.store.forget(lease)  # as finish does: the lease is gone
+            await asyncio.Event().wait()  # clean-up still running when the renewal comes
+
+    async def test(store: JobStore) -> None:
+        await add_job(store, "b1")
+        lease = await store.claim(30)
+        settings = BatchSettings(
+            redis_url=redis_server.url, s3_endpoint_url="http://127.0.0.1:1", s3_bucket="unused",
+            s3_access_key_id="x", s3_secret_access_key="x", model="m", bootstrap_api_key="k", webhook_secret="s",
+            lease_seconds=0.3,
+        )  # fmt: skip
+        worker = JobThatFinishesThenCleansUp(settings, engine=None, client=store.redis, objects=None)
+        await asyncio.wait_for(worker.run_leased(lease), timeout=10)  # returns; CancelledError would escape
+
+    run(test)
