@@ -49,11 +49,10 @@ class Measured:
 # which would charge this benchmark's own memory to the process measured.
 _PEAK_WRAPPER = """
 import atexit, os, runpy, sys
+from runtime.offload.memory import peak_rss_bytes
 def _report():
-    with open("/proc/self/status") as status:
-        peak = next(line for line in status if line.startswith("VmHWM:")).split()[1]
     with open(os.environ["BENCH_PEAK_RSS_FILE"], "w") as out:
-        out.write(peak)
+        out.write(str(peak_rss_bytes()))
 atexit.register(_report)
 sys.argv = sys.argv[1:]
 runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
@@ -73,7 +72,7 @@ def measure(module: str, args: list[str], env: dict[str, str] | None = None) -> 
         )
         seconds = time.perf_counter() - started
         reported = peak.read().strip()
-    return Measured(result.returncode, seconds, int(reported or 0) * 1024, result.stdout, result.stderr)
+    return Measured(result.returncode, seconds, int(reported or 0), result.stdout, result.stderr)
 
 
 def read_naively(dsn: str) -> None:

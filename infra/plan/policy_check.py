@@ -47,7 +47,8 @@ def _plain(value: Any) -> Any:
     return value  # assets stay assets: rules read StringAsset.text as under the engine
 
 
-def _options(parent: str | None) -> PolicyResourceOptions:
+def resource_options(parent: str | None = None) -> PolicyResourceOptions:
+    """The options a resource shows the policies: none set, as the mock monitor records none."""
     return PolicyResourceOptions(False, [], None, [], PolicyCustomTimeouts(0, 0, 0), [], parent)
 
 
@@ -72,11 +73,13 @@ def evaluate(recording: Recording, overrides: dict[str, dict[str, Any]] | None =
         level = "mandatory" if policy.enforcement_level == EnforcementLevel.MANDATORY else "advisory"
         if isinstance(policy, ResourceValidationPolicy):
             for r, urn, props in resources:
-                args = ResourceValidationArgs(r.type, props, urn, r.name, _options(r.parent), None, config[policy.name])
+                args = ResourceValidationArgs(
+                    r.type, props, urn, r.name, resource_options(r.parent), None, config[policy.name]
+                )
                 policy.validate(args, reporter(policy.name, level, urn))
         else:
             stack_resources = [
-                PolicyResource(r.type, props, urn, r.name, _options(r.parent), None, None, [], {})
+                PolicyResource(r.type, props, urn, r.name, resource_options(r.parent), None, None, [], {})
                 for r, urn, props in resources
             ]
             policy.validate(StackValidationArgs(stack_resources, config[policy.name]), reporter(policy.name, level))

@@ -95,10 +95,9 @@ def describe(conn: psycopg.Connection, query: str) -> tuple[str, str]:
             cur.execute("SELECT format_type(%s, NULL), format_type(%s, NULL)", (columns["id"], columns["embedding"]))
             id_type, embedding_type = cur.fetchone()
     except psycopg.Error as error:
-        conn.rollback()
         raise EmbeddingInputError(f"the query failed in Postgres: {error}".strip()) from error
     finally:
-        conn.rollback()  # leave no transaction open
+        conn.rollback()  # leave no transaction open, failed or not
     if embedding_type not in _CASTS:
         raise EmbeddingInputError(f"column `embedding` has type {embedding_type}; expected one of: {', '.join(_CASTS)}")
     return id_type, embedding_type

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import platform
-import resource
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +18,7 @@ import psycopg
 
 from runtime.offload import backends
 from runtime.offload.embeddings import EmbeddingInputError, read_embeddings
+from runtime.offload.memory import peak_rss_bytes
 from runtime.offload.params import TopographyParams
 from runtime.offload.results import first_duplicate, write_run
 
@@ -32,18 +32,6 @@ def _stage(timings: dict[str, float], name: str) -> Iterator[None]:
     yield
     timings[name] = round(time.perf_counter() - started, 3)
     log.info("stage %s took %.2fs", name, timings[name])
-
-
-def peak_rss_bytes() -> int:
-    """This process's own peak resident memory.
-
-    VmHWM, not ru_maxrss: Linux carries a parent's peak across fork+exec into ru_maxrss.
-    """
-    try:
-        with open("/proc/self/status") as status:
-            return int(next(line for line in status if line.startswith("VmHWM:")).split()[1]) * 1024
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def run_topography(params: TopographyParams, *, gpu_requested: bool = False) -> dict[str, Any]:

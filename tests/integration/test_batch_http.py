@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import httpx
@@ -17,37 +12,18 @@ import openai
 import pytest
 import redis
 
-from runtime.batch.engines.offline import model_flags
-from runtime.local.servers import ROOT, TINY_MODEL_VLLM_ARGS, BatchApi, BatchWorker, batch_env, free_port, wait_for
+from runtime.local.servers import BatchApi, BatchWorker, VllmServer, batch_env, wait_for
 from tests.integration.batch_fixtures import chat_lines
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def vllm_server(tiny_model, tmp_path_factory) -> Iterator[tuple[str, subprocess.Popen]]:
-    port = free_port()
-    log = (tmp_path_factory.mktemp("vllm") / "vllm.log").open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-            *model_flags(str(tiny_model), "tiny-llama", TINY_MODEL_VLLM_ARGS),
-            "--host", "127.0.0.1", "--port", str(port), "--scheduling-policy", "priority",
-        ],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert process.poll() is None, f"vLLM server exited, see {log.name}"
-        try:
-            return httpx.get(f"{url}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(up, 300, "vLLM server", interval=0.5)
-    yield url, process
-    kill_group(process)
+def vllm_server(tiny_model, tmp_path_factory) -> Iterator[VllmServer]:
+    server = VllmServer(tmp_path_factory.mktemp("vllm"), tiny_model)
+    server.start(timeout=300)
+    yield server
+    server.stop()
 
 
 def retries(worker: BatchWorker) -> float:
@@ -58,7 +34,7 @@ def retries(worker: BatchWorker) -> float:
 def test_http_engine_runs_a_job_and_retries_only_what_is_retryable(
     redis_server, s3_server, vllm_server, tmp_path
 ) -> None:
-    vllm_url, vllm_process = vllm_server
+    vllm_url = vllm_server.url
     redis.Redis.from_url(redis_server.url).flushdb()
     env = batch_env(
         redis_server, s3_server, s3_bucket="batch-http", engine="http", vllm_base_url=f"{vllm_url}/v1",
@@ -93,7 +69,7 @@ def test_http_engine_runs_a_job_and_retries_only_what_is_retryable(
         completions = httpx.get(f"{vllm_url}/metrics").text
         assert "vllm:request_success_total" in completions
 
-        kill_group(vllm_process)
+        vllm_server.kill()  # the server and its engine process (one process group)
         wait_for(lambda: _down(vllm_url), 30, "vLLM to stop")
         done, output, errors = run(chat_lines(3, prefix="down"))
         assert done.status == "completed" and output == []
@@ -103,13 +79,6 @@ def test_http_engine_runs_a_job_and_retries_only_what_is_retryable(
     finally:
         worker.stop()
         api.stop()
-
-
-def kill_group(process: subprocess.Popen) -> None:
-    """SIGKILL the server and its engine process (same process group)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
 
 
 def _down(url: str) -> bool:

@@ -10,14 +10,13 @@ import pulumi
 import yaml
 from pulumi_policy import (
     EnforcementLevel,
-    PolicyCustomTimeouts,
     PolicyResource,
-    PolicyResourceOptions,
     ResourceValidationArgs,
     ResourceValidationPolicy,
     StackValidationArgs,
 )
 
+from infra.plan.policy_check import resource_options
 from policies.rules import POLICIES, default_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,10 +25,6 @@ HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDZCdjWjVb9EHw8Qr0tp4/Y5r7rwUVz3
 COPY = "command:remote:CopyToRemote"
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 TESTED: set[str] = set()
-
-
-def options() -> PolicyResourceOptions:
-    return PolicyResourceOptions(False, [], None, [], PolicyCustomTimeouts(0, 0, 0), [], None)
 
 
 def good_service(**changes: Any) -> dict:
@@ -62,7 +57,13 @@ def violations(policy: str, resource_type: str, props: dict, **config: Any) -> l
     TESTED.add(policy)
     found: list[str] = []
     args = ResourceValidationArgs(
-        resource_type, props, f"urn:{resource_type}::r", "r", options(), None, {**default_config()[policy], **config}
+        resource_type,
+        props,
+        f"urn:{resource_type}::r",
+        "r",
+        resource_options(),
+        None,
+        {**default_config()[policy], **config},
     )
     BY_NAME[policy].validate(args, lambda message, urn=None: found.append(message))
     return found
@@ -72,7 +73,7 @@ def stack_violations(policy: str, resources: list[tuple[str, dict]], **config: A
     TESTED.add(policy)
     found: list[str] = []
     items = [
-        PolicyResource(t, props, f"urn:{t}::r{i}", f"r{i}", options(), None, None, [], {})
+        PolicyResource(t, props, f"urn:{t}::r{i}", f"r{i}", resource_options(), None, None, [], {})
         for i, (t, props) in enumerate(resources)
     ]
     args = StackValidationArgs(items, {**default_config()[policy], **config})
