@@ -13,8 +13,8 @@ from typing import IO, Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
 
+from runtime.batch.bucket import ensure_bucket
 from runtime.batch.settings import BatchSettings
 
 
@@ -57,24 +57,8 @@ class ObjectStore:
         )
 
     def ensure_bucket(self) -> None:
-        """Create the bucket if needed and set the expiry rule (MinIO honours the same S3 call)."""
-        try:
-            self.client.head_bucket(Bucket=self.bucket)
-        except ClientError:
-            self.client.create_bucket(Bucket=self.bucket)
-        self.client.put_bucket_lifecycle_configuration(
-            Bucket=self.bucket,
-            LifecycleConfiguration={
-                "Rules": [
-                    {
-                        "ID": "batch-results-expire",
-                        "Filter": {"Prefix": ""},
-                        "Status": "Enabled",
-                        "Expiration": {"Days": self.retention_days},
-                    }
-                ]
-            },
-        )
+        """Create the bucket if needed and set the expiry rule (runtime.batch.bucket, shared with the set-up job)."""
+        ensure_bucket(self.client, self.bucket, self.retention_days)
 
     def put(self, key: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=key, Body=data)

@@ -1,0 +1,74 @@
+"""Bucket set-up for the batch service: the bucket and its expiry rule, idempotently, S3 API only.
+
+Run as a one-shot service before the batch API starts (`python -m runtime.batch.bucket`), and by
+the API itself at start-up. It replaces a `mc` script whose `ilm rule rm --all` failed on every new
+bucket: a put of the lifecycle configuration replaces whatever rules were there, so no removal step
+is needed, and the rule read back afterwards proves it was set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+RULE_ID = "batch-results-expire"
+MISSING_BUCKET_CODES = {"404", "NoSuchBucket", "NotFound"}
+
+
+def ensure_bucket(client: Any, bucket: str, expire_days: int) -> dict[str, Any]:
+    """Create `bucket` if missing and make objects expire after `expire_days`; returns the rule read back."""
+    try:
+        client.head_bucket(Bucket=bucket)
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") not in MISSING_BUCKET_CODES:
+            raise
+        client.create_bucket(Bucket=bucket)
+    client.put_bucket_lifecycle_configuration(
+        Bucket=bucket,
+        LifecycleConfiguration={
+            "Rules": [
+                {"ID": RULE_ID, "Filter": {"Prefix": ""}, "Status": "Enabled", "Expiration": {"Days": expire_days}}
+            ]
+        },
+    )
+    rules = client.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    rule = next((r for r in rules if r.get("ID") == RULE_ID), None)
+    if rule is None or rule.get("Expiration", {}).get("Days") != expire_days:
+        raise RuntimeError(f"bucket {bucket}: the expiry rule did not stick (read back: {rules})")
+    return rule
+
+
+def s3_client(endpoint: str) -> Any:
+    """Path-style S3v4 client; credentials from the standard AWS_* variables (never the command line)."""
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}, retries={"mode": "standard"}),
+        region_name="us-east-1",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runtime.batch.bucket", description=__doc__)
+    parser.add_argument("--endpoint", required=True, help="S3 endpoint URL, e.g. http://10.10.10.1:9000")
+    parser.add_argument("--bucket", required=True)
+    parser.add_argument("--expire-days", type=int, required=True, help="days before objects expire (>= 1)")
+    args = parser.parse_args(argv)
+    if args.expire_days < 1:
+        parser.error(f"--expire-days must be at least 1, got {args.expire_days}")
+    try:
+        rule = ensure_bucket(s3_client(args.endpoint), args.bucket, args.expire_days)
+    except (BotoCoreError, ClientError, RuntimeError) as err:
+        print(f"error: bucket set-up of {args.bucket} at {args.endpoint} failed: {err}", file=sys.stderr)
+        return 1
+    print(f"bucket {args.bucket} ready at {args.endpoint}: objects expire after {rule['Expiration']['Days']} days")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
