@@ -71,6 +71,15 @@ class Host(_Frozen):
         ipaddress.IPv4Address | ipaddress.IPv6Address | None,
         Field(alias="clusterAddress", description="IP the services bind to and reach each other on"),
     ] = None
+    public_address: Annotated[
+        ipaddress.IPv4Address | ipaddress.IPv6Address,
+        Field(
+            alias="publicAddress",
+            description=(
+                "IP the public endpoints (load balancer, batch API, Grafana) bind to; 0.0.0.0: every interface."
+            ),
+        ),
+    ] = ipaddress.IPv4Address("0.0.0.0")
     ssh_user: Annotated[str, Field(alias="sshUser", min_length=1)] = "ubuntu"
     ssh_port: Annotated[int, Field(alias="sshPort", ge=1, le=65535)] = 22
     host_key: Annotated[str, Field(alias="hostKey", description="pinned SSH host public key")]
@@ -107,6 +116,18 @@ class ImageSettings(_Frozen):
     )
     cuda_arch: str = _key("cudaArch", "12.1", "CUDA compute capability of the GPU (GB10: 12.1).")
     builder: str = _key("imageBuilder", "", "buildx builder to use (e.g. a remote arm64 builder); empty: default.")
+    vllm_dockerfile: str = _key(
+        "vllmDockerfile",
+        "images/Dockerfile.gb10",
+        "Dockerfile of the vLLM image (path from the project root); a local stack builds images/Dockerfile.cpu.",
+        pattern=r"^[\w.-][\w./-]*$",
+    )
+    platform: str = _key(
+        "imagePlatform",
+        "linux/arm64",
+        "Platform the images are built for (GB10: linux/arm64); empty: the building machine's own.",
+        pattern=r"^$|^[a-z0-9]+/[a-z0-9]+(/[a-z0-9]+)?$",
+    )
 
     @field_validator("image_tag")
     @classmethod
@@ -174,7 +195,7 @@ class DataSettings(_Frozen):
     public: bool = _key(
         "publicDataServices",
         False,
-        "Publish Redis, Postgres, MinIO and Ray ports on all interfaces (policy exception).",
+        "Bind Redis, Postgres and MinIO to each host's publicAddress, not its cluster address (policy exception).",
     )
 
 
@@ -252,7 +273,10 @@ class KubernetesSettings(_Frozen):
 class HostOpsSettings(_Frozen):
     min_free_disk_gb: int = _key("minFreeDiskGb", 100, "Preflight: free disk needed on each host (GB).", ge=1)
     remote_dir: str = _key(
-        "remoteDir", "/opt/vllm-gb10", "Directory on each host for compose files.", pattern=r"^/[\w./-]+$"
+        "remoteDir",
+        "/opt/vllm-gb10",
+        "Directory on each host for compose files; each host's project is in <remoteDir>/<host>.",
+        pattern=r"^/[\w./-]+$",
     )
 
 

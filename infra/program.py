@@ -25,14 +25,13 @@ from infra.components.postgres import Postgres
 from infra.components.ray_cluster import RayCluster
 from infra.components.redis import Redis
 from infra.components.vllm import VllmService
-from infra.config import PROJECT, Parallelism, Platform, Role, StackConfig, load
+from infra.config import PROJECT, ConfigError, Parallelism, Platform, Role, StackConfig, load, stack_file
 from infra.platforms.compose import ComposePlatform
 from infra.platforms.kubernetes import KubernetesPlatform
 from infra.render.monitoring import ScrapeJob
 from infra.vllm_sizing import engine_args, size_vllm
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-IMAGE_PLATFORM = "linux/arm64"  # GB10 is aarch64
 DATA_MEMORY_LIMITS = {"redis": "4g", "minio": "4g", "postgres": "8g"}
 
 
@@ -60,11 +59,16 @@ def read_secrets(cfg: StackConfig) -> StackSecrets:
 
 
 def _images(cfg: StackConfig, secrets: StackSecrets) -> tuple[ContainerImage, ContainerImage]:
+    """The vLLM image from `vllmDockerfile` (a local stack builds a CPU one) and the runtime image."""
+    if not (REPO_ROOT / cfg.image.vllm_dockerfile).is_file():
+        raise ConfigError(
+            f"{stack_file(cfg.stack)}: {PROJECT}:vllmDockerfile: no file {cfg.image.vllm_dockerfile!r} in the project"
+        )
     context = os.path.relpath(REPO_ROOT, os.getcwd())
     common = {
         "context": context,
         "tag": cfg.image.image_tag,
-        "platform": IMAGE_PLATFORM,
+        "platform": cfg.image.platform,
         "builder": cfg.image.builder,
         "registry_username": cfg.image.registry_username,
         "registry_password": secrets.registry_password,
@@ -73,7 +77,7 @@ def _images(cfg: StackConfig, secrets: StackSecrets) -> tuple[ContainerImage, Co
         "vllm-image",
         {
             **common,
-            "dockerfile": os.path.join(context, "images", "Dockerfile.gb10"),
+            "dockerfile": os.path.join(context, cfg.image.vllm_dockerfile),
             "repository": f"{cfg.image.registry}/vllm-gb10",
             "build_args": {"VLLM_VERSION": cfg.image.vllm_version, "CUDA_ARCH": cfg.image.cuda_arch},
         },
@@ -103,6 +107,7 @@ class Placement:
 
 def _compose(cfg: StackConfig, secrets: StackSecrets) -> tuple[ComposePlatform, Any, Any, Placement]:
     """GB10 hosts over SSH; the images are built here and pushed to the registry."""
+    vllm_image, runtime_image = _images(cfg, secrets)  # first: it checks vllmDockerfile
     hosts = {
         h.name: Gb10Host(
             h.name,
@@ -116,7 +121,6 @@ def _compose(cfg: StackConfig, secrets: StackSecrets) -> tuple[ComposePlatform, 
         )
         for h in cfg.hosts
     }
-    vllm_image, runtime_image = _images(cfg, secrets)
     placement = Placement(
         data=cfg.host_with(Role.DATA).name,
         lb=cfg.host_with(Role.LB).name,
@@ -125,7 +129,7 @@ def _compose(cfg: StackConfig, secrets: StackSecrets) -> tuple[ComposePlatform, 
         gpu=[h.name for h in cfg.hosts_with(Role.GPU)],
         nodes=[h.name for h in cfg.hosts],
     )
-    return ComposePlatform(hosts, cfg.ops.remote_dir), vllm_image.ref, runtime_image.ref, placement
+    return ComposePlatform(hosts), vllm_image.ref, runtime_image.ref, placement
 
 
 K8S_GPU_PLACEMENT = "gb10"  # names the GB10 node's pods (vllm-gb10, ray-worker-gb10) whatever its label
@@ -187,6 +191,8 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "retention_days": cfg.data.result_retention_days,
             "public": public,
             "memory_limit": DATA_MEMORY_LIMITS["minio"],
+            "setup_image": runtime_image_ref,
+            "setup_host": placement.batch,  # beside the batch service, which waits for it
         },
     )
     postgres = Postgres(
@@ -250,6 +256,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "model_path": cfg.vllm.model,
             "engine_args": vllm_engine_args,
             "hf_token": secrets.hf_token,
+            "depends_on": (store.setup_service,),
         },
     )
     monitoring = Monitoring(

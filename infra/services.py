@@ -14,10 +14,15 @@ import pulumi
 
 
 class Exposure(StrEnum):
-    """How far a published port reaches."""
+    """How far a service's port reaches."""
 
     INTERNAL = "internal"  # the host's cluster address (compose) / ClusterIP (kubernetes)
-    PUBLIC = "public"  # every interface (compose) / exposed outside the cluster (kubernetes)
+    PUBLIC = "public"  # the host's publicAddress (compose) / exposed outside the cluster (kubernetes)
+
+
+def host_port(address: str, port: int) -> str:
+    """`address:port` as listen flags and URLs take it (an IPv6 address in brackets)."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 @dataclass(frozen=True)
@@ -30,8 +35,10 @@ class Secret:
 
 @dataclass(frozen=True)
 class Port:
+    """A port the service listens on; kubernetes makes Services of them (compose uses the host network)."""
+
     container: int
-    published: int | None = None  # None: reachable by other services only, not published
+    published: int | None = None  # the Service port; None: the container port
     exposure: Exposure = Exposure.INTERNAL
     name: str = "http"
 
@@ -74,9 +81,15 @@ class HealthCheck:
     http_port: int | None = None
 
 
-def http_health_check(port: int, path: str = "/health", *, python: str = "python3", **timing: int) -> HealthCheck:
-    """An HTTP GET probe run inside the container with its own Python (no curl in slim images)."""
-    probe = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}{path}', timeout=5)"
+def http_health_check(
+    port: int, path: str = "/health", *, host: str, python: str = "python3", **timing: int
+) -> HealthCheck:
+    """An HTTP GET probe run inside the container with its own Python (no curl in slim images).
+
+    `host` (Platform.probe_address, no default) is where the service answers from inside its own
+    container: on the host network a service bound to the cluster address does not answer on 127.0.0.1.
+    """
+    probe = f"import urllib.request; urllib.request.urlopen('http://{host_port(host, port)}{path}', timeout=5)"
     return HealthCheck(command=(python, "-c", probe), http_path=path, http_port=port, **timing)
 
 
@@ -100,7 +113,6 @@ class ServiceSpec:
     gpu_visible: bool = False  # sees the GPUs without taking one (metrics exporters), on a GB10
     pin_to_gpu_node: bool = False  # kubernetes: runs on the GB10 node (compose: placement does it)
     host_paths: tuple[HostPath, ...] = ()
-    host_network: bool = False  # Ray and multi-node vLLM need the host's network stack
     memory_limit: str = "4g"
     memory_request: str | None = None  # kubernetes: what the scheduler reserves; None: the limit
     cpu_limit: float | None = None

@@ -6,6 +6,9 @@ call the policies here directly.
 
 Rules read what actually reaches the hosts or the cluster: the docker-compose.yml that a
 `command:remote:CopyToRemote` ships, Kubernetes workload specs, image builds and SSH connections.
+Compose services run on the host network, so what a data service exposes is the address it
+listens on, read from its command line and judged against the host's cluster address (which the
+compose file records under `x-vllm-gb10`).
 Policies see secret values unwrapped, so "no plain-text secret" is judged on those artefacts: a
 secret-named variable must be filled from the secrets env file (`${VAR:?}`) or a Kubernetes
 Secret, never written as a literal.
@@ -44,7 +47,14 @@ INTERPOLATION = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*(:?[?-][^}]*)?\}$")
 URL_WITH_PASSWORD = re.compile(r"://[^/@\s:]*:[^/@\s$]+@")
 DATA_SERVICE = re.compile(r"(^|[/-])(redis|postgres|pgvector|minio|ray)([:/-]|$)")
 VLLM_SERVER = re.compile(r"vllm\.entrypoints\.openai\.api_server|\bvllm serve\b")
-ANY_ADDRESS = {"", "0.0.0.0", "::", "[::]"}
+ANY_ADDRESS = {"", "0.0.0.0", "::", "[::]", "*"}
+# Flags that set where a data service listens: redis --bind, postgres listen_addresses, MinIO
+# --address/--console-address, Ray --node-ip-address/--dashboard-host (and --host of other servers).
+LISTEN_FLAG = re.compile(
+    r"(?<![\w-])(--bind|--host|--address|--console-address|--node-ip-address|--dashboard-host|listen_addresses)"
+    r"[= ](\S+)"
+)
+COMPOSE_EXTENSION = "x-vllm-gb10"
 
 
 @dataclass
@@ -62,6 +72,7 @@ class Workload:
     published: list[tuple[str, str]] = field(default_factory=list)  # (host ip, port)
     host_network: bool = False
     one_shot: bool = False
+    cluster_address: str | None = None  # compose: the host's cluster address, from the file's x-vllm-gb10
 
     @property
     def command_text(self) -> str:
@@ -72,6 +83,25 @@ class Workload:
         if re.search(r"minio/mc|(^|/)mc:", self.image):
             return False  # the bucket set-up job publishes nothing
         return bool(DATA_SERVICE.search(self.name) or DATA_SERVICE.search(self.image.split("@")[0]))
+
+    @property
+    def listen_addresses(self) -> list[str]:
+        """The addresses the command line tells the service to listen on (no port)."""
+        found = []
+        for match in LISTEN_FLAG.finditer(self.command_text):
+            if match.group(1) == "--address" and "ray start" in self.command_text:
+                continue  # `ray start --address` names the head to join, not an address to listen on
+            found += [_address_only(a) for a in match.group(2).strip("'\"").split(",")]
+        return found
+
+
+def _address_only(value: str) -> str:
+    """`10.0.0.1:9000` -> `10.0.0.1`, `[::]:9000` -> `::`, `:9000` -> `` (any); a bare address stays."""
+    if value.startswith("["):
+        return value[1 : value.find("]")]
+    if value.count(":") == 1:
+        return value.split(":")[0]
+    return value
 
 
 def compose_document(resource_type: str, props: Any) -> dict | None:
@@ -106,6 +136,7 @@ def _compose_ports(ports: Any) -> list[tuple[str, str]]:
 
 
 def compose_workloads(document: dict) -> Iterator[Workload]:
+    cluster_address = (document.get(COMPOSE_EXTENSION) or {}).get("clusterAddress")
     for name, service in (document.get("services") or {}).items():
         deploy = (service.get("deploy") or {}).get("resources") or {}
         devices = ((deploy.get("reservations") or {}).get("devices")) or []
@@ -125,6 +156,7 @@ def compose_workloads(document: dict) -> Iterator[Workload]:
             published=_compose_ports(service.get("ports")),
             host_network=service.get("network_mode") == "host",
             one_shot=restart == "on-failure",
+            cluster_address=None if cluster_address is None else str(cluster_address),
         )
 
 
@@ -242,11 +274,25 @@ def validate_data_services_private(args: ResourceValidationArgs, report: ReportV
                 report(f"{w.name}: port {port} is published on every interface; bind it to the cluster address")
         if re.search(r"--dashboard-host[= ](0\.0\.0\.0|::)\b", w.command_text):
             report(f"{w.name}: the Ray dashboard listens on every interface")
+        elif w.host_network and not w.one_shot:
+            _check_listen_addresses(w, report)
     if args.resource_type == "kubernetes:core/v1:Service":
         kind = _dig(args.props, ("spec", "type")) or "ClusterIP"
         name = str(_dig(args.props, ("metadata", "name")) or args.name)
         if kind in {"LoadBalancer", "NodePort"} and DATA_SERVICE.search(name):
             report(f"Service {name} of a data service is of type {kind}; keep it ClusterIP")
+
+
+def _check_listen_addresses(w: Workload, report: ReportViolation) -> None:
+    """On the host network a data service is as private as the addresses it listens on."""
+    addresses = w.listen_addresses
+    if not addresses:
+        report(f"{w.name}: on the host network with no listen address, it listens on every interface")
+    for address in addresses:
+        if address in ANY_ADDRESS:
+            report(f"{w.name}: listens on every interface ({address or 'any'}); bind it to the cluster address")
+        elif w.cluster_address is not None and address != w.cluster_address:
+            report(f"{w.name}: listens on {address}, not the host's cluster address {w.cluster_address}")
 
 
 def validate_vllm_memory_utilization(args: ResourceValidationArgs, report: ReportViolation) -> None:
@@ -333,9 +379,8 @@ def validate_result_lifecycle(args: StackValidationArgs, report: ReportViolation
     minio = [w for w in services if "minio/minio" in w.image]
     if not minio:
         return
-    rules = [
-        int(m.group(1)) for w in services for m in re.finditer(r"ilm rule add --expire-days (\d+)", w.command_text)
-    ]
+    # `mc ilm rule add --expire-days N`, or our set-up job `python -m runtime.batch.bucket ... --expire-days N`
+    rules = [int(m.group(1)) for w in services for m in re.finditer(r"--expire-days[= ](\d+)", w.command_text)]
     if not rules:
         report(f"MinIO ({minio[0].name}) has no lifecycle rule: batch results never expire")
     elif max(rules) > limit:

@@ -6,7 +6,7 @@ Variable names follow runtime.batch.settings.BatchSettings (prefix BATCH_).
 from __future__ import annotations
 
 import json
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import pulumi
 
@@ -35,6 +35,7 @@ class BatchServiceArgs(TypedDict):
     model_path: str  # offline engine: the weights the worker loads (HF id or path)
     engine_args: dict[str, Any]  # offline engine: the same sized vLLM arguments as the servers
     hf_token: pulumi.Input[str] | None
+    depends_on: NotRequired[tuple[str, ...]]  # services to wait for first: the bucket set-up
 
 
 class BatchService(pulumi.ComponentResource):
@@ -59,29 +60,38 @@ class BatchService(pulumi.ComponentResource):
             "BATCH_VLLM_REQUEST_PRIORITY": str(settings.request_priority),
             "BATCH_WORKER_METRICS_PORT": str(WORKER_METRICS_PORT),
         }
+        public, internal = Exposure.PUBLIC, Exposure.INTERNAL
+        depends_on = args.get("depends_on", ())
         secrets = (
             Secret("BATCH_REDIS_URL", args["redis_url"]),
             Secret("BATCH_S3_SECRET_ACCESS_KEY", args["s3_secret_key"]),
             Secret("BATCH_BOOTSTRAP_API_KEY", self.api_key),
             Secret("BATCH_WEBHOOK_SECRET", webhook_secret),
         )
-        port = settings.api_port
+        port, api_bind = settings.api_port, platform.bind_address(host, public)
         platform.deploy(
             ServiceSpec(
                 name=f"{name}-api",
                 host=host,
                 image=args["api_image"],
-                command=("python", "-m", "runtime.batch.api", "--host", "0.0.0.0", "--port", str(port)),
+                command=("python", "-m", "runtime.batch.api", "--host", api_bind, "--port", str(port)),
                 environment=env,
                 secrets=secrets,
-                ports=(Port(port, port, Exposure.PUBLIC, "http"),),
-                healthcheck=http_health_check(port, python="python", interval_s=15, start_period_s=20),
+                ports=(Port(port, port, public, "http"),),
+                healthcheck=http_health_check(
+                    port,
+                    host=platform.probe_address(host, public),
+                    python="python",
+                    interval_s=15,
+                    start_period_s=20,
+                ),
+                depends_on=depends_on,
                 memory_limit="2g",
             ),
             parent=self,
         )
         offline = settings.engine == "offline"
-        worker_env = dict(env)
+        worker_env = {**env, "BATCH_WORKER_METRICS_HOST": platform.bind_address(host, internal)}
         worker_secrets = secrets
         if offline:
             worker_env["BATCH_MODEL_PATH"] = args["model_path"]
@@ -96,11 +106,16 @@ class BatchService(pulumi.ComponentResource):
                 command=("python3", "-m", "runtime.batch.worker"),
                 environment=worker_env,
                 secrets=worker_secrets,
-                # Published on the cluster address: Prometheus scrapes it.
-                ports=(Port(WORKER_METRICS_PORT, WORKER_METRICS_PORT, Exposure.INTERNAL, "metrics"),),
+                # On the cluster address: Prometheus scrapes it.
+                ports=(Port(WORKER_METRICS_PORT, WORKER_METRICS_PORT, internal, "metrics"),),
                 healthcheck=http_health_check(
-                    WORKER_METRICS_PORT, python="python3", interval_s=15, start_period_s=900 if offline else 30
+                    WORKER_METRICS_PORT,
+                    host=platform.probe_address(host, internal),
+                    python="python3",
+                    interval_s=15,
+                    start_period_s=900 if offline else 30,
                 ),
+                depends_on=depends_on,
                 gpu=offline,
                 memory_limit="100g" if offline else "4g",
                 shm_size="16g" if offline else None,
@@ -109,7 +124,7 @@ class BatchService(pulumi.ComponentResource):
         )
         self.url = f"http://{platform.external_address(host, port, f'{name}-api')}/v1"
         self.metrics_targets = {
-            "batch-api": platform.internal_address(host, port, f"{name}-api"),
+            "batch-api": platform.internal_address(host, port, f"{name}-api", public),
             "batch-worker": platform.internal_address(host, WORKER_METRICS_PORT, f"{name}-worker"),
         }
         self.register_outputs({"url": self.url})

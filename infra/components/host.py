@@ -20,7 +20,7 @@ class Gb10HostArgs(TypedDict):
     private_key: pulumi.Input[str]
     require_gpu: bool
     min_free_disk_gb: int
-    remote_dir: str
+    remote_dir: str  # the stack's remoteDir; this host's files live in <remote_dir>/<host name>
 
 
 def preflight_command(*, require_gpu: bool, min_free_gb: int, remote_dir: str) -> str:
@@ -36,18 +36,28 @@ def preflight_command(*, require_gpu: bool, min_free_gb: int, remote_dir: str) -
 
 
 class Gb10Host(pulumi.ComponentResource):
-    """Outputs `connection` for every remote resource on this host; `ready` gates them."""
+    """Outputs `connection` for every remote resource on this host; `ready` gates them.
+
+    `project_dir` is per host so that two hosts sharing one Docker Engine (and one remoteDir) keep
+    their compose files apart.
+    """
 
     connection: remote.ConnectionArgs
     ready: pulumi.Resource
+    host_name: str
     bind_ip: str
+    public_address: str
     address: str
+    project_dir: str
 
     def __init__(self, name: str, args: Gb10HostArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("vllm-gb10:host:Gb10Host", name, None, opts)
         host = args["host"]
+        self.host_name = host.name
         self.bind_ip = host.bind_ip
+        self.public_address = str(host.public_address)
         self.address = host.address
+        self.project_dir = f"{args['remote_dir']}/{host.name}"
         self.connection = remote.ConnectionArgs(
             host=host.address,
             port=host.ssh_port,
@@ -58,7 +68,7 @@ class Gb10Host(pulumi.ComponentResource):
         script = preflight_command(
             require_gpu=args["require_gpu"],
             min_free_gb=args["min_free_disk_gb"],
-            remote_dir=args["remote_dir"],
+            remote_dir=self.project_dir,
         )
         self.ready = remote.Command(
             f"{name}-preflight",
@@ -67,4 +77,4 @@ class Gb10Host(pulumi.ComponentResource):
             update=script,
             opts=pulumi.ResourceOptions(parent=self),
         )
-        self.register_outputs({"address": host.address, "bindIp": self.bind_ip})
+        self.register_outputs({"address": host.address, "bindIp": self.bind_ip, "publicAddress": self.public_address})

@@ -17,7 +17,7 @@ class ContainerImageArgs(TypedDict):
     dockerfile: str
     repository: str  # registry/name, without tag
     tag: str
-    platform: str  # e.g. linux/arm64
+    platform: str  # e.g. linux/arm64; empty: the building machine's own
     build_args: NotRequired[dict[str, str]]
     builder: NotRequired[str]
     registry_username: NotRequired[str]
@@ -43,7 +43,7 @@ class ContainerImage(pulumi.ComponentResource):
             f"{name}-build",
             context=docker_build.BuildContextArgs(location=args["context"]),
             dockerfile=docker_build.DockerfileArgs(location=args["dockerfile"]),
-            platforms=[docker_build.Platform(args["platform"])],
+            platforms=[docker_build.Platform(args["platform"])] if args["platform"] else None,
             build_args=args.get("build_args") or None,
             builder=docker_build.BuilderConfigArgs(name=args["builder"]) if args.get("builder") else None,
             tags=[f"{args['repository']}:{args['tag']}"],

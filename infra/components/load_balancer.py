@@ -9,7 +9,7 @@ import pulumi
 from infra.config import LoadBalancerSettings
 from infra.platforms import Platform
 from infra.render.haproxy import Backend, LoadBalancerConfig, render_haproxy_cfg
-from infra.services import ConfigFile, Exposure, HealthCheck, Port, ServiceSpec
+from infra.services import ConfigFile, Exposure, HealthCheck, Port, ServiceSpec, host_port
 
 HAPROXY_IMAGE = "haproxy:3.2.4-bookworm"
 CONFIG_PATH = "/usr/local/etc/haproxy/haproxy.cfg"
@@ -36,8 +36,8 @@ class LoadBalancer(pulumi.ComponentResource):
         self.config_text = render_haproxy_cfg(
             LoadBalancerConfig(
                 backends=tuple(Backend(n, a) for n, a in args["backends"]),
-                bind=f"*:{settings.port}",
-                stats_bind=f"*:{settings.stats_port}",
+                bind=host_port(platform.bind_address(host, Exposure.PUBLIC), settings.port),
+                stats_bind=host_port(platform.bind_address(host, Exposure.INTERNAL), settings.stats_port),
                 balance_factor=settings.balance_factor,
                 session_header=settings.session_header,
             )
@@ -64,7 +64,7 @@ class LoadBalancer(pulumi.ComponentResource):
             parent=self,
         )
         self.url = f"http://{platform.external_address(host, settings.port, name)}/v1"
-        self.internal_url = f"http://{platform.internal_address(host, settings.port, name)}/v1"
+        self.internal_url = f"http://{platform.internal_address(host, settings.port, name, Exposure.PUBLIC)}/v1"
         self.stats_url = f"http://{stats_ip}:{settings.stats_port}/stats"
         self.stats_address = platform.internal_address(host, settings.stats_port, name)  # /metrics for Prometheus
         self.register_outputs({"url": self.url, "statsUrl": self.stats_url})

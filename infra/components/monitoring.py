@@ -22,7 +22,7 @@ from infra.render.monitoring import (
     render_grafana_datasource,
     render_prometheus_config,
 )
-from infra.services import ConfigFile, Exposure, HealthCheck, HostPath, Port, Secret, ServiceSpec, Volume
+from infra.services import ConfigFile, Exposure, HealthCheck, HostPath, Port, Secret, ServiceSpec, Volume, host_port
 
 PROMETHEUS_IMAGE = "prom/prometheus:v3.5.0"
 GRAFANA_IMAGE = "grafana/grafana:12.1.1"
@@ -42,10 +42,10 @@ class MonitoringArgs(TypedDict):
     settings: MonitoringSettings
 
 
-def _wget(port: int, path: str) -> HealthCheck:
-    """The Prometheus, Grafana and node-exporter images carry busybox wget."""
+def _wget(host: str, port: int, path: str) -> HealthCheck:
+    """The Prometheus, Grafana and node-exporter images carry busybox wget; `host` is the probe address."""
     return HealthCheck(
-        command=("wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{port}{path}"),
+        command=("wget", "-q", "-O", "/dev/null", f"http://{host_port(host, port)}{path}"),
         interval_s=15,
         start_period_s=30,
         http_path=path,
@@ -62,6 +62,8 @@ class Monitoring(pulumi.ComponentResource):
     def __init__(self, name: str, args: MonitoringArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("vllm-gb10:monitoring:Monitoring", name, None, opts)
         platform, settings, host = args["platform"], args["settings"], args["host"]
+        public, internal = Exposure.PUBLIC, Exposure.INTERNAL
+        prometheus_listen = host_port(platform.bind_address(host, internal), settings.prometheus_port)
         exporters: list[ScrapeJob] = [
             ScrapeJob("dcgm", tuple(self._dcgm_exporter(platform, h) for h in args["gpu_hosts"])),
             ScrapeJob("node", tuple(self._node_exporter(platform, h) for h in args["node_hosts"])),
@@ -79,15 +81,15 @@ class Monitoring(pulumi.ComponentResource):
                     "--config.file=/etc/prometheus/prometheus.yml",
                     "--storage.tsdb.path=/prometheus",
                     f"--storage.tsdb.retention.time={settings.retention_days}d",
-                    f"--web.listen-address=:{settings.prometheus_port}",
+                    f"--web.listen-address={prometheus_listen}",
                 ),
                 files=(
                     ConfigFile("prometheus.yml", "/etc/prometheus/prometheus.yml", self.prometheus_config),
                     ConfigFile("alerts.yml", RULES_PATH, ALERTS_FILE.read_text()),
                 ),
-                ports=(Port(settings.prometheus_port, settings.prometheus_port, Exposure.INTERNAL, "web"),),
+                ports=(Port(settings.prometheus_port, settings.prometheus_port, internal, "web"),),
                 volumes=(Volume("prometheus-data", "/prometheus", size_gi=50),),
-                healthcheck=_wget(settings.prometheus_port, "/-/ready"),
+                healthcheck=_wget(platform.probe_address(host, internal), settings.prometheus_port, "/-/ready"),
                 memory_limit="4g",
                 stateful=True,
             ),
@@ -102,6 +104,7 @@ class Monitoring(pulumi.ComponentResource):
                 image=GRAFANA_IMAGE,
                 environment={
                     "GF_SECURITY_ADMIN_USER": "admin",
+                    "GF_SERVER_HTTP_ADDR": platform.bind_address(host, public),
                     "GF_SERVER_HTTP_PORT": str(settings.grafana_port),
                     "GF_USERS_ALLOW_SIGN_UP": "false",
                 },
@@ -121,9 +124,9 @@ class Monitoring(pulumi.ComponentResource):
                         "vllm-gb10-dashboard.json", f"{DASHBOARDS_DIR}/vllm-gb10.json", DASHBOARD_FILE.read_text()
                     ),
                 ),
-                ports=(Port(settings.grafana_port, settings.grafana_port, Exposure.PUBLIC, "http"),),
+                ports=(Port(settings.grafana_port, settings.grafana_port, public, "http"),),
                 volumes=(Volume("grafana-data", "/var/lib/grafana", size_gi=5),),
-                healthcheck=_wget(settings.grafana_port, "/api/health"),
+                healthcheck=_wget(platform.probe_address(host, public), settings.grafana_port, "/api/health"),
                 memory_limit="1g",
                 stateful=True,
             ),
@@ -133,15 +136,16 @@ class Monitoring(pulumi.ComponentResource):
         self.register_outputs({"prometheusUrl": self.prometheus_url, "grafanaUrl": self.grafana_url})
 
     def _dcgm_exporter(self, platform: Platform, host: str) -> str:
-        name = f"dcgm-exporter-{host}"
+        name, internal = f"dcgm-exporter-{host}", Exposure.INTERNAL
         platform.deploy(
             ServiceSpec(
                 name=name,
                 host=host,
                 image=DCGM_EXPORTER_IMAGE,
-                ports=(Port(DCGM_PORT, DCGM_PORT, Exposure.INTERNAL, "metrics"),),
+                command=("-a", host_port(platform.bind_address(host, internal), DCGM_PORT)),
+                ports=(Port(DCGM_PORT, DCGM_PORT, internal, "metrics"),),
                 healthcheck=HealthCheck(
-                    command=("bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{DCGM_PORT}"),
+                    command=("bash", "-c", f"exec 3<>/dev/tcp/{platform.probe_address(host, internal)}/{DCGM_PORT}"),
                     http_path="/health",
                     http_port=DCGM_PORT,
                 ),
@@ -153,20 +157,25 @@ class Monitoring(pulumi.ComponentResource):
         return platform.internal_address(host, DCGM_PORT, name)
 
     def _node_exporter(self, platform: Platform, host: str) -> str:
-        name = f"node-exporter-{host}"
+        name, internal = f"node-exporter-{host}", Exposure.INTERNAL
         platform.deploy(
             ServiceSpec(
                 name=name,
                 host=host,
                 image=NODE_EXPORTER_IMAGE,
-                command=("--path.rootfs=/host/root", "--path.procfs=/host/proc", "--path.sysfs=/host/sys"),
+                command=(
+                    f"--web.listen-address={host_port(platform.bind_address(host, internal), NODE_PORT)}",
+                    "--path.rootfs=/host/root",
+                    "--path.procfs=/host/proc",
+                    "--path.sysfs=/host/sys",
+                ),
                 host_paths=(
                     HostPath("host-root", "/", "/host/root"),
                     HostPath("host-proc", "/proc", "/host/proc"),
                     HostPath("host-sys", "/sys", "/host/sys"),
                 ),
-                ports=(Port(NODE_PORT, NODE_PORT, Exposure.INTERNAL, "metrics"),),
-                healthcheck=_wget(NODE_PORT, "/"),
+                ports=(Port(NODE_PORT, NODE_PORT, internal, "metrics"),),
+                healthcheck=_wget(platform.probe_address(host, internal), NODE_PORT, "/"),
                 pin_to_gpu_node=True,  # kubernetes: the GB10 node is the one whose disk and memory matter
                 memory_limit="256m",
             ),

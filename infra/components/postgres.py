@@ -30,20 +30,24 @@ class Postgres(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: PostgresArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("vllm-gb10:data:Postgres", name, None, opts)
-        platform, port, db, user = args["platform"], args["port"], args["database"], args["user"]
+        platform, port, db, user, host = args["platform"], args["port"], args["database"], args["user"], args["host"]
+        exposure = Exposure.PUBLIC if args["public"] else Exposure.INTERNAL
+        bind, probe = platform.bind_address(host, exposure), platform.probe_address(host, exposure)
         self.password = generated_password(f"{name}-password", self)
         platform.deploy(
             ServiceSpec(
                 name=name,
-                host=args["host"],
+                host=host,
                 image=POSTGRES_IMAGE,
-                command=("postgres", "-p", str(port)),
+                command=("postgres", "-p", str(port), "-c", f"listen_addresses={bind}"),
                 environment={"POSTGRES_DB": db, "POSTGRES_USER": user, "PGDATA": "/var/lib/postgresql/data/pgdata"},
                 secrets=(Secret("POSTGRES_PASSWORD", self.password),),
-                ports=(Port(port, port, Exposure.PUBLIC if args["public"] else Exposure.INTERNAL, "postgres"),),
+                ports=(Port(port, port, exposure, "postgres"),),
                 volumes=(Volume("postgres-data", "/var/lib/postgresql/data", size_gi=100),),
                 healthcheck=HealthCheck(
-                    command=("pg_isready", "-p", str(port), "-U", user, "-d", db), interval_s=10, start_period_s=20
+                    command=("pg_isready", "-h", probe, "-p", str(port), "-U", user, "-d", db),
+                    interval_s=10,
+                    start_period_s=20,
                 ),
                 memory_limit=args["memory_limit"],
                 shm_size="1g",
@@ -51,7 +55,7 @@ class Postgres(pulumi.ComponentResource):
             ),
             parent=self,
         )
-        self.address = platform.internal_address(args["host"], port, name)
+        self.address = platform.internal_address(host, port, name, exposure)
         self.url = pulumi.Output.secret(
             pulumi.Output.concat("postgresql://", user, ":", self.password, "@", self.address, "/", db)
         )

@@ -1,8 +1,8 @@
 """A Ray cluster: a head (no tasks scheduled on it) and a GPU worker per GPU host.
 
-On compose, Ray needs many ports between nodes, so its containers use the host network and bind
-to the host's cluster address; the dashboard (Jobs API) and client server bind there too. On
-kubernetes the platform hands the same specs to KubeRay (`Platform.deploy_ray`).
+On compose, Ray needs many ports between nodes; its containers use the host network (as every
+compose service does) and bind to the host's cluster address; the dashboard (Jobs API) and client
+server bind there too. On kubernetes the platform hands the same specs to KubeRay (`Platform.deploy_ray`).
 """
 
 from __future__ import annotations
@@ -61,7 +61,6 @@ class RayCluster(pulumi.ComponentResource):
                 "--num-gpus=0",
                 f"--metrics-export-port={settings.metrics_port}",
             ),
-            host_network=True,
             healthcheck=health,
             memory_limit=HEAD_MEMORY,
             memory_request="2g",
@@ -87,7 +86,6 @@ class RayCluster(pulumi.ComponentResource):
                         f"--metrics-export-port={settings.metrics_port + 1}",
                         f"--dashboard-agent-listen-port={WORKER_AGENT_PORT}",
                     ),
-                    host_network=True,
                     gpu=True,
                     healthcheck=health,
                     memory_limit=WORKER_MEMORY,

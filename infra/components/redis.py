@@ -28,24 +28,30 @@ class Redis(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: RedisArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("vllm-gb10:data:Redis", name, None, opts)
-        platform, port = args["platform"], args["port"]
+        platform, port, host = args["platform"], args["port"], args["host"]
+        exposure = Exposure.PUBLIC if args["public"] else Exposure.INTERNAL
+        bind, probe = platform.bind_address(host, exposure), platform.probe_address(host, exposure)
         self.password = generated_password(f"{name}-password", self)
         platform.deploy(
             ServiceSpec(
                 name=name,
-                host=args["host"],
+                host=host,
                 image=REDIS_IMAGE,
                 command=(
                     "sh",
                     "-c",
-                    f"exec redis-server --port {port} --appendonly yes --appendfsync everysec "
+                    f"exec redis-server --bind {bind} --port {port} --appendonly yes --appendfsync everysec "
                     '--requirepass "$REDIS_PASSWORD"',
                 ),
                 secrets=(Secret("REDIS_PASSWORD", self.password),),
-                ports=(Port(port, port, Exposure.PUBLIC if args["public"] else Exposure.INTERNAL, "redis"),),
+                ports=(Port(port, port, exposure, "redis"),),
                 volumes=(Volume("redis-data", "/data", size_gi=20),),
                 healthcheck=HealthCheck(
-                    command=("sh", "-c", f'REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli -p {port} ping | grep -q PONG'),
+                    command=(
+                        "sh",
+                        "-c",
+                        f'REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli -h {probe} -p {port} ping | grep -q PONG',
+                    ),
                     interval_s=10,
                     start_period_s=10,
                 ),
@@ -54,6 +60,6 @@ class Redis(pulumi.ComponentResource):
             ),
             parent=self,
         )
-        self.address = platform.internal_address(args["host"], port, name)
+        self.address = platform.internal_address(host, port, name, exposure)
         self.url = pulumi.Output.secret(pulumi.Output.concat("redis://:", self.password, "@", self.address, "/0"))
         self.register_outputs({"address": self.address, "url": self.url})

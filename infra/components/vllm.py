@@ -8,7 +8,7 @@ import pulumi
 
 from infra.config import Parallelism, VllmSettings
 from infra.platforms import Platform
-from infra.services import Port, Secret, ServiceSpec, Volume, http_health_check
+from infra.services import Exposure, HealthCheck, Port, Secret, ServiceSpec, Volume, http_health_check
 from runtime.kvcache import engine_args_to_flags
 
 MODEL_CACHE = Volume(name="model-cache", mount_path="/models", size_gi=200)
@@ -18,9 +18,9 @@ API_SERVER = ("python3", "-m", "vllm.entrypoints.openai.api_server")
 RAY_AGENT_PORT = 52367  # distinct from the Ray worker's default agent port on the same host
 
 
-def server_flags(settings: VllmSettings, port: int, engine_args: dict[str, Any]) -> list[str]:
-    """vLLM server flags: model and port, the sized engine arguments, then raw extra flags."""
-    head = ["--model", settings.model, "--served-model-name", settings.served_name, "--host", "0.0.0.0"]
+def server_flags(settings: VllmSettings, host: str, port: int, engine_args: dict[str, Any]) -> list[str]:
+    """vLLM server flags: model, address and port, the sized engine arguments, then raw extra flags."""
+    head = ["--model", settings.model, "--served-model-name", settings.served_name, "--host", host]
     # priority scheduling: the batch worker sends a higher `priority` value, so interactive requests go first
     head += ["--port", str(port), "--scheduling-policy", "priority"]
     return [*head, *engine_args_to_flags(engine_args), *settings.extra_args]
@@ -55,12 +55,20 @@ class VllmService(pulumi.ComponentResource):
             environment=env,
             secrets=secrets,
             volumes=(MODEL_CACHE,),
-            healthcheck=http_health_check(port, interval_s=15, start_period_s=STARTUP_GRACE_S),
             gpu=True,
             memory_limit=settings.memory_limit,
             shm_size="16g",
             stateful=False,
         )
+        internal = Exposure.INTERNAL  # clients reach vLLM through the load balancer
+
+        def health(host: str) -> HealthCheck:
+            probe = platform.probe_address(host, internal)
+            return http_health_check(port, host=probe, interval_s=15, start_period_s=STARTUP_GRACE_S)
+
+        def flags(host: str) -> list[str]:
+            return server_flags(settings, platform.bind_address(host, internal), port, args["engine_args"])
+
         if settings.parallelism is Parallelism.REPLICA:
             servers = args["hosts"]
             for host in servers:
@@ -68,8 +76,9 @@ class VllmService(pulumi.ComponentResource):
                     ServiceSpec(
                         name=f"{name}-{host}",
                         host=host,
-                        command=(*API_SERVER, *server_flags(settings, port, args["engine_args"])),
+                        command=(*API_SERVER, *flags(host)),
                         ports=(Port(port, port),),
+                        healthcheck=health(host),
                         **common,
                     ),
                     parent=self,
@@ -84,7 +93,7 @@ class VllmService(pulumi.ComponentResource):
             serve = " ".join(
                 [
                     *API_SERVER,
-                    *server_flags(settings, port, args["engine_args"]),
+                    *flags(leader),
                     "--distributed-executor-backend",
                     "ray",
                     size_flag,
@@ -102,8 +111,8 @@ class VllmService(pulumi.ComponentResource):
                     host=leader,
                     entrypoint=("/bin/bash", "-c"),
                     command=(f"{join} && exec {serve}",),
-                    host_network=True,
                     ports=(Port(port, port),),
+                    healthcheck=health(leader),
                     **{**common, "environment": {**env, "VLLM_HOST_IP": bind_ip}},
                 ),
                 parent=self,

@@ -29,6 +29,7 @@ class RecordedResource:
     name: str
     parent: str | None
     inputs: dict[str, Any]  # raw, secret markers intact
+    depends_on: list[str] = field(default_factory=list)  # names of explicit dependencies (not in plan.json)
 
 
 @dataclass
@@ -84,6 +85,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                     name=request.name,
                     parent=parent,
                     inputs=rpc.deserialize_properties(request.object),
+                    depends_on=sorted(urn.split("::")[-1] for urn in request.dependencies),
                 )
             )
         return response

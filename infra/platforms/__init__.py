@@ -7,7 +7,7 @@ from typing import Protocol
 import pulumi
 
 from infra.config import RaySettings
-from infra.services import ServiceSpec
+from infra.services import Exposure, ServiceSpec
 
 
 class Platform(Protocol):
@@ -24,13 +24,20 @@ class Platform(Protocol):
         """Run a Ray cluster: compose runs the specs' `ray start` containers, kubernetes uses KubeRay."""
 
     def internal_host(self, host: str, service: str) -> str:
-        """The address (no port) at which other services reach `service`; also what it binds to."""
+        """The address (no port) at which other services reach an internal `service`."""
 
-    def internal_address(self, host: str, port: int, service: str) -> str:
-        """host:port at which other services reach `service` on `port`."""
+    def internal_address(self, host: str, port: int, service: str, exposure: Exposure = Exposure.INTERNAL) -> str:
+        """host:port at which other services reach `service` on `port` (bound as `exposure` says)."""
+
+    def bind_address(self, host: str, exposure: Exposure) -> str:
+        """The address a service on `host` listens on: every service names it in its own command
+        line, since compose runs everything on the host network (nothing is published)."""
+
+    def probe_address(self, host: str, exposure: Exposure) -> str:
+        """The address at which a container's own health check reaches a service bound per `exposure`."""
 
     def external_address(self, host: str, port: int, service: str) -> str:
-        """host:port at which a user reaches a published port."""
+        """host:port at which a user reaches a public port."""
 
     def finish(self) -> None:
         """Declare whatever must see every spec first (compose: one project per host)."""

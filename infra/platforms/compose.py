@@ -1,13 +1,16 @@
 """The compose platform: one docker compose project per GB10 host, shipped and applied over SSH.
 
-The compose file and mounted files are rendered here and copied with CopyToRemote; secrets go to
-`.secrets.env` through the up command's stdin (never a file in the plan or a plain input).
-`up` carries a content hash in `triggers`; `docker compose down` runs only when the stack is
+The compose file and mounted files are rendered here and copied with CopyToRemote into the host's
+project directory (`<remoteDir>/<host>`); secrets go to `.secrets.env` there through the up
+command's stdin (never a file in the plan or a plain input). Every service runs on the host
+network and binds the address `bind_address` gives it. `up` carries a content hash in `triggers`
+and returns once every service is healthy; `docker compose down` runs only when the stack is
 destroyed (a separate teardown command), so a replaced `up` never takes the services down.
 """
 
 from __future__ import annotations
 
+import graphlib
 import hashlib
 import shlex
 from dataclasses import replace
@@ -18,11 +21,14 @@ from pulumi_command import remote
 
 from infra.components.host import Gb10Host
 from infra.config import RaySettings
-from infra.render.compose import PROJECT_NAME, render_compose
-from infra.services import ServiceSpec
+from infra.render.compose import project_name, render_compose
+from infra.services import Exposure, ServiceSpec, host_port
 
 COMPOSE_FILE = "docker-compose.yml"
 SECRETS_FILE = ".secrets.env"
+ANY_ADDRESSES = {"0.0.0.0", "::"}
+# `up --wait` allows the slowest health check's start period plus this for its retries and starts.
+WAIT_MARGIN_S = 300
 
 
 def _sha256(*parts: str) -> str:
@@ -43,38 +49,48 @@ def secrets_env(values: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _compose(remote_dir: str, *args: str) -> str:
-    base = f"docker compose --project-name {PROJECT_NAME} --env-file {SECRETS_FILE} -f {COMPOSE_FILE}"
-    return f"cd {shlex.quote(remote_dir)} && {base} {' '.join(args)}"
+def _compose(project_dir: str, host: str, *args: str) -> str:
+    base = f"docker compose --project-name {project_name(host)} --env-file {SECRETS_FILE} -f {COMPOSE_FILE}"
+    return f"cd {shlex.quote(project_dir)} && {base} {' '.join(args)}"
 
 
-def up_script(remote_dir: str, content_hash: str) -> str:
+def wait_timeout_s(specs: list[ServiceSpec]) -> int:
+    """Seconds `up --wait` may take: the slowest start period (vLLM loading a model) plus a margin."""
+    return max((s.healthcheck.start_period_s for s in specs if s.healthcheck), default=0) + WAIT_MARGIN_S
+
+
+def up_script(project_dir: str, host: str, content_hash: str, wait_timeout: int) -> str:
+    """Write the secrets, then bring the project up and wait until every service is healthy.
+
+    `--pull missing` pulls only images the host lacks (an image built or loaded there is used as
+    it is); `--wait` fails the command when a service does not become healthy, or a one-shot set-up
+    does not complete, within `wait_timeout` seconds.
+    """
     return "\n".join(
         [
             "set -eu",
             f"# content sha256 {content_hash}",
-            f"cd {shlex.quote(remote_dir)}",
+            f"cd {shlex.quote(project_dir)}",
             f"umask 077 && cat > {SECRETS_FILE}",
-            _compose(remote_dir, "pull --quiet --ignore-buildable"),
             # GB10: page cache counts as used unified memory at vLLM start-up (DESIGN.md).
             "sync && (sudo -n sh -c 'echo 3 > /proc/sys/vm/drop_caches' 2>/dev/null "
             "|| echo 'warning: page caches not dropped (needs passwordless sudo)' >&2)",
-            _compose(remote_dir, "up -d --remove-orphans"),
-            _compose(remote_dir, "ps --format '{{.Name}} {{.Status}}'"),
+            _compose(project_dir, host, f"up -d --pull missing --remove-orphans --wait --wait-timeout {wait_timeout}"),
+            _compose(project_dir, host, "ps --format '{{.Name}} {{.Status}}'"),
         ]
     )
 
 
-def down_script(remote_dir: str) -> str:
+def down_script(project_dir: str, host: str) -> str:
     # Volumes are kept: model cache, Redis AOF, Postgres and MinIO data outlive the stack.
-    compose_file = shlex.quote(f"{remote_dir}/{COMPOSE_FILE}")
-    return f"if [ -f {compose_file} ]; then {_compose(remote_dir, 'down --remove-orphans')}; fi"
+    compose_file = shlex.quote(f"{project_dir}/{COMPOSE_FILE}")
+    return f"if [ -f {compose_file} ]; then {_compose(project_dir, host, 'down --remove-orphans')}; fi"
 
 
 class ComposeProjectArgs(TypedDict):
     host: Gb10Host
-    remote_dir: str
     specs: list[ServiceSpec]
+    after: list[pulumi.Resource]  # other hosts' `up` commands that must have finished first
 
 
 class ComposeProject(pulumi.ComponentResource):
@@ -82,14 +98,16 @@ class ComposeProject(pulumi.ComponentResource):
 
     compose_file: pulumi.Output[str]
     files: dict[str, pulumi.Output[str]]
+    up: remote.Command
 
     def __init__(self, name: str, args: ComposeProjectArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("vllm-gb10:compose:ComposeProject", name, None, opts)
-        host, remote_dir, specs = args["host"], args["remote_dir"], args["specs"]
+        host, specs = args["host"], args["specs"]
+        project_dir, host_name = host.project_dir, host.host_name
         child = pulumi.ResourceOptions(parent=self, depends_on=[host.ready])
 
         self.compose_file = pulumi.Output.all(*[_resolved(s) for s in specs]).apply(
-            lambda resolved: render_compose(list(resolved), host.bind_ip)
+            lambda resolved: render_compose(list(resolved), host_name, host.bind_ip)
         )
         self.files = {f.filename: pulumi.Output.from_input(f.content) for s in specs for f in s.files}
         copies = [
@@ -97,7 +115,7 @@ class ComposeProject(pulumi.ComponentResource):
                 f"{name}-{COMPOSE_FILE}",
                 connection=host.connection,
                 source=self.compose_file.apply(pulumi.StringAsset),
-                remote_path=f"{remote_dir}/{COMPOSE_FILE}",
+                remote_path=f"{project_dir}/{COMPOSE_FILE}",
                 opts=child,
             )
         ]
@@ -107,7 +125,7 @@ class ComposeProject(pulumi.ComponentResource):
                     f"{name}-{filename}",
                     connection=host.connection,
                     source=content.apply(pulumi.StringAsset),
-                    remote_path=f"{remote_dir}/{filename}",
+                    remote_path=f"{project_dir}/{filename}",
                     opts=child,
                 )
             )
@@ -115,7 +133,7 @@ class ComposeProject(pulumi.ComponentResource):
             f"{name}-teardown",
             connection=host.connection,
             create="true",
-            delete=down_script(remote_dir),
+            delete=down_script(project_dir, host_name),
             opts=child,
         )
         secret_values = {s.env: s.value for spec in specs for s in spec.secrets}
@@ -123,8 +141,9 @@ class ComposeProject(pulumi.ComponentResource):
         values = pulumi.Output.all(**secret_values) if secret_values else pulumi.Output.from_input({})
         env_text = pulumi.Output.secret(values.apply(secrets_env))
         content_hash = pulumi.Output.all(self.compose_file, *self.files.values()).apply(lambda parts: _sha256(*parts))
-        script = content_hash.apply(lambda h: up_script(remote_dir, h))
-        remote.Command(
+        wait_timeout = wait_timeout_s(specs)
+        script = content_hash.apply(lambda h: up_script(project_dir, host_name, h, wait_timeout))
+        self.up = remote.Command(
             f"{name}-up",
             connection=host.connection,
             create=script,
@@ -132,7 +151,7 @@ class ComposeProject(pulumi.ComponentResource):
             stdin=env_text,
             # The hash stays readable in diffs; a changed secret re-runs `update` through stdin.
             triggers=[content_hash],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[host.ready, teardown, *copies]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[host.ready, teardown, *copies, *args["after"]]),
         )
         self.register_outputs({"composeFile": self.compose_file, "services": [s.name for s in specs]})
 
@@ -158,9 +177,8 @@ class ComposePlatform:
 
     nodes_addressable = True
 
-    def __init__(self, hosts: dict[str, Gb10Host], remote_dir: str):
+    def __init__(self, hosts: dict[str, Gb10Host]):
         self._hosts = hosts
-        self._remote_dir = remote_dir
         self._specs: dict[str, list[ServiceSpec]] = {name: [] for name in hosts}
         self.projects: dict[str, ComposeProject] = {}
 
@@ -178,18 +196,40 @@ class ComposePlatform:
     def internal_host(self, host: str, service: str) -> str:
         return self._hosts[host].bind_ip
 
-    def internal_address(self, host: str, port: int, service: str) -> str:
-        return f"{self.internal_host(host, service)}:{port}"
+    def internal_address(self, host: str, port: int, service: str, exposure: Exposure = Exposure.INTERNAL) -> str:
+        return host_port(self.probe_address(host, exposure), port)
+
+    def bind_address(self, host: str, exposure: Exposure) -> str:
+        """The cluster address, or for public services the host's publicAddress."""
+        found = self._hosts[host]
+        return found.public_address if exposure is Exposure.PUBLIC else found.bind_ip
+
+    def probe_address(self, host: str, exposure: Exposure) -> str:
+        """Where the service answers: its bind address, or the cluster address when that is every interface."""
+        address = self.bind_address(host, exposure)
+        return self._hosts[host].bind_ip if address in ANY_ADDRESSES else address
 
     def external_address(self, host: str, port: int, service: str) -> str:
         return f"{self._hosts[host].address}:{port}"
 
     def finish(self) -> None:
-        for name, specs in self._specs.items():
-            if specs:
+        """One project per host. A service that waits for one on another host (the batch box for the
+        data host's bucket set-up) cannot say so in its compose file: its host's `up` runs after that
+        host's `up`, which returns only once everything there is healthy or complete."""
+        where = {spec.name: host for host, specs in self._specs.items() for spec in specs}
+        after: dict[str, set[str]] = {host: set() for host in self._specs}
+        local: dict[str, list[ServiceSpec]] = {}
+        for host, specs in self._specs.items():
+            local[host] = []
+            for spec in specs:
+                remote = [d for d in spec.depends_on if where.get(d, host) != host]
+                after[host] |= {where[d] for d in remote}
+                local[host].append(replace(spec, depends_on=tuple(d for d in spec.depends_on if d not in remote)))
+        for name in graphlib.TopologicalSorter(after).static_order():  # CycleError: hosts waiting for each other
+            if local[name]:
                 host = self._hosts[name]
                 self.projects[name] = ComposeProject(
                     f"{name}-compose",
-                    {"host": host, "remote_dir": self._remote_dir, "specs": specs},
+                    {"host": host, "specs": local[name], "after": [self.projects[h].up for h in sorted(after[name])]},
                     opts=pulumi.ResourceOptions(parent=host),
                 )

@@ -193,8 +193,15 @@ class KubernetesPlatform:
     def internal_host(self, host: str, service: str) -> str:
         return f"{service}.{self.settings.namespace}.svc.cluster.local"
 
-    def internal_address(self, host: str, port: int, service: str) -> str:
+    def internal_address(self, host: str, port: int, service: str, exposure: Exposure = Exposure.INTERNAL) -> str:
         return f"{self.internal_host(host, service)}:{port}"
+
+    def bind_address(self, host: str, exposure: Exposure) -> str:
+        """Every interface of the pod: its Service (ClusterIP) and Ingress decide who reaches it."""
+        return "0.0.0.0"
+
+    def probe_address(self, host: str, exposure: Exposure) -> str:
+        return "127.0.0.1"
 
     def external_address(self, host: str, port: int, service: str) -> str:
         return f"{service}.{self.settings.ingress_domain}"

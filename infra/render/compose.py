@@ -2,24 +2,50 @@
 
 The file carries no secret: each secret is a `${VAR:?}` interpolation filled from the env file
 that the platform delivers over SSH stdin. Every literal `$` is escaped for the same reason.
+
+Every service runs on the host network (the only kind a single Docker Engine simulating several
+hosts can offer, and the same on real hosts), so nothing is published: each service binds its
+own address on its command line, and the `x-vllm-gb10` block records the host's cluster address
+for the policy pack to judge those addresses against.
 """
 
 from __future__ import annotations
 
+import hashlib
+
 import yaml
 
-from infra.services import Exposure, ServiceSpec
+from infra.services import ConfigFile, ServiceSpec
 
 PROJECT_NAME = "vllm-gb10"
-ANY_ADDRESS = "0.0.0.0"
+FILES_LABEL = "dev.vllm-gb10.files-sha256"
+EXTENSION = "x-vllm-gb10"
+
+
+def project_name(host: str) -> str:
+    """One compose project per host, so hosts sharing a Docker Engine never remove each other's
+    containers as orphans."""
+    return f"{PROJECT_NAME}-{host}"
+
+
+def files_digest(files: tuple[ConfigFile, ...]) -> str:
+    """sha256 over the mounted files' names and contents. Compose does not look inside a bind-mounted
+    file, but it recreates a service whose labels change: this label makes a changed file reach its
+    container, and only that one."""
+    digest = hashlib.sha256()
+    for file in sorted(files, key=lambda f: f.filename):
+        for part in (file.filename, str(file.content)):
+            digest.update(part.encode())
+            digest.update(b"\0")
+    return digest.hexdigest()
 
 
 def _escape(value: str) -> str:
     return value.replace("$", "$$")
 
 
-def _service(spec: ServiceSpec, bind_ip: str) -> dict:
-    out: dict = {"image": spec.image, "container_name": f"{PROJECT_NAME}-{spec.name}"}
+def _service(spec: ServiceSpec) -> dict:
+    out: dict = {"image": spec.image, "container_name": f"{PROJECT_NAME}-{spec.name}", "network_mode": "host"}
     if spec.entrypoint is not None:
         out["entrypoint"] = [_escape(a) for a in spec.entrypoint]
     if spec.command:
@@ -29,16 +55,6 @@ def _service(spec: ServiceSpec, bind_ip: str) -> dict:
         env[secret.env] = f"${{{secret.env}:?{secret.env} missing from the secrets env file}}"
     if env:
         out["environment"] = env
-    if spec.host_network:
-        out["network_mode"] = "host"
-    else:
-        ports = [
-            f"{ANY_ADDRESS if p.exposure is Exposure.PUBLIC else bind_ip}:{p.published}:{p.container}"
-            for p in spec.ports
-            if p.published is not None
-        ]
-        if ports:
-            out["ports"] = ports
     mounts = [f"{v.name}:{v.mount_path}" for v in spec.volumes]
     mounts += [f"./{f.filename}:{f.mount_path}:ro" for f in spec.files]
     mounts += [f"{h.host_path}:{h.mount_path}:ro" for h in spec.host_paths]
@@ -67,11 +83,13 @@ def _service(spec: ServiceSpec, bind_ip: str) -> dict:
         out["shm_size"] = spec.shm_size
     out["logging"] = {"driver": "json-file", "options": {"max-size": "50m", "max-file": "5"}}
     out["labels"] = {"dev.vllm-gb10.service": spec.name, "dev.vllm-gb10.host": spec.host}
+    if spec.files:
+        out["labels"][FILES_LABEL] = files_digest(spec.files)
     return out
 
 
-def compose_document(specs: list[ServiceSpec], bind_ip: str) -> dict:
-    """The compose document for the specs placed on one host."""
+def compose_document(specs: list[ServiceSpec], host: str, cluster_address: str) -> dict:
+    """The compose document for the specs placed on `host`."""
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate service names on one host: {names}")
@@ -81,19 +99,25 @@ def compose_document(specs: list[ServiceSpec], bind_ip: str) -> dict:
         missing = set(spec.depends_on) - set(names)
         if missing:
             raise ValueError(f"{spec.name} depends on services not on this host: {sorted(missing)}")
-        service = _service(spec, bind_ip)
+        service = _service(spec)
         for dep in spec.depends_on:
             if dep in one_shots:
                 service["depends_on"][dep]["condition"] = "service_completed_successfully"
         services[spec.name] = service
+    # `up --wait` waits for a one-shot to complete only when a service waits for it so; it takes any
+    # other exited container for a failure.
+    awaited = {dep for spec in specs for dep in spec.depends_on}
+    for name in sorted(one_shots - awaited):
+        raise ValueError(f"one-shot {name} on host {host}: no service on this host depends on it")
     volumes = sorted({v.name for s in specs for v in s.volumes})
-    doc: dict = {"name": PROJECT_NAME, "services": services}
+    doc: dict = {"name": project_name(host), EXTENSION: {"host": host, "clusterAddress": cluster_address}}
+    doc["services"] = services
     if volumes:
         doc["volumes"] = {name: {} for name in volumes}
     return doc
 
 
-def render_compose(specs: list[ServiceSpec], bind_ip: str) -> str:
-    doc = compose_document(specs, bind_ip)
+def render_compose(specs: list[ServiceSpec], host: str, cluster_address: str) -> str:
+    doc = compose_document(specs, host, cluster_address)
     header = "# Rendered by infra/render/compose.py - do not edit by hand.\n"
     return header + yaml.safe_dump(doc, sort_keys=False, width=120)

@@ -59,6 +59,11 @@ class BatchSettings(BaseSettings):
     webhook_secret: SecretStr = Field(description="HMAC-SHA256 key for webhook signatures.")
     webhook_max_attempts: int = Field(default=8, ge=1)
     worker_metrics_port: int = Field(default=8101, ge=0, le=65535, description="Worker /health and /metrics.")
+    worker_metrics_host: str = Field(
+        default="0.0.0.0",
+        min_length=1,
+        description="Address the worker's /health and /metrics listen on (compose: the host's cluster address).",
+    )
 
     @field_validator("vllm_args", mode="before")
     @classmethod

@@ -483,7 +483,10 @@ async def serve(settings: BatchSettings, engine: Engine) -> None:
     server = None
     if settings.worker_metrics_port:
         config = uvicorn.Config(
-            health_app(worker), host="0.0.0.0", port=settings.worker_metrics_port, log_level="warning"
+            health_app(worker),
+            host=settings.worker_metrics_host,
+            port=settings.worker_metrics_port,
+            log_level="warning",
         )
         server = uvicorn.Server(config)
         server.install_signal_handlers = lambda: None

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
+import pytest
 import yaml
 from pulumi_policy import (
     EnforcementLevel,
@@ -41,12 +42,20 @@ def good_service(**changes: Any) -> dict:
     return {key: value for key, value in service.items() if value is not None}
 
 
-def compose(services: dict[str, dict], host: str = "10.0.0.1") -> dict:
+def compose(services: dict[str, dict], host: str = "10.0.0.1", cluster_address: str | None = None) -> dict:
+    document: dict[str, Any] = {"name": "vllm-gb10-stella", "services": services}
+    if cluster_address is not None:
+        document["x-vllm-gb10"] = {"host": "stella", "clusterAddress": cluster_address}
     return {
-        "remotePath": "/opt/vllm-gb10/docker-compose.yml",
-        "source": pulumi.StringAsset(yaml.safe_dump({"name": "vllm-gb10", "services": services})),
+        "remotePath": "/opt/vllm-gb10/stella/docker-compose.yml",
+        "source": pulumi.StringAsset(yaml.safe_dump(document)),
         "connection": {"host": host, "hostKey": HOST_KEY},
     }
+
+
+def host_network(command: list[str], **changes: Any) -> dict:
+    """A service as the compose platform renders it: on the host network, binding on its command line."""
+    return good_service(network_mode="host", ports=None, command=command, **changes)
 
 
 def deployment(container: dict, **pod: Any) -> dict:
@@ -142,6 +151,34 @@ def test_data_services_private() -> None:
     assert violations(policy, "kubernetes:core/v1:Service", {**service, "spec": {"type": "ClusterIP"}}) == []
 
 
+def test_data_services_on_the_host_network_listen_on_the_cluster_address_only() -> None:
+    """Nothing is published on the host network: the listen address on the command line decides."""
+
+    def found(name: str, command: list[str], image: str = "redis:7.4.6-bookworm", **config: Any) -> list[str]:
+        service = host_network(command, image=image, restart="on-failure" if name.endswith("setup") else None)
+        return violations("data-services-private", COPY, compose({name: service}, cluster_address="10.0.0.1"), **config)
+
+    def redis(address: str) -> list[str]:
+        return ["sh", "-c", f'exec redis-server --bind {address} --appendonly yes --requirepass "$$P"']
+
+    assert found("redis", redis("10.0.0.1")) == []
+    for address in ("0.0.0.0", "::", "192.168.1.10"):  # every interface, or an address outside the cluster
+        assert found("redis", redis(address)), address
+    assert found("redis", redis("0.0.0.0"), allowPublicDataServices=True) == []
+    assert found("redis", ["redis-server", "--appendonly", "yes"]), "no --bind: every interface"
+    postgres, pg_image = ["postgres", "-p", "5432", "-c"], "pgvector/pgvector:0.8.1-pg17"
+    assert found("postgres", [*postgres, "listen_addresses=10.0.0.1"], pg_image) == []
+    assert found("postgres", [*postgres, "listen_addresses=*"], pg_image)
+    minio, minio_image = ["server", "/data", "--address", "10.0.0.1:9000", "--console-address"], "minio/minio:R"
+    assert found("minio", [*minio, "10.0.0.1:9001"], minio_image) == []
+    assert found("minio", [*minio, ":9001"], minio_image)
+    worker = ["ray", "start", "--address=10.0.0.2:6380", "--node-ip-address=10.0.0.1"]
+    assert found("ray-worker", worker, "reg/vllm-gb10:0.1.0") == [], "ray's --address is the head to join"
+    bucket = ["python", "-m", "runtime.batch.bucket", "--endpoint", "http://10.0.0.1:9000"]
+    assert found("minio-setup", bucket, "reg/vllm-gb10-runtime:0.1.0") == [], "a one-shot listens on nothing"
+    assert found("lb", ["haproxy", "-f", "/cfg"], "haproxy:3.2.4") == [], "only data services are private"
+
+
 # --- gpu-on-gb10
 
 
@@ -213,19 +250,24 @@ def test_redis_persistence() -> None:
 # --- advisory
 
 
-def _minio_pair(days: int | None) -> dict:
-    command = [f"mc ilm rule add --expire-days {days} store/batch"] if days else ["true"]
-    setup = good_service(
-        image="minio/mc:RELEASE.2025-08-13T08-35-41Z", restart="on-failure", healthcheck=None, command=command
-    )
-    return compose({"minio": good_service(image="minio/minio:RELEASE.2025-09-07T16-13-09Z"), "setup": setup})
+def _minio_pair(days: int | None, mc: bool = False) -> dict:
+    if mc:
+        command = [f"mc ilm rule add --expire-days {days} store/batch"] if days else ["true"]
+        image = "minio/mc:RELEASE.2025-08-13T08-35-41Z"
+    else:  # our runtime image's set-up job
+        command = ["python", "-m", "runtime.batch.bucket", "--bucket", "batch"]
+        command += ["--expire-days", str(days)] if days else []
+        image = "reg/vllm-gb10-runtime:0.1.0"
+    setup = good_service(image=image, restart="on-failure", healthcheck=None, command=command)
+    return compose({"minio": good_service(image="minio/minio:RELEASE.2025-09-07T16-13-09Z"), "minio-setup": setup})
 
 
-def test_result_lifecycle() -> None:
-    assert stack_violations("result-lifecycle", [(COPY, _minio_pair(7))]) == []
-    assert stack_violations("result-lifecycle", [(COPY, _minio_pair(30))])
-    assert stack_violations("result-lifecycle", [(COPY, _minio_pair(None))])
-    assert stack_violations("result-lifecycle", [(COPY, _minio_pair(30))], maxDays=30) == []
+@pytest.mark.parametrize("mc", [False, True])
+def test_result_lifecycle(mc: bool) -> None:
+    assert stack_violations("result-lifecycle", [(COPY, _minio_pair(7, mc))]) == []
+    assert stack_violations("result-lifecycle", [(COPY, _minio_pair(30, mc))])
+    assert stack_violations("result-lifecycle", [(COPY, _minio_pair(None, mc))])
+    assert stack_violations("result-lifecycle", [(COPY, _minio_pair(30, mc))], maxDays=30) == []
 
 
 def test_health_checks() -> None:

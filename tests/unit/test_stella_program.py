@@ -15,9 +15,12 @@ import yaml
 from pulumi.runtime import rpc
 
 from infra.config import ConfigError
-from infra.plan import Plan, build_plan
+from infra.plan import PROJECT_DIR, Plan, build_plan
+from infra.plan.policy_check import evaluate
 from infra.plan.recorder import MASK, unmarked_secrets
-from infra.plan.stackfile import placeholder
+from infra.plan.stackfile import placeholder, read_stack_file
+from infra.render.compose import FILES_LABEL, compose_document
+from infra.services import ServiceSpec
 from runtime.batch.settings import BatchSettings
 from tests.conftest import require_binary
 
@@ -77,7 +80,7 @@ def test_load_balancer_routes_to_every_vllm_server(stella: Plan) -> None:
     assert stella.outputs["vllmUrls"] == [f"http://{a}/v1" for _, a in servers]
     lb = compose(stella, "stella")["services"]["lb"]
     assert lb["volumes"] == ["./haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro"]
-    assert lb["ports"][0] == "0.0.0.0:8080:8080"
+    assert re.findall(r"^\s+bind (\S+)$", cfg, re.M) == ["0.0.0.0:8080", f"{STELLA_IP}:8404"]
 
 
 def test_vllm_servers_get_engine_args_model_cache_and_hf_token(stella: Plan) -> None:
@@ -92,10 +95,10 @@ def test_vllm_servers_get_engine_args_model_cache_and_hf_token(stella: Plan) -> 
         assert int(flags["--kv-cache-memory-bytes"]) > 64 * 8192 * 147_456  # sized explicitly on GB10
         assert "--enable-prefix-caching" in args
         assert "--swap-space" not in args
-        assert vllm["ports"] == [f"{ip}:8000:8000"]
+        assert flags["--host"] == ip and flags["--port"] == "8000"
         assert "model-cache:/models" in vllm["volumes"]
         assert vllm["environment"]["HF_TOKEN"].startswith("${HF_TOKEN:?")
-        assert "/health" in vllm["healthcheck"]["test"][-1]
+        assert f"http://{ip}:8000/health" in vllm["healthcheck"]["test"][-1]
 
 
 def _secrets_env(plan: Plan, host: str) -> dict[str, str]:
@@ -127,6 +130,8 @@ def test_batch_services_are_wired_to_redis_s3_and_the_load_balancer(
         assert (settings.redis_url.host, settings.redis_url.port) == (STELLA_IP, 6379)
         assert settings.redis_url.password == secrets["REDIS_PASSWORD"]
         assert settings.model == "Qwen/Qwen3-4B"
+        # The API has no metrics server of its own; the worker's binds the cluster address.
+        assert settings.worker_metrics_host == (STELLA_IP if name == "batch-worker" else "0.0.0.0")
     assert services["batch-api"]["command"][:3] == ["python", "-m", "runtime.batch.api"]
     assert services["batch-worker"]["command"] == ["python3", "-m", "runtime.batch.worker"]
 
@@ -144,13 +149,183 @@ def test_ray_workers_join_the_head(stella: Plan) -> None:
     assert stella.outputs["rayJobsAddress"] == f"http://{STELLA_IP}:8265"
 
 
-def test_data_services_bind_the_cluster_address_unless_published_on_purpose(stella: Plan) -> None:
+PUBLIC_SERVICES = {"lb", "batch-api", "grafana"}
+# Where each service says it listens: command-line flags, two environment variables, haproxy.cfg.
+LISTEN = re.compile(
+    r"(?:--bind|--host|--address|--console-address|--web\.listen-address|-a|listen_addresses|--node-ip-address"
+    r"|--dashboard-host)[= ](\S+)"
+)
+LISTEN_ENV = ("GF_SERVER_HTTP_ADDR", "BATCH_WORKER_METRICS_HOST")
+
+
+def _hosts_with_public_addresses(**addresses: str) -> str:
+    hosts = json.loads(read_stack_file(PROJECT_DIR, "stella").values["vllm-gb10:hosts"])
+    return json.dumps([{**h, "publicAddress": addresses[h["name"]]} for h in hosts])
+
+
+def _listen_addresses(plan: Plan, host: str) -> dict[str, set[str]]:
+    """service -> the addresses (no port) it is told to listen on."""
+    found = {}
+    for name, service in compose(plan, host)["services"].items():
+        text = " ".join(service.get("command", []))
+        if "ray start" in text:
+            text = re.sub(r"--address=\S+", "", text)  # the head to join, not a listen address
+        values = LISTEN.findall(text) + [
+            service.get("environment", {})[k] for k in LISTEN_ENV if k in service.get("environment", {})
+        ]
+        if name == "lb":
+            values += re.findall(r"^\s+bind (\S+)$", plan.files[f"{host}/haproxy.cfg"], re.M)
+        found[name] = {v.rsplit(":", 1)[0] if v.count(":") == 1 else v for v in values}
+    return found
+
+
+@pytest.mark.parametrize("overrides", [{}, {"parallelism": "tensor"}, {"batchEngine": "offline"}])
+def test_every_compose_service_runs_on_the_host_network_and_publishes_nothing(overrides: dict) -> None:
+    plan = build_plan("stella", overrides=overrides)
+    for host in ("stella", "nova"):
+        for name, service in compose(plan, host)["services"].items():
+            assert service["network_mode"] == "host", name
+            assert "ports" not in service and "expose" not in service, name
+
+
+def test_internal_services_bind_the_cluster_address_and_public_ones_every_interface_by_default(stella: Plan) -> None:
+    for host, ip in (("stella", STELLA_IP), ("nova", NOVA_IP)):
+        for name, addresses in _listen_addresses(stella, host).items():
+            if name == "minio-setup":
+                assert addresses == set(), "a one-shot listens on nothing"
+            elif name == "lb":
+                assert addresses == {"0.0.0.0", ip}, "clients on every interface, the stats page internal"
+            else:
+                assert addresses == ({"0.0.0.0"} if name in PUBLIC_SERVICES else {ip}), name
+
+
+def test_public_services_bind_the_public_address_and_everything_else_stays_on_the_cluster_address() -> None:
+    public = {"stella": "192.168.1.10", "nova": "192.168.1.11"}
+    plan = build_plan("stella", overrides={"hosts": _hosts_with_public_addresses(**public)})
+    for host, ip in (("stella", STELLA_IP), ("nova", NOVA_IP)):
+        for name, addresses in _listen_addresses(plan, host).items():
+            if name == "lb":
+                assert addresses == {public[host], ip}
+            elif name != "minio-setup":
+                assert addresses == ({public[host]} if name in PUBLIC_SERVICES else {ip}), name
+    services = compose(plan, "stella")["services"]
+    # Others reach a public service where it listens: the worker the load balancer, Prometheus the batch API.
+    assert services["batch-worker"]["environment"]["BATCH_VLLM_BASE_URL"] == "http://192.168.1.10:8080/v1"
+    scrape = yaml.safe_load(plan.files["stella/prometheus.yml"])["scrape_configs"]
+    assert [j["static_configs"][0]["targets"] for j in scrape if j["job_name"] == "batch-api"] == [
+        ["192.168.1.10:8100"]
+    ]
+
+
+def test_health_checks_probe_the_address_the_service_listens_on() -> None:
+    """A service bound to one address does not answer on 127.0.0.1 on the host network."""
+    for public, probe_public in (("0.0.0.0", STELLA_IP), ("192.168.1.10", "192.168.1.10")):
+        hosts = _hosts_with_public_addresses(stella=public, nova="0.0.0.0")
+        services = compose(build_plan("stella", overrides={"hosts": hosts}), "stella")["services"]
+        for name, service in services.items():
+            test = " ".join(service.get("healthcheck", {}).get("test", []))
+            assert "127.0.0.1" not in test and "localhost" not in test, name
+            if name not in ("lb", "minio-setup"):  # haproxy -c checks its file; the one-shot has none
+                assert (probe_public if name in PUBLIC_SERVICES else STELLA_IP) in test, name
+
+
+def test_public_data_services_bind_the_public_address_and_only_the_stack_flag_allows_it() -> None:
+    public = build_plan("stella", overrides={"publicDataServices": "true"})
+    listen = _listen_addresses(public, "stella")
+    for name in ("redis", "postgres"):
+        assert listen[name] == {"0.0.0.0"}, name
+    assert listen["minio"] == {"0.0.0.0", STELLA_IP}, "the S3 API public, the console internal"
+    assert public.outputs["minioEndpoint"] == f"http://{STELLA_IP}:9000"
+    assert not [v for v in public.violations if v.policy == "data-services-private"]
+    unexcused = {v.message.split(":")[0] for v in evaluate(public.recording) if v.policy == "data-services-private"}
+    assert unexcused == {"redis", "postgres", "minio"}
+    lan = build_plan(
+        "stella",
+        overrides={
+            "publicDataServices": "true",
+            "hosts": _hosts_with_public_addresses(stella="192.168.1.10", nova="0.0.0.0"),
+        },
+    )
+    assert _listen_addresses(lan, "stella")["redis"] == {"192.168.1.10"}
+    assert lan.outputs["minioEndpoint"] == "http://192.168.1.10:9000", "clients reach it where it listens"
+    unexcused = {v.message.split(":")[0] for v in evaluate(lan.recording) if v.policy == "data-services-private"}
+    assert unexcused == {"redis", "postgres", "minio"}
+
+
+def test_a_changed_mounted_file_changes_exactly_its_services_files_label(stella: Plan) -> None:
+    """Compose never looks inside a mounted file; the label makes `up` recreate the service whose file changed."""
+
+    def labels(plan: Plan) -> dict[tuple[str, str], str | None]:
+        return {
+            (host, name): service["labels"].get(FILES_LABEL)
+            for host in ("stella", "nova")
+            for name, service in compose(plan, host)["services"].items()
+        }
+
+    before = labels(stella)
+    assert {k for k, v in before.items() if v} == {("stella", "lb"), ("stella", "prometheus"), ("stella", "grafana")}
+    assert all(re.fullmatch(r"[0-9a-f]{64}", v) for v in before.values() if v)
+    for overrides, changed in (
+        ({"lbBalanceFactor": "200"}, {("stella", "lb")}),
+        ({"scrapeIntervalSeconds": "30"}, {("stella", "prometheus")}),
+        ({"prometheusPort": "9091"}, {("stella", "grafana")}),  # its data source URL
+        ({"vllmExtraArgs": '["--seed", "7"]', "redisPort": "6380"}, set()),  # no mounted file changes
+    ):
+        after = labels(build_plan("stella", overrides=overrides))
+        assert {k for k in before if after[k] != before[k]} == changed, overrides
+
+
+def test_each_host_is_its_own_compose_project_in_its_own_directory(stella: Plan) -> None:
+    """Two hosts on one Docker Engine must not remove each other's containers as orphans."""
+    names: list[set[str]] = []
+    for host in ("stella", "nova"):
+        document = compose(stella, host)
+        assert document["name"] == f"vllm-gb10-{host}"
+        assert document["x-vllm-gb10"] == {"host": host, "clusterAddress": STELLA_IP if host == "stella" else NOVA_IP}
+        names.append({s["container_name"] for s in document["services"].values()})
+        assert names[-1] == {f"vllm-gb10-{n}" for n in document["services"]}
+        copies = [
+            r
+            for r in stella.resources
+            if r["type"] == "command:remote:CopyToRemote" and r["parent"] == f"{host}-compose"
+        ]
+        assert copies and {r["inputs"]["remotePath"].rsplit("/", 1)[0] for r in copies} == {f"/opt/vllm-gb10/{host}"}
+        project = f"cd /opt/vllm-gb10/{host} && docker compose --project-name vllm-gb10-{host} --env-file .secrets.env"
+        up = resource(stella, "command:remote:Command", f"{host}-compose-up")["inputs"]["create"]
+        assert f"\ncd /opt/vllm-gb10/{host}\n" in up and up.count(project) == 2
+        assert project in resource(stella, "command:remote:Command", f"{host}-compose-teardown")["inputs"]["delete"]
+    assert not names[0] & names[1], "container names are unique across the hosts"
+
+
+def test_the_bucket_set_up_runs_our_runtime_image_and_the_batch_service_waits_for_it(
+    stella: Plan, monkeypatch: pytest.MonkeyPatch
+) -> None:
     services = compose(stella, "stella")["services"]
-    for name in DATA_SERVICES:
-        assert all(p.startswith(f"{STELLA_IP}:") for p in services[name]["ports"]), name
-    public = compose(build_plan("stella", overrides={"publicDataServices": "true"}), "stella")["services"]
-    for name in DATA_SERVICES:
-        assert public[name]["ports"][0].startswith("0.0.0.0:"), name
+    setup = services["minio-setup"]
+    assert setup["image"] == stella.outputs["runtimeImage"]
+    assert setup["restart"] == "on-failure" and setup["depends_on"] == {"minio": {"condition": "service_healthy"}}
+    secrets = _secrets_env(stella, "stella")
+    env = _interpolate(setup["environment"], secrets)
+    assert env == {"AWS_ACCESS_KEY_ID": "vllm-gb10", "AWS_SECRET_ACCESS_KEY": secrets["MINIO_ROOT_PASSWORD"]}
+    # `up --wait` takes an exited one-shot for a failure unless a service waits for it to complete.
+    for name in ("batch-api", "batch-worker"):
+        assert services[name]["depends_on"] == {"minio-setup": {"condition": "service_completed_successfully"}}
+    # The command is one that runtime.batch.bucket's own parser takes.
+    from runtime.batch import bucket
+
+    called = {}
+    monkeypatch.setattr(bucket, "s3_client", lambda endpoint: endpoint)
+    monkeypatch.setattr(
+        bucket,
+        "ensure_bucket",
+        lambda client, name, days: called.update(c=(client, name, days)) or {"Expiration": {"Days": days}},
+    )
+    assert setup["command"] == [
+        *("python", "-m", "runtime.batch.bucket", "--endpoint", f"http://{STELLA_IP}:9000"),
+        *("--bucket", "batch", "--expire-days", "7"),
+    ]
+    assert bucket.main(setup["command"][3:]) == 0
+    assert called["c"] == (stella.outputs["minioEndpoint"], "batch", 7)
 
 
 def test_redis_persists_with_aof(stella: Plan) -> None:
@@ -188,7 +363,9 @@ def test_ssh_connections_pin_the_host_key(stella: Plan) -> None:
 def test_preflight_checks_gpu_runtime_and_disk_on_every_host(stella: Plan) -> None:
     for host in ("stella", "nova"):
         create = resource(stella, "command:remote:Command", f"{host}-preflight")["inputs"]["create"]
-        assert create.startswith("REQUIRE_GPU=1\nMIN_FREE_GB=100\nREMOTE_DIR=/opt/vllm-gb10\nGPU_PATTERN=GB10\n")
+        assert create.startswith(
+            f"REQUIRE_GPU=1\nMIN_FREE_GB=100\nREMOTE_DIR=/opt/vllm-gb10/{host}\nGPU_PATTERN=GB10\n"
+        )
         assert "nvidia-smi" in create and "nvidia" in create and "df -Pk" in create
 
 
@@ -209,7 +386,9 @@ def test_images_are_built_for_arm64_pushed_and_pinned_by_digest(stella: Plan) ->
 def test_compose_is_applied_with_a_content_hash_and_torn_down_on_delete(stella: Plan) -> None:
     for host in ("stella", "nova"):
         up = resource(stella, "command:remote:Command", f"{host}-compose-up")["inputs"]
-        assert "up -d --remove-orphans" in up["create"] and up["update"] == up["create"]
+        # No separate pull: `--pull missing` keeps images the host already has; --wait returns when all are healthy.
+        assert "up -d --pull missing --remove-orphans --wait --wait-timeout 1200" in up["create"]
+        assert " pull " not in up["create"] and up["update"] == up["create"]
         assert re.fullmatch(r"[0-9a-f]{64}", up["triggers"][0])
         assert up["triggers"][0] in up["create"]
         assert up["stdin"] == MASK and len(up["triggers"]) == 1
@@ -336,3 +515,41 @@ def test_a_vllm_target_that_cannot_work_fails_naming_the_key(overrides: dict, ke
         build_plan("stella", overrides=overrides)
     assert str(caught.value).startswith(f"Pulumi.stella.yaml: vllm-gb10:{key}: ")
     assert words in str(caught.value)
+
+
+def test_a_batch_box_apart_from_the_data_host_runs_the_set_up_and_comes_up_after_the_data_host() -> None:
+    """compose cannot wait for a service on another host: the batch host's `up` runs after the data host's."""
+    hosts = json.loads(read_stack_file(PROJECT_DIR, "stella").values["vllm-gb10:hosts"])
+    hosts[0]["roles"], hosts[1]["roles"] = ["gpu", "ray-head", "data", "lb"], ["gpu", "batch"]
+    plan = build_plan("stella", overrides={"hosts": json.dumps(hosts)})
+    stella_services, nova_services = compose(plan, "stella")["services"], compose(plan, "nova")["services"]
+    assert "minio-setup" not in stella_services and "minio" in stella_services
+    setup = nova_services["minio-setup"]
+    assert "depends_on" not in setup and f"http://{STELLA_IP}:9000" in setup["command"]
+    assert nova_services["batch-api"]["depends_on"] == {"minio-setup": {"condition": "service_completed_successfully"}}
+
+    def up_depends_on(host: str) -> list[str]:
+        (up,) = [r for r in plan.recording.resources if r.name == f"{host}-compose-up"]
+        return up.depends_on
+
+    assert "stella-compose-up" in up_depends_on("nova") and "nova-compose-up" not in up_depends_on("stella")
+    assert "stella-compose-up" not in [d for r in build_plan("stella").recording.resources for d in r.depends_on]
+
+
+def test_a_one_shot_that_no_service_waits_for_is_refused() -> None:
+    """`up --wait` takes such a container's exit for a failure, so the file is never rendered."""
+    setup = ServiceSpec(name="setup", image="x:1", host="h", one_shot=True)
+    with pytest.raises(ValueError, match="one-shot setup on host h: no service on this host depends on it"):
+        compose_document([setup], "h", "10.0.0.1")
+    app = ServiceSpec(name="app", image="x:1", host="h", depends_on=("setup",))
+    service = compose_document([setup, app], "h", "10.0.0.1")["services"]["app"]
+    assert service["depends_on"] == {"setup": {"condition": "service_completed_successfully"}}
+
+
+def test_the_vllm_image_dockerfile_and_build_platform_come_from_the_stack() -> None:
+    plan = build_plan("stella", overrides={"vllmDockerfile": "images/Dockerfile.runtime", "imagePlatform": ""})
+    builds = {r["name"]: r["inputs"] for r in plan.resources if r["type"] == "docker-build:index:Image"}
+    assert builds["vllm-image-build"]["dockerfile"]["location"].endswith("images/Dockerfile.runtime")
+    assert not [b for b in builds.values() if b.get("platforms")], "empty: the building machine's own platform"
+    with pytest.raises(ConfigError, match=r"^Pulumi.stella.yaml: vllm-gb10:vllmDockerfile: no file 'images/nope'"):
+        build_plan("stella", overrides={"vllmDockerfile": "images/nope"})
