@@ -59,7 +59,9 @@ def wait_timeout_s(specs: list[ServiceSpec]) -> int:
     return max((s.healthcheck.start_period_s for s in specs if s.healthcheck), default=0) + WAIT_MARGIN_S
 
 
-def up_script(project_dir: str, host: str, content_hash: str, wait_timeout: int) -> str:
+def up_script(
+    project_dir: str, host: str, content_hash: str, wait_timeout: int, mounted_files: tuple[str, ...] = ()
+) -> str:
     """Write the secrets, then bring the project up and wait until every service is healthy.
 
     `--pull missing` pulls only images the host lacks (an image built or loaded there is used as
@@ -71,7 +73,10 @@ def up_script(project_dir: str, host: str, content_hash: str, wait_timeout: int)
             "set -eu",
             f"# content sha256 {content_hash}",
             f"cd {shlex.quote(project_dir)}",
-            f"umask 077 && cat > {SECRETS_FILE}",
+            f"(umask 077 && cat > {SECRETS_FILE})",
+            # The mounted files hold no secret, and the services read them as their own non-root users,
+            # whatever umask the SSH user's copies were made with.
+            *([f"chmod 0644 {' '.join(shlex.quote(f) for f in mounted_files)}"] if mounted_files else []),
             # GB10: page cache counts as used unified memory at vLLM start-up (DESIGN.md).
             "sync && (sudo -n sh -c 'echo 3 > /proc/sys/vm/drop_caches' 2>/dev/null "
             "|| echo 'warning: page caches not dropped (needs passwordless sudo)' >&2)",
@@ -142,7 +147,9 @@ class ComposeProject(pulumi.ComponentResource):
         env_text = pulumi.Output.secret(values.apply(secrets_env))
         content_hash = pulumi.Output.all(self.compose_file, *self.files.values()).apply(lambda parts: _sha256(*parts))
         wait_timeout = wait_timeout_s(specs)
-        script = content_hash.apply(lambda h: up_script(project_dir, host_name, h, wait_timeout))
+        script = content_hash.apply(
+            lambda h: up_script(project_dir, host_name, h, wait_timeout, tuple(sorted(self.files)))
+        )
         self.up = remote.Command(
             f"{name}-up",
             connection=host.connection,

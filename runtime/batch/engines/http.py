@@ -7,14 +7,17 @@ load balancer spreads a job over every backend instead of pinning it to one.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import httpx
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from runtime.batch import logs
 from runtime.batch.engines import Outcome, request_id, usage_of
 from runtime.batch.validation import RequestLine
 
+LOG = logging.getLogger(__name__)
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
@@ -35,8 +38,21 @@ class HttpEngine:
         self.client = httpx.AsyncClient(base_url=self.base_url, limits=limits, timeout=timeout_s)
 
     async def start(self) -> None:
-        response = await self.client.get("/v1/models")
-        response.raise_for_status()
+        """Wait until the pool answers: the worker may start before the load balancer or vLLM does
+        (another host, a slow model load), and should then wait, not crash-loop."""
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type((httpx.TransportError, httpx.HTTPStatusError)),
+            wait=wait_exponential(multiplier=0.5, max=10),
+            before_sleep=lambda state: LOG.warning(
+                "engine at %s not ready yet (%s); waiting",
+                self.base_url,
+                state.outcome.exception() if state.outcome else "",
+            ),
+            reraise=True,
+        ):
+            with attempt:
+                response = await self.client.get("/v1/models")
+                response.raise_for_status()
 
     async def run(self, request: RequestLine) -> Outcome:
         try:
