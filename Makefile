@@ -4,11 +4,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Real servers the integration tests start on loopback.
-APT_PACKAGES := redis-server postgresql haproxy prometheus
+# The stack test (make stack-up): Docker Engine, OpenSSH and mmdebstrap for the stand-in images.
+APT_PACKAGES := redis-server postgresql haproxy prometheus docker.io openssh-server openssh-client mmdebstrap
 STACKS := $(patsubst Pulumi.%.yaml,%,$(wildcard Pulumi.*.yaml))
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test setup system-deps install pip-check lint preview snapshot lock clean demo bench
+.PHONY: test setup system-deps install pip-check lint preview snapshot lock clean demo bench stack-up stack-down
 
 test: setup lint ## set up everything, lint, run the whole test suite
 	$(PY) -m pytest
@@ -44,7 +45,7 @@ pip-check:
 lint: install ## ruff, and hadolint on the Dockerfiles
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/hadolint images/Dockerfile.*
+	$(VENV)/bin/hadolint images/Dockerfile.* images/standins/*/Dockerfile
 
 preview: install ## offline plan of every stack into build/plan/<stack>/
 	@for s in $(STACKS); do $(PY) -m infra.plan --stack $$s || exit 1; done
@@ -55,6 +56,12 @@ snapshot: install ## refresh tests/snapshots/<stack>/ after an intended change t
 
 demo: install ## the batch runtime on this machine: a sample batch through the openai client, then stop
 	$(PY) -m runtime.local demo
+
+stack-up: setup ## the local stack (Pulumi.local.yaml) up for real on this machine: Docker, SSH on 127.0.0.2/.3
+	$(PY) -m infra.local up
+
+stack-down: install ## run the local stack's delete scripts and stop everything stack-up started
+	$(PY) -m infra.local down
 
 bench: install ## benchmarks: load balancer, batch service against vLLM run_batch, Ray offload job
 	$(PY) -m bench.lb

@@ -1,0 +1,211 @@
+"""The local stack up for real: Docker Engine, Compose and sshd on 127.0.0.2/.3, driven as a user would.
+
+One module-scoped stack: `make stack-up`'s code brings it up (our images built from our Dockerfiles,
+every remote script run over real SSH), the tests use it through its outputs, one re-applies two
+config changes, and the finaliser runs `stack-down` and checks nothing is left, pass or fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+
+from infra.local.stack import LocalStack, down, up
+
+pytestmark = pytest.mark.stack
+
+TIMEOUT_S = 600
+
+
+def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(0.5)
+
+
+class RunningStack:
+    def __init__(self, local: LocalStack, outputs: dict[str, Any], docker_env: dict[str, str]):
+        self.local = local
+        self.outputs = outputs
+        self.docker_env = docker_env
+
+    def docker(self, *args: str) -> str:
+        return subprocess.run(["docker", *args], env=self.docker_env, capture_output=True, text=True, check=True).stdout
+
+    def containers(self) -> dict[str, dict[str, Any]]:
+        ids = self.docker("ps", "-aq", "--filter", "label=dev.vllm-gb10.service").split()
+        return {c["Name"].lstrip("/"): c for c in json.loads(self.docker("inspect", *ids))}
+
+    def secrets(self) -> set[str]:
+        """Every secret the stack generated, as a user reads them from the outputs."""
+        values = {self.outputs[k] for k in ("batchApiKey", "grafanaAdminPassword", "minioSecretKey")}
+        for key in ("postgresUrl", "redisUrl"):
+            password = urlparse(self.outputs[key]).password
+            assert password, key
+            values.add(password)
+        return values
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    if os.geteuid() != 0:
+        pytest.fail("the stack test needs root (it starts sshd on loopback addresses and a private dockerd)")
+    state = tmp_path_factory.mktemp("stack-state")
+    local = LocalStack(state_dir=state, overrides={"remoteDir": str(state / "hosts")})
+    try:
+        outputs = up(local)
+        from infra.local.docker_engine import ensure_engine
+
+        yield RunningStack(local, outputs, ensure_engine(local.engine_dir).env)
+    finally:
+        down(local)  # raises when anything of the stack is left behind
+
+
+def test_batch_through_the_api_with_the_openai_client(stack: RunningStack, tmp_path: Path) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=stack.outputs["batchApiUrl"], api_key=stack.outputs["batchApiKey"], timeout=60)
+    ids = [f"req-{i}" for i in range(12)]
+    lines = [
+        {
+            "custom_id": cid,
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "tiny-llama", "messages": [{"role": "user", "content": f"count {cid}"}], "max_tokens": 4},
+        }
+        for cid in ids
+    ]
+    path = tmp_path / "requests.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    uploaded = client.files.create(file=path.open("rb"), purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    done = wait_for(
+        lambda: (
+            (b := client.batches.retrieve(batch.id)).status in {"completed", "failed", "expired", "cancelled"} and b
+        ),
+        TIMEOUT_S,
+        f"batch {batch.id} to finish",
+    )
+    assert done.status == "completed", done
+    assert done.request_counts.completed == len(ids) and done.request_counts.failed == 0
+    rows = [json.loads(line) for line in client.files.content(done.output_file_id).text.splitlines()]
+    assert sorted(r["custom_id"] for r in rows) == sorted(ids)
+    assert all(r["response"]["status_code"] == 200 for r in rows)
+
+
+def test_chat_through_the_load_balancer_reaches_both_hosts(stack: RunningStack) -> None:
+    url = stack.outputs["loadBalancerUrl"] + "/chat/completions"
+    backends: set[str] = set()
+    with httpx.Client(timeout=60) as http:
+        for session in range(64):
+            response = http.post(
+                url,
+                headers={"X-Session-ID": f"user-{session}"},
+                json={"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+            )
+            assert response.status_code == 200, response.text
+            backends.add(response.headers["X-LB-Backend"])
+            if len(backends) == 2:
+                break
+    assert backends == {"stella", "nova"}
+
+
+def test_a_ray_job_through_the_jobs_api(stack: RunningStack) -> None:
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(stack.outputs["rayJobsAddress"])
+    entrypoint = (
+        'python -c "import ray; ray.init(); '
+        "ips = ray.get([ray.remote(num_gpus=0.5)(lambda: ray.util.get_node_ip_address()).remote() for _ in range(4)]); "
+        "print('nodes', sorted(set(ips)))\""
+    )
+    job = client.submit_job(entrypoint=entrypoint)
+    status = wait_for(
+        lambda: (s := client.get_job_status(job)) in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED} and s,
+        TIMEOUT_S,
+        f"Ray job {job}",
+    )
+    assert status == JobStatus.SUCCEEDED, client.get_job_logs(job)
+    assert "nodes [" in client.get_job_logs(job)
+
+
+def test_prometheus_scrapes_every_target_and_loaded_the_rules(stack: RunningStack) -> None:
+    base = stack.outputs["prometheusUrl"]
+
+    def all_up() -> list[dict[str, Any]] | None:
+        targets = httpx.get(f"{base}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+        return targets if targets and all(t["health"] == "up" for t in targets) else None
+
+    try:
+        targets = wait_for(all_up, 120, "every Prometheus target up")
+    except AssertionError:
+        targets = httpx.get(f"{base}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+        down_ = [(t["scrapeUrl"], t["lastError"]) for t in targets if t["health"] != "up"]
+        raise AssertionError(f"targets not up: {down_}") from None
+    jobs = {t["labels"]["job"] for t in targets}
+    assert {"vllm", "haproxy", "batch-api", "batch-worker", "ray", "dcgm", "node"} <= jobs
+    groups = httpx.get(f"{base}/api/v1/rules", timeout=10).json()["data"]["groups"]
+    alerts = {rule["name"] for group in groups for rule in group["rules"]}
+    expected = set(
+        re.findall(r"^\s*- alert: (\w+)", (stack.local.project_dir / "infra/monitoring/alerts.yml").read_text(), re.M)
+    )
+    assert expected and alerts == expected
+
+
+def test_no_secret_in_rendered_files_container_config_or_logs(stack: RunningStack) -> None:
+    secrets = stack.secrets()
+    remote = Path(stack.local.overrides["remoteDir"])
+    rendered = [p for p in remote.rglob("*") if p.is_file() and p.name != ".secrets.env"]
+    assert rendered, f"no rendered files under {remote}"
+    for path in rendered:
+        text = path.read_text(errors="replace")
+        assert not [s for s in secrets if s in text], f"a secret in {path}"
+    env_file = next(remote.rglob(".secrets.env"))
+    assert oct(env_file.stat().st_mode & 0o777) == "0o600"
+    for name, info in stack.containers().items():
+        visible = json.dumps(
+            [
+                info["Config"].get("Cmd"),
+                info.get("Args"),
+                info["Config"].get("Labels"),
+                info["Config"].get("Entrypoint"),
+            ]
+        )
+        assert not [s for s in secrets if s in visible], f"a secret in docker inspect of {name}"
+        logs = subprocess.run(["docker", "logs", name], env=stack.docker_env, capture_output=True, text=True).stdout
+        assert not [s for s in secrets if s in logs], f"a secret in the logs of {name}"
+
+
+def test_config_changes_reach_exactly_the_services_they_affect(stack: RunningStack) -> None:
+    before = {name: c["Id"] for name, c in stack.containers().items()}
+    lb_cfg = stack.docker("exec", "vllm-gb10-lb", "cat", "/usr/local/etc/haproxy/haproxy.cfg")
+    assert "hash-balance-factor 150" in lb_cfg
+    changed = LocalStack(
+        state_dir=stack.local.state_dir,
+        overrides={**stack.local.overrides, "lbBalanceFactor": "175", "batchChunkSize": "7"},
+    )
+    up(changed)
+    after = stack.containers()
+    recreated = {name for name, c in after.items() if before.get(name) != c["Id"]}
+    assert recreated == {"vllm-gb10-lb", "vllm-gb10-batch-api", "vllm-gb10-batch-worker"}
+    assert "hash-balance-factor 175" in stack.docker(
+        "exec", "vllm-gb10-lb", "cat", "/usr/local/etc/haproxy/haproxy.cfg"
+    )
+    for name in ("vllm-gb10-batch-api", "vllm-gb10-batch-worker"):
+        assert "BATCH_CHUNK_SIZE=7" in after[name]["Config"]["Env"]
+    stack.local = changed

@@ -1,0 +1,55 @@
+"""Stack `local` is stella on one machine: the same program with another stack file, nothing else."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from infra.plan import PROJECT_DIR, build_plan
+from infra.plan.stackfile import read_stack_file
+
+# What Pulumi.local.yaml changes, and why: loopback hosts, the CPU image and its tiny model, small disks.
+EXPECTED_DIFFERENT_KEYS = {
+    "hosts",
+    "registry",
+    "vllmDockerfile",
+    "imagePlatform",
+    "model",
+    "servedModelName",
+    "modelConfigFile",
+    "maxModelLen",
+    "maxNumSeqs",
+    "gpuMemoryUtilization",
+    "kvCacheMemoryBytes",
+    "vllmExtraArgs",
+    "minFreeDiskGb",
+    "remoteDir",
+}
+
+
+def _values(stack: str) -> dict[str, str]:
+    return {k.split(":", 1)[1]: v for k, v in read_stack_file(PROJECT_DIR, stack).values.items()}
+
+
+def test_local_differs_from_stella_only_in_these_stack_file_keys() -> None:
+    stella, local = _values("stella"), _values("local")
+    different = {k for k in stella.keys() | local.keys() if stella.get(k) != local.get(k)}
+    # Secrets are placeholders in both; the private key name is the same.
+    assert different == EXPECTED_DIFFERENT_KEYS
+
+
+def test_stella_with_the_local_values_renders_exactly_the_local_files() -> None:
+    """No code path depends on the stack's name: stella given local's values renders local's files byte for byte."""
+    local_values = _values("local")
+    as_stella = build_plan("stella", overrides=local_values)
+    local = build_plan("local")
+    assert as_stella.files == local.files
+    assert set(local.files) >= {"stella/docker-compose.yml", "nova/docker-compose.yml", "stella/haproxy.cfg"}
+
+
+def test_local_hosts_are_loopback_and_use_the_same_names_and_roles_as_stella() -> None:
+    stella = yaml.safe_load((PROJECT_DIR / "Pulumi.stella.yaml").read_text())["config"]["vllm-gb10:hosts"]
+    local = json.loads(_values("local")["hosts"])
+    assert [(h["name"], sorted(h["roles"])) for h in local] == [(h["name"], sorted(h["roles"])) for h in stella]
+    assert all(h["address"].startswith("127.") for h in local)
