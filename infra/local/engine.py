@@ -126,7 +126,7 @@ class Providers(pulumi.runtime.Mocks):
         tag = inputs["tags"][0]
         context = self.project_dir / inputs["context"]["location"]
         dockerfile = self.project_dir / inputs["dockerfile"]["location"]
-        argv = ["docker", "build", "--network", "host", "-q", "-f", str(dockerfile), "-t", tag]
+        argv = ["docker", "build", "--network", "host", "--force-rm", "-q", "-f", str(dockerfile), "-t", tag]
         for key, value in sorted((inputs.get("buildArgs") or {}).items()):
             argv += ["--build-arg", f"{key}={value}"]
         platforms = [p for p in inputs.get("platforms") or [] if p]
@@ -138,7 +138,7 @@ class Providers(pulumi.runtime.Mocks):
         )
         if done.returncode != 0:
             tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-30:])
-            raise ValueError(f"docker build of {dockerfile.name} failed:\n{tail}")
+            raise ValueError(f"docker build of {inputs['dockerfile']['location']} failed:\n{tail}")
         image_id = done.stdout.strip().splitlines()[-1]
         verb = "same" if before is not None and before.outputs.get("digest") == image_id else "built"
         # The registry would give `tag@sha256:<digest>`; an image built in place has only its ID, which

@@ -258,7 +258,12 @@ def down(local: LocalStack, log: Log = print, *, verify: bool = True) -> None:
         stop_host(local.state_dir, host.name)
     local.state_file.unlink(missing_ok=True)
     local.outputs_file.unlink(missing_ok=True)
-    if docker is not None and docker.private and not _docker(docker.env, "ps", "-aq").split():
+    # The private dockerd is ours: stop it, unless another local stack (another state dir) still runs on it.
+    if (
+        docker is not None
+        and docker.private
+        and not _docker(docker.env, "ps", "-aq", "--filter", f"label={LABEL}").split()
+    ):
         stop_private_engine(local.engine_dir)
         log(f"stopped the private dockerd ({private_paths(local.engine_dir)['socket']})")
     if verify:

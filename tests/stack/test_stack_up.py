@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,9 +21,12 @@ from typing import Any
 from urllib.parse import urlparse
 
 import httpx
+import psutil
 import pytest
 
-from infra.local.stack import LocalStack, down, up
+from infra.local.engine import ApplyError
+from infra.local.stack import LocalStack, StackError, down, up
+from infra.plan import PROJECT_DIR
 
 pytestmark = pytest.mark.stack
 
@@ -61,10 +67,50 @@ class RunningStack:
         return values
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+def _require_root() -> None:
     if os.geteuid() != 0:
         pytest.fail("the stack test needs root (it starts sshd on loopback addresses and a private dockerd)")
+
+
+# These two run before the module's stack exists (its fixture starts at the first test that uses it).
+def test_a_port_already_taken_is_named_and_nothing_starts(tmp_path: Path) -> None:
+    _require_root()
+    local = LocalStack(state_dir=tmp_path / "state", overrides={"remoteDir": str(tmp_path / "hosts")})
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.2", 8000))
+        squatter.listen()
+        with pytest.raises(StackError, match=rf"127\.0\.0\.2:8000 is taken by pid {os.getpid()} \(python"):
+            up(local)
+    assert not (tmp_path / "state" / "hosts").exists()  # no sshd was started, no key made
+    assert not (tmp_path / "hosts").exists()
+
+
+def test_an_image_that_fails_to_build_is_named_and_the_stack_is_taken_down(tmp_path: Path) -> None:
+    _require_root()
+    bad = Path(tempfile.mkdtemp(dir=PROJECT_DIR / "build", prefix="bad-image-")) / "Dockerfile"
+    bad.write_text("FROM python:3.11.14-slim-bookworm\nRUN echo 'the seeded build failure' && exit 7\n")
+    local = LocalStack(
+        state_dir=tmp_path / "state",
+        overrides={"remoteDir": str(tmp_path / "hosts"), "vllmDockerfile": str(bad.relative_to(PROJECT_DIR))},
+    )
+    try:
+        with pytest.raises(
+            ApplyError,
+            match=r"(?s)vllm-image-build: docker build of .*bad-image-.*/Dockerfile failed.*non-zero code: 7",
+        ):
+            up(local)
+    finally:
+        shutil.rmtree(bad.parent)
+    assert not (tmp_path / "state" / "state.json").exists()
+    assert not [
+        p for p in psutil.process_iter(["name", "cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])
+    ], "an sshd of the failed stack is still running"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    _require_root()
     state = tmp_path_factory.mktemp("stack-state")
     local = LocalStack(state_dir=state, overrides={"remoteDir": str(state / "hosts")})
     try:
