@@ -212,9 +212,15 @@ def build_standins(docker_env: dict[str, str], work_dir: Path, *, log: Log = pri
     imported, and one build log per image. Raises RuntimeError naming the image that failed.
     """
     replaced = [_image_id(docker_env, BASE_IMAGE)]
-    build_base(docker_env, work_dir, log=log)
+    base_ready = False
     tags: list[str] = []
     for folder_name, tag in STANDINS:
+        if upstream_image(docker_env, tag, log=log):
+            tags.append(tag)
+            continue
+        if not base_ready:
+            build_base(docker_env, work_dir, log=log)
+            base_ready = True
         folder = STANDINS_DIR / folder_name
         dockerfile = folder / "Dockerfile"
         digest = tree_digest(folder, _image_id(docker_env, _parent(dockerfile)))
@@ -234,6 +240,19 @@ def build_standins(docker_env: dict[str, str], work_dir: Path, *, log: Log = pri
             raise _fail(f"building {tag}", result, log_file)
     _remove_replaced(docker_env, replaced)
     return tags
+
+
+def upstream_image(docker_env: Mapping[str, str], tag: str, *, log: Log = print) -> bool:
+    """True when the real upstream image is here or can be pulled (a machine that reaches its registry).
+
+    An image under that tag that carries our digest label is a stand-in, not the upstream image.
+    """
+    if _inspect(docker_env, tag) is not None:
+        return _label(docker_env, tag, DIGEST_LABEL) is None
+    if _run(["docker", "pull", "--quiet", tag], docker_env).returncode == 0:
+        log(f"{tag}: pulled from its registry")
+        return True
+    return False
 
 
 def _remove_replaced(docker_env: Mapping[str, str], image_ids: Sequence[str]) -> None:

@@ -53,3 +53,26 @@ def test_local_hosts_are_loopback_and_use_the_same_names_and_roles_as_stella() -
     local = json.loads(_values("local")["hosts"])
     assert [(h["name"], sorted(h["roles"])) for h in local] == [(h["name"], sorted(h["roles"])) for h in stella]
     assert all(h["address"].startswith("127.") for h in local)
+
+
+def test_every_third_party_image_of_the_local_stack_has_a_stand_in() -> None:
+    """What the compose files and our Dockerfiles pull must exist here: each is pulled or stood in."""
+    import re
+
+    from infra.local.images import STANDINS
+
+    plan = build_plan("local")
+    ours = {ref for ref in (plan.outputs["vllmImage"], plan.outputs["runtimeImage"])}
+    referenced = {
+        service["image"]
+        for name, text in plan.files.items()
+        if name.endswith("docker-compose.yml")
+        for service in yaml.safe_load(text)["services"].values()
+    } - ours
+    bases = {
+        match
+        for dockerfile in ("Dockerfile.cpu", "Dockerfile.runtime")
+        for match in re.findall(r"^FROM (\S+)", (PROJECT_DIR / "images" / dockerfile).read_text(), re.M)
+    }
+    assert referenced and bases
+    assert referenced | bases == {tag for _, tag in STANDINS}
