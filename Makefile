@@ -26,10 +26,13 @@ system-deps: ## Debian packages the tests need (installed only when missing)
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt
+# torch's CPU build is not on PyPI: it comes from the PyTorch CPU index, or a local wheel in pip's find-links.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+$(VENV)/.installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q --no-deps -r requirements.txt
+	$(PY) -m pip install -q --no-deps --extra-index-url $(TORCH_INDEX) "$$(grep '^torch==' requirements-dev.txt)"
+	$(PY) -m pip install -q --no-deps -r requirements-dev.txt
 	$(MAKE) --no-print-directory pip-check
 	touch $@
 
@@ -68,9 +71,9 @@ bench: install ## benchmarks: load balancer, batch service against vLLM run_batc
 	$(PY) -m bench.batch
 	$(PY) -m bench.offload
 
-lock: install ## re-freeze requirements.txt from the virtualenv (keeps the comment header)
-	{ grep '^#' requirements.txt; $(PY) -m pip freeze --all --exclude-editable --exclude pip; } > requirements.lock.tmp
-	mv requirements.lock.tmp requirements.txt
+lock: install ## re-freeze requirements-dev.txt from the virtualenv (keeps the comment header)
+	{ grep '^#' requirements-dev.txt; $(PY) -m pip freeze --all --exclude-editable --exclude pip; } > requirements.lock.tmp
+	mv requirements.lock.tmp requirements-dev.txt
 
 clean:
 	rm -rf build .pytest_cache

@@ -2,7 +2,7 @@
 
 Why: images/Dockerfile.cpu installs vLLM for the CPU with `pip install --no-deps`, so it needs the
 whole dependency closure pinned, and those pins must equal what the tests ran against (the venv,
-itself installed from requirements.txt). The same goes for the S3 server stand-in (moto), whose
+itself installed from requirements-dev.txt). The same goes for the S3 server stand-in (moto), whose
 constraints file lives in its build context, images/standins/minio/constraints.txt.
 
 Run with the venv's interpreter from the repository root:  .venv/bin/python images/lock_vllm_cpu.py

@@ -295,11 +295,11 @@ def test_every_policy_is_tested_and_levels_are_as_the_issue_says() -> None:
 def test_policy_pack_requirements_match_the_lock() -> None:
     lock = {
         line.split("==")[0].lower().replace("_", "-"): line.split("==")[1]
-        for line in (ROOT / "requirements.txt").read_text().splitlines()
+        for line in (ROOT / "requirements-dev.txt").read_text().splitlines()
         if "==" in line and not line.startswith("#")
     }
     images = ("requirements-runtime.txt", "requirements-offload.txt")
-    for name in ("policies/requirements.txt", "requirements-plan.txt", *images):
+    for name in ("policies/requirements.txt", "requirements.txt", *images):
         for line in (ROOT / name).read_text().splitlines():
             if "==" in line and not line.startswith("#"):
                 package, version = line.split("==")
