@@ -9,7 +9,7 @@ APT_PACKAGES := redis-server postgresql haproxy prometheus docker.io openssh-ser
 STACKS := $(patsubst Pulumi.%.yaml,%,$(wildcard Pulumi.*.yaml))
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test setup system-deps install pip-check lint preview snapshot lock clean demo bench stack-up stack-down
+.PHONY: test setup system-deps install pip-check lint preview snapshot lock clean demo bench stack-up stack-down smoke
 
 test: setup lint ## set up everything, lint, run the whole test suite
 	$(PY) -m pytest
@@ -65,6 +65,11 @@ stack-up: setup ## the local stack (Pulumi.local.yaml) up for real on this machi
 
 stack-down: install ## run the local stack's delete scripts and stop everything stack-up started
 	$(PY) -m infra.local down
+
+STACK ?= local
+smoke: install ## post-deploy check against STACK's outputs (local: build/stack/outputs.json; else the Pulumi CLI's)
+	@if [ "$(STACK)" = local ]; then $(PY) -m runtime.smoke --outputs build/stack/outputs.json; \
+	else pulumi stack output --stack $(STACK) --json --show-secrets | $(PY) -m runtime.smoke --outputs -; fi
 
 bench: install ## benchmarks: load balancer, batch service against vLLM run_batch, Ray offload job
 	$(PY) -m bench.lb

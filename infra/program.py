@@ -21,6 +21,7 @@ from infra.components.image import ContainerImage
 from infra.components.load_balancer import LoadBalancer
 from infra.components.monitoring import Monitoring
 from infra.components.object_store import ObjectStore
+from infra.components.post_deploy_check import PostDeployCheck
 from infra.components.postgres import Postgres
 from infra.components.ray_cluster import RayCluster
 from infra.components.redis import Redis
@@ -276,6 +277,18 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "settings": cfg.monitoring,
         },
     )
+    PostDeployCheck(
+        "post-deploy-check",
+        {
+            "platform": platform,
+            "host": placement.lb,
+            "image": runtime_image_ref,
+            "vllm_urls": vllm.urls,
+            "lb_url": lb.internal_url,
+            "batch_api_url": f"http://{batch.metrics_targets['batch-api']}/v1",
+            "model": cfg.vllm.served_name,
+        },
+    )
     platform.finish()
     return {
         "grafanaUrl": monitoring.grafana_url,
@@ -284,6 +297,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
         "loadBalancerUrl": lb.url,
         "loadBalancerStatsUrl": lb.stats_url,
         "vllmUrls": vllm.urls,
+        "servedModelName": cfg.vllm.served_name,
         "batchApiUrl": batch.url,
         "batchApiKey": batch.api_key,
         "rayDashboardUrl": ray.dashboard_url,

@@ -18,6 +18,9 @@ class Platform(Protocol):
     def deploy(self, spec: ServiceSpec, parent: pulumi.Resource) -> None:
         """Run `spec` (on `spec.host` where placement matters)."""
 
+    def run_after_deploy(self, spec: ServiceSpec, parent: pulumi.Resource) -> None:
+        """Run the one-shot check `spec` once the services are up; `pulumi up` fails when it fails."""
+
     def deploy_ray(
         self, name: str, head: ServiceSpec, workers: list[ServiceSpec], settings: RaySettings, parent: pulumi.Resource
     ) -> None:

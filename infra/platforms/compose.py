@@ -102,6 +102,7 @@ class ComposeProject(pulumi.ComponentResource):
     """The services of one host as a docker compose project."""
 
     compose_file: pulumi.Output[str]
+    content_hash: pulumi.Output[str]
     files: dict[str, pulumi.Output[str]]
     up: remote.Command
 
@@ -146,6 +147,7 @@ class ComposeProject(pulumi.ComponentResource):
         values = pulumi.Output.all(**secret_values) if secret_values else pulumi.Output.from_input({})
         env_text = pulumi.Output.secret(values.apply(secrets_env))
         content_hash = pulumi.Output.all(self.compose_file, *self.files.values()).apply(lambda parts: _sha256(*parts))
+        self.content_hash = content_hash
         wait_timeout = wait_timeout_s(specs)
         script = content_hash.apply(
             lambda h: up_script(project_dir, host_name, h, wait_timeout, tuple(sorted(self.files)))
@@ -187,12 +189,20 @@ class ComposePlatform:
     def __init__(self, hosts: dict[str, Gb10Host]):
         self._hosts = hosts
         self._specs: dict[str, list[ServiceSpec]] = {name: [] for name in hosts}
+        self._checks: list[tuple[ServiceSpec, pulumi.Resource]] = []
         self.projects: dict[str, ComposeProject] = {}
 
     def deploy(self, spec: ServiceSpec, parent: pulumi.Resource) -> None:
         if spec.host not in self._hosts:
             raise ValueError(f"service {spec.name} placed on unknown host {spec.host!r}")
         self._specs[spec.host].append(spec)
+
+    def run_after_deploy(self, spec: ServiceSpec, parent: pulumi.Resource) -> None:
+        """Run the one-shot `spec` with `docker run` on its host once every host's `up` has returned; a
+        failure fails `pulumi up`. It runs again whenever any host's project changed."""
+        if spec.host not in self._hosts:
+            raise ValueError(f"check {spec.name} placed on unknown host {spec.host!r}")
+        self._checks.append((spec, parent))
 
     def deploy_ray(
         self, name: str, head: ServiceSpec, workers: list[ServiceSpec], settings: RaySettings, parent: pulumi.Resource
@@ -229,9 +239,9 @@ class ComposePlatform:
         for host, specs in self._specs.items():
             local[host] = []
             for spec in specs:
-                remote = [d for d in spec.depends_on if where.get(d, host) != host]
-                after[host] |= {where[d] for d in remote}
-                local[host].append(replace(spec, depends_on=tuple(d for d in spec.depends_on if d not in remote)))
+                elsewhere = [d for d in spec.depends_on if where.get(d, host) != host]
+                after[host] |= {where[d] for d in elsewhere}
+                local[host].append(replace(spec, depends_on=tuple(d for d in spec.depends_on if d not in elsewhere)))
         for name in graphlib.TopologicalSorter(after).static_order():  # CycleError: hosts waiting for each other
             if local[name]:
                 host = self._hosts[name]
@@ -240,3 +250,25 @@ class ComposePlatform:
                     {"host": host, "specs": local[name], "after": [self.projects[h].up for h in sorted(after[name])]},
                     opts=pulumi.ResourceOptions(parent=host),
                 )
+        ups = [project.up for project in self.projects.values()]
+        hashes = [project.content_hash for project in self.projects.values()]
+        for spec, parent in self._checks:
+            host = self._hosts[spec.host]
+            script = pulumi.Output.from_input(spec.image).apply(lambda image, spec=spec: docker_run_script(spec, image))
+            remote.Command(
+                spec.name,
+                connection=host.connection,
+                create=script,
+                update=script,
+                triggers=hashes,
+                opts=pulumi.ResourceOptions(parent=parent, depends_on=ups),
+            )
+
+
+def docker_run_script(spec: ServiceSpec, image: str) -> str:
+    """`docker run` of a one-shot check on the host network, removed when it ends (no secrets: none allowed)."""
+    if spec.secrets:
+        raise ValueError(f"check {spec.name}: a check runs with docker run and cannot take secrets")
+    env = [f"--env={k}={v}" for k, v in sorted(spec.environment.items())]
+    argv = ["docker", "run", "--rm", "--network=host", f"--name={project_name(spec.host)}-{spec.name}", *env, image]
+    return " ".join(shlex.quote(str(a)) for a in [*argv, *spec.command])

@@ -9,6 +9,7 @@ LoadBalancer. This stack pulls images from the registry and builds nothing.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pulumi
@@ -107,6 +108,10 @@ class KubernetesPlatform:
         for port in spec.ports:
             if port.exposure is Exposure.PUBLIC and port.name == "http":
                 self._public.append((name, port.published or port.container))
+
+    def run_after_deploy(self, spec: ServiceSpec, parent: pulumi.Resource) -> None:
+        """A Job: Pulumi waits for it to complete, and the check itself retries until the servers answer."""
+        self.deploy(replace(spec, one_shot=True), parent)
 
     def deploy_ray(
         self, name: str, head: ServiceSpec, workers: list[ServiceSpec], settings: RaySettings, parent: pulumi.Resource

@@ -13,6 +13,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -188,6 +189,17 @@ def test_a_ray_job_through_the_jobs_api(stack: RunningStack) -> None:
     )
     assert status == JobStatus.SUCCEEDED, client.get_job_logs(job)
     assert "nodes [" in client.get_job_logs(job)
+
+
+def test_the_post_deploy_check_passes_from_the_outputs_as_make_smoke_runs_it(stack: RunningStack) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime.smoke", "--outputs", str(stack.local.outputs_file), "--timeout", "60"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("ok: vLLM") == 2 and "ok: chat completion through the load balancer" in done.stdout
 
 
 def test_prometheus_scrapes_every_target_and_loaded_the_rules(stack: RunningStack) -> None:

@@ -1,0 +1,44 @@
+"""The post-deploy check (the seeds' test.sh) as a resource: `pulumi up` succeeds only once every vLLM
+server answers /health and a chat completion goes through the load balancer (runtime.smoke)."""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+import pulumi
+
+from infra.platforms import Platform
+from infra.services import ServiceSpec
+
+CHECK_TIMEOUT_S = 900  # a model may still be loading after its container reports healthy elsewhere
+
+
+class PostDeployCheckArgs(TypedDict):
+    platform: Platform
+    host: str  # where it runs: the load balancer's host (compose)
+    image: pulumi.Input[str]  # the runtime image
+    vllm_urls: list[str]
+    lb_url: str
+    batch_api_url: str
+    model: str
+
+
+class PostDeployCheck(pulumi.ComponentResource):
+    def __init__(self, name: str, args: PostDeployCheckArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("vllm-gb10:check:PostDeployCheck", name, None, opts)
+        command = ["python", "-m", "runtime.smoke", "--lb", args["lb_url"], "--model", args["model"]]
+        for url in args["vllm_urls"]:
+            command += ["--vllm", url]
+        command += ["--batch-api", args["batch_api_url"], "--timeout", str(CHECK_TIMEOUT_S)]
+        args["platform"].run_after_deploy(
+            ServiceSpec(
+                name=name,
+                host=args["host"],
+                image=args["image"],
+                command=tuple(command),
+                memory_limit="256m",
+                one_shot=True,
+            ),
+            parent=self,
+        )
+        self.register_outputs({})
