@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shlex
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypedDict
 
@@ -13,6 +17,29 @@ from infra.config import Host
 
 PREFLIGHT_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "preflight.sh"
 GB10_PATTERN = "GB10"
+
+
+RUN_STAMP_ENV = "VLLM_GB10_RUN_STAMP"
+
+
+def run_stamp() -> str:
+    """This run's stamp: the time, unless $VLLM_GB10_RUN_STAMP fixes it (the offline plan does, so that
+    two plans of the same code compare equal)."""
+    return os.environ.get(RUN_STAMP_ENV) or datetime.now(UTC).isoformat()
+
+
+@contextmanager
+def pinned_run_stamp(value: str) -> Iterator[None]:
+    """Run the program with this stamp (the plan: a constant; the local engine: this run's), then restore."""
+    before = os.environ.get(RUN_STAMP_ENV)
+    os.environ[RUN_STAMP_ENV] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(RUN_STAMP_ENV, None)
+        else:
+            os.environ[RUN_STAMP_ENV] = before
 
 
 class Gb10HostArgs(TypedDict):
@@ -75,6 +102,9 @@ class Gb10Host(pulumi.ComponentResource):
             connection=self.connection,
             create=script,
             update=script,
+            # A new stamp each run replaces the command, so the preflight runs on every `pulumi up`
+            # (a disk that filled up or a driver that went away is caught before anything changes).
+            triggers=[run_stamp()],
             opts=pulumi.ResourceOptions(parent=self),
         )
         self.register_outputs({"address": host.address, "bindIp": self.bind_ip, "publicAddress": self.public_address})

@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from pulumi.runtime import rpc, settings
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
+from infra.components.host import pinned_run_stamp
 from infra.config import PROJECT
 from infra.local.ssh import Connection, RemoteError, copy_text, run_script
 from infra.local.state import State, digest, plain
@@ -191,7 +193,8 @@ def apply(
     pulumi.runtime.set_mocks(providers, project=PROJECT, stack=stack, preview=False, monitor=monitor)
     pulumi.runtime.set_all_config(config, secret_keys)
     try:
-        _sync_await(run_pulumi_func(main))
+        with pinned_run_stamp(datetime.now(UTC).isoformat()):  # this run's: the preflights run again
+            _sync_await(run_pulumi_func(main))
     except Exception as err:  # the SDK re-raises a provider's failure wrapped in its own types
         if not providers.failures:
             raise

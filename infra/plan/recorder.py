@@ -93,6 +93,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
 
 def run_program(stack: str, config: dict[str, str], secret_keys: list[str]) -> Recording:
     """Run infra.program.main for `stack` with `config`; raises what the program raises."""
+    from infra.components.host import pinned_run_stamp
     from infra.program import main  # the program imports pulumi resources; keep this import late
 
     recording = Recording()
@@ -101,7 +102,8 @@ def run_program(stack: str, config: dict[str, str], secret_keys: list[str]) -> R
     monitor = RecordingMonitor(mocks, recording)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
     pulumi.runtime.set_all_config(config, secret_keys)
-    _sync_await(run_pulumi_func(main))
+    with pinned_run_stamp("offline-plan"):  # a plan is a pure function of code and config
+        _sync_await(run_pulumi_func(main))
     root = settings.get_root_resource()
     for name, value in (root.outputs if root is not None else {}).items():
         output = pulumi.Output.from_input(value)

@@ -257,7 +257,11 @@ def test_config_changes_reach_exactly_the_services_they_affect(stack: RunningSta
         state_dir=stack.local.state_dir,
         overrides={**stack.local.overrides, "lbBalanceFactor": "175", "batchChunkSize": "7"},
     )
-    up(changed)
+    lines: list[str] = []
+    up(changed, log=lines.append)
+    # The preflight runs on every `up` (a stamp replaces it), whatever changed.
+    replaced = {line.split()[2] for line in lines if "(replaced" in line}
+    assert {"stella-preflight", "nova-preflight"} <= replaced, lines
     after = stack.containers()
     recreated = {name for name, c in after.items() if before.get(name) != c["Id"]}
     assert recreated == {"vllm-gb10-lb", "vllm-gb10-batch-api", "vllm-gb10-batch-worker"}
