@@ -172,7 +172,12 @@ class VllmSettings(_Frozen):
     )
     port: int = _key("vllmPort", 8000, "Port of each vLLM OpenAI server.", ge=1, le=65535)
     extra_args: list[str] = _key("vllmExtraArgs", [], "Raw extra vLLM CLI flags, appended last (overrides).")
-    memory_limit: str = _key("vllmMemoryLimit", "110g", "Container memory limit of vLLM.", pattern=r"^\d+[kmg]$")
+    memory_limit: str = _key(
+        "vllmMemoryLimit",
+        "",
+        "Container memory limit of vLLM; empty: its gpu_memory_utilization share of the host plus 4 GiB.",
+        pattern=r"^(\d+[kmg])?$",
+    )
 
     @property
     def served_name(self) -> str:

@@ -27,13 +27,14 @@ from infra.components.ray_cluster import RayCluster
 from infra.components.redis import Redis
 from infra.components.vllm import VllmService
 from infra.config import PROJECT, ConfigError, Parallelism, Platform, Role, StackConfig, load, stack_file
+from infra.memory import LIMITS
 from infra.platforms.compose import ComposePlatform
 from infra.platforms.kubernetes import KubernetesPlatform
 from infra.render.monitoring import ScrapeJob
-from infra.vllm_sizing import engine_args, size_vllm
+from infra.vllm_sizing import engine_args, size_vllm, vllm_memory_limit
+from runtime.kvcache import PROFILES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DATA_MEMORY_LIMITS = {"redis": "4g", "minio": "4g", "postgres": "8g"}
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,9 @@ def _compose(cfg: StackConfig, secrets: StackSecrets) -> tuple[ComposePlatform, 
         gpu=[h.name for h in cfg.hosts_with(Role.GPU)],
         nodes=[h.name for h in cfg.hosts],
     )
-    return ComposePlatform(hosts), vllm_image.ref, runtime_image.ref, placement
+    gb10_gib = PROFILES[cfg.vllm.host_profile].gpu_memory_gib
+    budgets = {h.name: gb10_gib for h in cfg.hosts_with(Role.GPU)}  # other hosts' size is not configured
+    return ComposePlatform(hosts, stack=cfg.stack, memory_gib=budgets), vllm_image.ref, runtime_image.ref, placement
 
 
 K8S_GPU_PLACEMENT = "gb10"  # names the GB10 node's pods (vllm-gb10, ray-worker-gb10) whatever its label
@@ -163,7 +166,8 @@ def docker_config_json(registry: str, username: str, password: str) -> str:
 
 def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
     """Declare every resource of the stack; return the stack outputs."""
-    vllm_engine_args = engine_args(cfg, size_vllm(cfg, REPO_ROOT))
+    kv_plan = size_vllm(cfg, REPO_ROOT)
+    vllm_engine_args = engine_args(cfg, kv_plan)
     if cfg.platform is Platform.COMPOSE:
         platform, vllm_image_ref, runtime_image_ref, placement = _compose(cfg, secrets)
     else:
@@ -178,7 +182,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "host": data_host,
             "port": cfg.data.redis_port,
             "public": public,
-            "memory_limit": DATA_MEMORY_LIMITS["redis"],
+            "memory_limit": LIMITS["redis"],
         },
     )
     store = ObjectStore(
@@ -191,7 +195,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "bucket": cfg.data.bucket,
             "retention_days": cfg.data.result_retention_days,
             "public": public,
-            "memory_limit": DATA_MEMORY_LIMITS["minio"],
+            "memory_limit": LIMITS["minio"],
             "setup_image": runtime_image_ref,
             "setup_host": placement.batch,  # beside the batch service, which waits for it
         },
@@ -205,7 +209,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "database": cfg.data.postgres_db,
             "user": cfg.data.postgres_user,
             "public": public,
-            "memory_limit": DATA_MEMORY_LIMITS["postgres"],
+            "memory_limit": LIMITS["postgres"],
         },
     )
 
@@ -232,6 +236,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "engine_args": vllm_engine_args,
             "hf_token": secrets.hf_token,
             "ray_gcs_address": ray.gcs_address,
+            "memory_limit": vllm_memory_limit(cfg, kv_plan, vllm_engine_args),
         },
     )
     lb = LoadBalancer(

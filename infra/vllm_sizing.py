@@ -8,14 +8,18 @@ fails with the stack file and key named.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
-from infra.config import PROJECT, ConfigError, Parallelism, Role, StackConfig, stack_file
+from infra.config import PROJECT, ConfigError, Parallelism, Platform, Role, StackConfig, stack_file
+from infra.memory import gpu_node_reserved_gib, reserved_gib
 from runtime.kvcache import PROFILES, KvPlan, ModelConfigError, PlanError, Target, load_model_shape, plan
 from runtime.kvcache.catalog import catalog_config, catalog_models
 
-POLICY_KEYS = {"model": "model", "max_model_len": "maxModelLen", "concurrency": "maxNumSeqs"}
+POLICY_KEYS = {"model": "model", "max_model_len": "maxModelLen", "concurrency": "maxNumSeqs", "reserved": "hosts"}
+# Beyond what vLLM allocates for weights, KV and its overhead: the API server, tokenizers, Python.
+PROCESS_HEADROOM_GIB = 4
 
 
 def size_vllm(cfg: StackConfig, project_dir: Path) -> KvPlan:
@@ -41,13 +45,38 @@ def size_vllm(cfg: StackConfig, project_dir: Path) -> KvPlan:
     if vllm.host_profile not in PROFILES:
         raise fail("hostProfile", f"{vllm.host_profile!r} is not one of {', '.join(sorted(PROFILES))}")
     gpus = 1 if vllm.parallelism is Parallelism.REPLICA else len(cfg.hosts_with(Role.GPU))
+    _refuse_two_engines(cfg)
+    reserved = reserved_gib(cfg) if cfg.platform is Platform.COMPOSE else gpu_node_reserved_gib()
     try:
         shape = load_model_shape(config_path).per_gpu(gpus, vllm.parallelism.value)
-        return plan(shape, PROFILES[vllm.host_profile], Target(vllm.max_model_len, vllm.max_num_seqs))
+        target = Target(vllm.max_model_len, vllm.max_num_seqs)
+        return plan(shape, PROFILES[vllm.host_profile], target, reserved_gib=reserved)
     except ModelConfigError as err:
         raise fail("modelConfigFile", str(err)) from None
     except PlanError as err:
         raise fail(POLICY_KEYS[err.target], str(err)) from None
+
+
+def _refuse_two_engines(cfg: StackConfig) -> None:
+    """The offline batch engine is a second vLLM: beside a vLLM server on one GB10 it would get no memory
+    (vLLM refuses, or the box freezes), so it needs a host of its own."""
+    if cfg.platform is not Platform.COMPOSE or cfg.batch.engine != "offline":
+        return
+    batch = cfg.host_with(Role.BATCH)
+    if Role.GPU in batch.roles:
+        raise ConfigError(
+            f"{stack_file(cfg.stack)}: {PROJECT}:batchEngine: offline runs a second vLLM engine on host {batch.name}, "
+            f"which already serves vLLM (role gpu): two engines on one GB10 cannot be sized together; give the batch "
+            f"role to a host without the gpu role, or use batchEngine http"
+        )
+
+
+def vllm_memory_limit(cfg: StackConfig, kv_plan: KvPlan, args: dict[str, Any]) -> str:
+    """vllmMemoryLimit, else what the engine may use (its gpu_memory_utilization of the host) plus headroom."""
+    if cfg.vllm.memory_limit:
+        return cfg.vllm.memory_limit
+    util = float(args.get("gpu_memory_utilization", kv_plan.gpu_memory_utilization))
+    return f"{math.ceil(util * PROFILES[cfg.vllm.host_profile].gpu_memory_gib) + PROCESS_HEADROOM_GIB}g"
 
 
 def engine_args(cfg: StackConfig, kv_plan: KvPlan) -> dict[str, Any]:

@@ -12,11 +12,12 @@ from typing import TypedDict
 import pulumi
 
 from infra.config import RaySettings
+from infra.memory import LIMITS
 from infra.platforms import Platform
 from infra.services import HealthCheck, ServiceSpec
 
-HEAD_MEMORY = "8g"
-WORKER_MEMORY = "48g"
+HEAD_MEMORY = LIMITS["ray-head"]
+WORKER_MEMORY = LIMITS["ray-worker"]  # within the GB10's one memory budget (infra.memory)
 WORKER_AGENT_PORT = 52366  # the head's dashboard agent keeps Ray's default 52365; vLLM's Ray uses 52367
 # What the scheduler reserves for a worker beside vLLM on the GB10 node; the offload job peaks
 # under 2 GB (bench/offload.py), the limit leaves room for bigger work.

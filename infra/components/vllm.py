@@ -34,6 +34,7 @@ class VllmServiceArgs(TypedDict):
     engine_args: dict[str, Any]  # from infra.vllm_sizing: the KV policy plus overrides
     hf_token: pulumi.Input[str] | None
     ray_gcs_address: str  # head host:port, used in tensor/pipeline mode
+    memory_limit: str  # from infra.vllm_sizing: what the engine may use on the host, plus headroom
 
 
 class VllmService(pulumi.ComponentResource):
@@ -56,7 +57,7 @@ class VllmService(pulumi.ComponentResource):
             secrets=secrets,
             volumes=(MODEL_CACHE,),
             gpu=True,
-            memory_limit=settings.memory_limit,
+            memory_limit=args["memory_limit"],
             shm_size="16g",
             stateful=False,
         )

@@ -21,6 +21,7 @@ from pulumi_command import remote
 
 from infra.components.host import Gb10Host
 from infra.config import RaySettings
+from infra.memory import check_host_budgets
 from infra.render.compose import project_name, render_compose
 from infra.services import Exposure, ServiceSpec, host_port
 
@@ -186,8 +187,11 @@ class ComposePlatform:
 
     nodes_addressable = True
 
-    def __init__(self, hosts: dict[str, Gb10Host]):
+    def __init__(self, hosts: dict[str, Gb10Host], *, stack: str = "", memory_gib: dict[str, float] | None = None):
+        """`memory_gib`: host -> GiB the container limits placed there may add up to (GB10 hosts)."""
         self._hosts = hosts
+        self._stack = stack
+        self._memory_gib = memory_gib or {}
         self._specs: dict[str, list[ServiceSpec]] = {name: [] for name in hosts}
         self._checks: list[tuple[ServiceSpec, pulumi.Resource]] = []
         self.projects: dict[str, ComposeProject] = {}
@@ -233,6 +237,8 @@ class ComposePlatform:
         """One project per host. A service that waits for one on another host (the batch box for the
         data host's bucket set-up) cannot say so in its compose file: its host's `up` runs after that
         host's `up`, which returns only once everything there is healthy or complete."""
+        for host, size in self._memory_gib.items():
+            check_host_budgets(self._stack, {host: [(s.name, s.memory_limit) for s in self._specs[host]]}, size)
         where = {spec.name: host for host, specs in self._specs.items() for spec in specs}
         after: dict[str, set[str]] = {host: set() for host in self._specs}
         local: dict[str, list[ServiceSpec]] = {}

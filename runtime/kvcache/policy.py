@@ -9,6 +9,7 @@ is sized explicitly with `kv_cache_memory_bytes` and utilisation stays at 0.85 o
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -120,8 +121,12 @@ def _gib(value: float) -> str:
     return f"{value / GIB:.1f} GiB" if value >= GIB else f"{value / 1024**2:.1f} MiB"
 
 
-def plan(model: ModelShape, host: HostProfile, target: Target) -> KvPlan:
-    """Decide KV dtype and sizes for `target` on `host`; raise PlanError when it cannot work."""
+def plan(model: ModelShape, host: HostProfile, target: Target, reserved_gib: float = 0.0) -> KvPlan:
+    """Decide KV dtype and sizes for `target` on `host`; raise PlanError when it cannot work.
+
+    `reserved_gib`: memory the services beside vLLM may use on a unified-memory host. It comes out of
+    vLLM's share (the profile's headroom stays for the OS); a discrete GPU's memory is vLLM's alone.
+    """
     if target.concurrency < 1:
         raise PlanError(f"concurrency must be at least 1, not {target.concurrency}", "concurrency")
     max_len = target.max_model_len or min(model.max_position_embeddings, DEFAULT_CONTEXT_CAP)
@@ -132,6 +137,21 @@ def plan(model: ModelShape, host: HostProfile, target: Target) -> KvPlan:
             "max_model_len",
         )
     util = host.max_gpu_memory_utilization
+    if host.unified and reserved_gib > 0:
+        util = math.floor((util - reserved_gib / host.gpu_memory_gib) * 100) / 100
+        if util <= 0:
+            raise PlanError(
+                f"the services beside vLLM reserve {reserved_gib:.1f} GiB of {host.name}'s "
+                f"{host.gpu_memory_gib:g} GiB, leaving vLLM nothing within gpu_memory_utilization "
+                f"{host.max_gpu_memory_utilization:.2f}; move roles to another host",
+                "reserved",
+            )
+        notes_reserved = [
+            f"{reserved_gib:.1f} GiB reserved for the services beside vLLM on this host: gpu_memory_utilization "
+            f"{host.max_gpu_memory_utilization:.2f} - {reserved_gib:.1f}/{host.gpu_memory_gib:g} = {util:.2f}"
+        ]
+    else:
+        notes_reserved = []
     usable = int(host.gpu_memory_gib * GIB * util)
     overhead = int(host.overhead_gib * GIB)
     budget = usable - model.weights_bytes - overhead
@@ -156,7 +176,7 @@ def plan(model: ModelShape, host: HostProfile, target: Target) -> KvPlan:
             f"({longest['auto']} with auto)",
             "max_model_len",
         )
-    notes: list[str] = []
+    notes: list[str] = list(notes_reserved)
     if fit_seqs["auto"] >= target.concurrency:
         dtype, fp8_needed, fits = "auto", False, True
     elif fit_seqs["fp8"] >= target.concurrency:

@@ -114,7 +114,9 @@ def test_plan_evaluates_the_policy_pack_and_stella_has_no_mandatory_violation(st
 
 
 def test_a_mandatory_policy_violation_makes_the_plan_exit_non_zero(tmp_path: Path) -> None:
-    text = (ROOT / "Pulumi.stella.yaml").read_text() + '  vllm-gb10:gpuMemoryUtilization: "0.9"\n'
+    text = (
+        ROOT / "Pulumi.stella.yaml"
+    ).read_text() + '  vllm-gb10:gpuMemoryUtilization: "0.9"\n  vllm-gb10:vllmMemoryLimit: 40g\n'
     (tmp_path / "Pulumi.stella.yaml").write_text(text)
     result = plan_cli("--stack", "stella", "--project-dir", str(tmp_path), "--out", str(tmp_path / "out"))
     assert result.returncode == 1

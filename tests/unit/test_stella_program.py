@@ -28,6 +28,17 @@ STELLA_IP, NOVA_IP = "10.10.10.1", "10.10.10.2"
 DATA_SERVICES = ("redis", "postgres", "minio")
 
 
+def _offline_apart() -> dict[str, str]:
+    """The offline batch engine needs a host without a vLLM server: a third box with the batch role."""
+    hosts = yaml.safe_load(Path("Pulumi.stella.yaml").read_text())["config"]["vllm-gb10:hosts"]
+    hosts[0]["roles"] = [r for r in hosts[0]["roles"] if r != "batch"]
+    box = {**hosts[1], "name": "batchbox", "address": "10.10.10.3", "clusterAddress": "10.10.10.3", "roles": ["batch"]}
+    return {"batchEngine": "offline", "hosts": json.dumps([*hosts, box])}
+
+
+OFFLINE_APART = _offline_apart()
+
+
 @pytest.fixture(scope="module")
 def stella() -> Plan:
     return build_plan("stella")
@@ -90,9 +101,11 @@ def test_vllm_servers_get_engine_args_model_cache_and_hf_token(stella: Plan) -> 
         assert args[:3] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
         flags = dict(itertools.pairwise(args))  # flag -> the word after it
         assert flags["--model"] == "Qwen/Qwen3-4B"
-        assert flags["--gpu-memory-utilization"] == "0.85"  # the KV policy's GB10 ceiling
-        assert flags["--kv-cache-dtype"] == "auto"  # 64 x 8192 tokens fit in bf16
-        assert int(flags["--kv-cache-memory-bytes"]) > 64 * 8192 * 147_456  # sized explicitly on GB10
+        # The KV policy's GB10 ceiling 0.85, less the neighbours' limits on stella (infra.memory): 0.40.
+        assert flags["--gpu-memory-utilization"] == "0.40"
+        # 64 x 8192 tokens no longer fit in bf16 once the neighbours have their share: fp8 (README: KV policy).
+        assert flags["--kv-cache-dtype"] == "fp8"
+        assert int(flags["--kv-cache-memory-bytes"]) > 30 * 2**30  # sized explicitly on GB10: all of its KV budget
         assert "--enable-prefix-caching" in args
         assert "--swap-space" not in args
         assert flags["--host"] == ip and flags["--port"] == "8000"
@@ -179,7 +192,7 @@ def _listen_addresses(plan: Plan, host: str) -> dict[str, set[str]]:
     return found
 
 
-@pytest.mark.parametrize("overrides", [{}, {"parallelism": "tensor"}, {"batchEngine": "offline"}])
+@pytest.mark.parametrize("overrides", [{}, {"parallelism": "tensor"}, OFFLINE_APART])
 def test_every_compose_service_runs_on_the_host_network_and_publishes_nothing(overrides: dict) -> None:
     plan = build_plan("stella", overrides=overrides)
     for host in ("stella", "nova"):
@@ -377,7 +390,7 @@ def test_images_are_built_for_arm64_pushed_and_pinned_by_digest(stella: Plan) ->
         assert inputs["buildOnPreview"] is False and inputs["push"] is True
         assert inputs["tags"][0].startswith("stella.lan:5000/")
     assert builds["vllm-image-build"]["dockerfile"]["location"].endswith("images/Dockerfile.gb10")
-    assert builds["vllm-image-build"]["buildArgs"] == {"CUDA_ARCH": "12.1", "VLLM_VERSION": "v0.11.0"}
+    assert builds["vllm-image-build"]["buildArgs"] == {"CUDA_ARCH": "12.1", "VLLM_VERSION": "0.32.0"}
     services = compose(stella, "nova")["services"]
     assert services["vllm-nova"]["image"] == stella.outputs["vllmImage"]
     assert "@sha256:" in stella.outputs["vllmImage"]
@@ -425,8 +438,8 @@ def test_tensor_parallel_runs_one_server_across_both_boxes_over_ray() -> None:
 
 
 def test_offline_batch_engine_runs_the_worker_on_the_gpu_image() -> None:
-    plan = build_plan("stella", overrides={"batchEngine": "offline"})
-    worker = compose(plan, "stella")["services"]["batch-worker"]
+    plan = build_plan("stella", overrides=OFFLINE_APART)
+    worker = compose(plan, "batchbox")["services"]["batch-worker"]
     assert worker["image"] == plan.outputs["vllmImage"]
     assert "reservations" in worker["deploy"]["resources"]
     assert worker["environment"]["BATCH_ENGINE"] == "offline"
@@ -437,7 +450,7 @@ def _compose_schema() -> dict:
     return json.loads((vendor / "compose-spec.json").read_text())
 
 
-@pytest.mark.parametrize("overrides", [{}, {"parallelism": "tensor"}, {"batchEngine": "offline"}])
+@pytest.mark.parametrize("overrides", [{}, {"parallelism": "tensor"}, OFFLINE_APART])
 def test_every_compose_file_validates_against_the_compose_specification(overrides: dict) -> None:
     plan = build_plan("stella", overrides=overrides)
     schema = _compose_schema()
@@ -474,6 +487,7 @@ def test_explicit_stack_keys_override_the_kv_policy_and_extra_args_come_last() -
         overrides={
             "kvCacheDtype": "fp8",
             "gpuMemoryUtilization": "0.7",
+            "vllmMemoryLimit": "60g",  # the derived limit (0.7 of the host) would not fit beside the neighbours
             "kvCacheMemoryBytes": str(40 * 2**30),
             "vllmExtraArgs": '["--seed", "7"]',
         },
