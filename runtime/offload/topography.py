@@ -34,7 +34,7 @@ def _stage(timings: dict[str, float], name: str) -> Iterator[None]:
     log.info("stage %s took %.2fs", name, timings[name])
 
 
-def run_topography(params: TopographyParams, *, gpu_requested: bool = False) -> dict[str, Any]:
+def run_topography(params: TopographyParams, *, gpu_requested: bool = False, gpu_note: str = "") -> dict[str, Any]:
     """Run the whole job here and return its run record (also written to `<results_table>_runs`).
 
     Bad input raises EmbeddingInputError before anything is written.
@@ -67,7 +67,7 @@ def run_topography(params: TopographyParams, *, gpu_requested: bool = False) -> 
             "params": params.stored(),
             "timings": timings,
             "versions": {"python": platform.python_version(), **backend.versions},
-            "resources": {"gpu_requested": gpu_requested, "backend_note": backend.reason},
+            "resources": {"gpu_requested": gpu_requested, "backend_note": gpu_note or backend.reason},
         }
         with _stage(timings, "write"):
             record["resources"]["worker_peak_rss_bytes"] = peak_rss_bytes()
@@ -86,9 +86,9 @@ def run_topography(params: TopographyParams, *, gpu_requested: bool = False) -> 
     return record
 
 
-def _remote_entry(params: dict[str, Any], gpu_requested: bool) -> dict[str, Any]:
+def _remote_entry(params: dict[str, Any], gpu_requested: bool, gpu_note: str = "") -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    record = run_topography(TopographyParams.model_validate(params), gpu_requested=gpu_requested)
+    record = run_topography(TopographyParams.model_validate(params), gpu_requested=gpu_requested, gpu_note=gpu_note)
     record["resources"]["worker_peak_rss_bytes"] = peak_rss_bytes()
     return record
 
@@ -96,11 +96,19 @@ def _remote_entry(params: dict[str, Any], gpu_requested: bool) -> dict[str, Any]
 def topography_on_ray(params: TopographyParams) -> dict[str, Any]:
     """Run the job as one task on the connected Ray cluster (ray.init first) and return its record.
 
-    The task asks for a GPU when the cluster has one, and runs in a fresh worker process
-    (max_calls=1) so the memory it takes is given back when it ends.
+    The task asks for a GPU when one is free now, and runs in a fresh worker process (max_calls=1)
+    so the memory it takes is given back when it ends. A GPU the cluster has but someone holds (vLLM's
+    placement group over both boxes in tensor/pipeline mode holds every GPU for as long as it serves)
+    is not waited for: asking for it would queue the task forever, so it runs on the CPU and says why.
     """
     import ray
 
-    gpu_requested = params.use_gpu == "auto" and ray.cluster_resources().get("GPU", 0) >= 1
+    total = ray.cluster_resources().get("GPU", 0)
+    gpu_requested = params.use_gpu == "auto" and ray.available_resources().get("GPU", 0) >= 1
+    note = ""
+    if params.use_gpu == "auto" and total >= 1 and not gpu_requested:
+        note = (
+            f"the cluster's {total:g} GPU(s) were all held by other work (e.g. vLLM's placement group): ran on the CPU"
+        )
     task = ray.remote(num_gpus=1 if gpu_requested else 0, max_calls=1, max_retries=0)(_remote_entry)
-    return ray.get(task.remote(params.model_dump(), gpu_requested))
+    return ray.get(task.remote(params.model_dump(), gpu_requested, note))

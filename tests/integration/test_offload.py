@@ -153,6 +153,33 @@ def test_the_interactive_ray_client_path_runs_the_same_task(planted, ray_head: R
     assert len(points(dsn, "interactive")) == len(truth)
 
 
+_WITH_THE_GPU_HELD = (
+    "import json, sys\n"
+    "import ray\n"
+    "from ray.util.placement_group import placement_group\n"
+    "from runtime.offload.params import TopographyParams\n"
+    "from runtime.offload.topography import topography_on_ray\n"
+    "ray.init(address=sys.argv[1])\n"
+    "held = placement_group([{'GPU': 1}])  # as vLLM's placement group holds the GPUs in tensor mode\n"
+    "ray.get(held.ready(), timeout=60)\n"
+    "params = TopographyParams(dsn=sys.argv[2], query=sys.argv[3], run_id='gpu-held')\n"
+    "print(json.dumps(topography_on_ray(params)))\n"
+)
+
+
+def test_a_gpu_held_by_other_work_is_not_waited_for(planted, ray_head: RayHead) -> None:
+    dsn, truth = planted
+    result = subprocess.run(
+        [sys.executable, "-c", _WITH_THE_GPU_HELD, ray_head.address, dsn, QUERY],
+        cwd=ROOT, capture_output=True, text=True, timeout=CLI_TIMEOUT, env={**os.environ, **ray_head.client_env},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert record["rows"] == len(truth) and record["device"] == "cpu"
+    assert record["resources"]["gpu_requested"] is False
+    assert "GPU(s) were all held by other work" in record["resources"]["backend_note"]
+
+
 _SET_PYTHON_VERSION = """
 import json, sys
 from ray._common.usage.usage_constants import CLUSTER_METADATA_KEY as KEY
