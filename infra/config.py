@@ -112,15 +112,26 @@ class ImageSettings(_Frozen):
     registry_username: str = _key("registryUsername", "", "Registry user; empty for a registry without auth.")
     image_tag: str = _key("imageTag", "0.1.0", "Tag of the images built by this stack.", pattern=r"^[\w][\w.-]{0,127}$")
     vllm_version: str = _key(
-        "vllmVersion", "v0.11.0", "vLLM git tag built into the GB10 image.", pattern=r"^v\d+\.\d+\.\d+$"
+        "vllmVersion",
+        "0.32.0",
+        "vLLM release of the GB10 image: its prebuilt base must carry it (checked at build); the source build "
+        "compiles tag v<version>. The tests parse our command lines with this version's CPU build.",
+        pattern=r"^\d+\.\d+\.\d+$",
     )
-    cuda_arch: str = _key("cudaArch", "12.1", "CUDA compute capability of the GPU (GB10: 12.1).")
+    cuda_arch: str = _key(
+        "cudaArch", "12.1", "CUDA compute capability the source build compiles for (GB10: 12.1); prebuilt: unused."
+    )
     builder: str = _key("imageBuilder", "", "buildx builder to use (e.g. a remote arm64 builder); empty: default.")
     vllm_dockerfile: str = _key(
         "vllmDockerfile",
         "images/Dockerfile.gb10",
         "Dockerfile of the vLLM image (path from the project root); a local stack builds images/Dockerfile.cpu.",
         pattern=r"^[\w.-][\w./-]*$",
+    )
+    pull_by_digest: bool = _key(
+        "pullByDigest",
+        True,
+        "Pull third-party images by tag and digest; false: by tag only (a local stack whose stand-ins carry the tags).",
     )
     platform: str = _key(
         "imagePlatform",

@@ -29,6 +29,7 @@ from infra.components.vllm import VllmService
 from infra.config import PROJECT, ConfigError, Parallelism, Platform, Role, StackConfig, load, stack_file
 from infra.memory import LIMITS
 from infra.platforms.compose import ComposePlatform
+from infra.platforms.image_refs import with_image_refs
 from infra.platforms.kubernetes import KubernetesPlatform
 from infra.render.monitoring import ScrapeJob
 from infra.vllm_sizing import engine_args, size_vllm, vllm_memory_limit
@@ -172,6 +173,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
         platform, vllm_image_ref, runtime_image_ref, placement = _compose(cfg, secrets)
     else:
         platform, vllm_image_ref, runtime_image_ref, placement = _kubernetes(cfg, secrets)
+    platform = with_image_refs(platform, cfg.image.pull_by_digest)
     data_host = placement.data
     public = cfg.data.public
 

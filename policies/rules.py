@@ -43,13 +43,19 @@ K8S_WORKLOADS = {
 RAY_CLUSTER = "kubernetes:ray.io/v1:RayCluster"
 # An access key ID is an identifier, not a secret (AWS and MinIO treat it so).
 SECRET_NAME = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|ACCESS_?KEY(?!_?ID)|PRIVATE_?KEY|CREDENTIAL)", re.I)
+# Names that hold an access key ID under another name: RustFS's root access key is the S3 user name
+# (its secret is RUSTFS_SECRET_KEY).
+ACCESS_KEY_ID_NAMES = frozenset({"RUSTFS_ACCESS_KEY"})
 INTERPOLATION = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*(:?[?-][^}]*)?\}$")
 URL_WITH_PASSWORD = re.compile(r"://[^/@\s:]*:[^/@\s$]+@")
-DATA_SERVICE = re.compile(r"(^|[/-])(redis|postgres|pgvector|minio|ray)([:/-]|$)")
+DATA_SERVICE = re.compile(r"(^|[/-])(redis|postgres|pgvector|minio|rustfs|ray)([:/-]|$)")
+# The S3 servers the stacks have run: RustFS now, MinIO before (its images left Docker Hub in 2026).
+S3_SERVER_IMAGE = re.compile(r"(^|/)(rustfs/rustfs|minio/minio)[:@]")
 VLLM_SERVER = re.compile(r"vllm\.entrypoints\.openai\.api_server|\bvllm serve\b")
 ANY_ADDRESS = {"", "0.0.0.0", "::", "[::]", "*"}
-# Flags that set where a data service listens: redis --bind, postgres listen_addresses, MinIO
-# --address/--console-address, Ray --node-ip-address/--dashboard-host (and --host of other servers).
+# Flags that set where a data service listens: redis --bind, postgres listen_addresses, the S3
+# server's (RustFS, as MinIO) --address/--console-address, Ray --node-ip-address/--dashboard-host
+# (and --host of other servers).
 LISTEN_FLAG = re.compile(
     r"(?<![\w-])(--bind|--host|--address|--console-address|--node-ip-address|--dashboard-host|listen_addresses)"
     r"[= ](\S+)"
@@ -249,7 +255,8 @@ def validate_no_plaintext_secrets(args: ResourceValidationArgs, report: ReportVi
         for key, value in w.env.items():
             if value is None or value == "" or INTERPOLATION.match(value):
                 continue
-            if SECRET_NAME.search(key) or URL_WITH_PASSWORD.search(value):
+            named_secret = SECRET_NAME.search(key) and key not in ACCESS_KEY_ID_NAMES
+            if named_secret or URL_WITH_PASSWORD.search(value):
                 report(f"{w.name}: environment {key} holds a literal secret; take it from the secrets file or a Secret")
         if re.search(r"--requirepass\s+(?![\"']?\$)\S", w.command_text):
             report(f"{w.name}: --requirepass is given a literal password")
@@ -373,18 +380,18 @@ def _pinned_to_node(spec: dict, key: str, values: set[str]) -> bool:
 
 
 def validate_result_lifecycle(args: StackValidationArgs, report: ReportViolation) -> None:
-    """Across the stack: the MinIO bucket setup may be another object (a Kubernetes Job) than MinIO."""
+    """Across the stack: the bucket set-up may be another object (a Kubernetes Job) than the S3 server."""
     limit = int(_config(args, "maxDays", 7))
     services = [w for r in args.resources for w in workloads(r.resource_type, r.props, r.name)]
-    minio = [w for w in services if "minio/minio" in w.image]
-    if not minio:
+    servers = [w for w in services if S3_SERVER_IMAGE.search(w.image)]
+    if not servers:
         return
     # `mc ilm rule add --expire-days N`, or our set-up job `python -m runtime.batch.bucket ... --expire-days N`
     rules = [int(m.group(1)) for w in services for m in re.finditer(r"--expire-days[= ](\d+)", w.command_text)]
     if not rules:
-        report(f"MinIO ({minio[0].name}) has no lifecycle rule: batch results never expire")
+        report(f"S3 server ({servers[0].name}) has no lifecycle rule: batch results never expire")
     elif max(rules) > limit:
-        report(f"MinIO results expire after {max(rules)} days, more than {limit}")
+        report(f"S3 results expire after {max(rules)} days, more than {limit}")
 
 
 def validate_health_checks(args: ResourceValidationArgs, report: ReportViolation) -> None:
@@ -414,7 +421,7 @@ POLICIES: list[ResourceValidationPolicy | StackValidationPolicy] = [
     ),
     ResourceValidationPolicy(
         "data-services-private",
-        "Redis, Postgres, MinIO and Ray ports stay inside the host or cluster unless config allows.",
+        "Redis, Postgres, the S3 server and Ray ports stay inside the host or cluster unless config allows.",
         validate_data_services_private,
         MANDATORY,
         PolicyConfigSchema({"allowPublicDataServices": {"type": "boolean", "default": False}}),
@@ -448,7 +455,7 @@ POLICIES: list[ResourceValidationPolicy | StackValidationPolicy] = [
     ),
     StackValidationPolicy(
         "result-lifecycle",
-        "Batch results in MinIO expire within the retention period.",
+        "Batch results in the S3 server expire within the retention period.",
         validate_result_lifecycle,
         ADVISORY,
         PolicyConfigSchema({"maxDays": {"type": "integer", "default": 7, "minimum": 1}}),

@@ -11,7 +11,9 @@ from infra.platforms import Platform
 from infra.render.haproxy import Backend, LoadBalancerConfig, render_haproxy_cfg
 from infra.services import ConfigFile, Exposure, HealthCheck, Port, ServiceSpec, host_port
 
-HAPROXY_IMAGE = "haproxy:3.2.4-bookworm"
+# HAProxy 3.2 LTS, patch 3.2.24 (Alpine variant); digest as pinned in a public project (one source
+# seen: verify with `docker buildx imagetools inspect haproxy:3.2.24-alpine` when moving it).
+HAPROXY_IMAGE = "haproxy:3.2.24-alpine@sha256:1aca32ee932b96d2a75f1882909325839dd23c138ba9c6fd26e4d88179f30f13"
 CONFIG_PATH = "/usr/local/etc/haproxy/haproxy.cfg"
 
 

@@ -24,10 +24,15 @@ from infra.render.monitoring import (
 )
 from infra.services import ConfigFile, Exposure, HealthCheck, HostPath, Port, Secret, ServiceSpec, Volume, host_port
 
-PROMETHEUS_IMAGE = "prom/prometheus:v3.5.0"
-GRAFANA_IMAGE = "grafana/grafana:12.1.1"
-DCGM_EXPORTER_IMAGE = "nvcr.io/nvidia/k8s/dcgm-exporter:4.2.3-4.1.3-ubuntu22.04"
-NODE_EXPORTER_IMAGE = "prom/node-exporter:v1.9.1"
+# Third-party images by tag and multi-arch digest, each as pinned in several public projects (README
+# "Third-party images" lists them). DCGM exporter: no published multi-arch digest was found for this
+# tag (only a linux/amd64 manifest), so it is pinned by its exact release tag alone.
+PROMETHEUS_IMAGE = "prom/prometheus:v3.15.0@sha256:efd719c99d83b060d9daefdcf00360461adf279f45ef5391f8d111892118753e"
+GRAFANA_IMAGE = "grafana/grafana:13.2.3@sha256:b28bae15e219c998fb0e0424ed724930cc61b1f61fb404d47c862f9a23f9e572"
+DCGM_EXPORTER_IMAGE = "nvcr.io/nvidia/k8s/dcgm-exporter:4.5.2-4.8.1-ubuntu22.04"
+NODE_EXPORTER_IMAGE = (
+    "prom/node-exporter:v1.12.1@sha256:1b4e4438faca4dd7e001dd445d161a4a2091b0fededa84093b3a8dfeae1f1be0"
+)
 DCGM_PORT, NODE_PORT = 9400, 9100
 RULES_PATH = "/etc/prometheus/alerts.yml"
 DASHBOARDS_DIR = "/etc/grafana/dashboards"

@@ -1,5 +1,10 @@
-"""MinIO (S3 API) for batch inputs and results; a one-shot job creates the bucket and its
+"""The S3 server (RustFS) for batch inputs and results; a one-shot job creates the bucket and its
 lifecycle rule so results expire after the retention period (OpenAI keeps batch output 7 days).
+
+RustFS, not MinIO: MinIO ships source only since October 2025 and its images left Docker Hub in
+September 2026. RustFS (Apache-2.0) publishes multi-arch (linux/arm64) images with its security
+fixes; README "Object store" says why it was chosen. The service keeps the name `minio` (and the
+config keys and outputs theirs) so existing stacks, volumes and clients carry over unchanged.
 
 The job runs our runtime image (`python -m runtime.batch.bucket`, S3 API only), which sets the
 rule idempotently on a new bucket and an old one alike."""
@@ -14,7 +19,10 @@ from infra.components.secrets import generated_password
 from infra.platforms import Platform
 from infra.services import Exposure, HealthCheck, Port, Secret, ServiceSpec, Volume, host_port
 
-MINIO_IMAGE = "minio/minio:RELEASE.2025-09-07T16-13-09Z"
+# rustfs/rustfs 1.0.0 (2026-09-16, the latest stable release), multi-arch index digest (linux/amd64,
+# linux/arm64), the same as ghcr.io/rustfs/rustfs:1.0.0. Digest as published in several projects'
+# pins, one of which records the image's behaviour (RUSTFS_* credentials, curl, /health/ready).
+S3_SERVER_IMAGE = "rustfs/rustfs:1.0.0@sha256:8cc9801755448b71a786705ce76692c77e14936cccd87cf2fc31842e58f4d1ff"
 ACCESS_KEY = "vllm-gb10"
 
 
@@ -55,18 +63,33 @@ class ObjectStore(pulumi.ComponentResource):
             ServiceSpec(
                 name=name,
                 host=host,
-                image=MINIO_IMAGE,
-                command=("server", "/data", "--address", host_port(bind, port), "--console-address", console),
-                environment={"MINIO_ROOT_USER": ACCESS_KEY},
-                secrets=(Secret("MINIO_ROOT_PASSWORD", self.secret_key),),
+                image=S3_SERVER_IMAGE,
+                # The image's entrypoint runs /usr/bin/rustfs with these arguments.
+                command=(
+                    "rustfs",
+                    "--address",
+                    host_port(bind, port),
+                    "--console-enable",
+                    "--console-address",
+                    console,
+                    "/data",
+                ),
+                environment={
+                    "RUSTFS_ACCESS_KEY": ACCESS_KEY,
+                    "RUSTFS_CHECK_UPDATE": "false",  # no call home at start-up
+                    "RUSTFS_OBS_LOG_DIRECTORY": "",  # logs on stdout, not a file in the container
+                },
+                secrets=(Secret("RUSTFS_SECRET_KEY", self.secret_key),),
                 ports=(
                     Port(port, port, exposure, "s3"),
                     Port(args["console_port"], args["console_port"], Exposure.INTERNAL, "console"),
                 ),
                 volumes=(Volume("minio-data", "/data", size_gi=500),),
                 healthcheck=HealthCheck(
-                    # MC_HOST_self defines the alias `self` at the address MinIO listens on (no config file).
-                    command=("sh", "-c", f"MC_HOST_self=http://{host_port(probe, port)} mc ready self"),
+                    # RustFS's readiness endpoint, at the address it listens on (the image ships curl).
+                    command=("curl", "-fsS", "-o", "/dev/null", f"http://{host_port(probe, port)}/health/ready"),
+                    http_path="/health/ready",
+                    http_port=port,
                     interval_s=10,
                     start_period_s=10,
                 ),

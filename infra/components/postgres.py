@@ -10,7 +10,10 @@ from infra.components.secrets import generated_password
 from infra.platforms import Platform
 from infra.services import Exposure, HealthCheck, Port, Secret, ServiceSpec, Volume
 
-POSTGRES_IMAGE = "pgvector/pgvector:0.8.1-pg17"
+# pgvector 0.8.6 on PostgreSQL 17 (Debian bookworm); digest as pinned in several public projects.
+POSTGRES_IMAGE = (
+    "pgvector/pgvector:0.8.6-pg17-bookworm@sha256:cf134a767f474095eeba57e0117be8e568e011a63f33fbf252f14c9b760f8e6f"
+)
 
 
 class PostgresArgs(TypedDict):

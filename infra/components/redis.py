@@ -10,7 +10,9 @@ from infra.components.secrets import generated_password
 from infra.platforms import Platform
 from infra.services import Exposure, HealthCheck, Port, Secret, ServiceSpec, Volume
 
-REDIS_IMAGE = "redis:7.4.6-bookworm"
+# Redis 8.8.3 (Debian-based official image); digest as pinned in a public project's test containers
+# (one source seen: verify with `docker buildx imagetools inspect redis:8.8.3` when moving it).
+REDIS_IMAGE = "redis:8.8.3@sha256:b2ba68d56e7e7ea88b64f4eaf307bceafc012079f227ed795785f4283a592dc0"
 
 
 class RedisArgs(TypedDict):

@@ -81,17 +81,19 @@ BASE_CHANGES = (
     'CMD ["bash"]',
 )
 
-# (folder under images/standins, upstream tag), in build order.
+# (folder under images/standins, upstream tag), in build order. The components pin these images by
+# tag and digest; stack `local` (pullByDigest: false) references them by these tags, which a locally
+# built image can carry (never upstream's digest).
 STANDINS: tuple[tuple[str, str], ...] = (
     ("python", "python:3.11.14-slim-bookworm"),
-    ("redis", "redis:7.4.6-bookworm"),
-    ("pgvector", "pgvector/pgvector:0.8.1-pg17"),
-    ("haproxy", "haproxy:3.2.4-bookworm"),
-    ("prometheus", "prom/prometheus:v3.5.0"),
-    ("node-exporter", "prom/node-exporter:v1.9.1"),
-    ("grafana", "grafana/grafana:12.1.1"),
-    ("dcgm-exporter", "nvcr.io/nvidia/k8s/dcgm-exporter:4.2.3-4.1.3-ubuntu22.04"),
-    ("minio", "minio/minio:RELEASE.2025-09-07T16-13-09Z"),
+    ("redis", "redis:8.8.3"),
+    ("pgvector", "pgvector/pgvector:0.8.6-pg17-bookworm"),
+    ("haproxy", "haproxy:3.2.24-alpine"),
+    ("prometheus", "prom/prometheus:v3.15.0"),
+    ("node-exporter", "prom/node-exporter:v1.12.1"),
+    ("grafana", "grafana/grafana:13.2.3"),
+    ("dcgm-exporter", "nvcr.io/nvidia/k8s/dcgm-exporter:4.5.2-4.8.1-ubuntu22.04"),
+    ("rustfs", "rustfs/rustfs:1.0.0"),
 )
 
 Log = Callable[[str], None]

@@ -9,12 +9,14 @@ import yaml
 from infra.plan import PROJECT_DIR, build_plan
 from infra.plan.stackfile import read_stack_file
 
-# What Pulumi.local.yaml changes, and why: loopback hosts, the CPU image and its tiny model, small disks.
+# What Pulumi.local.yaml changes, and why: loopback hosts, the CPU image and its tiny model, small disks,
+# and third-party images by tag (stand-ins carry upstream's tags, never its digests).
 EXPECTED_DIFFERENT_KEYS = {
     "hosts",
     "registry",
     "vllmDockerfile",
     "imagePlatform",
+    "pullByDigest",
     "model",
     "servedModelName",
     "modelConfigFile",
@@ -76,3 +78,25 @@ def test_every_third_party_image_of_the_local_stack_has_a_stand_in() -> None:
     }
     assert referenced and bases
     assert referenced | bases == {tag for _, tag in STANDINS}
+
+
+def _third_party_images(plan: object) -> dict[str, str]:
+    """service name -> image, for every compose service that runs a third-party image."""
+    ours = {plan.outputs["vllmImage"], plan.outputs["runtimeImage"]}  # type: ignore[attr-defined]
+    return {
+        f"{name.split('/')[0]}/{service_name}": service["image"]
+        for name, text in plan.files.items()  # type: ignore[attr-defined]
+        if name.endswith("docker-compose.yml")
+        for service_name, service in yaml.safe_load(text)["services"].items()
+        if service["image"] not in ours
+    }
+
+
+def test_local_runs_stellas_third_party_images_by_their_tags() -> None:
+    """The only image difference: stella pulls name:tag@sha256:…, local runs name:tag (its stand-in)."""
+    from infra.platforms.image_refs import tag_only
+
+    stella, local = _third_party_images(build_plan("stella")), _third_party_images(build_plan("local"))
+    assert stella.keys() == local.keys()
+    assert {k: tag_only(v) for k, v in stella.items()} == local
+    assert all("@sha256:" not in ref for ref in local.values())

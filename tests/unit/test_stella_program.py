@@ -139,7 +139,7 @@ def test_batch_services_are_wired_to_redis_s3_and_the_load_balancer(
         settings = BatchSettings()
         assert str(settings.vllm_base_url) == f"http://{STELLA_IP}:8080/v1"
         assert str(settings.s3_endpoint_url).rstrip("/") == stella.outputs["minioEndpoint"]
-        assert settings.s3_secret_access_key.get_secret_value() == secrets["MINIO_ROOT_PASSWORD"]
+        assert settings.s3_secret_access_key.get_secret_value() == secrets["RUSTFS_SECRET_KEY"]
         assert (settings.redis_url.host, settings.redis_url.port) == (STELLA_IP, 6379)
         assert settings.redis_url.password == secrets["REDIS_PASSWORD"]
         assert settings.model == "Qwen/Qwen3-4B"
@@ -319,7 +319,7 @@ def test_the_bucket_set_up_runs_our_runtime_image_and_the_batch_service_waits_fo
     assert setup["restart"] == "on-failure" and setup["depends_on"] == {"minio": {"condition": "service_healthy"}}
     secrets = _secrets_env(stella, "stella")
     env = _interpolate(setup["environment"], secrets)
-    assert env == {"AWS_ACCESS_KEY_ID": "vllm-gb10", "AWS_SECRET_ACCESS_KEY": secrets["MINIO_ROOT_PASSWORD"]}
+    assert env == {"AWS_ACCESS_KEY_ID": "vllm-gb10", "AWS_SECRET_ACCESS_KEY": secrets["RUSTFS_SECRET_KEY"]}
     # `up --wait` takes an exited one-shot for a failure unless a service waits for it to complete.
     for name in ("batch-api", "batch-worker"):
         assert services[name]["depends_on"] == {"minio-setup": {"condition": "service_completed_successfully"}}
