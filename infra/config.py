@@ -182,6 +182,18 @@ class VllmSettings(_Frozen):
         "replica: one server per GPU host; tensor or pipeline: one server over all GPU hosts via Ray.",
     )
     port: int = _key("vllmPort", 8000, "Port of each vLLM OpenAI server.", ge=1, le=65535)
+    nccl_socket_ifname: str = _key(
+        "ncclSocketIfname",
+        "",
+        "tensor/pipeline: the boxes' direct link for NCCL and Gloo (e.g. enp1s0f1np1); empty: NCCL picks.",
+        pattern=r"^[\w.,^=-]*$",
+    )
+    nccl_ib_hca: str = _key(
+        "ncclIbHca",
+        "",
+        "tensor/pipeline: the RDMA device(s) of that link for NCCL (e.g. rocep1s0f1); empty: NCCL picks.",
+        pattern=r"^[\w.,:^=-]*$",
+    )
     extra_args: list[str] = _key("vllmExtraArgs", [], "Raw extra vLLM CLI flags, appended last (overrides).")
     memory_limit: str = _key(
         "vllmMemoryLimit",

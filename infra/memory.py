@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from infra.config import PROJECT, ConfigError, Role, StackConfig, stack_file
+from infra.config import PROJECT, ConfigError, Parallelism, Role, StackConfig, stack_file
 
 # Container memory limits of the services beside vLLM, by service (compose limit strings).
 LIMITS: dict[str, str] = {
@@ -57,6 +57,8 @@ def colocated(cfg: StackConfig, host: str) -> dict[str, float]:
     """GiB reserved by the services beside vLLM on `host` (compose), by service."""
     (found,) = [h for h in cfg.hosts if h.name == host]
     names = [*EVERY_HOST, *(s for role in sorted(found.roles) for s in ROLE_SERVICES.get(role, ()))]
+    if cfg.vllm.parallelism is not Parallelism.REPLICA:
+        names.remove("ray-worker")  # in tensor/pipeline mode the GPU hosts' Ray nodes are vLLM itself
     return {name: gib(LIMITS[name]) for name in names}
 
 

@@ -25,7 +25,7 @@ from infra.components.post_deploy_check import PostDeployCheck
 from infra.components.postgres import Postgres
 from infra.components.ray_cluster import RayCluster
 from infra.components.redis import Redis
-from infra.components.vllm import VllmService
+from infra.components.vllm import VllmService, vllm_node
 from infra.config import PROJECT, ConfigError, Parallelism, Platform, Role, StackConfig, load, stack_file
 from infra.memory import LIMITS
 from infra.platforms.compose import ComposePlatform
@@ -217,15 +217,18 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
 
     gpu_hosts = placement.gpu
     distributed = cfg.vllm.parallelism is not Parallelism.REPLICA
+    vllm_limit = vllm_memory_limit(cfg, kv_plan, vllm_engine_args)
     ray = RayCluster(
         "ray",
         {
             "platform": platform,
             "image": vllm_image_ref,
             "head_host": placement.ray_head,
-            # In tensor/pipeline mode the vLLM container is the Ray node of the leading GPU host.
+            # In tensor/pipeline mode the vLLM container is the Ray node of the leading GPU host, and
+            # the other GPU hosts' Ray workers run vLLM's workers: same model cache, token and memory.
             "worker_hosts": gpu_hosts[1:] if distributed else gpu_hosts,
             "settings": cfg.ray,
+            "vllm_node": vllm_node(cfg.vllm, secrets.hf_token, vllm_limit) if distributed else None,
         },
     )
     vllm = VllmService(
@@ -238,7 +241,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "engine_args": vllm_engine_args,
             "hf_token": secrets.hf_token,
             "ray_gcs_address": ray.gcs_address,
-            "memory_limit": vllm_memory_limit(cfg, kv_plan, vllm_engine_args),
+            "memory_limit": vllm_limit,
         },
     )
     lb = LoadBalancer(

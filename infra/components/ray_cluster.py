@@ -7,10 +7,11 @@ server bind there too. On kubernetes the platform hands the same specs to KubeRa
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 import pulumi
 
+from infra.components.vllm import VllmNode
 from infra.config import RaySettings
 from infra.memory import LIMITS
 from infra.platforms import Platform
@@ -30,6 +31,7 @@ class RayClusterArgs(TypedDict):
     head_host: str
     worker_hosts: list[str]
     settings: RaySettings
+    vllm_node: NotRequired[VllmNode | None]  # tensor/pipeline: the workers run vLLM's workers too
 
 
 class RayCluster(pulumi.ComponentResource):
@@ -68,6 +70,7 @@ class RayCluster(pulumi.ComponentResource):
             shm_size="4g",
         )
         worker_specs = []
+        node = args.get("vllm_node")
         for host in args["worker_hosts"]:
             ip = platform.internal_host(host, f"{name}-worker-{host}")
             worker_specs.append(
@@ -89,7 +92,10 @@ class RayCluster(pulumi.ComponentResource):
                     ),
                     gpu=True,
                     healthcheck=health,
-                    memory_limit=WORKER_MEMORY,
+                    environment={**node.environment, "VLLM_HOST_IP": ip} if node else {},
+                    secrets=node.secrets if node else (),
+                    volumes=node.volumes if node else (),
+                    memory_limit=node.memory_limit if node else WORKER_MEMORY,
                     memory_request=WORKER_MEMORY_REQUEST,
                     shm_size="16g",
                 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, TypedDict
 
 import pulumi
@@ -24,6 +25,32 @@ def server_flags(settings: VllmSettings, host: str, port: int, engine_args: dict
     # priority scheduling: the batch worker sends a higher `priority` value, so interactive requests go first
     head += ["--port", str(port), "--scheduling-policy", "priority"]
     return [*head, *engine_args_to_flags(engine_args), *settings.extra_args]
+
+
+@dataclass(frozen=True)
+class VllmNode:
+    """What a container running vLLM's engine or its workers needs: in tensor/pipeline mode the Ray
+    worker on the other box runs vLLM's workers, so it needs the same as the server."""
+
+    environment: dict[str, str]
+    secrets: tuple[Secret, ...]
+    volumes: tuple[Volume, ...]
+    memory_limit: str
+
+
+def vllm_node(settings: VllmSettings, hf_token: pulumi.Input[str] | None, memory_limit: str) -> VllmNode:
+    env = {"HF_HOME": MODEL_CACHE.mount_path, "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+    if settings.parallelism is not Parallelism.REPLICA:
+        # The boxes' direct link: NCCL and Gloo pick the wrong interface on multi-homed hosts otherwise.
+        if settings.nccl_socket_ifname:
+            env |= {
+                "NCCL_SOCKET_IFNAME": settings.nccl_socket_ifname,
+                "GLOO_SOCKET_IFNAME": settings.nccl_socket_ifname,
+            }
+        if settings.nccl_ib_hca:
+            env["NCCL_IB_HCA"] = settings.nccl_ib_hca
+    secrets = (Secret("HF_TOKEN", pulumi.Output.secret(hf_token)),) if hf_token else ()
+    return VllmNode(env, secrets, (MODEL_CACHE,), memory_limit)
 
 
 class VllmServiceArgs(TypedDict):
@@ -49,15 +76,15 @@ class VllmService(pulumi.ComponentResource):
         if not args["hosts"]:
             raise ValueError(f"{name}: vLLM needs at least one GPU host")
         port = settings.port
-        secrets = (Secret("HF_TOKEN", pulumi.Output.secret(args["hf_token"])),) if args["hf_token"] else ()
-        env = {"HF_HOME": MODEL_CACHE.mount_path, "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+        node = vllm_node(settings, args["hf_token"], args["memory_limit"])
+        env = node.environment
         common = dict(
             image=args["image"],
             environment=env,
-            secrets=secrets,
-            volumes=(MODEL_CACHE,),
+            secrets=node.secrets,
+            volumes=node.volumes,
             gpu=True,
-            memory_limit=args["memory_limit"],
+            memory_limit=node.memory_limit,
             shm_size="16g",
             stateful=False,
         )

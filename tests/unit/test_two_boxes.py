@@ -1,0 +1,49 @@
+"""One model over both boxes (tensor/pipeline over Ray): the second box's Ray worker runs vLLM's
+workers, so it gets what the server gets; the leader binds its cluster address; NCCL takes the link."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from infra.plan import build_plan
+
+TENSOR = {"parallelism": "tensor", "ncclSocketIfname": "enp1s0f1np1", "ncclIbHca": "rocep1s0f1"}
+
+
+@pytest.fixture(scope="module")
+def services() -> dict[str, dict]:
+    plan = build_plan("stella", overrides=TENSOR)
+    found: dict[str, dict] = {}
+    for host in ("stella", "nova"):
+        found |= yaml.safe_load(plan.files[f"{host}/docker-compose.yml"])["services"]
+    return found
+
+
+def test_the_second_box_worker_has_the_model_cache_token_and_the_servers_memory(services: dict[str, dict]) -> None:
+    leader, worker = services["vllm-stella"], services["ray-worker-nova"]
+    assert worker["volumes"] == leader["volumes"] == ["model-cache:/models"]
+    assert worker["environment"]["HF_HOME"] == "/models" and "HF_TOKEN" in worker["environment"]
+    assert worker["environment"]["VLLM_HOST_IP"] == "10.10.10.2"
+    assert worker["deploy"]["resources"]["limits"] == leader["deploy"]["resources"]["limits"]
+    assert "ray-worker-stella" not in services  # the leader's container is the first box's Ray node
+
+
+def test_nccl_and_gloo_take_the_direct_link_on_both_boxes(services: dict[str, dict]) -> None:
+    for name in ("vllm-stella", "ray-worker-nova"):
+        env = services[name]["environment"]
+        assert env["NCCL_SOCKET_IFNAME"] == env["GLOO_SOCKET_IFNAME"] == "enp1s0f1np1", name
+        assert env["NCCL_IB_HCA"] == "rocep1s0f1", name
+
+
+def test_the_leader_binds_its_cluster_address_not_every_interface(services: dict[str, dict]) -> None:
+    (command,) = services["vllm-stella"]["command"]
+    assert "--host 10.10.10.1 --port 8000" in command and "0.0.0.0" not in command
+    assert services["vllm-stella"]["network_mode"] == "host" and "ports" not in services["vllm-stella"]
+
+
+def test_replica_mode_keeps_the_ray_workers_lean() -> None:
+    plan = build_plan("stella", overrides={"ncclSocketIfname": "enp1s0f1np1"})
+    worker = yaml.safe_load(plan.files["nova/docker-compose.yml"])["services"]["ray-worker-nova"]
+    assert "volumes" not in worker and "NCCL_SOCKET_IFNAME" not in worker.get("environment", {})
+    assert worker["deploy"]["resources"]["limits"]["memory"] == "16g"
