@@ -13,6 +13,13 @@ from infra.plan import PROJECT_DIR, build_plan, write_plan
 from infra.plan.diff import diff_plans, format_diff
 
 
+def read_files(folder: Path) -> dict[str, str] | None:
+    """The generated files written beside an old plan.json (None when it has none: compare plans only)."""
+    if not folder.is_dir():
+        return None
+    return {str(p.relative_to(folder)): p.read_text() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m infra.plan", description=__doc__)
     parser.add_argument("--stack", required=True, help="stack name: reads Pulumi.<stack>.yaml")
@@ -49,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {path} and {len(plan.files)} files under {path.parent / 'files'}")
     if old is not None:
         print(f"diff against {args.diff}:")
-        print(format_diff(diff_plans(old, plan.to_json())))
+        print(format_diff(diff_plans(old, plan.to_json(), read_files(args.diff.parent / "files"), plan.files)))
     if plan.violations:
         print("policy violations:")
         for violation in plan.violations:

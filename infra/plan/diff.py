@@ -1,11 +1,36 @@
-"""Differences between two plans, in the spirit of `pulumi preview --diff`."""
+"""Differences between two plans, in the spirit of `pulumi preview --diff`.
+
+A changed resource is an update (`~`) or, where its provider cannot change that input in place, a
+replacement (`+-`), as Pulumi would show it. Generated files are compared by content: a compose
+file service by service and key by key, other files line by line, rather than by their hash.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import difflib
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
+
 Key = tuple[str, str]
+
+# Inputs a provider cannot change in place, by resource type (a regex over the flattened path).
+_K8S_IDENTITY = r"inputs\.metadata\.(name|namespace)$"
+REPLACE_ON: dict[str, str] = {
+    "command:remote:Command": r"inputs\.triggers",
+    "command:remote:CopyToRemote": r"inputs\.",
+    "random:index/randomPassword:RandomPassword": r"inputs\.",
+    "kubernetes:apps/v1:StatefulSet": rf"{_K8S_IDENTITY}|inputs\.spec\.(volumeClaimTemplates|selector|serviceName)",
+    "kubernetes:apps/v1:Deployment": rf"{_K8S_IDENTITY}|inputs\.spec\.selector",
+    "kubernetes:batch/v1:Job": rf"{_K8S_IDENTITY}|inputs\.spec\.template",
+    "kubernetes:core/v1:PersistentVolumeClaim": (
+        rf"{_K8S_IDENTITY}|inputs\.spec\.(storageClassName|accessModes|volumeName)"
+    ),
+    "kubernetes:core/v1:Service": rf"{_K8S_IDENTITY}|inputs\.spec\.clusterIP",
+}
+_ANY_K8S = _K8S_IDENTITY
 
 
 @dataclass(frozen=True)
@@ -21,10 +46,21 @@ class PlanDiff:
     removed: list[Key]
     changed: dict[Key, list[Change]]
     outputs: list[Change]
+    files: dict[str, list[str]] = field(default_factory=dict)  # file -> what changed in it
 
     @property
     def empty(self) -> bool:
-        return not (self.added or self.removed or self.changed or self.outputs)
+        return not (self.added or self.removed or self.changed or self.outputs or self.files)
+
+    @property
+    def replaced(self) -> list[Key]:
+        return [key for key, changes in self.changed.items() if replaces(key[0], changes)]
+
+
+def replaces(type_: str, changes: list[Change]) -> bool:
+    """Whether Pulumi would replace the resource for these changes (else it updates it in place)."""
+    pattern = REPLACE_ON.get(type_, _ANY_K8S if type_.startswith("kubernetes:") else None)
+    return pattern is not None and any(re.match(pattern, c.path) for c in changes)
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -46,7 +82,43 @@ def _changes(old: Any, new: Any) -> list[Change]:
     return [Change(p, a.get(p), b.get(p)) for p in sorted(set(a) | set(b)) if a.get(p) != b.get(p)]
 
 
-def diff_plans(old: dict[str, Any], new: dict[str, Any]) -> PlanDiff:
+def diff_files(old: dict[str, str], new: dict[str, str]) -> dict[str, list[str]]:
+    """File -> its changes: compose files as `service: key: old => new`, others as changed lines."""
+    out: dict[str, list[str]] = {}
+    for name in sorted(set(old) | set(new)):
+        before, after = old.get(name), new.get(name)
+        if before == after:
+            continue
+        if before is None or after is None:
+            out[name] = ["(new file)" if before is None else "(file removed)"]
+        elif name.endswith("docker-compose.yml"):
+            out[name] = _compose_changes(yaml.safe_load(before) or {}, yaml.safe_load(after) or {})
+        else:
+            lines = difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0)
+            out[name] = [line for line in lines if line[:1] in "+-" and line[:3] not in {"+++", "---"}]
+    return out
+
+
+def _compose_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    old_services, new_services = before.get("services", {}), after.get("services", {})
+    lines = [f"+ service {n}" for n in sorted(set(new_services) - set(old_services))]
+    lines += [f"- service {n}" for n in sorted(set(old_services) - set(new_services))]
+    for name in sorted(set(old_services) & set(new_services)):
+        lines += [
+            f"~ {name}: {c.path}: {_short(c.old)} => {_short(c.new)}"
+            for c in _changes(old_services[name], new_services[name])
+        ]
+    rest = {k: v for k, v in before.items() if k != "services"}, {k: v for k, v in after.items() if k != "services"}
+    lines += [f"~ {c.path}: {_short(c.old)} => {_short(c.new)}" for c in _changes(*rest)]
+    return lines
+
+
+def diff_plans(
+    old: dict[str, Any],
+    new: dict[str, Any],
+    old_files: dict[str, str] | None = None,
+    new_files: dict[str, str] | None = None,
+) -> PlanDiff:
     def index(plan: dict[str, Any]) -> dict[Key, dict[str, Any]]:
         return {(r["type"], r["name"]): r for r in plan["resources"]}
 
@@ -64,6 +136,7 @@ def diff_plans(old: dict[str, Any], new: dict[str, Any]) -> PlanDiff:
         removed=sorted(set(before) - set(after)),
         changed=changed,
         outputs=_changes(old.get("outputs", {}), new.get("outputs", {})),
+        files=diff_files(old_files, new_files) if old_files is not None and new_files is not None else {},
     )
 
 
@@ -80,11 +153,20 @@ def format_diff(diff: PlanDiff) -> str:
         lines.append(f"+ {t} {n}")
     for t, n in diff.removed:
         lines.append(f"- {t} {n}")
+    replaced = set(diff.replaced)
     for (t, n), changes in diff.changed.items():
-        lines.append(f"~ {t} {n}")
+        lines.append(f"{'+-' if (t, n) in replaced else '~'} {t} {n}{' (replace)' if (t, n) in replaced else ''}")
         lines.extend(f"    ~ {c.path}: {_short(c.old)} => {_short(c.new)}" for c in changes)
     if diff.outputs:
         lines.append("outputs:")
         lines.extend(f"    ~ {c.path}: {_short(c.old)} => {_short(c.new)}" for c in diff.outputs)
-    lines.append(f"{len(diff.added)} to add, {len(diff.changed)} to change, {len(diff.removed)} to delete")
+    if diff.files:
+        lines.append("files:")
+        for name, changes in diff.files.items():
+            lines.append(f"  {name}")
+            lines.extend(f"    {line}" for line in changes)
+    updated = len(diff.changed) - len(replaced)
+    lines.append(
+        f"{len(diff.added)} to add, {updated} to change, {len(replaced)} to replace, {len(diff.removed)} to delete"
+    )
     return "\n".join(lines)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from infra.plan import build_plan
 from infra.plan.diff import diff_plans, format_diff
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,10 +80,11 @@ def test_diff_against_an_older_plan_lists_added_changed_and_removed(stella_out, 
     assert result.returncode == 0, result.stderr
     assert f"+ {dropped['type']} {dropped['name']}" in result.stdout
     assert "- command:remote:Command gone" in result.stdout
-    assert "~ command:remote:Command stella-compose-up" in result.stdout
+    # A changed trigger replaces the command, as Pulumi would (an update would not re-run it).
+    assert "+- command:remote:Command stella-compose-up (replace)" in result.stdout
     assert "    ~ inputs.triggers[0]: '0000" in result.stdout
     assert "    ~ loadBalancerUrl: 'http://old:8080/v1' => 'http://stella.lan:8080/v1'" in result.stdout
-    assert "1 to add, 1 to change, 1 to delete" in result.stdout
+    assert "1 to add, 0 to change, 1 to replace, 1 to delete" in result.stdout
 
 
 def test_diff_of_identical_plans_is_empty(stella_out) -> None:
@@ -133,3 +135,37 @@ def test_public_data_services_are_the_explicit_exception_the_policy_allows(tmp_p
     result = plan_cli("--stack", "stella", "--project-dir", str(tmp_path), "--out", str(tmp_path / "out"))
     assert result.returncode == 0, result.stdout
     assert "data-services-private" not in result.stdout
+
+
+def test_diff_shows_compose_changes_by_service_and_key_and_replacements_as_pulumi_would(tmp_path: Path) -> None:
+    old = build_plan("stella")
+    new = build_plan("stella", overrides={"lbBalanceFactor": "175", "batchChunkSize": "7"})
+    diff = diff_plans(old.to_json(), new.to_json(), old.files, new.files)
+    compose = diff.files["stella/docker-compose.yml"]
+    assert "~ batch-api: environment.BATCH_CHUNK_SIZE: '100' => '7'" in compose
+    assert "~ batch-worker: environment.BATCH_CHUNK_SIZE: '100' => '7'" in compose
+    assert any(line.startswith("~ lb: labels.dev.vllm-gb10.files-sha256:") for line in compose)
+    assert [line.strip() for line in diff.files["stella/haproxy.cfg"]] == [
+        "-    hash-balance-factor 150".strip(),
+        "+    hash-balance-factor 175".strip(),
+    ]
+    assert "nova/docker-compose.yml" not in diff.files
+    replaced = {name for _, name in diff.replaced}
+    assert {"stella-compose-up", "stella-compose-haproxy.cfg", "stella-compose-docker-compose.yml"} <= replaced
+    text = format_diff(diff)
+    assert "+- command:remote:Command stella-compose-up (replace)" in text and "to replace" in text
+
+
+@pytest.mark.parametrize(
+    ("overrides", "replaced"),
+    [
+        ({"namespace": "other"}, {"kubernetes:apps/v1:StatefulSet", "kubernetes:core/v1:Service"}),
+        ({"storageClass": "fast-nvme"}, {"kubernetes:apps/v1:StatefulSet", "kubernetes:core/v1:PersistentVolumeClaim"}),
+    ],
+)
+def test_kubernetes_changes_pulumi_cannot_make_in_place_are_replacements(overrides: dict, replaced: set) -> None:
+    diff = diff_plans(build_plan("edge").to_json(), build_plan("edge", overrides=overrides).to_json())
+    assert replaced <= {type_ for type_, _ in diff.replaced}
+    assert not [
+        key for key in diff.replaced if key[0] == "kubernetes:core/v1:ConfigMap" and "storageClass" in overrides
+    ]
