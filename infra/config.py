@@ -286,7 +286,24 @@ class KubernetesSettings(_Frozen):
         "gpuNodeLabelValue", "hw-brain-01", "kubernetes: value of that label on the GB10 node.", min_length=1
     )
     storage_class: str = _key("storageClass", "", "kubernetes: StorageClass of the PVCs; empty: the default one.")
-    ingress_class: str = _key("ingressClass", "nginx", "kubernetes: IngressClass for the public endpoints.")
+    ingress_class: str = _key(
+        "ingressClass",
+        "",
+        "kubernetes: IngressClass of the public endpoints' Ingress; empty: the cluster's default class.",
+        pattern=r"^$|^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+    )
+    gateway_name: str = _key(
+        "gatewayName",
+        "",
+        "kubernetes: Gateway (Gateway API) the public endpoints attach to as HTTPRoutes; empty: one Ingress.",
+        pattern=r"^$|^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+    )
+    gateway_namespace: str = _key(
+        "gatewayNamespace",
+        "",
+        "kubernetes: namespace of that Gateway; empty: the stack's namespace.",
+        pattern=r"^$|^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+    )
     ingress_domain: str = _key(
         "ingressDomain",
         "cognition.lan",
@@ -294,7 +311,25 @@ class KubernetesSettings(_Frozen):
         pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
     )
     kuberay_version: str = _key(
-        "kuberayVersion", "1.4.2", "kubernetes: KubeRay operator Helm chart version.", pattern=r"^\d+\.\d+\.\d+$"
+        "kuberayVersion",
+        "1.7.0",
+        "kubernetes: KubeRay operator Helm chart version (1.5.1 or later: Ray token auth); the RayCluster is "
+        "checked against this release's CRD (tests/unit/crds).",
+        pattern=r"^\d+\.\d+\.\d+$",
+    )
+    vllm_image_digest: str = _key(
+        "vllmImageDigest",
+        "",
+        "kubernetes: digest (sha256:…) the vllm-gb10 image is pulled by; required there. "
+        "From stack stella's output vllmImage, after the @.",
+        pattern=r"^$|^sha256:[0-9a-f]{64}$",
+    )
+    runtime_image_digest: str = _key(
+        "runtimeImageDigest",
+        "",
+        "kubernetes: digest (sha256:…) the vllm-gb10-runtime image is pulled by; required there. "
+        "From stack stella's output runtimeImage, after the @.",
+        pattern=r"^$|^sha256:[0-9a-f]{64}$",
     )
 
 

@@ -15,13 +15,21 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.config import KubernetesSettings, RaySettings
+from infra.config import PROJECT, ConfigError, KubernetesSettings, RaySettings, stack_file
 from infra.render import kubernetes as render
 from infra.services import Exposure, ServiceSpec
 
 KUBERAY_CHART = "kuberay-operator"
 KUBERAY_REPO = "https://ray-project.github.io/kuberay-helm/"
 RAY_CLUSTER_NAME = "ray"
+# The Ray in our images (requirements-offload.txt); KubeRay reads it from `rayVersion`.
+RAY_VERSION = "2.60.0"
+# Ray's dashboard agent in each Ray pod answers GET /api/healthz for its own raylet (and, on the
+# head, its own GCS) since Ray 2.53, without auth. KubeRay probes the same endpoint for such versions.
+RAY_AGENT_PORT = 52365
+RAY_HEALTH_PATH = "/api/healthz"
+# Our images, by repository name, and the config key holding the digest each one is pulled by.
+PINNED_IMAGES = {"vllm-gb10": "vllmImageDigest", "vllm-gb10-runtime": "runtimeImageDigest"}
 
 
 class KubernetesPlatform:
@@ -29,6 +37,15 @@ class KubernetesPlatform:
 
     def __init__(self, settings: KubernetesSettings, *, image_pull_secret: pulumi.Input[str] | None = None):
         self.settings = settings
+        self._digests = {"vllm-gb10": settings.vllm_image_digest, "vllm-gb10-runtime": settings.runtime_image_digest}
+        for repository, digest in self._digests.items():
+            if not digest:
+                key = PINNED_IMAGES[repository]
+                raise ConfigError(
+                    f"{stack_file(pulumi.get_stack())}: {PROJECT}:{key}: required on kubernetes: the {repository} "
+                    f"image is pulled by digest, the part after @ of stack stella's output {_output(repository)}: "
+                    f"pulumi config set {key} $(pulumi stack output {_output(repository)} --stack stella | cut -d@ -f2)"
+                )
         provider_args: dict[str, Any] = {}
         if settings.kubeconfig:
             provider_args["kubeconfig"] = settings.kubeconfig
@@ -63,7 +80,17 @@ class KubernetesPlatform:
         depends = [self.namespace, *extra.pop("depends_on", [])]
         return pulumi.ResourceOptions(parent=parent, provider=self.provider, depends_on=depends, **extra)
 
+    def pin(self, image: str) -> str:
+        """Our images pulled by digest (`repo:tag@sha256:…`, the tag kept for readers; the kubelet uses
+        the digest); third-party references unchanged."""
+        if not isinstance(image, str) or "@" in image:
+            return image
+        repository = image.rsplit("/", 1)[-1].split(":", 1)[0]
+        digest = self._digests.get(repository)
+        return f"{image}@{digest}" if digest else image
+
     def deploy(self, spec: ServiceSpec, parent: pulumi.Resource) -> None:
+        spec = replace(spec, image=self.pin(spec.image))
         placement, name = self.placement, spec.name
         opts = self._opts(parent)
         if spec.secrets:
@@ -122,6 +149,8 @@ class KubernetesPlatform:
         A Service named like the head spec makes the head reachable by the same name as on compose.
         """
         placement = self.placement
+        head = replace(head, image=self.pin(head.image))
+        workers = [replace(w, image=self.pin(w.image)) for w in workers]
         operator = k8s.helm.v3.Release(
             f"{name}-operator",
             name="kuberay-operator",
@@ -143,6 +172,7 @@ class KubernetesPlatform:
             "gcs-server": settings.gcs_port,
             "dashboard": settings.dashboard_port,
             "client": settings.client_port,
+            "metrics": settings.metrics_port,  # Prometheus scrapes the head through the Service
         }
         head_container = _ray_container(head, placement, ports=head_ports)
         head_group = {
@@ -181,7 +211,7 @@ class KubernetesPlatform:
             api_version="ray.io/v1",
             kind="RayCluster",
             metadata=render.metadata(RAY_CLUSTER_NAME, placement),
-            spec={"headGroupSpec": head_group, "workerGroupSpecs": worker_groups},
+            spec={"rayVersion": RAY_VERSION, "headGroupSpec": head_group, "workerGroupSpecs": worker_groups},
             opts=self._opts(parent, depends_on=[operator]),
         )
         k8s.core.v1.Service(
@@ -212,35 +242,33 @@ class KubernetesPlatform:
         return f"{service}.{self.settings.ingress_domain}"
 
     def finish(self) -> None:
-        """One Ingress for every public HTTP endpoint."""
+        """The public HTTP endpoints: HTTPRoutes on the configured Gateway, else one Ingress."""
         if not self._public:
             return
-        rules = [
-            {
-                "host": f"{name}.{self.settings.ingress_domain}",
-                "http": {
-                    "paths": [
-                        {
-                            "path": "/",
-                            "pathType": "Prefix",
-                            "backend": {"service": {"name": name, "port": {"number": port}}},
-                        }
-                    ]
-                },
-            }
-            for name, port in sorted(self._public)
-        ]
+        if self.settings.gateway_name:
+            for name, port in sorted(self._public):
+                k8s.apiextensions.CustomResource(
+                    f"{name}-route",
+                    api_version="gateway.networking.k8s.io/v1",
+                    kind="HTTPRoute",
+                    metadata=render.metadata(name, self.placement),
+                    spec=render.http_route_spec(
+                        name,
+                        port,
+                        hostname=f"{name}.{self.settings.ingress_domain}",
+                        gateway=self.settings.gateway_name,
+                        gateway_namespace=self.settings.gateway_namespace,
+                    ),
+                    opts=self._opts(None),
+                )
+            return
         k8s.networking.v1.Ingress(
             "public-ingress",
             metadata={
                 **render.metadata("public", self.placement),
-                # Batch uploads reach 200 MB; long generations stream for minutes.
-                "annotations": {
-                    "nginx.ingress.kubernetes.io/proxy-body-size": "200m",
-                    "nginx.ingress.kubernetes.io/proxy-read-timeout": "600",
-                },
+                **render.ingress_annotations(self.settings.ingress_class),
             },
-            spec={"ingressClassName": self.settings.ingress_class, "rules": rules},
+            spec=render.ingress_spec(self._public, self.settings.ingress_domain, self.settings.ingress_class),
             opts=self._opts(None),
         )
 
@@ -249,7 +277,16 @@ def _ray_container(spec: ServiceSpec, placement: render.Placement, *, ports: dic
     body = render.container(spec)
     body.pop("args", None)  # KubeRay builds the `ray start` command line from rayStartParams
     body.pop("command", None)
-    # The spec's `ray health-check` probes stay: KubeRay keeps user-set probes instead of its own.
+    # Probes run against this pod's own Ray (its dashboard agent), as KubeRay's do: the spec's
+    # `ray health-check --address=ray-head…` went through the Service, which routes only to Ready
+    # pods, so the head never became Ready. KubeRay keeps probes set here instead of its own.
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        body.pop(probe, None)
+    if spec.healthcheck is not None:
+        check = replace(spec.healthcheck, http_path=RAY_HEALTH_PATH, http_port=RAY_AGENT_PORT, interval_s=5)
+        body["startupProbe"] = render.probe(check, failure_threshold=render.startup_failure_threshold(check))
+        body["readinessProbe"] = render.probe(check)
+        body["livenessProbe"] = render.probe(check)
     body["name"] = "ray-head" if ports else "ray-worker"
     if ports:
         body["ports"] = [{"name": n, "containerPort": p} for n, p in ports.items()]
@@ -260,3 +297,7 @@ def _ray_pod(spec: ServiceSpec, placement: render.Placement, container: dict[str
     pod = render.pod_spec(spec, placement, claims=True)
     pod["containers"] = [container]
     return pod
+
+
+def _output(repository: str) -> str:
+    return {"vllm-gb10": "vllmImage", "vllm-gb10-runtime": "runtimeImage"}[repository]

@@ -17,6 +17,10 @@ from infra.services import ConfigFile, HealthCheck, ServiceSpec, Volume
 PART_OF = "vllm-gb10"
 GPU_RESOURCE = "nvidia.com/gpu"
 DEFAULT_CPU_REQUEST = "250m"
+# Least time a start-up probe allows before the kubelet restarts the container: a Redis replaying
+# its AOF or a MinIO scanning its drive takes minutes, and a start-up probe that fails once would
+# restart it forever. Passing start-up probes cost nothing, so the budget is generous.
+MIN_STARTUP_BUDGET_S = 300
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,7 @@ def gpu_affinity(placement: Placement) -> dict[str, Any]:
     }
 
 
-def _probe(check: HealthCheck, *, failure_threshold: int | None = None) -> dict[str, Any]:
+def probe(check: HealthCheck, *, failure_threshold: int | None = None) -> dict[str, Any]:
     action: dict[str, Any]
     if check.http_path is not None and check.http_port is not None:
         action = {"httpGet": {"path": check.http_path, "port": check.http_port}}
@@ -79,6 +83,13 @@ def _probe(check: HealthCheck, *, failure_threshold: int | None = None) -> dict[
         "timeoutSeconds": check.timeout_s,
         "failureThreshold": failure_threshold or check.retries,
     }
+
+
+def startup_failure_threshold(check: HealthCheck) -> int:
+    """Failures the start-up probe tolerates: the spec's start period, at least MIN_STARTUP_BUDGET_S,
+    plus the retries a running service gets."""
+    budget = max(check.start_period_s, MIN_STARTUP_BUDGET_S)
+    return math.ceil(budget / check.interval_s) + check.retries
 
 
 def resources(spec: ServiceSpec) -> dict[str, Any]:
@@ -125,11 +136,9 @@ def container(spec: ServiceSpec) -> dict[str, Any]:
     check = spec.healthcheck
     if check is not None and not spec.one_shot:
         # The start-up probe covers model downloads and graph capture; liveness only starts after it.
-        body["startupProbe"] = _probe(
-            check, failure_threshold=max(1, math.ceil(check.start_period_s / check.interval_s))
-        )
-        body["readinessProbe"] = _probe(check)
-        body["livenessProbe"] = _probe(check)
+        body["startupProbe"] = probe(check, failure_threshold=startup_failure_threshold(check))
+        body["readinessProbe"] = probe(check)
+        body["livenessProbe"] = probe(check)
     return body
 
 
@@ -207,3 +216,56 @@ def service_spec(spec: ServiceSpec) -> dict[str, Any]:
         for p in spec.ports
     ]
     return {"type": "ClusterIP", "selector": labels(spec.name), "ports": ports}
+
+
+def ingress_spec(public: list[tuple[str, int]], domain: str, ingress_class: str) -> dict[str, Any]:
+    """One rule `<name>.<domain>` per public (service, port); no class: the cluster's default IngressClass."""
+    rules = [
+        {
+            "host": f"{name}.{domain}",
+            "http": {
+                "paths": [
+                    {
+                        "path": "/",
+                        "pathType": "Prefix",
+                        "backend": {"service": {"name": name, "port": {"number": port}}},
+                    }
+                ]
+            },
+        }
+        for name, port in sorted(public)
+    ]
+    body: dict[str, Any] = {"rules": rules}
+    if ingress_class:
+        body["ingressClassName"] = ingress_class
+    return body
+
+
+def ingress_annotations(ingress_class: str) -> dict[str, Any]:
+    """ingress-nginx's own knobs, only for that controller: batch uploads reach 200 MB and long
+    generations stream for minutes."""
+    if ingress_class != "nginx":
+        return {}
+    return {
+        "annotations": {
+            "nginx.ingress.kubernetes.io/proxy-body-size": "200m",
+            "nginx.ingress.kubernetes.io/proxy-read-timeout": "600",
+        }
+    }
+
+
+def http_route_spec(name: str, port: int, *, hostname: str, gateway: str, gateway_namespace: str) -> dict[str, Any]:
+    """A Gateway API HTTPRoute sending every path of `hostname` to Service `name` on `port`."""
+    parent: dict[str, Any] = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": gateway}
+    if gateway_namespace:
+        parent["namespace"] = gateway_namespace
+    return {
+        "parentRefs": [parent],
+        "hostnames": [hostname],
+        "rules": [
+            {
+                "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                "backendRefs": [{"group": "", "kind": "Service", "name": name, "port": port}],
+            }
+        ],
+    }

@@ -6,6 +6,8 @@ Secret objects, the KubeRay operator and RayCluster."""
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import kubernetes_validate
 import pytest
@@ -19,6 +21,9 @@ K8S_VERSION = "1.33"
 NODE_LABEL = ("kubernetes.io/hostname", "hw-brain-01")
 NAMESPACE = "app-cognition"
 DATA_SERVICES = ("redis", "postgres", "minio")
+CUSTOM_KINDS = ("RayCluster", "HTTPRoute")
+DIGEST = re.compile(r"^[\w.:-]+/[\w.-]+:[\w.-]+@sha256:[0-9a-f]{64}$")
+ROOT = Path(__file__).resolve().parents[2]
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDZCdjWjVb9EHw8Qr0tp4/Y5r7rwUVz3cO333wUBrp4B"
 
 
@@ -59,10 +64,10 @@ def test_every_manifest_validates_against_the_kubernetes_schemas(edge: Plan) -> 
     found = manifests(edge)
     kinds = {m["kind"] for m in found.values()}
     assert {"Namespace", "Deployment", "StatefulSet", "Job", "Service", "Secret", "ConfigMap"} <= kinds
-    assert {"PersistentVolumeClaim", "Ingress", "RayCluster"} <= kinds
+    assert {"PersistentVolumeClaim", "HTTPRoute", "RayCluster"} <= kinds
     for path, manifest in found.items():
-        if manifest["kind"] == "RayCluster":
-            continue  # a custom resource: its pod templates are checked below
+        if manifest["kind"] in CUSTOM_KINDS:
+            continue  # custom resources: checked against their vendored CRDs (test_edge_crds.py)
         validate(manifest)
         assert manifest["kind"] == "Namespace" or manifest["metadata"]["namespace"] == NAMESPACE, path
 
@@ -136,19 +141,43 @@ def test_model_cache_and_data_services_have_persistent_volumes(edge: Plan) -> No
         assert template["metadata"]["name"] in {m["name"] for m in mounts}, name
 
 
-def test_no_service_is_exposed_by_nodeport_or_loadbalancer_and_the_public_ones_use_ingress(edge: Plan) -> None:
+PUBLIC = {"lb.cognition.lan": ("lb", 8080), "batch-api.cognition.lan": ("batch-api", 8100)}
+PUBLIC["grafana.cognition.lan"] = ("grafana", 3000)
+
+
+def test_no_service_is_exposed_by_nodeport_or_loadbalancer_and_the_public_ones_use_gateway_routes(edge: Plan) -> None:
+    """ingress-nginx is out of maintenance: edge attaches HTTPRoutes (Gateway API v1) to the configured Gateway."""
     services = objects(edge, "Service")
     assert {s["spec"]["type"] for s in services.values()} == {"ClusterIP"}
     assert set(DATA_SERVICES) | {"ray-head"} <= set(services)
-    (ingress,) = objects(edge, "Ingress").values()
-    hosts = {rule["host"]: rule["http"]["paths"][0]["backend"]["service"] for rule in ingress["spec"]["rules"]}
-    assert hosts == {
-        "lb.cognition.lan": {"name": "lb", "port": {"number": 8080}},
-        "batch-api.cognition.lan": {"name": "batch-api", "port": {"number": 8100}},
-        "grafana.cognition.lan": {"name": "grafana", "port": {"number": 3000}},
-    }
+    assert objects(edge, "Ingress") == {}
+    routes = objects(edge, "HTTPRoute")
+    hosts = {}
+    for route in routes.values():
+        assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
+        assert route["spec"]["parentRefs"] == [
+            {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "public", "namespace": "gateway"}
+        ]
+        ((hostname,), (rule,)) = route["spec"]["hostnames"], route["spec"]["rules"]
+        (backend,) = rule["backendRefs"]
+        hosts[hostname] = (backend["name"], backend["port"])
+        assert services[backend["name"]]["spec"]["ports"][0]["port"] == backend["port"]
+    assert hosts == PUBLIC
     assert edge.outputs["loadBalancerUrl"] == "http://lb.cognition.lan/v1"
     assert edge.outputs["batchApiUrl"] == "http://batch-api.cognition.lan/v1"
+
+
+@pytest.mark.parametrize("ingress_class", ["", "traefik", "nginx"])
+def test_without_a_gateway_one_ingress_of_the_configured_class(ingress_class: str) -> None:
+    plan = build_plan("edge", overrides={"gatewayName": "", "ingressClass": ingress_class})
+    assert objects(plan, "HTTPRoute") == {}
+    (ingress,) = objects(plan, "Ingress").values()
+    validate(ingress)
+    # empty: the cluster's default IngressClass; ingress-nginx's annotations only for that controller
+    assert ingress["spec"].get("ingressClassName", "") == ingress_class
+    assert ("annotations" in ingress["metadata"]) is (ingress_class == "nginx")
+    hosts = {r["host"]: r["http"]["paths"][0]["backend"]["service"] for r in ingress["spec"]["rules"]}
+    assert hosts == {h: {"name": n, "port": {"number": p}} for h, (n, p) in PUBLIC.items()}
 
 
 def test_secrets_are_secret_objects_referenced_by_name_and_marked_secret(edge: Plan) -> None:
@@ -175,7 +204,9 @@ def test_secrets_are_secret_objects_referenced_by_name_and_marked_secret(edge: P
 
 def test_kuberay_operator_comes_first_and_the_raycluster_has_a_head_and_a_gpu_worker_group(edge: Plan) -> None:
     release = yaml.safe_load(edge.files["k8s/helm-kuberay-operator.yaml"])
-    assert release["chart"] == "kuberay-operator" and release["version"] == "1.4.2"
+    assert release["chart"] == "kuberay-operator" and release["version"] == edge_config("kuberayVersion")
+    # 1.5.1 brought spec.authOptions (Ray token auth); 1.7.x is current
+    assert tuple(int(p) for p in release["version"].split(".")) >= (1, 7, 0)
     assert release["repositoryOpts"]["repo"] == "https://ray-project.github.io/kuberay-helm/"
     (cluster,) = objects(edge, "RayCluster").values()
     assert cluster["apiVersion"] == "ray.io/v1"
@@ -183,7 +214,8 @@ def test_kuberay_operator_comes_first_and_the_raycluster_has_a_head_and_a_gpu_wo
     assert head["rayStartParams"]["num-gpus"] == "0" and head["rayStartParams"]["dashboard-port"] == "8265"
     (workers,) = cluster["spec"]["workerGroupSpecs"]
     assert workers["replicas"] == 1 and workers["rayStartParams"] == {"num-gpus": "1", "metrics-export-port": "8090"}
-    assert workers["template"]["spec"]["containers"][0]["image"] == "registry.lan:5000/vllm-gb10:0.1.0"
+    vllm_image = pod(objects(edge, "Deployment")["vllm-gb10"])["containers"][0]["image"]
+    assert workers["template"]["spec"]["containers"][0]["image"] == vllm_image
     (raw,) = [r for r in edge.recording.resources if r.type == "kubernetes:ray.io/v1:RayCluster"]
     assert edge.outputs["rayJobsAddress"] == "http://ray-head.app-cognition.svc.cluster.local:8265"
     assert objects(edge, "Service")["ray-head"]["spec"]["selector"] == {
@@ -191,6 +223,10 @@ def test_kuberay_operator_comes_first_and_the_raycluster_has_a_head_and_a_gpu_wo
         "ray.io/node-type": "head",
     }
     assert raw.parent == "ray"  # the component's child, declared after the operator (depends_on in the program)
+
+
+def edge_config(key: str) -> str:
+    return str(yaml.safe_load((ROOT / "Pulumi.edge.yaml").read_text())["config"][f"vllm-gb10:{key}"])
 
 
 def test_this_stack_builds_nothing_and_pulls_pinned_images(edge: Plan) -> None:
@@ -201,8 +237,33 @@ def test_this_stack_builds_nothing_and_pulls_pinned_images(edge: Plan) -> None:
         for w in objects(edge, kind).values()
         for c in pod(w)["containers"]
     }
-    assert {"registry.lan:5000/vllm-gb10:0.1.0", "registry.lan:5000/vllm-gb10-runtime:0.1.0"} <= images
+    images |= {t["spec"]["containers"][0]["image"] for t in ray_pod_templates(edge).values()}
+    ours = {i for i in images if i.rsplit("/", 1)[-1].split(":")[0] in ("vllm-gb10", "vllm-gb10-runtime")}
+    # Our images come from the registry stack stella pushes to, by digest (the tag stays for readers).
+    stella = yaml.safe_load((ROOT / "Pulumi.stella.yaml").read_text())["config"]["vllm-gb10:registry"]
+    assert edge_config("registry") == stella
+    assert ours == {
+        f"{stella}/vllm-gb10:0.1.0@{edge_config('vllmImageDigest')}",
+        f"{stella}/vllm-gb10-runtime:0.1.0@{edge_config('runtimeImageDigest')}",
+    }
+    assert all(DIGEST.match(i) for i in ours), ours
     assert not [i for i in images if i.endswith(":latest") or ":" not in i.rsplit("/", 1)[-1]]
+
+
+@pytest.mark.parametrize("key", ["vllmImageDigest", "runtimeImageDigest"])
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("", "required on kubernetes"),
+        ("sha256:abc", "pattern"),
+        ("0.1.0", "pattern"),
+        ("sha256:" + "A" * 64, "pattern"),
+    ],
+)
+def test_image_digests_are_required_and_must_be_sha256(key: str, value: str, words: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        build_plan("edge", overrides={key: value})
+    assert f"Pulumi.edge.yaml: vllm-gb10:{key}" in str(error.value) and words in str(error.value)
 
 
 def test_every_container_has_requests_limits_and_a_restarting_owner(edge: Plan) -> None:
@@ -251,3 +312,27 @@ def test_node_label_and_namespace_come_from_config() -> None:
         and plan.outputs["rayClientAddress"] == "ray://ray-head.lab.svc.cluster.local:10001"
     )
     assert {m["metadata"].get("namespace") for m in manifests(plan).values()} == {"lab", None}
+
+
+def _containers(plan: Plan) -> dict[str, dict]:
+    """Every long-running container of the stack by pod name, RayCluster groups included."""
+    kinds = ("Deployment", "StatefulSet")
+    found = {n: pod(w)["containers"][0] for kind in kinds for n, w in objects(plan, kind).items()}
+    found.update({f"ray-{g}": t["spec"]["containers"][0] for g, t in ray_pod_templates(plan).items()})
+    return found
+
+
+def test_start_up_probes_give_slow_starts_minutes_not_one_try(edge: Plan) -> None:
+    """A Redis replaying its AOF, a MinIO scanning its drive: a start-up probe that fails once restarts
+    them forever (issue 15, item 3). Every start-up probe allows at least five minutes."""
+    short = {
+        name: (c["startupProbe"]["failureThreshold"], c["startupProbe"]["periodSeconds"])
+        for name, c in _containers(edge).items()
+        if "startupProbe" in c
+        and (
+            c["startupProbe"]["failureThreshold"] * c["startupProbe"]["periodSeconds"] < 300
+            or c["startupProbe"]["failureThreshold"] < c["livenessProbe"]["failureThreshold"]
+        )
+    }
+    assert short == {}
+    assert {"redis", "minio", "postgres"} <= {n for n, c in _containers(edge).items() if "startupProbe" in c}
