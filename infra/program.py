@@ -157,7 +157,11 @@ def _kubernetes(cfg: StackConfig, secrets: StackSecrets) -> tuple[KubernetesPlat
         gpu=[K8S_GPU_PLACEMENT],
         nodes=[K8S_GPU_PLACEMENT],
     )
-    return platform, f"{registry}/vllm-gb10:{tag}", f"{registry}/vllm-gb10-runtime:{tag}", placement
+    vllm_ref, runtime_ref = (
+        platform.pin(f"{registry}/vllm-gb10:{tag}"),
+        platform.pin(f"{registry}/vllm-gb10-runtime:{tag}"),
+    )
+    return platform, vllm_ref, runtime_ref, placement
 
 
 def docker_config_json(registry: str, username: str, password: str) -> str:
