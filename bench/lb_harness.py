@@ -52,7 +52,8 @@ def render_config(backends: Iterable[str], port: int, stats_port: int, **options
     for address in backends:
         args += ["--backend", address]
     for key, value in options.items():
-        args += [f"--{key.replace('_', '-')}", str(value)]
+        flag = f"--{key.replace('_', '-')}"
+        args += [flag] if value is True else [flag, str(value)]
     return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True).stdout
 
 
@@ -88,12 +89,12 @@ class Haproxy:
         """Server name -> requests it is serving now (`scur`)."""
         return {r["svname"]: int(r["scur"] or 0) for r in self._servers()}
 
-    def wait_status(self, expected: dict[str, str], timeout: float = 15.0) -> None:
+    def wait_status(self, expected: dict[str, str], timeout: float = 15.0, interval: float = 0.05) -> None:
         def matches() -> bool:
             current = self.status()
             return all(current.get(name, "").startswith(state) for name, state in expected.items())
 
-        wait_for(matches, timeout, f"haproxy servers {expected} (now {self.status()})")
+        wait_for(matches, timeout, f"haproxy servers {expected} (now {self.status()})", interval)
 
     def stop(self) -> None:
         self.process.terminate()

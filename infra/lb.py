@@ -1,6 +1,7 @@
 """Print the load balancer's haproxy.cfg for the given backends (tests, benchmarks, debugging).
 
-`python -m infra.lb --backend HOST:PORT [--backend HOST:PORT ...] --port N [--balance-factor F]`
+`python -m infra.lb --backend HOST:PORT [--backend HOST:PORT ...] --port N [--balance-factor F]
+[--round-robin]`
 uses the same renderer as both stacks (infra/render/haproxy.py).
 """
 
@@ -45,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--balance-factor", type=balance_factor, default=150, help="hash-balance-factor; 0: off")
     parser.add_argument("--session-header", default="X-Session-ID")
     parser.add_argument("--check-interval-ms", type=int, default=2000, help="health check interval")
+    parser.add_argument("--round-robin", action="store_true", help="no stickiness (the benchmark's peer)")
     return parser.parse_args(argv)
 
 
@@ -57,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         balance_factor=args.balance_factor,
         session_header=args.session_header,
         check_interval_ms=args.check_interval_ms,
+        sticky=not args.round_robin,
     )
     sys.stdout.write(render_haproxy_cfg(config))
     return 0

@@ -3,10 +3,12 @@
 Sticky with bounded load (the seeds' ADR-003, option D) without a state server:
 the session key (header, else a hash of Authorization, else the client address) is hashed on a
 consistent ring; `hash-balance-factor` makes a backend above F% of the mean load spill the
-session to the next backend on the ring. Active health checks on vLLM's /health take dead backends
-out; `retry-on` + `option redispatch` retry on another backend a request whose backend refused the
-connection or died before answering (the request is buffered for that; replaying a generation has
-no side effects, and a response that has started streaming is never replayed).
+session to the next backend on the ring. Passive health (`observe layer7`, `error-limit 1`,
+`on-error mark-down`) takes a dead backend out on its first failed request, not after two failed
+active checks; active checks on vLLM's /health bring it back. `retry-on` + `option redispatch`
+retry on another backend a request whose backend refused the connection or died before answering
+(the request is buffered for that; replaying a generation has no side effects, and a response that
+has started streaming is never replayed).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ class LoadBalancerConfig:
     # vLLM generations and streamed responses run long: no client/server timeout shorter than that.
     generation_timeout_s: int = 600
     maxconn: int = 4096
+    # False renders `balance roundrobin`: only the benchmark's peer, to measure what stickiness buys.
+    sticky: bool = True
 
 
 # HAProxy log-format for one JSON object per request (HAProxy substitutes the %-variables).
@@ -44,7 +48,7 @@ REQUEST_LOG_FIELDS = {
     "session": '"%[var(txn.session_key)]"',
     "backend": '"%s"',
     "status": "%ST",
-    "retries": "%rc",
+    "retries": '"%rc"',  # a string: HAProxy writes "+1" for a redispatched retry, which is no JSON number
     "total_ms": "%Ta",
 }
 REQUEST_LOG_FORMAT = "'{" + ",".join(f'"{key}":{value}' for key, value in REQUEST_LOG_FIELDS.items()) + "}'"
@@ -59,6 +63,12 @@ def render_haproxy_cfg(cfg: LoadBalancerConfig) -> str:
     if cfg.balance_factor != 0 and not 100 < cfg.balance_factor <= 65535:
         raise ValueError(f"balance_factor must be 0 (unbounded) or 101..65535 (got {cfg.balance_factor})")
     servers = "\n".join(f"    server {b.name} {b.address} check" for b in cfg.backends)
+    if cfg.sticky:
+        balance = (
+            f"balance hash var(txn.session_key)\n    hash-type consistent\n    hash-balance-factor {cfg.balance_factor}"
+        )
+    else:
+        balance = "balance roundrobin"
     header = cfg.session_header
     return f"""\
 # Rendered by infra/render/haproxy.py - do not edit by hand.
@@ -96,12 +106,11 @@ frontend openai
     default_backend vllm
 
 backend vllm
-    balance hash var(txn.session_key)
-    hash-type consistent
-    hash-balance-factor {cfg.balance_factor}
+    {balance}
     option httpchk GET {cfg.health_path}
     http-check expect status 200
-    default-server inter {cfg.check_interval_ms} fall 2 rise 2
+    # A failed request (refused connection, reset, 5xx other than 501/505) marks its server down at once.
+    default-server inter {cfg.check_interval_ms} fall 2 rise 2 observe layer7 error-limit 1 on-error mark-down
 {servers}
 
 frontend stats

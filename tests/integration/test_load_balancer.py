@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import subprocess
 import threading
@@ -23,12 +24,12 @@ SESSIONS = [f"session-{i}" for i in range(40)]
 
 
 class Pool:
-    def __init__(self, n: int, delay_ms: float = 0.0, **options: object):
+    def __init__(self, n: int, delay_ms: float = 0.0, log_path: Path | None = None, **options: object):
         require_binary("haproxy")
         self.backends = [BackendProcess(f"b{i}", free_port(), delay_ms) for i in range(1, n + 1)]
         self.port, self.stats_port = free_port(), free_port()
         config = render_config([b.address for b in self.backends], self.port, self.stats_port, **options)
-        self.haproxy = Haproxy(config, self.port, self.stats_port)
+        self.haproxy = Haproxy(config, self.port, self.stats_port, log_path=log_path)
         self.names = {f"vllm{i}": b for i, b in enumerate(self.backends, start=1)}
         self.haproxy.wait_status(dict.fromkeys(self.names, "UP"))
 
@@ -54,8 +55,8 @@ class Pool:
 def pool_factory() -> Iterator:
     pools: list[Pool] = []
 
-    def make(n: int, delay_ms: float = 0.0, **options: object) -> Pool:
-        pools.append(Pool(n, delay_ms, **options))
+    def make(n: int, delay_ms: float = 0.0, log_path: Path | None = None, **options: object) -> Pool:
+        pools.append(Pool(n, delay_ms, log_path, **options))
         return pools[-1]
 
     yield make
@@ -176,10 +177,74 @@ def test_a_killed_backend_loses_no_request_and_its_sessions_move_then_return(poo
     assert pool.round(SESSIONS) == before, "sessions did not return to their backend after recovery"
 
 
+def test_a_dead_backend_leaves_rotation_on_its_first_failed_request(pool_factory, tmp_path: Path) -> None:
+    """Passive health: active checks a minute apart cannot mark the killed backend down while this
+    test waits, so only the failed requests themselves can; each is redispatched and none fails."""
+    clients, log = 4, tmp_path / "haproxy.log"
+    # No balance factor: the slow requests below cannot spill, they all sit on the victim.
+    pool = pool_factory(3, delay_ms=30, log_path=log, check_interval_ms=60_000, balance_factor=0)
+    before = pool.round(SESSIONS)
+    victim_name = Counter(before.values()).most_common(1)[0][0]
+    victim_sessions = [s for s, b in before.items() if b == victim_name]
+    sent_after_kill: list[str] = []  # request ids sent once the backend was dead
+    replies: list[Reply] = []
+    killed, stop = threading.Event(), threading.Event()
+
+    def traffic(offset: int) -> None:
+        client = Client(pool.port)
+        for n in range(5000):
+            if stop.is_set():
+                break
+            request_id = f"c{offset}-{n}"
+            if killed.is_set():
+                sent_after_kill.append(request_id)
+            session = SESSIONS[(offset + n) % len(SESSIONS)]
+            replies.append(client.post({"X-Session-ID": session, "X-Request-ID": request_id}))
+        client.close()
+
+    def slow_on_victim(i: int) -> Reply:
+        headers = {"X-Session-ID": victim_sessions[i % len(victim_sessions)], "X-Delay-Ms": "3000"}
+        return Client(pool.port).post({**headers, "X-Request-ID": f"slow-{i}"})
+
+    with ThreadPoolExecutor(clients + 2) as executor:
+        senders = [executor.submit(traffic, i * 10) for i in range(clients)]
+        try:
+            wait_for(lambda: len(replies) >= 40, 10, "traffic before the kill")
+            slow = [executor.submit(slow_on_victim, i) for i in range(2)]
+            wait_for(lambda: pool.haproxy.in_flight().get(victim_name, 0) >= 2, 10, "requests in flight on victim")
+            pool.names[victim_name].kill()  # returns once the process is gone
+            killed.set()
+            pool.haproxy.wait_status({victim_name: "DOWN"})
+            at_down = len(replies)
+            wait_for(lambda: len(replies) >= at_down + 40, 10, "traffic after the backend went down")
+        finally:
+            stop.set()
+        for sender in senders:
+            sender.result()
+        replies += [s.result() for s in slow]
+    assert all(r.status == 200 for r in replies), [r for r in replies if r.status != 200][:3]
+    pool.haproxy.stop()  # flushes the request log
+    text = log.read_text()
+    assert f"Server vllm/{victim_name} is DOWN, reason: Health analyze" in text
+    lines = {x["request_id"]: x for x in map(json.loads, (x for x in text.splitlines() if x.startswith("{")))}
+    in_flight = [lines[f"slow-{i}"] for i in (0, 1)]  # on the victim when it died: replayed elsewhere
+    assert all(x["retries"] != "0" and x["backend"] != victim_name for x in in_flight), in_flight
+    tried = [i for i in sent_after_kill if lines[i]["retries"] != "0"]  # only the dead backend fails
+    assert len(tried) <= clients, f"{len(tried)} requests tried the dead backend; at most one per client"
+    assert all(lines[i]["backend"] != victim_name for i in sent_after_kill)
+
+
+def test_the_round_robin_peer_spreads_one_session(pool_factory) -> None:
+    pool = pool_factory(2, round_robin=True)
+    client = Client(pool.port)
+    assert {client.post({"X-Session-ID": "one"}).backend for _ in range(4)} == {"vllm1", "vllm2"}
+
+
 @pytest.mark.parametrize(
     "options",
     [
         {},
+        {"round_robin": True},
         {"balance_factor": 0},
         {"balance_factor": 101},
         {"balance_factor": 1000, "session_header": "X-Conversation"},
