@@ -20,6 +20,7 @@ SEEDS_ALERTS = {
     "GpuUnderusedWhileJobsRun", "BatchErrorRateHigh", "LoadBalancerErrorRateHigh", "BatchQueueDeep",
     "DiskFreeLow", "GpuTemperatureHigh", "MemoryHigh", "BatchJobStalled",
 }  # fmt: skip
+ALERTS = SEEDS_ALERTS | {"LoadBalancerImbalance"}  # ADR-003: load within 10% across GPUs
 
 
 def promtool(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -41,31 +42,43 @@ def prometheus_files(plan: Plan) -> dict[str, str]:
 def test_the_alert_rules_parse() -> None:
     result = promtool("check", "rules", str(ALERTS_FILE))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"SUCCESS: {len(SEEDS_ALERTS)} rules found" in result.stdout
+    assert f"SUCCESS: {len(ALERTS)} rules found" in result.stdout
 
 
 def test_every_alert_fires_on_sample_series_and_stays_quiet_inside_its_threshold() -> None:
     result = promtool("test", "rules", RULE_TESTS.name, cwd=RULE_TESTS.parent)
     assert result.returncode == 0, result.stdout + result.stderr
     rules = {r["alert"] for g in yaml.safe_load(ALERTS_FILE.read_text())["groups"] for r in g["rules"]}
-    assert rules == SEEDS_ALERTS
+    assert rules == ALERTS
     tests = yaml.safe_load(RULE_TESTS.read_text())["tests"]
     fired = {case["alertname"] for t in tests for case in t["alert_rule_test"] if case["exp_alerts"]}
     quiet = {case["alertname"] for t in tests for case in t["alert_rule_test"] if not case["exp_alerts"]}
-    assert fired == SEEDS_ALERTS
-    assert {"GpuUnderusedWhileJobsRun", "LoadBalancerErrorRateHigh", "BatchJobStalled"} <= quiet
+    assert fired == ALERTS
+    assert {
+        "GpuUnderusedWhileJobsRun",
+        "LoadBalancerErrorRateHigh",
+        "BatchJobStalled",
+        "LoadBalancerImbalance",
+    } <= quiet
 
 
-def test_a_broken_rule_fails_the_rule_tests(tmp_path: Path) -> None:
-    """The rule tests can fail: lift the queue threshold and the expected alert goes missing."""
-    (tmp_path / "alerts.yml").write_text(
-        ALERTS_FILE.read_text().replace("max(batch_queue_depth) > 100", "max(batch_queue_depth) > 1000")
-    )
+@pytest.mark.parametrize(
+    ("rule", "broken", "alert"),
+    [
+        ("max(batch_queue_depth) > 100", "max(batch_queue_depth) > 1000", "BatchQueueDeep"),
+        ("          > 1.10\n", "          > 1.25\n", "LoadBalancerImbalance"),  # the 10% bound
+        ('state="UP"} == 1', 'state="UP"} >= 0', "LoadBalancerImbalance"),  # a down backend counted
+    ],
+)
+def test_a_broken_rule_fails_the_rule_tests(tmp_path: Path, rule: str, broken: str, alert: str) -> None:
+    """The rule tests can fail: break a rule and its expected (or expected quiet) alert shows the difference."""
+    assert rule in ALERTS_FILE.read_text()
+    (tmp_path / "alerts.yml").write_text(ALERTS_FILE.read_text().replace(rule, broken))
     tests = yaml.safe_load(RULE_TESTS.read_text())
     tests["rule_files"] = ["alerts.yml"]
     (tmp_path / "t.yml").write_text(yaml.safe_dump(tests))
     result = promtool("test", "rules", "t.yml", cwd=tmp_path)
-    assert result.returncode != 0 and "BatchQueueDeep" in result.stdout + result.stderr
+    assert result.returncode != 0 and alert in result.stdout + result.stderr
 
 
 def test_the_shipped_prometheus_config_passes_promtool(plan: Plan, tmp_path: Path) -> None:
