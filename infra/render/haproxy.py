@@ -8,7 +8,7 @@ session to the next backend on the ring. Passive health (`observe layer7`, `erro
 active checks; active checks on vLLM's /health bring it back. `retry-on` + `option redispatch`
 retry on another backend a request whose backend refused the connection or died before answering
 (the request is buffered for that; replaying a generation has no side effects, and a response that
-has started streaming is never replayed).
+has started streaming is never replayed). Servers carry weight 100 so that the ring is smooth.
 """
 
 from __future__ import annotations
@@ -38,6 +38,11 @@ class LoadBalancerConfig:
     # False renders `balance roundrobin`: only the benchmark's peer, to measure what stickiness buys.
     sticky: bool = True
 
+
+# HAProxy puts weight x 16 points per server on the consistent ring. At the default weight 1 the arcs
+# differ so much that, without a bound, one of 4 servers draws 1.24x the mean of uniform sessions and
+# the balance factor must spill sessions to correct it; at 100 that is 1.03x (python -m bench.lb).
+RING_WEIGHT = 100
 
 # HAProxy log-format for one JSON object per request (HAProxy substitutes the %-variables).
 REQUEST_LOG_FIELDS = {
@@ -69,6 +74,7 @@ def render_haproxy_cfg(cfg: LoadBalancerConfig) -> str:
         )
     else:
         balance = "balance roundrobin"
+    health = f"inter {cfg.check_interval_ms} fall 2 rise 2 observe layer7 error-limit 1 on-error mark-down"
     header = cfg.session_header
     return f"""\
 # Rendered by infra/render/haproxy.py - do not edit by hand.
@@ -110,7 +116,7 @@ backend vllm
     option httpchk GET {cfg.health_path}
     http-check expect status 200
     # A failed request (refused connection, reset, 5xx other than 501/505) marks its server down at once.
-    default-server inter {cfg.check_interval_ms} fall 2 rise 2 observe layer7 error-limit 1 on-error mark-down
+    default-server {health} weight {RING_WEIGHT}
 {servers}
 
 frontend stats
