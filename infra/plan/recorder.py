@@ -91,11 +91,20 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
         return response
 
 
+def fresh_rpcs() -> None:
+    """Forget RPCs a failed earlier run of the program in this process left behind: the SDK keeps them
+    in a process-wide manager and would re-raise their failure in the next run (pulumi's own state)."""
+    from pulumi.runtime.settings import _get_rpc_manager
+
+    _get_rpc_manager().clear()
+
+
 def run_program(stack: str, config: dict[str, str], secret_keys: list[str]) -> Recording:
     """Run infra.program.main for `stack` with `config`; raises what the program raises."""
     from infra.components.host import pinned_run_stamp
     from infra.program import main  # the program imports pulumi resources; keep this import late
 
+    fresh_rpcs()
     recording = Recording()
     mocks = PlanMocks(recording)
     settings.ROOT.set(None)
