@@ -299,7 +299,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "image": runtime_image_ref,
             "vllm_urls": vllm.urls,
             "lb_url": lb.internal_url,
-            "batch_api_url": f"http://{batch.metrics_targets['batch-api']}/v1",
+            "batch_api_url": batch.internal_url,
             "model": cfg.vllm.served_name,
         },
     )

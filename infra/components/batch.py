@@ -16,6 +16,7 @@ from infra.platforms import Platform
 from infra.services import Exposure, Port, Secret, ServiceSpec, http_health_check
 
 WORKER_METRICS_PORT = 8101  # the worker's /health and /metrics
+API_INTERNAL_PORT = 8102  # the API's keyless /health and /metrics, on the cluster address only (Prometheus)
 
 
 class BatchServiceArgs(TypedDict):
@@ -40,6 +41,7 @@ class BatchServiceArgs(TypedDict):
 
 class BatchService(pulumi.ComponentResource):
     url: str
+    internal_url: str
     api_key: pulumi.Output[str]
 
     def __init__(self, name: str, args: BatchServiceArgs, opts: pulumi.ResourceOptions | None = None):
@@ -69,15 +71,23 @@ class BatchService(pulumi.ComponentResource):
             Secret("BATCH_WEBHOOK_SECRET", webhook_secret),
         )
         port, api_bind = settings.api_port, platform.bind_address(host, public)
+        internal_bind = platform.bind_address(host, internal)
         platform.deploy(
             ServiceSpec(
                 name=f"{name}-api",
                 host=host,
                 image=args["api_image"],
-                command=("python", "-m", "runtime.batch.api", "--host", api_bind, "--port", str(port)),
+                command=(
+                    *("python", "-m", "runtime.batch.api", "--host", api_bind, "--port", str(port)),
+                    *("--internal-host", internal_bind, "--internal-port", str(API_INTERNAL_PORT)),
+                ),
                 environment=env,
                 secrets=secrets,
-                ports=(Port(port, port, public, "http"),),
+                # Public: the API (every route needs a key; /metrics an admin key). Internal: /metrics without one.
+                ports=(
+                    Port(port, port, public, "http"),
+                    Port(API_INTERNAL_PORT, API_INTERNAL_PORT, internal, "metrics"),
+                ),
                 healthcheck=http_health_check(
                     port,
                     host=platform.probe_address(host, public),
@@ -123,8 +133,10 @@ class BatchService(pulumi.ComponentResource):
             parent=self,
         )
         self.url = f"http://{platform.external_address(host, port, f'{name}-api')}/v1"
+        # The API's own port, as services in the cluster reach it (the post-deploy check).
+        self.internal_url = f"http://{platform.internal_address(host, port, f'{name}-api', public)}/v1"
         self.metrics_targets = {
-            "batch-api": platform.internal_address(host, port, f"{name}-api", public),
+            "batch-api": platform.internal_address(host, API_INTERNAL_PORT, f"{name}-api"),
             "batch-worker": platform.internal_address(host, WORKER_METRICS_PORT, f"{name}-worker"),
         }
         self.register_outputs({"url": self.url})

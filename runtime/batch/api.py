@@ -76,18 +76,18 @@ class State:
         self.endpoints = OFFLINE_ENDPOINTS if settings.engine == "offline" else ENDPOINTS
 
 
-async def caller(request: Request) -> str:
-    """The calling key's id, after authentication and the rate limit."""
+async def caller(request: Request) -> auth.Principal:
+    """The calling key, after authentication and the rate limit."""
     state: State = request.app.state.batch
     settings = state.settings
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    key_id = await auth.key_id_of(state.redis, token) if scheme.lower() == "bearer" and token else None
-    if key_id is None:
+    principal = await auth.principal_of(state.redis, token) if scheme.lower() == "bearer" and token else None
+    if principal is None:
         raise ApiException(
             401, ApiError(message="Missing or unknown API key (Authorization: Bearer …).", code="invalid_api_key")
         )
-    wait = await auth.over_limit(state.redis, key_id, settings.rate_limit_per_minute)
+    wait = await auth.over_limit(state.redis, principal.key_id, settings.rate_limit_per_minute)
     if wait is not None:
         raise ApiException(
             429,
@@ -95,10 +95,50 @@ async def caller(request: Request) -> str:
             headers={"Retry-After": str(wait)},
         )
     logs.job_id.set(None)
-    return key_id
+    return principal
 
 
-Caller = Annotated[str, Depends(caller)]
+Caller = Annotated[auth.Principal, Depends(caller)]
+
+
+async def metrics_response(state: State) -> Response:
+    """Prometheus text: gauges read from Redis at scrape time, then every registered metric."""
+    metrics.queue_depth.set(await state.store.queue_depth())
+    batches = await state.store.all()
+    by_status = Counter(batch.status for batch in batches)
+    for status in BatchStatus:
+        metrics.jobs_by_status.labels(status.value).set(by_status[status])
+    metrics.job_progress.clear()
+    metrics.job_last_progress.clear()
+    for batch in batches:
+        if batch.status in (BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING, BatchStatus.CANCELLING):
+            counts = batch.request_counts
+            done = counts.completed + counts.failed
+            metrics.job_progress.labels(batch.id).set(done / counts.total if counts.total else 0)
+            progress_at = await state.store.progress_at(batch.id)
+            metrics.job_last_progress.labels(batch.id).set(progress_at or batch.in_progress_at or batch.created_at)
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def health_body(state: State) -> dict[str, Any]:
+    await state.redis.ping()
+    workers = await state.store.live_workers(within_seconds=30)
+    return {"status": "ok", "workers": len(workers), "queue_depth": await state.store.queue_depth()}
+
+
+def internal_app(state: State) -> FastAPI:
+    """/health and /metrics without a key, for Prometheus: served only on the internal (cluster) address."""
+    app = FastAPI(title="vllm-gb10 batch API (internal)", openapi_url=None, docs_url=None, redoc_url=None)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return await health_body(state)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return await metrics_response(state)
+
+    return app
 
 
 def create_app(settings: BatchSettings) -> FastAPI:
@@ -107,7 +147,8 @@ def create_app(settings: BatchSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(state.objects.ensure_bucket)
-        await auth.add_key(state.redis, settings.bootstrap_api_key.get_secret_value(), "bootstrap")
+        # The operator's key (the stack output batchApiKey): an admin, it sees every tenant's objects.
+        await auth.add_key(state.redis, settings.bootstrap_api_key.get_secret_value(), "bootstrap", admin=True)
         yield
         await state.redis.aclose()
 
@@ -142,32 +183,22 @@ def create_app(settings: BatchSettings) -> FastAPI:
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        await state.redis.ping()
-        workers = await state.store.live_workers(within_seconds=30)
-        return {"status": "ok", "workers": len(workers), "queue_depth": await state.store.queue_depth()}
+        return await health_body(state)
 
     @app.get("/metrics")
-    async def prometheus() -> Response:
-        metrics.queue_depth.set(await state.store.queue_depth())
-        batches = await state.store.all()
-        by_status = Counter(batch.status for batch in batches)
-        for status in BatchStatus:
-            metrics.jobs_by_status.labels(status.value).set(by_status[status])
-        metrics.job_progress.clear()
-        metrics.job_last_progress.clear()
-        for batch in batches:
-            if batch.status in (BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING, BatchStatus.CANCELLING):
-                counts = batch.request_counts
-                done = counts.completed + counts.failed
-                metrics.job_progress.labels(batch.id).set(done / counts.total if counts.total else 0)
-                progress_at = await state.store.progress_at(batch.id)
-                metrics.job_last_progress.labels(batch.id).set(progress_at or batch.in_progress_at or batch.created_at)
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    async def prometheus(principal: Caller) -> Response:
+        """On the public address only with an admin key (it names every tenant's jobs); Prometheus
+        scrapes the internal listener instead."""
+        if not principal.admin:
+            raise ApiException(403, ApiError(message="/metrics needs an admin key", code="forbidden"))
+        return await metrics_response(state)
 
     # --- files ---------------------------------------------------------------------------
 
     @app.post("/v1/files")
-    async def upload_file(_key: Caller, file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()]):
+    async def upload_file(
+        principal: Caller, file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()]
+    ) -> FileObject:
         if purpose != "batch":
             raise ApiException(400, ApiError(message=f"purpose {purpose!r}: only 'batch' is accepted", param="purpose"))
         size = file.size if file.size is not None else 0
@@ -182,33 +213,40 @@ def create_app(settings: BatchSettings) -> FastAPI:
             )
         file_id = f"file-{uuid.uuid4().hex}"
         await asyncio.to_thread(state.objects.upload, file_key(file_id), file.file)
-        return await state.store.record_file(
+        stored = await state.store.record_file(
             file_id,
+            owner=principal.key_id,
             size=size,
             filename=file.filename or "input.jsonl",
             purpose="batch",
             retention_seconds=settings.retention_seconds,
         )
+        return stored.public()
 
-    async def existing_file(file_id: str) -> FileObject:
+    async def existing_file(file_id: str, principal: auth.Principal) -> FileObject:
+        """The file, if it exists and the caller's key owns it: another tenant's file is not found (404)."""
         record = await state.store.get_file(file_id)
-        if record is None or (record.expires_at is not None and record.expires_at <= time.time()):
+        if (
+            record is None
+            or (record.expires_at is not None and record.expires_at <= time.time())
+            or not principal.owns(record.owner)
+        ):
             raise not_found("file", file_id)
-        return record
+        return record.public()
 
     @app.get("/v1/files/{file_id}")
-    async def get_file(_key: Caller, file_id: str) -> FileObject:
-        return await existing_file(file_id)
+    async def get_file(principal: Caller, file_id: str) -> FileObject:
+        return await existing_file(file_id, principal)
 
     @app.get("/v1/files/{file_id}/content")
-    async def file_content(_key: Caller, file_id: str) -> StreamingResponse:
-        await existing_file(file_id)
+    async def file_content(principal: Caller, file_id: str) -> StreamingResponse:
+        await existing_file(file_id, principal)
         body = await asyncio.to_thread(state.objects.open, file_key(file_id))
         return StreamingResponse(_iterate(body), media_type="application/jsonl")
 
     @app.delete("/v1/files/{file_id}")
-    async def delete_file(_key: Caller, file_id: str) -> dict[str, Any]:
-        await existing_file(file_id)
+    async def delete_file(principal: Caller, file_id: str) -> dict[str, Any]:
+        await existing_file(file_id, principal)
         await asyncio.to_thread(state.objects.delete, file_key(file_id))
         await state.store.delete_file(file_id)
         return {"id": file_id, "object": "file", "deleted": True}
@@ -265,7 +303,7 @@ def create_app(settings: BatchSettings) -> FastAPI:
         return priority, mode
 
     @app.post("/v1/batches")
-    async def create_batch(key_id: Caller, body: CreateBatch) -> Batch:
+    async def create_batch(principal: Caller, body: CreateBatch) -> Batch:
         if body.endpoint not in state.endpoints:
             raise ApiException(
                 400,
@@ -273,10 +311,10 @@ def create_app(settings: BatchSettings) -> FastAPI:
             )
         if body.completion_window != "24h":
             raise ApiException(400, ApiError(message="completion_window must be '24h'", param="completion_window"))
-        await existing_file(body.input_file_id)
+        await existing_file(body.input_file_id, principal)
         priority, mode = job_options(body.metadata)
         return await submit(
-            key_id,
+            principal.key_id,
             input_file_id=body.input_file_id,
             lines=state.objects.lines(file_key(body.input_file_id)),
             endpoint=body.endpoint,
@@ -286,20 +324,21 @@ def create_app(settings: BatchSettings) -> FastAPI:
             invalid_lines=mode,
         )
 
-    async def existing_batch(batch_id: str) -> Batch:
+    async def existing_batch(batch_id: str, principal: auth.Principal) -> Batch:
+        """The batch, if it exists and the caller's key created it: another tenant's batch is not found (404)."""
         batch = await state.store.get(batch_id)
-        if batch is None:
+        if batch is None or not principal.owns(await state.store.owner(batch_id)):
             raise not_found("batch", batch_id)
         logs.job_id.set(batch_id)
         return batch
 
     @app.get("/v1/batches/{batch_id}")
-    async def get_batch(_key: Caller, batch_id: str) -> Batch:
-        return await existing_batch(batch_id)
+    async def get_batch(principal: Caller, batch_id: str) -> Batch:
+        return await existing_batch(batch_id, principal)
 
     @app.post("/v1/batches/{batch_id}/cancel")
-    async def cancel_batch(_key: Caller, batch_id: str) -> Batch:
-        batch = await existing_batch(batch_id)
+    async def cancel_batch(principal: Caller, batch_id: str) -> Batch:
+        batch = await existing_batch(batch_id, principal)
         if batch.status in (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.EXPIRED):
             raise ApiException(
                 409, ApiError(message=f"batch {batch_id} is already {batch.status.value}", code="batch_not_cancellable")
@@ -313,9 +352,11 @@ def create_app(settings: BatchSettings) -> FastAPI:
 
     @app.get("/v1/batches")
     async def list_batches(
-        _key: Caller, limit: Annotated[int, Query(ge=1, le=100)] = 20, after: str | None = None
+        principal: Caller, limit: Annotated[int, Query(ge=1, le=100)] = 20, after: str | None = None
     ) -> BatchList:
-        batches, more = await state.store.list(limit=limit, after=after)
+        """The caller's batches, newest first (an admin key lists every tenant's)."""
+        owner = None if principal.admin else principal.key_id
+        batches, more = await state.store.list(limit=limit, after=after, owner=owner)
         return BatchList(
             data=batches,
             first_id=batches[0].id if batches else None,
@@ -326,7 +367,7 @@ def create_app(settings: BatchSettings) -> FastAPI:
     # --- the seeds' API ------------------------------------------------------------------
 
     @app.post("/v1/batch")
-    async def create_seed_job(key_id: Caller, body: SeedJobRequest) -> SeedJobCreated:
+    async def create_seed_job(principal: Caller, body: SeedJobRequest) -> SeedJobCreated:
         if body.model != settings.model:
             raise ApiException(
                 400, ApiError(message=f"model {body.model!r} is not served here", code="model_not_found", param="model")
@@ -337,7 +378,7 @@ def create_app(settings: BatchSettings) -> FastAPI:
         try:
             metadata = {k: str(v) for k, v in body.metadata.model_dump(mode="json").items() if v is not None}
             batch = await submit(
-                key_id,
+                principal.key_id,
                 input_file_id=file_id,
                 lines=_tee(lines, spool),
                 endpoint=None,
@@ -353,6 +394,7 @@ def create_app(settings: BatchSettings) -> FastAPI:
             spool.close()
         await state.store.record_file(
             file_id,
+            owner=principal.key_id,
             size=size,
             filename=body.input_file_url.rsplit("/", 1)[-1] or "input.jsonl",
             purpose="batch",
@@ -380,8 +422,8 @@ def create_app(settings: BatchSettings) -> FastAPI:
         return int(time.time() + work / rate)
 
     @app.get("/v1/batch/{job_id}")
-    async def seed_job_status(_key: Caller, job_id: str) -> SeedJobStatus:
-        batch = await existing_batch(job_id)
+    async def seed_job_status(principal: Caller, job_id: str) -> SeedJobStatus:
+        batch = await existing_batch(job_id, principal)
         counts = batch.request_counts
         done = counts.completed + counts.failed
         ended = batch.completed_at or batch.cancelled_at or batch.expired_at or batch.failed_at or time.time()
@@ -403,8 +445,8 @@ def create_app(settings: BatchSettings) -> FastAPI:
         )
 
     @app.get("/v1/batch/{job_id}/results")
-    async def seed_job_results(_key: Caller, job_id: str) -> SeedResults:
-        batch = await existing_batch(job_id)
+    async def seed_job_results(principal: Caller, job_id: str) -> SeedResults:
+        batch = await existing_batch(job_id, principal)
         if not batch.status.terminal:
             raise ApiException(
                 409,
@@ -457,10 +499,31 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="vllm-gb10 batch API (settings from BATCH_* variables)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8100)
+    parser.add_argument(
+        "--internal-host", help="address of the keyless /health and /metrics listener (the cluster address)"
+    )
+    parser.add_argument("--internal-port", type=int, help="port of that listener; none without it")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
+    if (args.internal_host is None) != (args.internal_port is None):
+        parser.error("--internal-host and --internal-port go together")
     logs.configure("batch-api", args.log_level)
-    uvicorn.run(create_app(BatchSettings()), host=args.host, port=args.port, log_config=None, access_log=False)
+    app = create_app(BatchSettings())
+    servers = [uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_config=None, access_log=False))]
+    if args.internal_port is not None:
+        internal = internal_app(app.state.batch)
+        config = uvicorn.Config(internal, host=args.internal_host, port=args.internal_port, log_config=None)
+        servers.append(uvicorn.Server(config))
+    asyncio.run(_serve(servers))
+
+
+async def _serve(servers: list[uvicorn.Server]) -> None:
+    """Run the public and internal listeners together; when one stops (a signal, a bind error), stop both."""
+    tasks = [asyncio.create_task(server.serve()) for server in servers]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for server in servers:
+        server.should_exit = True
+    await asyncio.gather(*tasks)
 
 
 if __name__ == "__main__":

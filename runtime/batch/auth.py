@@ -1,4 +1,9 @@
-"""Bearer API keys, stored as SHA-256 digests, and a fixed-window rate limit per key in Redis."""
+"""API keys: stored as SHA-256 digests, each one a tenant (or an admin), revocable at once.
+
+A key's id is the first 16 hex digits of its digest: safe to log, to show in `keys list`, and to
+own files and batches by. Keys are looked up on every request (no cache), so `keys revoke` takes
+effect on the next call without a restart. A fixed-window rate limit per key lives in Redis too.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,34 @@ import hashlib
 import json
 import secrets
 import time
+from dataclasses import dataclass
 
 import redis.asyncio as redis
 
 from runtime.batch import keys
+
+KEY_ID_LENGTH = 16
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a key's id and whether it may see every tenant's objects."""
+
+    key_id: str
+    name: str
+    admin: bool = False
+
+    def owns(self, owner: str | None) -> bool:
+        """Admins see everything; a tenant sees what its key created (objects with no owner: admins only)."""
+        return self.admin or (owner is not None and owner == self.key_id)
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    key_id: str
+    name: str
+    admin: bool
+    created_at: int
 
 
 def digest(api_key: str) -> str:
@@ -20,20 +49,46 @@ def new_key() -> str:
     return "sk-vgb-" + secrets.token_urlsafe(32)
 
 
-async def add_key(client: redis.Redis, api_key: str, name: str) -> str:
-    """Store a key (hashed); returns its id (a digest prefix, safe for logs and rate-limit keys)."""
+async def add_key(client: redis.Redis, api_key: str, name: str, *, admin: bool = False) -> str:
+    """Store a key (hashed); returns its id. Adding the same key again updates its name and role."""
     key_digest = digest(api_key)
-    await client.hset(keys.API_KEYS, key_digest, json.dumps({"name": name, "created_at": int(time.time())}))
-    return key_digest[:16]
+    record = {"name": name, "admin": admin, "created_at": int(time.time())}
+    await client.hset(keys.API_KEYS, key_digest, json.dumps(record))
+    return key_digest[:KEY_ID_LENGTH]
 
 
-async def revoke_key(client: redis.Redis, api_key: str) -> bool:
-    return bool(await client.hdel(keys.API_KEYS, digest(api_key)))
+async def principal_of(client: redis.Redis, api_key: str) -> Principal | None:
+    raw = await client.hget(keys.API_KEYS, digest(api_key))
+    if raw is None:
+        return None
+    record = json.loads(raw)
+    return Principal(key_id=digest(api_key)[:KEY_ID_LENGTH], name=record["name"], admin=bool(record.get("admin")))
 
 
-async def key_id_of(client: redis.Redis, api_key: str) -> str | None:
-    key_digest = digest(api_key)
-    return key_digest[:16] if await client.hexists(keys.API_KEYS, key_digest) else None
+async def list_keys(client: redis.Redis) -> list[KeyInfo]:
+    """Every key on record, oldest first; never the key itself (only its digest is stored)."""
+    found = []
+    for key_digest, raw in (await client.hgetall(keys.API_KEYS)).items():
+        record = json.loads(raw)
+        found.append(
+            KeyInfo(
+                key_id=_text(key_digest)[:KEY_ID_LENGTH],
+                name=record["name"],
+                admin=bool(record.get("admin")),
+                created_at=int(record["created_at"]),
+            )
+        )
+    return sorted(found, key=lambda k: (k.created_at, k.key_id))
+
+
+async def revoke(client: redis.Redis, key_id: str) -> bool:
+    """Delete the key whose id is `key_id`; True when one was deleted. Its objects stay (admins see them)."""
+    if len(key_id) != KEY_ID_LENGTH:
+        raise ValueError(f"key id {key_id!r}: expected the {KEY_ID_LENGTH}-character id that `keys list` prints")
+    for key_digest in await client.hkeys(keys.API_KEYS):
+        if _text(key_digest).startswith(key_id):
+            return bool(await client.hdel(keys.API_KEYS, key_digest))
+    return False
 
 
 async def over_limit(client: redis.Redis, key_id: str, per_minute: int) -> int | None:
@@ -46,3 +101,7 @@ async def over_limit(client: redis.Redis, key_id: str, per_minute: int) -> int |
         pipe.expire(counter, 120)
         count, _ = await pipe.execute()
     return None if count <= per_minute else int(60 - now % 60) + 1
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -17,7 +17,7 @@ import redis.asyncio as redis
 from redis.exceptions import WatchError
 
 from runtime.batch import keys
-from runtime.batch.models import TERMINAL, Batch, BatchStatus, ChunkCheckpoint, FileObject, JobPlan, Priority
+from runtime.batch.models import TERMINAL, Batch, BatchStatus, ChunkCheckpoint, JobPlan, Priority, StoredFile
 
 PRIORITY_SPAN = 10**13  # larger than any epoch-ms, so rank dominates and FIFO holds within a rank
 
@@ -93,25 +93,26 @@ class JobStore:
 
     # --- files ---------------------------------------------------------------------------
 
-    async def save_file(self, file: FileObject) -> None:
+    async def save_file(self, file: StoredFile) -> None:
         await self.redis.set(keys.file(file.id), file.model_dump_json(), exat=file.expires_at)
 
-    async def get_file(self, file_id: str) -> FileObject | None:
+    async def get_file(self, file_id: str) -> StoredFile | None:
         raw = await self.redis.get(keys.file(file_id))
-        return FileObject.model_validate_json(raw) if raw else None
+        return StoredFile.model_validate_json(raw) if raw else None
 
     async def record_file(
-        self, file_id: str, *, size: int, filename: str, purpose: str, retention_seconds: int
-    ) -> FileObject:
-        """Save a file object that expires (here and in the API) `retention_seconds` from now."""
+        self, file_id: str, *, owner: str, size: int, filename: str, purpose: str, retention_seconds: int
+    ) -> StoredFile:
+        """Save a file object owned by the key id `owner`; it expires (here and in the API) in `retention_seconds`."""
         now = int(time.time())
-        file = FileObject(
+        file = StoredFile(
             id=file_id,
             bytes=size,
             created_at=now,
             expires_at=now + retention_seconds,
             filename=filename,
             purpose=purpose,
+            owner=owner,
         )
         await self.save_file(file)
         return file
@@ -129,6 +130,7 @@ class JobStore:
             pipe.set(keys.plan(batch.id), plan.model_dump_json(), nx=True)
             pipe.hsetnx(keys.job(batch.id), "score", score)
             pipe.zadd(keys.BATCHES, {batch.id: now_ms()}, nx=True)
+            pipe.zadd(keys.owner_batches(plan.key_id), {batch.id: now_ms()}, nx=True)
             pipe.zadd(keys.QUEUE, {batch.id: score}, nx=True)
             pipe.rpush(keys.WAKE, batch.id)
             pipe.ltrim(keys.WAKE, -100, -1)
@@ -144,15 +146,26 @@ class JobStore:
             raise KeyError(f"batch {batch_id} has no plan in Redis")
         return JobPlan.model_validate_json(raw)
 
-    async def list(self, *, limit: int, after: str | None) -> tuple[list[Batch], bool]:
+    async def owner(self, batch_id: str) -> str | None:
+        """The key id that created the batch (None when it has no plan on record)."""
+        raw = await self.redis.get(keys.plan(batch_id))
+        return JobPlan.model_validate_json(raw).key_id if raw else None
+
+    async def list(self, *, limit: int, after: str | None, owner: str | None = None) -> tuple[list[Batch], bool]:
+        """Newest first, `limit` at a time after the batch `after`: every batch, or `owner`'s only."""
+        index = keys.BATCHES if owner is None else keys.owner_batches(owner)
         start = 0
         if after is not None:
-            rank = await self.redis.zrevrank(keys.BATCHES, after)
+            rank = await self.redis.zrevrank(index, after)
             if rank is None:
                 return [], False
             start = rank + 1
-        ids = await self.redis.zrevrange(keys.BATCHES, start, start + limit)
-        return await self._batches(ids[:limit]), len(ids) > limit
+        ids = [_text(i) for i in await self.redis.zrevrange(index, start, start + limit)]
+        batches = await self._batches(ids[:limit])
+        if owner is not None and len(batches) < len(ids[:limit]):  # records past their retention: prune
+            gone = set(ids[:limit]) - {b.id for b in batches}
+            await self.redis.zrem(index, *gone)
+        return batches, len(ids) > limit
 
     async def all(self) -> list[Batch]:
         """Every batch still on record, oldest first (records past their retention have expired)."""
@@ -248,11 +261,14 @@ class JobStore:
             await pipe.watch(job_key)
             if int(await pipe.hget(job_key, "fence") or 0) != lease.fence:
                 raise StaleLeaseError(f"batch {lease.batch_id}: fence {lease.fence} is no longer current")
+            plan_raw = await pipe.get(keys.plan(lease.batch_id))
             expire_at = int(time.time()) + retention_seconds
             pipe.multi()
             pipe.set(batch_key, batch.model_dump_json())
             pipe.expireat(batch_key, expire_at)
             pipe.expireat(keys.plan(lease.batch_id), expire_at)
+            if plan_raw is not None:  # the owner's index lives as long as its newest finished batch
+                pipe.expireat(keys.owner_batches(JobPlan.model_validate_json(plan_raw).key_id), expire_at)
             pipe.delete(job_key, keys.chunks(lease.batch_id))
             pipe.zrem(keys.LEASES, lease.batch_id)
             try:

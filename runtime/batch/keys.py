@@ -38,6 +38,11 @@ def chunks(batch_id: str) -> str:
     return f"{PREFIX}batch:{batch_id}:chunks"
 
 
+def owner_batches(key_id: str) -> str:
+    """Zset batch_id -> created ms: one API key's batches (its listing; pruned of expired ids on read)."""
+    return f"{PREFIX}owner:{key_id}:batches"
+
+
 def file(file_id: str) -> str:
     return f"{PREFIX}file:{file_id}"
 

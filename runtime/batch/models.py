@@ -53,6 +53,18 @@ class FileObject(BaseModel):
     status: Literal["uploaded", "processed", "error"] = "processed"
 
 
+class StoredFile(FileObject):
+    """A file object as kept in Redis, with the id of the API key that owns it (never sent to clients).
+
+    Records written before files had owners read back with `owner=None`: only admin keys see them.
+    """
+
+    owner: str | None = None
+
+    def public(self) -> FileObject:
+        return FileObject.model_validate(self.model_dump(exclude={"owner"}))
+
+
 class BatchError(BaseModel):
     code: str
     message: str

@@ -383,11 +383,11 @@ class Worker:
             )
         checkpoints = [c for _, c in sorted((await self.store.checkpoints(batch_id)).items())]
         counts = await self._counts(batch_id, plan)
-        output_file = await self._join(batch_id, "output", [c.output_key for c in checkpoints if c.completed])
+        output_file = await self._join(plan, "output", [c.output_key for c in checkpoints if c.completed])
         error_keys = [c.error_key for c in checkpoints if c.failed]
         if plan.invalid_lines:
             error_keys.insert(0, invalid_lines_key(batch_id))
-        error_file = await self._join(batch_id, "errors", error_keys)
+        error_file = await self._join(plan, "errors", error_keys)
         finished = int(time.time())
         stamp = {
             BatchStatus.COMPLETED: "completed_at",
@@ -423,10 +423,12 @@ class Worker:
             await asyncio.to_thread(self.objects.delete_prefix, f"batches/{batch_id}/")
         log.info("job %s: %d ok, %d failed", status.value, counts.completed, counts.failed)
 
-    async def _join(self, batch_id: str, kind: str, parts: list[str]) -> FileObject | None:
-        """Concatenate chunk objects into one file object (spooled to disk, not held in memory)."""
+    async def _join(self, plan: JobPlan, kind: str, parts: list[str]) -> FileObject | None:
+        """Concatenate chunk objects into one file object (spooled to disk, not held in memory), owned by
+        the key that created the batch."""
         if not parts:
             return None
+        batch_id = plan.batch_id
         file_id = f"file-{batch_id.removeprefix('batch_')}-{kind}"
 
         def join() -> int:
@@ -441,6 +443,7 @@ class Worker:
         size = await self._with_storage_retry(asyncio.to_thread, join)
         return await self.store.record_file(
             file_id,
+            owner=plan.key_id,
             size=size,
             filename=f"{batch_id}_{kind}.jsonl",
             purpose="batch_output",

@@ -158,9 +158,12 @@ class S3Server(Process):
 
 
 class BatchApi(Process):
-    def __init__(self, log_dir: Path, env: Mapping[str, str], port: int | None = None):
+    def __init__(
+        self, log_dir: Path, env: Mapping[str, str], port: int | None = None, *, internal_port: int | None = None
+    ):
         super().__init__("batch-api", log_dir)
         self.port = port or free_port()
+        self.internal_port = internal_port
         self.env = dict(env)
 
     @property
@@ -168,7 +171,17 @@ class BatchApi(Process):
         return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "runtime.batch.api", "--host", "127.0.0.1", "--port", str(self.port)]
+        internal = ["--internal-host", "127.0.0.1", "--internal-port", str(self.internal_port)]
+        return [
+            sys.executable,
+            "-m",
+            "runtime.batch.api",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            *(internal if self.internal_port else []),
+        ]
 
     def environment(self) -> Mapping[str, str]:
         return self.env

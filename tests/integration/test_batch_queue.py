@@ -104,8 +104,15 @@ def test_finish_leaves_only_the_documented_keys(run) -> None:
         await store.commit_chunk(lease, ChunkCheckpoint(index=0, output_key="o", error_key="e", completed=10, failed=0))
         batch = (await store.get("b1")).model_copy(update={"status": BatchStatus.COMPLETED})
         await store.finish(lease, batch, retention_seconds=3600)
-        assert set(await store.redis.keys("*")) == {keys.batch("b1"), keys.plan("b1"), keys.BATCHES, keys.WAKE}
-        assert 0 < await store.redis.ttl(keys.batch("b1")) <= 3600
+        assert set(await store.redis.keys("*")) == {
+            keys.batch("b1"),
+            keys.plan("b1"),
+            keys.BATCHES,
+            keys.owner_batches("k"),
+            keys.WAKE,
+        }
+        for expiring in (keys.batch("b1"), keys.plan("b1"), keys.owner_batches("k")):
+            assert 0 < await store.redis.ttl(expiring) <= 3600, expiring
         with pytest.raises(StaleLeaseError):
             await store.finish(lease, batch, retention_seconds=3600)  # the job state is gone: fence no longer matches
 
@@ -130,8 +137,8 @@ def test_api_keys_are_stored_hashed_and_rate_limited(run) -> None:
         key_id = await auth.add_key(store.redis, "sk-secret-value", "test")
         stored = await store.redis.hgetall(keys.API_KEYS)
         assert "sk-secret-value" not in str(stored)
-        assert await auth.key_id_of(store.redis, "sk-secret-value") == key_id
-        assert await auth.key_id_of(store.redis, "sk-wrong") is None
+        assert await auth.principal_of(store.redis, "sk-secret-value") == auth.Principal(key_id, "test", admin=False)
+        assert await auth.principal_of(store.redis, "sk-wrong") is None
         results = [await auth.over_limit(store.redis, key_id, per_minute=3) for _ in range(4)]
         assert results[:3] == [None, None, None]
         assert 1 <= results[3] <= 61
@@ -160,5 +167,22 @@ def test_a_refused_lease_renewal_stops_the_job_but_not_the_worker(run, redis_ser
         )  # fmt: skip
         worker = JobThatFinishesThenCleansUp(settings, engine=None, client=store.redis, objects=None)
         await asyncio.wait_for(worker.run_leased(lease), timeout=10)  # returns; CancelledError would escape
+
+    run(test)
+
+
+def test_keys_are_listed_without_their_secret_and_revoked_by_id(run) -> None:
+    async def test(store: JobStore) -> None:
+        alice = await auth.add_key(store.redis, "sk-alice-secret", "alice")
+        root = await auth.add_key(store.redis, "sk-root-secret", "root", admin=True)
+        listed = await auth.list_keys(store.redis)
+        assert {(k.key_id, k.name, k.admin) for k in listed} == {(alice, "alice", False), (root, "root", True)}
+        assert "secret" not in repr(listed)
+        with pytest.raises(ValueError, match="expected the 16-character id"):
+            await auth.revoke(store.redis, alice[:8])  # a prefix could name two keys
+        assert await auth.revoke(store.redis, alice)
+        assert not await auth.revoke(store.redis, alice)
+        assert await auth.principal_of(store.redis, "sk-alice-secret") is None
+        assert (await auth.principal_of(store.redis, "sk-root-secret")).admin
 
     run(test)

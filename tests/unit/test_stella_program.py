@@ -166,7 +166,7 @@ PUBLIC_SERVICES = {"lb", "batch-api", "grafana"}
 # Where each service says it listens: command-line flags, two environment variables, haproxy.cfg.
 LISTEN = re.compile(
     r"(?:--bind|--host|--address|--console-address|--web\.listen-address|-a|listen_addresses|--node-ip-address"
-    r"|--dashboard-host)[= ](\S+)"
+    r"|--dashboard-host|--internal-host)[= ](\S+)"
 )
 LISTEN_ENV = ("GF_SERVER_HTTP_ADDR", "BATCH_WORKER_METRICS_HOST")
 
@@ -208,6 +208,8 @@ def test_internal_services_bind_the_cluster_address_and_public_ones_every_interf
                 assert addresses == set(), "a one-shot listens on nothing"
             elif name == "lb":
                 assert addresses == {"0.0.0.0", ip}, "clients on every interface, the stats page internal"
+            elif name == "batch-api":
+                assert addresses == {"0.0.0.0", ip}, "clients on every interface, keyless /metrics internal"
             else:
                 assert addresses == ({"0.0.0.0"} if name in PUBLIC_SERVICES else {ip}), name
 
@@ -217,16 +219,17 @@ def test_public_services_bind_the_public_address_and_everything_else_stays_on_th
     plan = build_plan("stella", overrides={"hosts": _hosts_with_public_addresses(**public)})
     for host, ip in (("stella", STELLA_IP), ("nova", NOVA_IP)):
         for name, addresses in _listen_addresses(plan, host).items():
-            if name == "lb":
+            if name in ("lb", "batch-api"):  # their stats / keyless metrics stay on the cluster address
                 assert addresses == {public[host], ip}
             elif name != "minio-setup":
                 assert addresses == ({public[host]} if name in PUBLIC_SERVICES else {ip}), name
     services = compose(plan, "stella")["services"]
-    # Others reach a public service where it listens: the worker the load balancer, Prometheus the batch API.
+    # Others reach a public service where it listens: the worker the load balancer. Prometheus scrapes the
+    # batch API's internal listener (its public /metrics needs an admin key).
     assert services["batch-worker"]["environment"]["BATCH_VLLM_BASE_URL"] == "http://192.168.1.10:8080/v1"
     scrape = yaml.safe_load(plan.files["stella/prometheus.yml"])["scrape_configs"]
     assert [j["static_configs"][0]["targets"] for j in scrape if j["job_name"] == "batch-api"] == [
-        ["192.168.1.10:8100"]
+        [f"{STELLA_IP}:8102"]
     ]
 
 
