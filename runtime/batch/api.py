@@ -46,6 +46,7 @@ from runtime.batch.models import (
 from runtime.batch.settings import BatchSettings, InvalidLines
 from runtime.batch.sources import SourceError, open_lines
 from runtime.batch.storage import ObjectStore, file_key
+from runtime.batch.urls import UrlRefusedError
 
 OFFLINE_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings")
 
@@ -74,6 +75,7 @@ class State:
         self.store = JobStore(self.redis)
         self.objects = ObjectStore(settings)
         self.endpoints = OFFLINE_ENDPOINTS if settings.engine == "offline" else ENDPOINTS
+        self.url_policy = settings.url_policy
 
 
 async def caller(request: Request) -> auth.Principal:
@@ -287,6 +289,14 @@ def create_app(settings: BatchSettings) -> FastAPI:
         logs.job_id.set(batch.id)
         return batch
 
+    def checked_url(url: str, param: str) -> str:
+        """A webhook URL the service may call (urls.UrlPolicy), else a 400 naming it."""
+        try:
+            state.url_policy.check(url, param=param)
+        except UrlRefusedError as refused:
+            raise ApiException(400, ApiError(message=str(refused), code="url_refused", param=param)) from None
+        return url
+
     def job_options(metadata: dict[str, str] | None) -> tuple[Priority, InvalidLines]:
         try:
             priority = priority_of(metadata)
@@ -313,6 +323,9 @@ def create_app(settings: BatchSettings) -> FastAPI:
             raise ApiException(400, ApiError(message="completion_window must be '24h'", param="completion_window"))
         await existing_file(body.input_file_id, principal)
         priority, mode = job_options(body.metadata)
+        webhook_url = (body.metadata or {}).get("webhook_url")
+        if webhook_url is not None:
+            checked_url(webhook_url, "metadata.webhook_url")
         return await submit(
             principal.key_id,
             input_file_id=body.input_file_id,
@@ -320,7 +333,7 @@ def create_app(settings: BatchSettings) -> FastAPI:
             endpoint=body.endpoint,
             metadata=body.metadata,
             priority=priority,
-            webhook_url=(body.metadata or {}).get("webhook_url"),
+            webhook_url=webhook_url,
             invalid_lines=mode,
         )
 
@@ -372,7 +385,16 @@ def create_app(settings: BatchSettings) -> FastAPI:
             raise ApiException(
                 400, ApiError(message=f"model {body.model!r} is not served here", code="model_not_found", param="model")
             )
-        lines = await asyncio.to_thread(open_lines, state.objects, body.input_file_url, settings.max_file_bytes)
+        if body.webhook_url is not None:
+            checked_url(body.webhook_url, "webhook_url")
+        lines = await asyncio.to_thread(
+            open_lines,
+            state.objects,
+            body.input_file_url,
+            settings.max_file_bytes,
+            bucket=settings.s3_bucket,
+            policy=state.url_policy,
+        )
         file_id = f"file-{uuid.uuid4().hex}"
         spool = tempfile.SpooledTemporaryFile(max_size=16 * 1024 * 1024)
         try:

@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import AnyHttpUrl, Field, RedisDsn, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from runtime.batch.urls import UrlPolicy
+
 InvalidLines = Literal["reject", "error_file"]
 
 
@@ -58,6 +60,11 @@ class BatchSettings(BaseSettings):
     bootstrap_api_key: SecretStr = Field(description="Stored hashed at start; clients send it as Bearer.")
     webhook_secret: SecretStr = Field(description="HMAC-SHA256 key for webhook signatures.")
     webhook_max_attempts: int = Field(default=8, ge=1)
+    url_allowlist: str = Field(
+        default="",
+        description="Comma-separated host, host:port or CIDR entries that input_file_url and webhook_url may "
+        "reach although they are loopback, link-local, private or cluster-internal (refused by default).",
+    )
     worker_metrics_port: int = Field(default=8101, ge=0, le=65535, description="Worker /health and /metrics.")
     worker_metrics_host: str = Field(
         default="0.0.0.0",
@@ -71,6 +78,16 @@ class BatchSettings(BaseSettings):
         if isinstance(value, str):
             return json.loads(value) if value.strip() else {}
         return value
+
+    @field_validator("url_allowlist")
+    @classmethod
+    def _valid_allowlist(cls, value: str) -> str:
+        UrlPolicy.from_entries(value.split(","))  # raises naming a bad CIDR
+        return value
+
+    @property
+    def url_policy(self) -> UrlPolicy:
+        return UrlPolicy.from_entries(self.url_allowlist.split(","))
 
     @property
     def retention_seconds(self) -> int:

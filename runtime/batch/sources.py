@@ -1,26 +1,35 @@
-"""Reading a job's input from where the seeds' API says it is: s3://bucket/key or http(s)://."""
+"""Reading a job's input from where the seeds' API says it is: s3://<the batch bucket>/key or http(s)://."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from urllib.parse import urlparse
+from urllib.parse import urljoin, urlparse
 
 import httpx
 
 from runtime.batch.storage import ObjectStore
+from runtime.batch.urls import UrlPolicy, UrlRefusedError
+
+MAX_REDIRECTS = 5
 
 
 class SourceError(ValueError):
     """The input URL cannot be read; the message says why."""
 
 
-def open_lines(objects: ObjectStore, url: str, max_bytes: int) -> Iterator[bytes]:
-    """Lines of the input; an S3 object over the limit is refused before reading. Blocking (run it in a thread)."""
+def open_lines(objects: ObjectStore, url: str, max_bytes: int, *, bucket: str, policy: UrlPolicy) -> Iterator[bytes]:
+    """Lines of the input; an S3 object over the limit is refused before reading. Blocking (run it in a thread).
+
+    s3:// may name only the batch bucket (the service's credentials reach others a caller must not read);
+    an http(s) URL must pass `policy`, and so must every redirect.
+    """
     parsed = urlparse(url)
     if parsed.scheme == "s3":
-        bucket, key = parsed.netloc, parsed.path.lstrip("/")
-        if not bucket or not key:
+        key = parsed.path.lstrip("/")
+        if not parsed.netloc or not key:
             raise SourceError(f"input_file_url {url!r}: expected s3://bucket/key")
+        if parsed.netloc != bucket:
+            raise SourceError(f"input_file_url {url!r}: s3:// inputs must be in the batch bucket {bucket!r}")
         try:
             size = objects.size(key, bucket=bucket)
         except Exception as exc:
@@ -29,25 +38,42 @@ def open_lines(objects: ObjectStore, url: str, max_bytes: int) -> Iterator[bytes
             raise SourceError(f"input_file_url {url!r}: {size} bytes is over the {max_bytes}-byte limit")
         return objects.open(key, bucket=bucket).iter_lines(keepends=False)
     if parsed.scheme in ("http", "https"):
-        return _http_lines(url, max_bytes)
+        _check(policy, url)
+        return _http_lines(url, max_bytes, policy)
     raise SourceError(f"input_file_url {url!r}: use s3://bucket/key or an http(s) URL")
 
 
-def _http_lines(url: str, max_bytes: int) -> Iterator[bytes]:
+def _check(policy: UrlPolicy, url: str) -> None:
+    try:
+        policy.check(url, param="input_file_url")
+    except UrlRefusedError as exc:
+        raise SourceError(str(exc)) from None
+
+
+def _http_lines(url: str, max_bytes: int, policy: UrlPolicy) -> Iterator[bytes]:
     seen = 0
     try:
-        with httpx.stream("GET", url, timeout=60, follow_redirects=True) as response:
-            if not response.is_success:
-                raise SourceError(f"input_file_url {url!r}: HTTP {response.status_code}")
-            pending = b""
-            for block in response.iter_bytes():
-                seen += len(block)
-                if seen > max_bytes:
-                    raise SourceError(f"input_file_url {url!r}: more than the {max_bytes}-byte limit")
-                pending += block
-                *lines, pending = pending.split(b"\n")
-                yield from lines
-            if pending:
-                yield pending
+        with httpx.Client(timeout=60, follow_redirects=False) as http:
+            target = url
+            for _hop in range(MAX_REDIRECTS + 1):
+                with http.stream("GET", target) as response:
+                    if response.is_redirect:
+                        target = urljoin(target, response.headers["location"])
+                        _check(policy, target)  # a redirect is a new URL: it must pass the policy too
+                        continue
+                    if not response.is_success:
+                        raise SourceError(f"input_file_url {url!r}: HTTP {response.status_code}")
+                    pending = b""
+                    for block in response.iter_bytes():
+                        seen += len(block)
+                        if seen > max_bytes:
+                            raise SourceError(f"input_file_url {url!r}: more than the {max_bytes}-byte limit")
+                        pending += block
+                        *lines, pending = pending.split(b"\n")
+                        yield from lines
+                    if pending:
+                        yield pending
+                    return
+            raise SourceError(f"input_file_url {url!r}: more than {MAX_REDIRECTS} redirects")
     except httpx.HTTPError as exc:
         raise SourceError(f"input_file_url {url!r}: {type(exc).__name__}: {exc}") from exc

@@ -7,6 +7,7 @@ Signature: hex HMAC-SHA256 over "<timestamp>.<body>" in `X-Webhook-Signature: sh
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -20,6 +21,7 @@ import redis.asyncio as redis
 from runtime.batch import keys, metrics
 from runtime.batch.jobs import now_ms
 from runtime.batch.models import Batch
+from runtime.batch.urls import UrlPolicy, UrlRefusedError
 
 log = logging.getLogger(__name__)
 EVENTS = {"completed", "failed", "cancelled", "expired"}
@@ -38,8 +40,23 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
     return f"sha256={digest}"
 
 
-def verify(secret: str, timestamp: int, body: bytes, signature: str) -> bool:
-    """What a receiver runs: constant-time comparison of the signature it got."""
+DEFAULT_TOLERANCE_S = 300
+
+
+def verify(
+    secret: str,
+    timestamp: int,
+    body: bytes,
+    signature: str,
+    *,
+    tolerance_s: float = DEFAULT_TOLERANCE_S,
+    now: float | None = None,
+) -> bool:
+    """What a receiver runs: the signature matches (constant time) and was made within `tolerance_s` of now,
+    so a delivery captured and replayed later is refused. Dedupe on `X-Webhook-Id` within the tolerance."""
+    current = time.time() if now is None else now
+    if abs(current - timestamp) > tolerance_s:
+        return False
     return hmac.compare_digest(sign(secret, timestamp, body), signature)
 
 
@@ -66,11 +83,12 @@ async def enqueue(client: redis.Redis, url: str, batch: Batch) -> str | None:
 
 
 class WebhookSender:
-    def __init__(self, client: redis.Redis, secret: str, max_attempts: int, timeout_s: float = 10.0):
+    def __init__(self, client: redis.Redis, secret: str, max_attempts: int, policy: UrlPolicy, timeout_s: float = 10.0):
         self.redis = client
         self.secret = secret
         self.max_attempts = max_attempts
-        self.http = httpx.AsyncClient(timeout=timeout_s)
+        self.policy = policy
+        self.http = httpx.AsyncClient(timeout=timeout_s, follow_redirects=False)
         self._claim = client.register_script(_CLAIM)
 
     async def deliver_due(self) -> int:
@@ -97,8 +115,13 @@ class WebhookSender:
             "X-Webhook-Signature": sign(self.secret, timestamp, body),
         }
         try:
+            # checked again at each attempt: the name may resolve elsewhere than when the job was created
+            await asyncio.to_thread(self.policy.check, delivery["url"], param="webhook_url")
             response = await self.http.post(delivery["url"], content=body, headers=headers)
             ok, reason = response.is_success, f"HTTP {response.status_code}"
+        except UrlRefusedError as refused:
+            ok, reason = False, str(refused)
+            delivery["attempts"] = self.max_attempts  # the policy will not change its mind: no retries
         except httpx.HTTPError as exc:
             ok, reason = False, f"{type(exc).__name__}: {exc}"
         if ok:

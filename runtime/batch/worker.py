@@ -111,7 +111,7 @@ class Worker:
         self.objects = objects
         self.worker_id = f"worker-{uuid.uuid4().hex[:8]}"
         self.webhooks = webhooks.WebhookSender(
-            client, settings.webhook_secret.get_secret_value(), settings.webhook_max_attempts
+            client, settings.webhook_secret.get_secret_value(), settings.webhook_max_attempts, settings.url_policy
         )
         self.ready = False
         self.last_beat = time.monotonic()

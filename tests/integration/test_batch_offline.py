@@ -85,6 +85,7 @@ def stack(redis_server, s3_server, tiny_model, tmp_path_factory) -> Iterator[Sta
         storage_retry_seconds="1",
         max_file_lines="1000",
         max_file_bytes="1000000",
+        url_allowlist="127.0.0.1",  # the webhook receiver and the input server of these tests
         **tiny_model_args(tiny_model),
     )
     api, worker = BatchApi(log_dir, env), BatchWorker(log_dir, env)
@@ -214,12 +215,12 @@ def test_seeds_api_from_s3_and_http(stack: Stack, tmp_path) -> None:
         aws_secret_access_key="x",
         region_name="us-east-1",
     )
-    s3.create_bucket(Bucket="seeds-inputs")
-    s3.put_object(Bucket="seeds-inputs", Key="in/candidates.jsonl", Body="\n".join(chat_lines(25)).encode())
+    bucket = stack.env["BATCH_S3_BUCKET"]  # s3:// inputs come from the batch bucket only
+    s3.put_object(Bucket=bucket, Key="in/candidates.jsonl", Body="\n".join(chat_lines(25)).encode())
     (tmp_path / "web.jsonl").write_text("\n".join(chat_lines(7)))
     stack.webhooks.files_dir = str(tmp_path)
     with stack.http() as http:
-        for url, total in [("s3://seeds-inputs/in/candidates.jsonl", 25), (f"{stack.webhooks.url}/web.jsonl", 7)]:
+        for url, total in [(f"s3://{bucket}/in/candidates.jsonl", 25), (f"{stack.webhooks.url}/web.jsonl", 7)]:
             created = http.post(
                 "/v1/batch",
                 json={
@@ -239,18 +240,19 @@ def test_seeds_api_from_s3_and_http(stack: Stack, tmp_path) -> None:
             assert results["stats"]["avg_response_time"] > 0 and results["expires_at"] > time.time() + 6 * 86400
             rows = httpx.get(results["results_url"]).text.splitlines()
             assert len(rows) == total
-        missing = http.post("/v1/batch", json={"model": "tiny-llama", "input_file_url": "s3://seeds-inputs/nope.jsonl"})
+        missing = http.post("/v1/batch", json={"model": "tiny-llama", "input_file_url": f"s3://{bucket}/nope.jsonl"})
         assert missing.status_code == 400 and "nope.jsonl" in missing.json()["error"]["message"]
         ftp = http.post("/v1/batch", json={"model": "tiny-llama", "input_file_url": "ftp://x/y"})
         assert ftp.status_code == 400 and "s3://bucket/key" in ftp.json()["error"]["message"]
         wrong_model = http.post(
-            "/v1/batch", json={"model": "gpt-4o", "input_file_url": "s3://seeds-inputs/in/candidates.jsonl"}
+            "/v1/batch", json={"model": "gpt-4o", "input_file_url": f"s3://{bucket}/in/candidates.jsonl"}
         )
         assert wrong_model.json()["error"]["code"] == "model_not_found"
 
 
 def test_metrics_health_and_bucket_lifecycle(stack: Stack) -> None:
-    text = httpx.get(f"{stack.api.url}/metrics").text
+    with stack.http() as http:  # the bootstrap key is an admin key
+        text = http.get("/metrics").text
     assert "batch_queue_depth" in text and 'batch_jobs{status="completed"}' in text
     worker_metrics = httpx.get(f"{stack.worker.url}/metrics").text
     assert "batch_requests_total" in worker_metrics and 'batch_tokens_total{kind="completion"}' in worker_metrics

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import redis.asyncio as redis
 
-from runtime.batch import auth, keys
+from runtime.batch import auth, keys, webhooks
 from runtime.batch.jobs import JobStore, StaleLeaseError
 from runtime.batch.models import Batch, BatchStatus, ChunkCheckpoint, JobPlan, Priority
+from runtime.batch.urls import UrlPolicy
 
 pytestmark = pytest.mark.integration
 
@@ -186,3 +189,40 @@ def test_keys_are_listed_without_their_secret_and_revoked_by_id(run) -> None:
         assert (await auth.principal_of(store.redis, "sk-root-secret")).admin
 
     run(test)
+
+
+def test_a_webhook_to_a_refused_address_is_dropped_at_delivery_not_sent(run) -> None:
+    """The API refuses such URLs at creation; the sender checks again at each attempt (DNS can change)."""
+    received: list[bytes] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *_args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+
+    async def test(store: JobStore) -> None:
+        batch = Batch(id="b1", endpoint="/v1/chat/completions", input_file_id="f", status="completed", created_at=1)
+        refusing = webhooks.WebhookSender(store.redis, "s", max_attempts=5, policy=UrlPolicy())
+        await webhooks.enqueue(store.redis, url, batch)
+        assert await refusing.deliver_due() == 1
+        assert await store.redis.zcard(keys.WEBHOOKS) == 0  # dropped, not retried
+        await refusing.close()
+        allowing = webhooks.WebhookSender(store.redis, "s", max_attempts=5, policy=UrlPolicy(("127.0.0.1",)))
+        await webhooks.enqueue(store.redis, url, batch)
+        assert await allowing.deliver_due() == 1
+        await allowing.close()
+
+    try:
+        run(test)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(received) == 1  # only the allowlisted sender's delivery arrived

@@ -67,6 +67,15 @@ def test_webhook_signature_round_trip() -> None:
     body = b'{"type":"batch.completed"}'
     signature = sign("secret", 1700000000, body)
     assert signature.startswith("sha256=")
-    assert verify("secret", 1700000000, body, signature)
-    assert not verify("secret", 1700000001, body, signature)
-    assert not verify("other", 1700000000, body, signature)
+    assert verify("secret", 1700000000, body, signature, now=1700000000)
+    assert not verify("secret", 1700000001, body, signature, now=1700000000)
+    assert not verify("other", 1700000000, body, signature, now=1700000000)
+
+
+def test_a_replayed_webhook_delivery_is_refused_after_the_tolerance() -> None:
+    body = b'{"type":"batch.completed"}'
+    signature = sign("secret", 1700000000, body)
+    assert verify("secret", 1700000000, body, signature, now=1700000000 + 299)
+    assert not verify("secret", 1700000000, body, signature, now=1700000000 + 301)  # replayed 5 min later
+    assert not verify("secret", 1700000000, body, signature, now=1700000000 - 301)  # or stamped in the future
+    assert verify("secret", 1700000000, body, signature, tolerance_s=3600, now=1700000000 + 301)

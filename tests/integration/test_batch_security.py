@@ -1,10 +1,12 @@
-"""Tenant isolation in the batch API, tried as a second tenant would: real redis-server, moto S3, the
-API and a worker (an engine that answers at once), driven with the official `openai` client.
+"""The batch API tried as a second tenant and as an attacker with a key would: real redis-server, moto
+S3, the API and a worker (an engine that answers at once), driven with the official `openai` client.
 
-Keys are made with the admin CLI as an operator would. Another tenant's objects are 404 on every
-route (never 403: that would confirm the id exists) and absent from its lists; an admin key sees
-everything; a revoked key is refused on its next request; /metrics needs no key only on the
+Tenants: keys are made with the admin CLI as an operator would. Another tenant's objects are 404 on
+every route (never 403: that would confirm the id exists) and absent from its lists; an admin key
+sees everything; a revoked key is refused on its next request; /metrics needs no key only on the
 internal listener.
+URLs: input_file_url and webhook_url never reach loopback, link-local, private or cluster-internal
+addresses unless allowlisted, a redirect is checked again, and s3:// names only the batch bucket.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import io
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import openai
@@ -28,12 +32,53 @@ pytestmark = pytest.mark.integration
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 
 
+class Recorder:
+    """A real HTTP server on loopback that records every request; `redirect_to` makes it answer 302."""
+
+    def __init__(self, redirect_to: str | None = None, body: bytes = b""):
+        self.paths: list[str] = []
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                recorder.paths.append(self.path)
+                if redirect_to is not None:
+                    self.send_response(302)
+                    self.send_header("Location", redirect_to)
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:
+                self.do_GET()
+
+            def log_message(self, *_args) -> None:
+                pass
+
+        self.port = free_port()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 @dataclass
 class Tenants:
     env: dict[str, str]
     api: BatchApi
     internal_url: str
     keys: dict[str, str]  # name -> key: alice, bob (tenants), admin (the bootstrap key)
+    target: Recorder  # loopback, not allowlisted: nothing may reach it
+    redirector: Recorder  # allowlisted (127.0.0.1:its port), redirects to `target`
+    servers: list[Recorder] = field(default_factory=list)
 
     def client(self, who: str) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.api.url}/v1", api_key=self.keys[who], max_retries=0)
@@ -58,6 +103,9 @@ def tenants(redis_server, s3_server, tmp_path_factory) -> Iterator[Tenants]:
     log_dir = tmp_path_factory.mktemp("batch-tenants")
     env = batch_env(redis_server, s3_server, s3_bucket="batch-tenants", model="instant", engine="http")
     env["BATCH_VLLM_BASE_URL"] = "http://127.0.0.1:9/v1"  # never called: the worker's engine answers at once
+    target = Recorder(body=chat_lines(1, model="instant")[0].encode())
+    redirector = Recorder(redirect_to=f"{target.url}/in.jsonl")
+    env["BATCH_URL_ALLOWLIST"] = f"127.0.0.1:{redirector.port}"  # that one port only, as an operator would
     internal_port = free_port()
     api = BatchApi(log_dir, env, internal_port=internal_port)
     worker = BatchWorker(log_dir, env, engine_factory="bench.batch_engines:instant")
@@ -69,10 +117,13 @@ def tenants(redis_server, s3_server, tmp_path_factory) -> Iterator[Tenants]:
         assert created.returncode == 0, created.stderr
         made[name] = created.stdout.strip()
     try:
-        yield Tenants(env, api, f"http://127.0.0.1:{internal_port}", {**made, "admin": env["BATCH_BOOTSTRAP_API_KEY"]})
+        keys = {**made, "admin": env["BATCH_BOOTSTRAP_API_KEY"]}
+        yield Tenants(env, api, f"http://127.0.0.1:{internal_port}", keys, target, redirector)
     finally:
         worker.stop()
         api.stop()
+        target.close()
+        redirector.close()
 
 
 def finished_batch(client: openai.OpenAI, lines: list[str]):
@@ -181,3 +232,57 @@ def test_metrics_need_an_admin_key_on_the_public_listener_and_none_on_the_intern
     assert httpx.get(f"{tenants.internal_url}/health", timeout=10).json()["status"] == "ok"
     # the internal listener serves nothing else: no files, no batches
     assert httpx.get(f"{tenants.internal_url}/v1/batches", timeout=10).status_code == 404
+
+
+REFUSED_URLS = [
+    ("loopback", "http://127.0.0.1:{port}/in.jsonl"),
+    ("loopback by name", "http://localhost:{port}/in.jsonl"),
+    ("loopback, IPv4-mapped IPv6", "http://[::ffff:127.0.0.1]:{port}/in.jsonl"),
+    ("loopback, hex", "http://0x7f000001:{port}/in.jsonl"),
+    ("link-local (cloud metadata)", "http://169.254.169.254/latest/meta-data/"),
+    ("private", "http://10.10.10.1:6379/"),
+    ("a compose service name", "http://redis:6379/"),
+    ("a Kubernetes service", "http://minio.app-cognition.svc.cluster.local:9000/batch/x"),
+]
+
+
+@pytest.mark.parametrize(("kind", "template"), REFUSED_URLS, ids=[k for k, _ in REFUSED_URLS])
+def test_input_and_webhook_urls_never_reach_internal_addresses(tenants: Tenants, kind: str, template: str) -> None:
+    url = template.format(port=tenants.target.port)
+    with tenants.http("alice") as http:
+        seeds = http.post("/v1/batch", json={"model": "instant", "input_file_url": url})
+        assert seeds.status_code == 400, (kind, seeds.text)
+        error = seeds.json()["error"]
+        assert error["param"] == "input_file_url" and url in error["message"], error
+        hook = http.post(
+            "/v1/batch",
+            json={"model": "instant", "input_file_url": "s3://batch-tenants/none.jsonl", "webhook_url": url},
+        )
+        assert hook.status_code == 400 and hook.json()["error"]["param"] == "webhook_url", (kind, hook.text)
+    uploaded = tenants.client("alice").files.create(
+        file=("in.jsonl", io.BytesIO(chat_lines(1, model="instant")[0].encode())), purpose="batch"
+    )
+    with pytest.raises(openai.BadRequestError, match=r"metadata\.webhook_url"):
+        tenants.client("alice").batches.create(
+            input_file_id=uploaded.id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            metadata={"webhook_url": url},
+        )
+    assert tenants.target.paths == [], "a refused URL was fetched"
+
+
+def test_a_redirect_from_an_allowed_url_to_an_internal_one_is_refused(tenants: Tenants) -> None:
+    with tenants.http("alice") as http:
+        response = http.post("/v1/batch", json={"model": "instant", "input_file_url": f"{tenants.redirector.url}/x"})
+    assert response.status_code == 400, response.text
+    assert f"127.0.0.1:{tenants.target.port}" in response.json()["error"]["message"]
+    assert tenants.redirector.paths == ["/x"]  # the allowlisted host was asked ...
+    assert tenants.target.paths == []  # ... and where it pointed was not
+
+
+def test_s3_inputs_may_name_only_the_batch_bucket(tenants: Tenants) -> None:
+    with tenants.http("alice") as http:
+        other = http.post("/v1/batch", json={"model": "instant", "input_file_url": "s3://someone-else/in.jsonl"})
+    assert other.status_code == 400
+    assert "must be in the batch bucket 'batch-tenants'" in other.json()["error"]["message"]
