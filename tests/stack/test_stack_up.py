@@ -89,7 +89,9 @@ def test_a_port_already_taken_is_named_and_nothing_starts(tmp_path: Path) -> Non
 
 def test_an_image_that_fails_to_build_is_named_and_the_stack_is_taken_down(tmp_path: Path) -> None:
     _require_root()
-    bad = Path(tempfile.mkdtemp(dir=PROJECT_DIR / "build", prefix="bad-image-")) / "Dockerfile"
+    build = PROJECT_DIR / "build"  # inside the build context; absent in a fresh clone
+    build.mkdir(exist_ok=True)
+    bad = Path(tempfile.mkdtemp(dir=build, prefix="bad-image-")) / "Dockerfile"
     bad.write_text("FROM python:3.11.14-slim-bookworm\nRUN echo 'the seeded build failure' && exit 7\n")
     local = LocalStack(
         state_dir=tmp_path / "state",
