@@ -32,6 +32,7 @@ from infra.platforms.compose import ComposePlatform
 from infra.platforms.image_refs import with_image_refs
 from infra.platforms.kubernetes import KubernetesPlatform
 from infra.render.monitoring import ScrapeJob
+from infra.services import Secret
 from infra.vllm_sizing import engine_args, size_vllm, vllm_memory_limit
 from runtime.kvcache import PROFILES
 
@@ -233,6 +234,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "worker_hosts": gpu_hosts[1:] if distributed else gpu_hosts,
             "settings": cfg.ray,
             "vllm_node": vllm_node(cfg.vllm, secrets.hf_token, vllm_limit) if distributed else None,
+            "job_secrets": (Secret("OFFLOAD_DSN", postgres.url),),
         },
     )
     vllm = VllmService(
@@ -245,6 +247,8 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "engine_args": vllm_engine_args,
             "hf_token": secrets.hf_token,
             "ray_gcs_address": ray.gcs_address,
+            "ray_client_environment": ray.client_environment,
+            "ray_client_secrets": ray.client_secrets,
             "memory_limit": vllm_limit,
         },
     )
@@ -317,6 +321,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
         "rayDashboardUrl": ray.dashboard_url,
         "rayJobsAddress": ray.dashboard_url,
         "rayClientAddress": ray.client_address,
+        "rayAuthToken": ray.auth_token,
         "minioEndpoint": store.endpoint,
         "minioBucket": store.bucket,
         "minioAccessKey": store.access_key,

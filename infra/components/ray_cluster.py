@@ -3,6 +3,11 @@
 On compose, Ray needs many ports between nodes; its containers use the host network (as every
 compose service does) and bind to the host's cluster address; the dashboard (Jobs API) and client
 server bind there too. On kubernetes the platform hands the same specs to KubeRay (`Platform.deploy_ray`).
+
+Ray's token authentication is always on (Ray 2.52+): without it anyone who reaches the dashboard
+port runs code on the cluster. Every node, and every client (`ray job`, the offload CLI, vLLM's
+workers in tensor/pipeline mode), needs RAY_AUTH_MODE=token and the token in RAY_AUTH_TOKEN; the
+token is a generated secret, exported as the stack output `rayAuthToken`.
 """
 
 from __future__ import annotations
@@ -11,11 +16,12 @@ from typing import NotRequired, TypedDict
 
 import pulumi
 
+from infra.components.secrets import generated_password
 from infra.components.vllm import VllmNode
 from infra.config import RaySettings
 from infra.memory import LIMITS
 from infra.platforms import Platform
-from infra.services import HealthCheck, ServiceSpec
+from infra.services import HealthCheck, Secret, ServiceSpec
 
 HEAD_MEMORY = LIMITS["ray-head"]
 WORKER_MEMORY = LIMITS["ray-worker"]  # within the GB10's one memory budget (infra.memory)
@@ -23,6 +29,8 @@ WORKER_AGENT_PORT = 52366  # the head's dashboard agent keeps Ray's default 5236
 # What the scheduler reserves for a worker beside vLLM on the GB10 node; the offload job peaks
 # under 2 GB (bench/offload.py), the limit leaves room for bigger work.
 WORKER_MEMORY_REQUEST = "8g"
+AUTH_ENVIRONMENT = {"RAY_AUTH_MODE": "token"}
+AUTH_TOKEN_ENV = "RAY_AUTH_TOKEN"
 
 
 class RayClusterArgs(TypedDict):
@@ -32,6 +40,9 @@ class RayClusterArgs(TypedDict):
     worker_hosts: list[str]
     settings: RaySettings
     vllm_node: NotRequired[VllmNode | None]  # tensor/pipeline: the workers run vLLM's workers too
+    # Secrets every node holds for the jobs it runs (the offload job's OFFLOAD_DSN): a job's drivers and
+    # tasks inherit them, so no client sends a password in a job's runtime_env, which the dashboard shows.
+    job_secrets: NotRequired[tuple[Secret, ...]]
 
 
 class RayCluster(pulumi.ComponentResource):
@@ -39,10 +50,18 @@ class RayCluster(pulumi.ComponentResource):
     gcs_address: str
     dashboard_url: str
     client_address: str
+    auth_token: pulumi.Output[str]  # secret
+    # What any other Ray node or client of this cluster needs in its environment (vLLM's leader).
+    client_environment: dict[str, str]
+    client_secrets: tuple[Secret, ...]
 
     def __init__(self, name: str, args: RayClusterArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("vllm-gb10:ray:RayCluster", name, None, opts)
         platform, settings, head = args["platform"], args["settings"], args["head_host"]
+        self.auth_token = generated_password(f"{name}-auth-token", self, length=48)
+        self.client_environment = dict(AUTH_ENVIRONMENT)
+        self.client_secrets = (Secret(AUTH_TOKEN_ENV, self.auth_token),)
+        node_secrets = (*self.client_secrets, *args.get("job_secrets", ()))
         head_ip = platform.internal_host(head, f"{name}-head")
         self.gcs_address = f"{head_ip}:{settings.gcs_port}"
         health = HealthCheck(command=("ray", "health-check", f"--address={self.gcs_address}"), start_period_s=60)
@@ -65,6 +84,8 @@ class RayCluster(pulumi.ComponentResource):
                 f"--metrics-export-port={settings.metrics_port}",
             ),
             healthcheck=health,
+            environment=self.client_environment,
+            secrets=node_secrets,
             memory_limit=HEAD_MEMORY,
             memory_request="2g",
             shm_size="4g",
@@ -92,8 +113,11 @@ class RayCluster(pulumi.ComponentResource):
                     ),
                     gpu=True,
                     healthcheck=health,
-                    environment={**node.environment, "VLLM_HOST_IP": ip} if node else {},
-                    secrets=node.secrets if node else (),
+                    environment={
+                        **self.client_environment,
+                        **({**node.environment, "VLLM_HOST_IP": ip} if node else {}),
+                    },
+                    secrets=(*node_secrets, *(node.secrets if node else ())),
                     volumes=node.volumes if node else (),
                     memory_limit=node.memory_limit if node else WORKER_MEMORY,
                     memory_request=WORKER_MEMORY_REQUEST,
@@ -110,5 +134,10 @@ class RayCluster(pulumi.ComponentResource):
         self.dashboard_url = f"http://{head_ip}:{settings.dashboard_port}"
         self.client_address = f"ray://{head_ip}:{settings.client_port}"
         self.register_outputs(
-            {"gcsAddress": self.gcs_address, "dashboardUrl": self.dashboard_url, "clientAddress": self.client_address}
+            {
+                "gcsAddress": self.gcs_address,
+                "dashboardUrl": self.dashboard_url,
+                "clientAddress": self.client_address,
+                "authToken": self.auth_token,
+            }
         )

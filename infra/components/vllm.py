@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import pulumi
 
@@ -61,6 +61,9 @@ class VllmServiceArgs(TypedDict):
     engine_args: dict[str, Any]  # from infra.vllm_sizing: the KV policy plus overrides
     hf_token: pulumi.Input[str] | None
     ray_gcs_address: str  # head host:port, used in tensor/pipeline mode
+    # tensor/pipeline mode: what the leader needs to join the Ray cluster (its auth token)
+    ray_client_environment: NotRequired[dict[str, str]]
+    ray_client_secrets: NotRequired[tuple[Secret, ...]]
     memory_limit: str  # from infra.vllm_sizing: what the engine may use on the host, plus headroom
 
 
@@ -141,7 +144,11 @@ class VllmService(pulumi.ComponentResource):
                     command=(f"{join} && exec {serve}",),
                     ports=(Port(port, port),),
                     healthcheck=health(leader),
-                    **{**common, "environment": {**env, "VLLM_HOST_IP": bind_ip}},
+                    **{
+                        **common,
+                        "environment": {**env, **args.get("ray_client_environment", {}), "VLLM_HOST_IP": bind_ip},
+                        "secrets": (*node.secrets, *args.get("ray_client_secrets", ())),
+                    },
                 ),
                 parent=self,
             )

@@ -22,6 +22,8 @@ from infra.services import Exposure, ServiceSpec
 KUBERAY_CHART = "kuberay-operator"
 KUBERAY_REPO = "https://ray-project.github.io/kuberay-helm/"
 RAY_CLUSTER_NAME = "ray"
+RAY_AUTH_TOKEN_ENV = "RAY_AUTH_TOKEN"  # the variable infra.components.ray_cluster delivers the token as
+RAY_AUTH_SECRET = "ray-auth-token"  # KubeRay authOptions.secretName: the token under the key auth_token
 # The Ray in our images (requirements-offload.txt); KubeRay reads it from `rayVersion`.
 RAY_VERSION = "2.60.0"
 # Ray's dashboard agent in each Ray pod answers GET /api/healthz for its own raylet (and, on the
@@ -93,14 +95,7 @@ class KubernetesPlatform:
         spec = replace(spec, image=self.pin(spec.image))
         placement, name = self.placement, spec.name
         opts = self._opts(parent)
-        if spec.secrets:
-            k8s.core.v1.Secret(
-                f"{name}-env",
-                metadata=render.metadata(render.secret_name(spec), placement),
-                type="Opaque",
-                string_data={s.env: pulumi.Output.secret(s.value) for s in spec.secrets},
-                opts=opts,
-            )
+        self._secret_env(spec, opts)
         if spec.files:
             k8s.core.v1.ConfigMap(
                 f"{name}-files",
@@ -136,6 +131,17 @@ class KubernetesPlatform:
             if port.exposure is Exposure.PUBLIC and port.name == "http":
                 self._public.append((name, port.published or port.container))
 
+    def _secret_env(self, spec: ServiceSpec, opts: pulumi.ResourceOptions) -> None:
+        """The spec's secret variables as one Secret its containers read by secretKeyRef."""
+        if spec.secrets:
+            k8s.core.v1.Secret(
+                f"{spec.name}-env",
+                metadata=render.metadata(render.secret_name(spec), self.placement),
+                type="Opaque",
+                string_data={s.env: pulumi.Output.secret(s.value) for s in spec.secrets},
+                opts=opts,
+            )
+
     def run_after_deploy(self, spec: ServiceSpec, parent: pulumi.Resource) -> None:
         """A Job: Pulumi waits for it to complete, and the check itself retries until the servers answer."""
         self.deploy(replace(spec, one_shot=True), parent)
@@ -149,8 +155,27 @@ class KubernetesPlatform:
         A Service named like the head spec makes the head reachable by the same name as on compose.
         """
         placement = self.placement
-        head = replace(head, image=self.pin(head.image))
-        workers = [replace(w, image=self.pin(w.image)) for w in workers]
+        # Ray's token: KubeRay's authOptions set RAY_AUTH_MODE and RAY_AUTH_TOKEN (from the Secret named
+        # here, key auth_token) in every Ray container, so the specs' own copies are dropped.
+        (token,) = [s.value for s in head.secrets if s.env == RAY_AUTH_TOKEN_ENV]
+        head, *workers = [
+            replace(
+                spec,
+                image=self.pin(spec.image),
+                environment={k: v for k, v in spec.environment.items() if k != "RAY_AUTH_MODE"},
+                secrets=tuple(s for s in spec.secrets if s.env != RAY_AUTH_TOKEN_ENV),
+            )
+            for spec in (head, *workers)
+        ]
+        k8s.core.v1.Secret(
+            f"{name}-auth-token",
+            metadata=render.metadata(RAY_AUTH_SECRET, placement),
+            type="Opaque",
+            string_data={"auth_token": pulumi.Output.secret(token)},
+            opts=self._opts(parent),
+        )
+        for spec in (head, *workers[:1]):  # one worker group: its pods share the first worker's Secret
+            self._secret_env(spec, self._opts(parent))
         operator = k8s.helm.v3.Release(
             f"{name}-operator",
             name="kuberay-operator",
@@ -211,7 +236,12 @@ class KubernetesPlatform:
             api_version="ray.io/v1",
             kind="RayCluster",
             metadata=render.metadata(RAY_CLUSTER_NAME, placement),
-            spec={"rayVersion": RAY_VERSION, "headGroupSpec": head_group, "workerGroupSpecs": worker_groups},
+            spec={
+                "rayVersion": RAY_VERSION,
+                "authOptions": {"mode": "token", "secretName": RAY_AUTH_SECRET},
+                "headGroupSpec": head_group,
+                "workerGroupSpecs": worker_groups,
+            },
             opts=self._opts(parent, depends_on=[operator]),
         )
         k8s.core.v1.Service(

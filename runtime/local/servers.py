@@ -304,10 +304,14 @@ class RayHead(Process):
     Its drivers and workers run this Python with the repository on PYTHONPATH, as the images do.
     `num_gpus` may declare GPUs the machine lacks, to exercise how tasks ask for them. Ray's token
     authentication is on, with a token of its own: clients need `client_env` in their environment.
+    `node_env` is what the node holds for its jobs, as the stacks' nodes hold OFFLOAD_DSN.
     """
 
-    def __init__(self, log_dir: Path, *, num_cpus: int = 2, num_gpus: int = 0):
+    def __init__(
+        self, log_dir: Path, *, num_cpus: int = 2, num_gpus: int = 0, node_env: Mapping[str, str] | None = None
+    ):
         super().__init__("ray-head", log_dir)
+        self.node_env = dict(node_env or {})
         self.gcs_port, self.dashboard_port, self.client_port = free_port(), free_port(), free_port()
         self.temp_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's socket paths
         self.num_cpus, self.num_gpus = num_cpus, num_gpus
@@ -343,6 +347,7 @@ class RayHead(Process):
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             "PYTHONPATH": str(ROOT),
             "RAY_USAGE_STATS_ENABLED": "0",
+            **self.node_env,
             **self.client_env,
             # umap-learn's and pynndescent's numba functions are cached here, so each fresh worker
             # does not compile them again.

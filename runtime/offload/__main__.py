@@ -5,8 +5,11 @@
 
 `run` connects to a Ray cluster (a local one when no --address is given) and runs the job as a
 task; `submit` sends that same `run` command to the cluster through the Ray Jobs API and follows
-its status and logs. The DSN may come from $OFFLOAD_DSN instead of --dsn, which keeps the password
-out of the process list; `submit` passes it to the job in its environment.
+its status and logs. For `run` the DSN may come from $OFFLOAD_DSN instead of --dsn, which keeps the
+password out of the process list. `submit` sends no DSN at all: a job's entrypoint and runtime_env
+are shown by the Jobs API and the dashboard, so the job uses the cluster's own $OFFLOAD_DSN, which
+the stacks give every Ray node. Both need Ray's token: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN
+(the stack output rayAuthToken).
 
 Exit status: 0 done, 1 the job failed, 2 bad input or arguments, 3 Ray version mismatch.
 """
@@ -28,7 +31,11 @@ DSN_ENV = "OFFLOAD_DSN"
 
 
 def _job_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dsn", default=None, help=f"Postgres connection string (default: ${DSN_ENV})")
+    parser.add_argument(
+        "--dsn",
+        default=None,
+        help=f"run: Postgres connection string without a password (default: ${DSN_ENV}); submit: not accepted",
+    )
     parser.add_argument("--query", required=True, help="SQL returning columns id and embedding")
     parser.add_argument("--run-id", required=True, help="results of an earlier run with this id are replaced")
     parser.add_argument("--results-table", default="topography_points", help="[schema.]table for the points")
@@ -61,8 +68,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# `submit` checks the job's parameters here, before anything is sent, with this in place of the DSN that
+# the cluster's nodes hold.
+CLUSTER_DSN = "postgresql://the-cluster-offload-dsn"
+
+
+def _has_password(dsn: str) -> bool:
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        return bool(conninfo_to_dict(dsn).get("password"))
+    except psycopg.ProgrammingError:  # unparsable: it fails later, naming itself; here only a password matters
+        return ":" in dsn.partition("@")[0].partition("//")[2]
+
+
 def params_from(args: argparse.Namespace) -> TopographyParams:
-    dsn = args.dsn if args.dsn is not None else os.environ.get(DSN_ENV)
+    if args.mode == "submit":
+        if args.dsn is not None:
+            raise ValueError(
+                "submit sends no DSN (a job's runtime_env and entrypoint are visible in the Ray dashboard): "
+                f"the job uses the cluster's ${DSN_ENV}, which the stacks set on every Ray node"
+            )
+        dsn: str | None = CLUSTER_DSN
+    else:
+        if args.dsn is not None and _has_password(args.dsn):
+            raise ValueError(
+                f"--dsn holds a password, which `ps` and the Ray dashboard's job list would show: put the DSN in "
+                f"${DSN_ENV} instead"
+            )
+        dsn = args.dsn if args.dsn is not None else os.environ.get(DSN_ENV)
     if not dsn:
         raise ValueError(f"no Postgres DSN: pass --dsn or set ${DSN_ENV}")
     return TopographyParams(
@@ -111,12 +146,7 @@ def _submit(args: argparse.Namespace, params: TopographyParams) -> int:
         argv += ["--min-samples", str(params.hdbscan.min_samples)]
     if params.use_gpu == "never":
         argv.append("--cpu-only")
-    job = submit_and_follow(
-        args.address,
-        " ".join(shlex.quote(part) for part in argv),
-        env_vars={DSN_ENV: params.dsn},
-        wait=not args.no_wait,
-    )
+    job = submit_and_follow(args.address, " ".join(shlex.quote(part) for part in argv), wait=not args.no_wait)
     if args.no_wait:
         print(job.job_id)
         return 0

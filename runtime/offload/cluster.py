@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 _MISMATCH = re.compile(
@@ -66,17 +66,19 @@ def submit_and_follow(
     address: str,
     entrypoint: str,
     *,
-    env_vars: Mapping[str, str],
     wait: bool = True,
     poll_seconds: float = 1.0,
     print_log: Callable[[str], None] = lambda text: print(text, end="", flush=True),
 ) -> SubmittedJob:
-    """Submit `entrypoint` through the Jobs API; follow status and logs until it ends (or return at once)."""
+    """Submit `entrypoint` through the Jobs API; follow status and logs until it ends (or return at once).
+
+    Nothing secret goes with it: the entrypoint and runtime_env are what the Jobs API and dashboard show.
+    The client authenticates with Ray's token from RAY_AUTH_MODE/RAY_AUTH_TOKEN in the environment."""
     from ray.job_submission import JobSubmissionClient
 
     client = JobSubmissionClient(address)
     check_jobs_api_version(address, client)
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"env_vars": dict(env_vars)})
+    job_id = client.submit_job(entrypoint=entrypoint)
     print_log(f"submitted job {job_id} to {address}\n")
     if not wait:
         return SubmittedJob(job_id, str(client.get_job_status(job_id)), "")

@@ -16,6 +16,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 
+import httpx
 import numpy as np
 import psycopg
 import pytest
@@ -76,11 +77,22 @@ def planted(postgres_server: PostgresServer) -> tuple[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
+def ray_head(planted, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
+    """One node with 2 CPUs and one declared GPU: tasks that ask for a GPU get scheduled, and the
+    job falls back to the CPU libraries because this machine has neither a GPU nor cuML. The node
+    holds the planted database's DSN as OFFLOAD_DSN, as the stacks' Ray nodes hold theirs."""
+    head = RayHead(tmp_path_factory.mktemp("ray"), num_cpus=2, num_gpus=1, node_env={"OFFLOAD_DSN": planted[0]})
+    head.start(timeout=120)
+    yield head
+    head.stop()
+
+
+@pytest.fixture(scope="module")
 def first_run(planted, ray_head: RayHead) -> subprocess.CompletedProcess[str]:
     dsn, _ = planted
     return cli(
-        "run", "topography", "--dsn", dsn, "--query", QUERY, "--run-id", "planted", "--address", ray_head.address,
-        env=ray_head.client_env,
+        "run", "topography", "--query", QUERY, "--run-id", "planted", "--address", ray_head.address,
+        env={"OFFLOAD_DSN": dsn, **ray_head.client_env},
     )  # fmt: skip
 
 
@@ -118,14 +130,19 @@ def test_submit_through_the_jobs_api_replaces_the_same_run_id(planted, first_run
     (before,) = run_records(dsn, "planted")
     result = cli(
         "submit", "topography", "--address", ray_head.jobs_url, "--query", QUERY, "--run-id", "planted",
-        "--min-cluster-size", "20", env={"OFFLOAD_DSN": dsn, **ray_head.client_env},
+        "--min-cluster-size", "20", env=ray_head.client_env,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "submitted job raysubmit_" in result.stdout
     followed = json.loads(result.stdout.strip().splitlines()[-1])  # the driver's output, from the job's log
     assert followed["run_id"] == "planted" and followed["params"]["hdbscan"]["min_cluster_size"] == 20
     assert "ended SUCCEEDED" in result.stderr
-    assert "pw-" not in result.stdout  # the DSN travels in the job's environment, not its command line
+    assert "pw-" not in result.stdout
+    # The job runs with the node's OFFLOAD_DSN: nothing the Jobs API or the dashboard shows holds it.
+    from ray.job_submission import JobSubmissionClient
+
+    jobs = JobSubmissionClient(ray_head.jobs_url, headers={"Authorization": f"Bearer {ray_head.token}"}).list_jobs()
+    assert jobs and "pw-" not in json.dumps([job.dict() for job in jobs], default=str)
     assert len(points(dsn, "planted")) == len(truth)  # replaced, not added to
     (after,) = run_records(dsn, "planted")
     assert after["params"]["hdbscan"]["min_cluster_size"] == 20
@@ -208,8 +225,8 @@ def test_a_version_mismatch_is_one_clear_sentence(planted, ray_head: RayHead) ->
     original = set_cluster_python_version(ray_head, "3.99.0")
     try:
         result = cli(
-            "run", "topography", "--dsn", dsn, "--query", QUERY, "--run-id", "mismatch", "--address", ray_head.address,
-            env=ray_head.client_env,
+            "run", "topography", "--query", QUERY, "--run-id", "mismatch", "--address", ray_head.address,
+            env={"OFFLOAD_DSN": dsn, **ray_head.client_env},
         )  # fmt: skip
     finally:
         set_cluster_python_version(ray_head, original["python_version"])
@@ -315,8 +332,8 @@ def test_the_command_line_reports_bad_input_from_a_local_cluster(database: str, 
     with psycopg.connect(database) as conn:
         conn.execute(BAD_INPUTS["NaN"][0])
     result = cli(
-        "run", "topography", "--dsn", database, "--query", BAD_INPUTS["NaN"][1], "--run-id", "local",
-        env={"HOME": str(tmp_path), "RAY_AUTH_MODE": "", "RAY_AUTH_TOKEN": ""},
+        "run", "topography", "--query", BAD_INPUTS["NaN"][1], "--run-id", "local",
+        env={"OFFLOAD_DSN": database, "HOME": str(tmp_path), "RAY_AUTH_MODE": "", "RAY_AUTH_TOKEN": ""},
     )  # fmt: skip
     assert result.returncode == 2, result.stderr[-3000:]
     assert "error: row 2 (id 2): embedding has NaN or infinite values; nothing was written for run 'local'" in (
@@ -353,3 +370,32 @@ def test_every_accepted_embedding_form_reads_into_one_float32_matrix(database: s
             assert read.id_type == "text" and read.ids[0] == "doc-00000" and len(read.ids) == rows
             assert read.vectors.dtype == np.float32 and read.vectors.flags.c_contiguous
             np.testing.assert_array_equal(read.vectors, expected, err_msg=column)
+
+
+def test_the_jobs_api_refuses_a_caller_without_the_token(ray_head: RayHead) -> None:
+    for headers, status in (({}, 401), ({"Authorization": "Bearer not-the-token"}, 403)):
+        assert httpx.get(f"{ray_head.jobs_url}/api/jobs/", headers=headers, timeout=10).status_code == status
+        refused = httpx.post(
+            f"{ray_head.jobs_url}/api/jobs/", json={"entrypoint": "touch /tmp/pwned"}, headers=headers, timeout=10
+        )
+        assert refused.status_code == status, refused.text
+    ok = httpx.get(f"{ray_head.jobs_url}/api/jobs/", headers={"Authorization": f"Bearer {ray_head.token}"}, timeout=10)
+    assert ok.status_code == 200
+
+
+def test_submit_refuses_to_send_a_dsn_in_the_jobs_visible_description(ray_head: RayHead) -> None:
+    result = cli(
+        "submit", "topography", "--address", ray_head.jobs_url, "--query", QUERY, "--run-id", "x",
+        "--dsn", "postgresql://u:pw-secret@db/x", env=ray_head.client_env,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "the cluster's $OFFLOAD_DSN" in result.stderr and "pw-secret" not in result.stderr
+
+
+def test_run_refuses_a_password_on_its_command_line(ray_head: RayHead) -> None:
+    """Ray shows each driver's command line in the dashboard's job list (and `ps` shows it to every user)."""
+    for dsn in ("postgresql://u:pw-secret@db/x", "host=db user=u password=pw-secret dbname=x"):
+        result = cli("run", "topography", "--dsn", dsn, "--query", QUERY, "--run-id", "x", env=ray_head.client_env)
+        assert result.returncode == 2
+        assert "--dsn holds a password" in result.stderr and "$OFFLOAD_DSN" in result.stderr
+        assert "pw-secret" not in result.stderr

@@ -60,7 +60,7 @@ class RunningStack:
 
     def secrets(self) -> set[str]:
         """Every secret the stack generated, as a user reads them from the outputs."""
-        values = {self.outputs[k] for k in ("batchApiKey", "grafanaAdminPassword", "minioSecretKey")}
+        values = {self.outputs[k] for k in ("batchApiKey", "grafanaAdminPassword", "minioSecretKey", "rayAuthToken")}
         for key in ("postgresUrl", "redisUrl"):
             password = urlparse(self.outputs[key]).password
             assert password, key
@@ -177,7 +177,11 @@ def test_chat_through_the_load_balancer_reaches_both_hosts(stack: RunningStack) 
 def test_a_ray_job_through_the_jobs_api(stack: RunningStack) -> None:
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    client = JobSubmissionClient(stack.outputs["rayJobsAddress"])
+    jobs_api = stack.outputs["rayJobsAddress"]
+    # Ray's token auth: without the token (the stack output rayAuthToken) nobody runs code on the cluster.
+    refused = httpx.post(f"{jobs_api}/api/jobs/", json={"entrypoint": "touch /tmp/pwned"}, timeout=30)
+    assert refused.status_code == 401, refused.text
+    client = JobSubmissionClient(jobs_api, headers={"Authorization": f"Bearer {stack.outputs['rayAuthToken']}"})
     entrypoint = (
         'python -c "import ray; ray.init(); '
         "ips = ray.get([ray.remote(num_gpus=0.5)(lambda: ray.util.get_node_ip_address()).remote() for _ in range(4)]); "

@@ -336,3 +336,16 @@ def test_start_up_probes_give_slow_starts_minutes_not_one_try(edge: Plan) -> Non
     }
     assert short == {}
     assert {"redis", "minio", "postgres"} <= {n for n, c in _containers(edge).items() if "startupProbe" in c}
+
+
+def test_the_raycluster_requires_ray_token_auth_from_a_generated_secret(edge: Plan) -> None:
+    (cluster,) = objects(edge, "RayCluster").values()
+    assert cluster["spec"]["authOptions"] == {"mode": "token", "secretName": "ray-auth-token"}
+    secret = objects(edge, "Secret")["ray-auth-token"]
+    assert secret["stringData"] == {"auth_token": MASK}  # KubeRay's key; the value is a secret in state
+    for group in (cluster["spec"]["headGroupSpec"], *cluster["spec"]["workerGroupSpecs"]):
+        (container,) = group["template"]["spec"]["containers"]
+        names = {e["name"] for e in container.get("env", [])}
+        assert "OFFLOAD_DSN" in names  # the offload job's DSN from the node, never from a job's runtime_env
+        assert not names & {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"}, "KubeRay sets these from authOptions"
+    assert "rayAuthToken" in edge.recording.secret_outputs

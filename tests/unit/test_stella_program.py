@@ -360,7 +360,7 @@ def test_every_secret_value_is_marked_secret_where_pulumi_stores_it(stella: Plan
     plain = json.dumps([stella.resources, stella.outputs, stella.files])
     assert not [s for s in known if s in plain], "a secret value reached plan.json or a generated file"
     assert stella.recording.secret_outputs == {
-        "batchApiKey", "grafanaAdminPassword", "minioSecretKey", "postgresUrl", "redisUrl"
+        "batchApiKey", "grafanaAdminPassword", "minioSecretKey", "postgresUrl", "rayAuthToken", "redisUrl"
     }  # fmt: skip
     assert {stella.outputs[k] for k in stella.recording.secret_outputs} == {MASK}
 
@@ -572,3 +572,27 @@ def test_the_vllm_image_dockerfile_and_build_platform_come_from_the_stack() -> N
     assert not [b for b in builds.values() if b.get("platforms")], "empty: the building machine's own platform"
     with pytest.raises(ConfigError, match=r"^Pulumi.stella.yaml: vllm-gb10:vllmDockerfile: no file 'images/nope'"):
         build_plan("stella", overrides={"vllmDockerfile": "images/nope"})
+
+
+@pytest.mark.parametrize("parallelism", ["replica", "tensor"])
+def test_every_ray_node_requires_the_token_and_holds_the_offload_dsn_not_a_client(parallelism: str) -> None:
+    """Ray without token auth runs code for anyone who reaches the dashboard port: every node, and vLLM's
+    leader where it joins the cluster, runs with RAY_AUTH_MODE=token and the token from the secrets file."""
+    plan = build_plan("stella", overrides={"parallelism": parallelism})
+    nodes = {
+        f"{host}/{name}": service
+        for host in ("stella", "nova")
+        for name, service in compose(plan, host)["services"].items()
+        if name.startswith("ray-") or "ray start" in " ".join(service.get("command", []))
+    }
+    expected = {"stella/ray-head", "nova/ray-worker-nova"} | (
+        {"stella/ray-worker-stella"} if parallelism == "replica" else {"stella/vllm-stella"}
+    )
+    assert set(nodes) == expected
+    for where, service in nodes.items():
+        env = service["environment"]
+        assert env["RAY_AUTH_MODE"] == "token", where
+        assert env["RAY_AUTH_TOKEN"].startswith("${RAY_AUTH_TOKEN:?"), where  # from .secrets.env, not the file
+        if "ray-" in where:  # Ray's own nodes run the offload job's drivers and tasks
+            assert env["OFFLOAD_DSN"].startswith("${OFFLOAD_DSN:?"), where
+    assert "rayAuthToken" in plan.recording.secret_outputs
