@@ -40,6 +40,31 @@ class Role(StrEnum):
 
 SINGLETON_ROLES = (Role.RAY_HEAD, Role.DATA, Role.LB, Role.BATCH)
 
+# Raw flags end up in plain text: the stack file, the rendered compose file / manifest, and Pulumi state.
+# What looks like a secret there is refused, naming where the secret belongs instead.
+SECRET_FLAGS = {
+    "--api-key": "vLLM's own key is not how this platform authenticates: the servers bind the cluster address "
+    "and are reached through the load balancer",
+    "--hf-token": "set it with `pulumi config set --secret hfToken`",
+}
+SECRET_VALUES = (
+    (re.compile(r"\bhf_[A-Za-z0-9]{20,}"), "a Hugging Face token: set it with `pulumi config set --secret hfToken`"),
+    (re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"), "an API key: keys never go in a stack file"),
+    (re.compile(r"://[^/\s:@]+:[^/\s@]+@"), "a URL with a password: credentials never go in a stack file"),
+)
+
+
+def refuse_secret_literals(args: list[str]) -> list[str]:
+    """Raise naming the first raw argument that looks like a secret (a flag that takes one, or its shape)."""
+    for i, arg in enumerate(args):
+        flag = arg.split("=", 1)[0]
+        if flag in SECRET_FLAGS:
+            raise ValueError(f"[{i}] {flag} takes a secret, which would be stored in plain text; {SECRET_FLAGS[flag]}")
+        for pattern, what in SECRET_VALUES:
+            if pattern.search(arg):
+                raise ValueError(f"[{i}] looks like {what}")
+    return args
+
 
 class Parallelism(StrEnum):
     """How the model is spread over the GPU hosts."""
@@ -195,6 +220,11 @@ class VllmSettings(_Frozen):
         pattern=r"^[\w.,:^=-]*$",
     )
     extra_args: list[str] = _key("vllmExtraArgs", [], "Raw extra vLLM CLI flags, appended last (overrides).")
+
+    @field_validator("extra_args")
+    @classmethod
+    def _no_secret_literals(cls, value: list[str]) -> list[str]:
+        return refuse_secret_literals(value)
     memory_limit: str = _key(
         "vllmMemoryLimit",
         "",

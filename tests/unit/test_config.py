@@ -130,3 +130,27 @@ def test_readme_documents_every_key() -> None:
     readme = (ROOT / "README.md").read_text()
     missing = [key for key, *_ in schema_entries() if f"| `{key}` |" not in readme]
     assert not missing, f"README.md configuration table lacks {missing}"
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--enforce-eager", "--api-key", "abc"], "[1] --api-key takes a secret"),
+        (["--api-key=abc"], "[0] --api-key takes a secret"),
+        (["--hf-token", "x"], "pulumi config set --secret hfToken"),
+        (["--served-model-name", "hf_" + "a1B2" * 8], "looks like a Hugging Face token"),
+        (["--something=sk-" + "x" * 30], "looks like an API key"),
+        (["--otlp-traces-endpoint", "http://u:hunter2@collector:4317"], "a URL with a password"),
+    ],
+)
+def test_secret_looking_raw_args_are_refused_naming_where_the_secret_belongs(args: list[str], words: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_with(stack="stella", vllmExtraArgs=args)
+    message = str(caught.value)
+    assert message.startswith(f"Pulumi.stella.yaml: {PROJECT}:vllmExtraArgs"), message
+    assert words in message and "hunter2" not in message and "a1B2" not in message
+
+
+def test_ordinary_raw_args_pass() -> None:
+    args = ["--enforce-eager", "--max-num-batched-tokens=8192", "--served-model-name", "qwen", "--task", "generate"]
+    assert load_with(vllmExtraArgs=args).vllm.extra_args == args
