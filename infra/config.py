@@ -225,6 +225,7 @@ class VllmSettings(_Frozen):
     @classmethod
     def _no_secret_literals(cls, value: list[str]) -> list[str]:
         return refuse_secret_literals(value)
+
     memory_limit: str = _key(
         "vllmMemoryLimit",
         "",
