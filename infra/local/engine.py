@@ -37,7 +37,7 @@ from infra.components.host import pinned_run_stamp
 from infra.config import PROJECT
 from infra.local.ssh import Connection, RemoteError, copy_text, run_script
 from infra.local.state import State, digest, plain
-from infra.plan.recorder import Recording, RecordingMonitor, fresh_rpcs
+from infra.plan.recorder import Recording, RecordingMonitor, reset_program_state
 
 COMMAND = "command:remote:Command"
 COPY = "command:remote:CopyToRemote"
@@ -186,7 +186,7 @@ def apply(
     """`pulumi up`: run the program, acting on each resource; then destroy what it no longer declares."""
     from infra.program import main
 
-    fresh_rpcs()
+    reset_program_state()
     recording = Recording()
     providers = Providers(state, recording, docker_env, project_dir, log)
     settings.ROOT.set(None)

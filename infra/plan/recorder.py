@@ -91,12 +91,29 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
         return response
 
 
-def fresh_rpcs() -> None:
-    """Forget RPCs a failed earlier run of the program in this process left behind: the SDK keeps them
-    in a process-wide manager and would re-raise their failure in the next run (pulumi's own state)."""
-    from pulumi.runtime.settings import _get_rpc_manager
+def reset_program_state() -> None:
+    """Forget what a failed earlier run of a program in this process left behind, before the next run.
 
+    After a failed run, the SDK's process-wide SETTINGS.outputs still holds that run's Output tasks and
+    the event loop its pending tasks: the next run's `wait_for_rpcs` awaits them and re-raises the old
+    failure (seen: the stack test's failing image build failed the next `up`). This cancels the loop's
+    leftover tasks and empties the RPC manager and the outputs set. It reaches into pulumi's private
+    runtime state (`_get_rpc_manager`, `SETTINGS.outputs`); tests/unit/test_program_runs.py fails when
+    the SDK changes them.
+    """
+    import asyncio
+
+    from pulumi.runtime.settings import SETTINGS, _get_rpc_manager
+
+    loop = asyncio.get_event_loop()
+    leftover = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in leftover:
+        task.cancel()
+    if leftover:
+        loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
     _get_rpc_manager().clear()
+    with SETTINGS.lock:
+        SETTINGS.outputs.clear()
 
 
 def run_program(stack: str, config: dict[str, str], secret_keys: list[str]) -> Recording:
@@ -104,7 +121,7 @@ def run_program(stack: str, config: dict[str, str], secret_keys: list[str]) -> R
     from infra.components.host import pinned_run_stamp
     from infra.program import main  # the program imports pulumi resources; keep this import late
 
-    fresh_rpcs()
+    reset_program_state()
     recording = Recording()
     mocks = PlanMocks(recording)
     settings.ROOT.set(None)
