@@ -51,6 +51,12 @@ URL_WITH_PASSWORD = re.compile(r"://[^/@\s:]*:[^/@\s$]+@")
 DATA_SERVICE = re.compile(r"(^|[/-])(redis|postgres|pgvector|minio|rustfs|ray)([:/-]|$)")
 # The S3 servers the stacks have run: RustFS now, MinIO before (its images left Docker Hub in 2026).
 S3_SERVER_IMAGE = re.compile(r"(^|/)(rustfs/rustfs|minio/minio)[:@]")
+# Secrets by their shape, wherever they appear on a command line (raw vLLM args, scripts).
+SECRET_LITERALS = (
+    (re.compile(r"(?<![\w-])--api-key[= ](?![\"']?\$)\S"), "--api-key is given a literal key"),
+    (re.compile(r"\bhf_[A-Za-z0-9]{20,}"), "a Hugging Face token"),
+    (re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"), "an API key (sk-…)"),
+)
 VLLM_SERVER = re.compile(r"vllm\.entrypoints\.openai\.api_server|\bvllm serve\b")
 ANY_ADDRESS = {"", "0.0.0.0", "::", "[::]", "*"}
 # Flags that set where a data service listens: redis --bind, postgres listen_addresses, the S3
@@ -260,6 +266,9 @@ def validate_no_plaintext_secrets(args: ResourceValidationArgs, report: ReportVi
                 report(f"{w.name}: environment {key} holds a literal secret; take it from the secrets file or a Secret")
         if re.search(r"--requirepass\s+(?![\"']?\$)\S", w.command_text):
             report(f"{w.name}: --requirepass is given a literal password")
+        for pattern, what in SECRET_LITERALS:
+            if pattern.search(w.command_text):
+                report(f"{w.name}: its command line holds {what}; pass secrets through the secrets file or a Secret")
     if args.resource_type == "kubernetes:core/v1:ConfigMap":
         for key in args.props.get("data") or {}:
             if SECRET_NAME.search(key):
@@ -268,6 +277,23 @@ def validate_no_plaintext_secrets(args: ResourceValidationArgs, report: ReportVi
         for key in args.props.get("buildArgs") or {}:
             if SECRET_NAME.search(key):
                 report(f"build arg {key} looks like a secret; build args stay in the image history (use secrets)")
+
+
+def validate_ray_token_auth(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """A Ray cluster without token auth runs code for anyone who reaches its dashboard port."""
+    if args.resource_type == RAY_CLUSTER:
+        mode = _dig(args.props, ("spec", "authOptions", "mode"))
+        if mode != "token":
+            report(f"RayCluster {args.name}: spec.authOptions.mode is {mode!r}, not 'token' (KubeRay 1.5.1+)")
+        return
+    for w in workloads(args.resource_type, args.props, args.name):
+        if not re.search(r"\bray start\b", w.command_text):
+            continue
+        if w.env.get("RAY_AUTH_MODE") != "token":
+            report(f"{w.name}: a Ray node without RAY_AUTH_MODE=token runs code for anyone on the network")
+        token = w.env.get("RAY_AUTH_TOKEN", "")
+        if not token or not INTERPOLATION.match(token):
+            report(f"{w.name}: RAY_AUTH_TOKEN must come from the secrets file (${{RAY_AUTH_TOKEN:?…}})")
 
 
 def validate_data_services_private(args: ResourceValidationArgs, report: ReportViolation) -> None:
@@ -425,6 +451,12 @@ POLICIES: list[ResourceValidationPolicy | StackValidationPolicy] = [
         validate_data_services_private,
         MANDATORY,
         PolicyConfigSchema({"allowPublicDataServices": {"type": "boolean", "default": False}}),
+    ),
+    ResourceValidationPolicy(
+        "ray-token-auth",
+        "Every Ray node and RayCluster requires Ray's token (RAY_AUTH_MODE=token, the token a secret).",
+        validate_ray_token_auth,
+        MANDATORY,
     ),
     StackValidationPolicy(
         "gpu-on-gb10",

@@ -282,6 +282,50 @@ def test_restart_policies() -> None:
     assert violations("restart-policies", COPY, compose({"redis": good_service(restart="no")}))
 
 
+def ray_node(**env: str) -> dict:
+    return host_network(
+        ["ray", "start", "--address=10.0.0.1:6380", "--node-ip-address=10.0.0.1", "--block"],
+        image="registry.lan:5000/vllm-gb10:0.1.0",
+        environment=env,
+    )
+
+
+def test_ray_token_auth() -> None:
+    secured = ray_node(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="${RAY_AUTH_TOKEN:?missing}")
+    assert violations("ray-token-auth", COPY, compose({"ray-worker": secured})) == []
+    assert violations("ray-token-auth", COPY, compose({"redis": good_service()})) == [], "not a Ray node"
+    assert violations("ray-token-auth", COPY, compose({"ray-worker": ray_node()})) == [
+        "ray-worker: a Ray node without RAY_AUTH_MODE=token runs code for anyone on the network",
+        "ray-worker: RAY_AUTH_TOKEN must come from the secrets file (${RAY_AUTH_TOKEN:?…})",
+    ]
+    literal = ray_node(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="abc123")
+    assert violations("ray-token-auth", COPY, compose({"ray-worker": literal})) == [
+        "ray-worker: RAY_AUTH_TOKEN must come from the secrets file (${RAY_AUTH_TOKEN:?…})"
+    ]
+    cluster = {"spec": {"authOptions": {"mode": "token"}, "headGroupSpec": {}}}
+    assert violations("ray-token-auth", "kubernetes:ray.io/v1:RayCluster", cluster) == []
+    assert violations("ray-token-auth", "kubernetes:ray.io/v1:RayCluster", {"spec": {"headGroupSpec": {}}}) == [
+        "RayCluster r: spec.authOptions.mode is None, not 'token' (KubeRay 1.5.1+)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("arg", "what"),
+    [
+        ("--api-key=abc", "--api-key is given a literal key"),
+        ("hf_" + "Ab1" * 10, "a Hugging Face token"),
+        ("sk-" + "z" * 20, "an API key (sk-…)"),
+    ],
+)
+def test_no_secret_literals_on_command_lines(arg: str, what: str) -> None:
+    vllm = host_network(["python3", "-m", "vllm.entrypoints.openai.api_server", "--host", "10.0.0.1", arg])
+    assert violations("no-plaintext-secrets", COPY, compose({"vllm": vllm})) == [
+        f"vllm: its command line holds {what}; pass secrets through the secrets file or a Secret"
+    ]
+    fine = host_network(["python3", "-m", "vllm.entrypoints.openai.api_server", "--api-key", "$VLLM_API_KEY"])
+    assert violations("no-plaintext-secrets", COPY, compose({"vllm": fine})) == []
+
+
 def test_every_policy_is_tested_and_levels_are_as_the_issue_says() -> None:
     assert TESTED == set(BY_NAME), f"untested policies: {set(BY_NAME) - TESTED}"
     advisory = {p.name for p in POLICIES if p.enforcement_level == EnforcementLevel.ADVISORY}
