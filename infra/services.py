@@ -7,6 +7,7 @@ the platform delivers out of band (compose: an env file fed over SSH stdin; Kube
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -125,3 +126,15 @@ class ServiceSpec:
         clash = set(names) & set(self.environment)
         if clash or len(names) != len(set(names)):
             raise ValueError(f"service {self.name}: secret env names clash: {sorted(clash) or names}")
+
+
+def files_digest(files: tuple[ConfigFile, ...]) -> str:
+    """sha256 over the mounted files' names and contents. Neither compose nor Kubernetes looks inside
+    a mounted file, but both restart a workload whose labels (compose) or pod template annotations
+    (Kubernetes) change: this digest there makes a changed file reach its containers, and only theirs."""
+    digest = hashlib.sha256()
+    for file in sorted(files, key=lambda f: f.filename):
+        for part in (file.filename, str(file.content)):
+            digest.update(part.encode())
+            digest.update(b"\0")
+    return digest.hexdigest()

@@ -11,11 +11,9 @@ for the policy pack to judge those addresses against.
 
 from __future__ import annotations
 
-import hashlib
-
 import yaml
 
-from infra.services import ConfigFile, ServiceSpec
+from infra.services import ServiceSpec, files_digest
 
 PROJECT_NAME = "vllm-gb10"
 FILES_LABEL = "dev.vllm-gb10.files-sha256"
@@ -26,18 +24,6 @@ def project_name(host: str) -> str:
     """One compose project per host, so hosts sharing a Docker Engine never remove each other's
     containers as orphans."""
     return f"{PROJECT_NAME}-{host}"
-
-
-def files_digest(files: tuple[ConfigFile, ...]) -> str:
-    """sha256 over the mounted files' names and contents. Compose does not look inside a bind-mounted
-    file, but it recreates a service whose labels change: this label makes a changed file reach its
-    container, and only that one."""
-    digest = hashlib.sha256()
-    for file in sorted(files, key=lambda f: f.filename):
-        for part in (file.filename, str(file.content)):
-            digest.update(part.encode())
-            digest.update(b"\0")
-    return digest.hexdigest()
 
 
 def _escape(value: str) -> str:

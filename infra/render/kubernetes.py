@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from infra.services import ConfigFile, HealthCheck, ServiceSpec, Volume
+from infra.services import ConfigFile, HealthCheck, ServiceSpec, Volume, files_digest
 
 PART_OF = "vllm-gb10"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -181,14 +181,27 @@ def claim_spec(volume: Volume, placement: Placement) -> dict[str, Any]:
     return body
 
 
+FILES_ANNOTATION = "vllm-gb10.dev/files-sha256"
+
+
+def template_metadata(spec: ServiceSpec) -> dict[str, Any]:
+    """Pod template metadata. A ConfigMap change alone restarts no pod (the kubelet updates mounted
+    files late, and HAProxy, Prometheus and Grafana read theirs at start): the files' digest as an
+    annotation changes the template, so exactly the workloads whose files changed roll out."""
+    meta: dict[str, Any] = {"labels": labels(spec.name)}
+    if spec.files:
+        meta["annotations"] = {FILES_ANNOTATION: files_digest(spec.files)}
+    return meta
+
+
 def workload(spec: ServiceSpec, placement: Placement) -> tuple[str, dict[str, Any]]:
     """(kind, spec) of the workload that runs `spec`: Job, StatefulSet or Deployment."""
     selector = {"matchLabels": labels(spec.name)}
     if spec.one_shot:
-        template = {"metadata": {"labels": labels(spec.name)}, "spec": pod_spec(spec, placement, claims=True)}
+        template = {"metadata": template_metadata(spec), "spec": pod_spec(spec, placement, claims=True)}
         return "Job", {"backoffLimit": 10, "template": template}
     if spec.stateful:
-        template = {"metadata": {"labels": labels(spec.name)}, "spec": pod_spec(spec, placement, claims=False)}
+        template = {"metadata": template_metadata(spec), "spec": pod_spec(spec, placement, claims=False)}
         body = {"serviceName": spec.name, "replicas": 1, "selector": selector, "template": template}
         if spec.volumes:
             body["volumeClaimTemplates"] = [
@@ -196,7 +209,7 @@ def workload(spec: ServiceSpec, placement: Placement) -> tuple[str, dict[str, An
                 for v in spec.volumes
             ]
         return "StatefulSet", body
-    template = {"metadata": {"labels": labels(spec.name)}, "spec": pod_spec(spec, placement, claims=True)}
+    template = {"metadata": template_metadata(spec), "spec": pod_spec(spec, placement, claims=True)}
     # One GPU on the node: a rolling update would start the new pod beside the old one and wait
     # for a GPU forever. Recreate stops the old pod first. Pods with a ReadWriteOnce claim likewise.
     exclusive = spec.gpu or bool(spec.volumes)

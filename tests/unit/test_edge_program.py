@@ -349,3 +349,19 @@ def test_the_raycluster_requires_ray_token_auth_from_a_generated_secret(edge: Pl
         assert "OFFLOAD_DSN" in names  # the offload job's DSN from the node, never from a job's runtime_env
         assert not names & {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"}, "KubeRay sets these from authOptions"
     assert "rayAuthToken" in edge.recording.secret_outputs
+
+
+def test_a_changed_config_file_rolls_out_exactly_the_workloads_that_mount_it(edge: Plan) -> None:
+    """A ConfigMap change alone restarts nothing: the files' digest in the pod template does."""
+
+    def annotations(plan: Plan) -> dict[str, dict]:
+        return {
+            name: w["spec"]["template"]["metadata"].get("annotations", {})
+            for kind in ("Deployment", "StatefulSet")
+            for name, w in objects(plan, kind).items()
+        }
+
+    before = annotations(edge)
+    assert {name for name, a in before.items() if a} == {"lb", "prometheus", "grafana"}  # the ones with files
+    after = annotations(build_plan("edge", overrides={"lbBalanceFactor": "175"}))
+    assert {name for name in before if before[name] != after[name]} == {"lb"}
