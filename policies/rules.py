@@ -405,19 +405,58 @@ def _pinned_to_node(spec: dict, key: str, values: set[str]) -> bool:
 # --- advisory --------------------------------------------------------------------------------------
 
 
+def _flag(command: list[str], flag: str) -> str | None:
+    """The value of `flag` in an argv (`--flag value` or `--flag=value`)."""
+    for i, part in enumerate(command):
+        if part == flag and i + 1 < len(command):
+            return command[i + 1]
+        if part.startswith(flag + "="):
+            return part.split("=", 1)[1]
+    return None
+
+
 def validate_result_lifecycle(args: StackValidationArgs, report: ReportViolation) -> None:
-    """Across the stack: the bucket set-up may be another object (a Kubernetes Job) than the S3 server."""
+    """Across the stack: the bucket set-up may be another object (a Kubernetes Job) than the S3 server.
+
+    Judged on what the set-up does, not on a string: every bucket the batch services write results to
+    (their BATCH_S3_ENDPOINT_URL and BATCH_S3_BUCKET) must be the --endpoint and --bucket of a set-up
+    (`python -m runtime.batch.bucket`, which puts the rule and reads it back) whose --expire-days is
+    within the limit. A stack that still uses MinIO's `mc ilm rule add --expire-days N` is judged by N.
+    """
     limit = int(_config(args, "maxDays", 7))
     services = [w for r in args.resources for w in workloads(r.resource_type, r.props, r.name)]
     servers = [w for w in services if S3_SERVER_IMAGE.search(w.image)]
     if not servers:
         return
-    # `mc ilm rule add --expire-days N`, or our set-up job `python -m runtime.batch.bucket ... --expire-days N`
-    rules = [int(m.group(1)) for w in services for m in re.finditer(r"--expire-days[= ](\d+)", w.command_text)]
-    if not rules:
-        report(f"S3 server ({servers[0].name}) has no lifecycle rule: batch results never expire")
-    elif max(rules) > limit:
-        report(f"S3 results expire after {max(rules)} days, more than {limit}")
+    setups = [w for w in services if re.search(r"-m runtime\.batch\.bucket\b", w.command_text)]
+    if not setups:
+        rules = [int(m.group(1)) for w in services for m in re.finditer(r"--expire-days[= ](\d+)", w.command_text)]
+        if not rules:
+            report(f"S3 server ({servers[0].name}) has no lifecycle rule: batch results never expire")
+        elif max(rules) > limit:
+            report(f"S3 results expire after {max(rules)} days, more than {limit}")
+        return
+    expiring = {}
+    for setup in setups:
+        days = _flag(setup.command, "--expire-days")
+        target = (_flag(setup.command, "--endpoint"), _flag(setup.command, "--bucket"))
+        if days is None or not days.isdigit():
+            report(
+                f"{setup.name}: the bucket set-up puts no lifecycle rule (--expire-days): batch results never expire"
+            )
+        elif int(days) > limit:
+            report(f"{setup.name}: S3 results expire after {days} days, more than {limit}")
+        else:
+            expiring[target] = int(days)
+    written = {
+        (w.env.get("BATCH_S3_ENDPOINT_URL"), w.env["BATCH_S3_BUCKET"]) for w in services if w.env.get("BATCH_S3_BUCKET")
+    }
+    for endpoint, bucket in sorted(written, key=str):
+        if (endpoint, bucket) not in expiring:
+            report(
+                f"batch results go to bucket {bucket!r} at {endpoint}, which no set-up gives a lifecycle rule "
+                f"(set-ups: {', '.join(f'{b!r} at {e}' for e, b in expiring) or 'none that sets one'})"
+            )
 
 
 def validate_health_checks(args: ResourceValidationArgs, report: ReportViolation) -> None:

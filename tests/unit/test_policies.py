@@ -262,6 +262,41 @@ def _minio_pair(days: int | None, mc: bool = False) -> dict:
     return compose({"minio": good_service(image="minio/minio:RELEASE.2025-09-07T16-13-09Z"), "minio-setup": setup})
 
 
+def _batch_stack(setup_args: list[str], bucket: str = "batch", endpoint: str = "http://10.0.0.1:9000") -> dict:
+    setup = good_service(
+        image="reg/vllm-gb10-runtime:0.1.0",
+        restart="on-failure",
+        healthcheck=None,
+        command=["python", "-m", "runtime.batch.bucket", *setup_args],
+    )
+    api = good_service(
+        image="reg/vllm-gb10-runtime:0.1.0",
+        command=["python", "-m", "runtime.batch.api"],
+        environment={"BATCH_S3_BUCKET": bucket, "BATCH_S3_ENDPOINT_URL": endpoint},
+    )
+    server = good_service(image="rustfs/rustfs:1.0.0")
+    return compose({"rustfs": server, "minio-setup": setup, "batch-api": api})
+
+
+def test_result_lifecycle_is_judged_on_the_bucket_the_results_go_to() -> None:
+    right = ["--endpoint", "http://10.0.0.1:9000", "--bucket", "batch", "--expire-days", "7"]
+    assert stack_violations("result-lifecycle", [(COPY, _batch_stack(right))]) == []
+    assert stack_violations("result-lifecycle", [(COPY, _batch_stack(right, bucket="results"))]) == [
+        "batch results go to bucket 'results' at http://10.0.0.1:9000, which no set-up gives a lifecycle rule "
+        "(set-ups: 'batch' at http://10.0.0.1:9000)"
+    ]
+    other_server = stack_violations("result-lifecycle", [(COPY, _batch_stack(right, endpoint="http://10.0.0.2:9000"))])
+    assert len(other_server) == 1 and "at http://10.0.0.2:9000, which no set-up" in other_server[0]
+    no_rule = stack_violations("result-lifecycle", [(COPY, _batch_stack(right[:4]))])
+    assert (
+        no_rule[0]
+        == "minio-setup: the bucket set-up puts no lifecycle rule (--expire-days): batch results never expire"
+    )
+    assert stack_violations("result-lifecycle", [(COPY, _batch_stack([*right[:4], "--expire-days=30"]))])[0] == (
+        "minio-setup: S3 results expire after 30 days, more than 7"
+    )
+
+
 @pytest.mark.parametrize("mc", [False, True])
 def test_result_lifecycle(mc: bool) -> None:
     assert stack_violations("result-lifecycle", [(COPY, _minio_pair(7, mc))]) == []
