@@ -112,6 +112,10 @@ class Monitoring(pulumi.ComponentResource):
                     "GF_SERVER_HTTP_ADDR": platform.bind_address(host, public),
                     "GF_SERVER_HTTP_PORT": str(settings.grafana_port),
                     "GF_USERS_ALLOW_SIGN_UP": "false",
+                    # Grafana's default, pinned here so no image or ini default turns it on: no anonymous viewer
+                    # (let alone admin), no sign-up, and no admin/admin first login (the password is generated).
+                    "GF_AUTH_ANONYMOUS_ENABLED": "false",
+                    "GF_AUTH_DISABLE_LOGIN_FORM": "false",
                 },
                 secrets=(Secret("GF_SECURITY_ADMIN_PASSWORD", self.grafana_password),),
                 files=(

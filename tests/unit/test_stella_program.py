@@ -596,3 +596,11 @@ def test_every_ray_node_requires_the_token_and_holds_the_offload_dsn_not_a_clien
         if "ray-" in where:  # Ray's own nodes run the offload job's drivers and tasks
             assert env["OFFLOAD_DSN"].startswith("${OFFLOAD_DSN:?"), where
     assert "rayAuthToken" in plan.recording.secret_outputs
+
+
+def test_grafana_has_no_anonymous_access_and_a_generated_admin_password(stella: Plan) -> None:
+    grafana = compose(stella, "stella")["services"]["grafana"]
+    env = grafana["environment"]
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false" and env["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    assert env["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GF_SECURITY_ADMIN_PASSWORD:?")  # never admin/admin
+    assert "grafanaAdminPassword" in stella.recording.secret_outputs
