@@ -60,7 +60,10 @@ class Handler(BaseHTTPRequestHandler):
             delay = float(self.headers.get("X-Delay-Ms") or self.server.delay_ms)
             if delay:
                 time.sleep(delay / 1000)
-            self._reply(200, {"backend": self.server.name, "inflight": inflight})
+            # The Authorization the backend got: the load balancer swaps the client's key for vLLM's own.
+            authorization = self.headers.get("Authorization")
+            body = {"backend": self.server.name, "inflight": inflight, "authorization": authorization}
+            self._reply(200, body)
         finally:
             with self.server.lock:
                 self.server.inflight -= 1

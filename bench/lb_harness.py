@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -60,7 +61,14 @@ def render_config(backends: Iterable[str], port: int, stats_port: int, **options
 class Haproxy:
     """haproxy -db (foreground) on a rendered config; `status()` reads the stats CSV."""
 
-    def __init__(self, config: str, port: int, stats_port: int, log_path: Path | None = None):
+    def __init__(
+        self,
+        config: str,
+        port: int,
+        stats_port: int,
+        log_path: Path | None = None,
+        env: dict[str, str] | None = None,
+    ):
         binary = find_binary("haproxy")
         self.port, self.stats_port = port, stats_port
         self._dir = tempfile.TemporaryDirectory(prefix="haproxy-")
@@ -69,7 +77,11 @@ class Haproxy:
         # The request log (JSON lines) goes to stdout: kept in `log_path` when given.
         self._log = log_path.open("w") if log_path is not None else subprocess.DEVNULL
         self.process = subprocess.Popen(
-            [binary, "-db", "-f", str(path)], stdout=self._log, stderr=subprocess.PIPE, text=True
+            [binary, "-db", "-f", str(path)],
+            stdout=self._log,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
         )
 
     def _servers(self) -> list[dict[str, str]]:

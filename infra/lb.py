@@ -1,7 +1,7 @@
 """Print the load balancer's haproxy.cfg for the given backends (tests, benchmarks, debugging).
 
 `python -m infra.lb --backend HOST:PORT [--backend HOST:PORT ...] --port N [--balance-factor F]
-[--round-robin]`
+[--round-robin] [--api-key-map PATH ...] [--admin-socket PATH] [--backend-key-env VAR]`
 uses the same renderer as both stacks (infra/render/haproxy.py).
 """
 
@@ -47,6 +47,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--session-header", default="X-Session-ID")
     parser.add_argument("--check-interval-ms", type=int, default=2000, help="health check interval")
     parser.add_argument("--round-robin", action="store_true", help="no stickiness (the benchmark's peer)")
+    parser.add_argument(
+        "--api-key-map", action="append", default=[], metavar="PATH", help="map of '<sha256> <name>' key lines"
+    )
+    parser.add_argument("--admin-socket", metavar="PATH", help="HAProxy's admin socket (keys changed at run time)")
+    parser.add_argument("--backend-key-env", metavar="VAR", help="HAProxy env var holding vLLM's own API key")
     return parser.parse_args(argv)
 
 
@@ -60,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         session_header=args.session_header,
         check_interval_ms=args.check_interval_ms,
         sticky=not args.round_robin,
+        api_key_maps=tuple(args.api_key_map),
+        admin_socket=args.admin_socket,
+        backend_key_env=args.backend_key_env,
     )
     sys.stdout.write(render_haproxy_cfg(config))
     return 0

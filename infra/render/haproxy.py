@@ -9,6 +9,12 @@ active checks; active checks on vLLM's /health bring it back. `retry-on` + `opti
 retry on another backend a request whose backend refused the connection or died before answering
 (the request is buffered for that; replaying a generation has no side effects, and a response that
 has started streaming is never replayed). Servers carry weight 100 so that the ring is smooth.
+
+API keys (the stacks always set them): a client sends `Authorization: Bearer <key>`; HAProxy takes
+the key's SHA-256 and looks it up in map files of `<sha256 hex> <name>` lines, so no key is stored in
+clear. Unknown or missing keys get OpenAI's 401 error; `/health` stays open. Keys are added and
+revoked at run time through the admin socket (`python -m runtime.lbkeys`), without a reload. The
+backends get vLLM's own key from HAProxy's environment (`${VLLM_API_KEY}`), never from this file.
 """
 
 from __future__ import annotations
@@ -37,6 +43,12 @@ class LoadBalancerConfig:
     maxconn: int = 4096
     # False renders `balance roundrobin`: only the benchmark's peer, to measure what stickiness buys.
     sticky: bool = True
+    # Map files of `<sha256 hex of a key> <name>` lines; empty: no client key needed (tests, benchmarks).
+    api_key_maps: tuple[str, ...] = ()
+    # HAProxy's admin socket: `add map` / `del map` change the keys at run time (runtime.lbkeys).
+    admin_socket: str | None = None
+    # An environment variable of HAProxy holding vLLM's own API key, sent to the backends as Bearer.
+    backend_key_env: str | None = None
 
 
 # HAProxy puts weight x 16 points per server on the consistent ring. At the default weight 1 the arcs
@@ -52,6 +64,7 @@ REQUEST_LOG_FIELDS = {
     "request_id": '"%[capture.req.hdr(0)]"',
     "session": '"%[var(txn.session_key)]"',
     "backend": '"%s"',
+    "key": '"%[var(txn.key_name)]"',  # the name of the client's API key, never the key
     "status": "%ST",
     "retries": '"%rc"',  # a string: HAProxy writes "+1" for a redispatched retry, which is no JSON number
     "total_ms": "%Ta",
@@ -76,11 +89,16 @@ def render_haproxy_cfg(cfg: LoadBalancerConfig) -> str:
         balance = "balance roundrobin"
     health = f"inter {cfg.check_interval_ms} fall 2 rise 2 observe layer7 error-limit 1 on-error mark-down"
     header = cfg.session_header
+    socket = f"\n    stats socket {cfg.admin_socket} mode 600 level admin" if cfg.admin_socket else ""
+    backend_key = ""
+    if cfg.backend_key_env:
+        backend_key = f'\n    http-request set-header Authorization "Bearer ${{{cfg.backend_key_env}}}"'
+
     return f"""\
 # Rendered by infra/render/haproxy.py - do not edit by hand.
 global
     log stdout format raw local0
-    maxconn {cfg.maxconn}
+    maxconn {cfg.maxconn}{socket}
 
 defaults
     mode http
@@ -103,7 +121,7 @@ frontend openai
     # One JSON line per request: the batch worker's X-Request-ID, the session and the chosen backend,
     # so a request can be followed from the batch API through the worker to the vLLM server.
     http-request capture req.hdr(X-Request-ID) len 64
-    log-format {REQUEST_LOG_FORMAT}
+    log-format {REQUEST_LOG_FORMAT}{_auth(cfg.api_key_maps, cfg.health_path)}
     http-request set-var(txn.session_key) req.hdr({header})
     http-request set-var(txn.session_key) req.hdr(Authorization),sha1,hex,lower if !{{ var(txn.session_key) -m found }}
     http-request set-var(txn.session_key) src,ipmask(32) if !{{ var(txn.session_key) -m found }}
@@ -116,7 +134,7 @@ backend vllm
     option httpchk GET {cfg.health_path}
     http-check expect status 200
     # A failed request (refused connection, reset, 5xx other than 501/505) marks its server down at once.
-    default-server {health} weight {RING_WEIGHT}
+    default-server {health} weight {RING_WEIGHT}{backend_key}
 {servers}
 
 frontend stats
@@ -126,3 +144,30 @@ frontend stats
     stats uri /stats
     stats refresh 10s
 """
+
+
+UNAUTHORIZED = (
+    '{"error":{"message":"Missing or unknown API key (Authorization: Bearer ...).",'
+    '"type":"invalid_request_error","param":null,"code":"invalid_api_key"}}'
+)
+
+
+def _auth(maps: tuple[str, ...], health_path: str) -> str:
+    """Frontend rules: a known key's name in txn.key_name, else OpenAI's 401 (the health path stays open)."""
+    if not maps:
+        return ""
+    lines = [
+        "",
+        "    # API keys: the SHA-256 of the Bearer key, looked up in the key maps (no key is stored in clear).",
+        "    http-request set-var(txn.key_hash) req.hdr(Authorization),regsub(^[Bb]earer\\ +,),"
+        "digest(sha256),hex,lower",
+    ]
+    for path in maps:
+        lines.append(
+            f"    http-request set-var(txn.key_name) var(txn.key_hash),map({path}) if !{{ var(txn.key_name) -m found }}"
+        )
+    lines.append(
+        f"    http-request return status 401 content-type application/json hdr WWW-Authenticate Bearer "
+        f"string '{UNAUTHORIZED}' if !{{ path {health_path} }} !{{ var(txn.key_name) -m found }}"
+    )
+    return "\n".join(lines)
