@@ -254,7 +254,13 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
     )
     lb = LoadBalancer(
         "lb",
-        {"platform": platform, "host": placement.lb, "backends": vllm.backends, "settings": cfg.lb},
+        {
+            "platform": platform,
+            "host": placement.lb,
+            "backends": vllm.backends,
+            "settings": cfg.lb,
+            "backend_key": vllm.api_key,
+        },
     )
     batch = BatchService(
         "batch",
@@ -266,6 +272,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "settings": cfg.batch,
             "model": cfg.vllm.served_name,
             "vllm_base_url": lb.internal_url,
+            "vllm_api_key": lb.worker_key,
             "redis_url": redis.url,
             "s3_endpoint": store.endpoint,
             "s3_bucket": store.bucket,
@@ -303,6 +310,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "image": runtime_image_ref,
             "vllm_urls": vllm.urls,
             "lb_url": lb.internal_url,
+            "lb_api_key": lb.api_key,
             "batch_api_url": batch.internal_url,
             "model": cfg.vllm.served_name,
         },
@@ -314,6 +322,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
         "prometheusUrl": monitoring.prometheus_url,
         "loadBalancerUrl": lb.url,
         "loadBalancerStatsUrl": lb.stats_url,
+        "loadBalancerApiKey": lb.api_key,
         "vllmUrls": vllm.urls,
         "servedModelName": cfg.vllm.served_name,
         "batchApiUrl": batch.url,

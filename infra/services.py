@@ -64,11 +64,15 @@ class ConfigFile:
 
 @dataclass(frozen=True)
 class HostPath:
-    """A host directory mounted read-only (node exporter reads /proc, /sys and the root fs)."""
+    """A host directory mounted read-only (node exporter reads /proc, /sys and the root fs), or a
+    writable state directory beside the compose project (`./name`: the load balancer's keys), which
+    the up script creates with `seed_files` in it and no later `up` overwrites."""
 
     name: str
     host_path: str
     mount_path: str
+    writable: bool = False
+    seed_files: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

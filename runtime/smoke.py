@@ -1,6 +1,9 @@
 """Post-deploy check (the seeds' test.sh): every vLLM server answers /health, one chat completion goes
 through the load balancer, and the batch API answers /health.
 
+The load balancer needs an API key: the stack output loadBalancerApiKey, or $SMOKE_LB_API_KEY (never a
+command-line flag, which `ps` shows).
+
 `pulumi up` runs it once every service is up and fails when it fails; `make smoke STACK=NAME` runs it
 from a workstation against the stack outputs (`--outputs FILE`, `-` for stdin). It retries until
 `--timeout`, since a server may still be loading its model, and then names what did not answer.
@@ -10,12 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+
+LB_KEY_ENV = "SMOKE_LB_API_KEY"
 
 
 @dataclass(frozen=True)
@@ -24,6 +30,7 @@ class Targets:
     lb: str
     model: str
     batch_api: str | None = None
+    lb_api_key: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_outputs(cls, outputs: dict[str, Any]) -> Targets:
@@ -35,6 +42,7 @@ class Targets:
             lb=outputs["loadBalancerUrl"],
             model=outputs["servedModelName"],
             batch_api=outputs.get("batchApiUrl"),
+            lb_api_key=outputs.get("loadBalancerApiKey"),
         )
 
 
@@ -51,7 +59,10 @@ def checks(targets: Targets) -> list[tuple[str, Any]]:
     def completion(http: httpx.Client) -> None:
         response = http.post(
             f"{_root(targets.lb)}/v1/chat/completions",
-            headers={"X-Session-ID": "post-deploy-check"},
+            headers={
+                "X-Session-ID": "post-deploy-check",
+                **({"Authorization": f"Bearer {targets.lb_api_key}"} if targets.lb_api_key else {}),
+            },
             json={"model": targets.model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1},
         )
         if response.status_code != 200:
@@ -105,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             text = sys.stdin.read() if args.outputs == "-" else open(args.outputs).read()
             targets = Targets.from_outputs(json.loads(text))
         elif args.vllm and args.lb and args.model:
-            targets = Targets(tuple(args.vllm), args.lb, args.model, args.batch_api)
+            targets = Targets(tuple(args.vllm), args.lb, args.model, args.batch_api, os.environ.get(LB_KEY_ENV) or None)
         else:
             parser.error("give --outputs FILE, or --vllm URL (one or more), --lb URL and --model NAME")
     except (OSError, ValueError) as err:

@@ -27,6 +27,7 @@ class BatchServiceArgs(TypedDict):
     settings: BatchSettings
     model: str
     vllm_base_url: str  # the load balancer's internal URL (http engine)
+    vllm_api_key: pulumi.Output[str]  # the worker's key for the load balancer (http engine)
     redis_url: pulumi.Output[str]
     s3_endpoint: str
     s3_bucket: str
@@ -102,12 +103,12 @@ class BatchService(pulumi.ComponentResource):
         )
         offline = settings.engine == "offline"
         worker_env = {**env, "BATCH_WORKER_METRICS_HOST": platform.bind_address(host, internal)}
-        worker_secrets = secrets
+        worker_secrets = (*secrets, Secret("BATCH_VLLM_API_KEY", args["vllm_api_key"]))
         if offline:
             worker_env["BATCH_MODEL_PATH"] = args["model_path"]
             worker_env["BATCH_VLLM_ARGS"] = json.dumps(args["engine_args"], sort_keys=True)
             if args["hf_token"] is not None:
-                worker_secrets = (*secrets, Secret("HF_TOKEN", pulumi.Output.secret(args["hf_token"])))
+                worker_secrets = (*worker_secrets, Secret("HF_TOKEN", pulumi.Output.secret(args["hf_token"])))
         platform.deploy(
             ServiceSpec(
                 name=f"{name}-worker",

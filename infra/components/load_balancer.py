@@ -1,20 +1,37 @@
-"""HAProxy in front of the vLLM servers: sticky sessions with bounded load and failover."""
+"""HAProxy in front of the vLLM servers: sticky sessions with bounded load and failover, API keys.
+
+Clients need a key. The stack's own keys (the operator's, output loadBalancerApiKey, and the batch
+worker's) are in a rendered map of digests; on compose, users' keys live in a keys directory beside
+the project (`lb-keys/api-keys.map`, with HAProxy's admin socket), managed with `python -m
+runtime.lbkeys` and applied at once. vLLM's own key reaches HAProxy as a secret environment variable.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from typing import TypedDict
 
 import pulumi
 
+from infra.components.secrets import generated_password
 from infra.config import LoadBalancerSettings
 from infra.platforms import Platform
 from infra.render.haproxy import Backend, LoadBalancerConfig, render_haproxy_cfg
-from infra.services import ConfigFile, Exposure, HealthCheck, Port, ServiceSpec, host_port
+from infra.services import ConfigFile, Exposure, HealthCheck, HostPath, Port, Secret, ServiceSpec, host_port
 
 # HAProxy 3.2 LTS, patch 3.2.24 (Alpine variant); digest as pinned in a public project (one source
 # seen: verify with `docker buildx imagetools inspect haproxy:3.2.24-alpine` when moving it).
 HAPROXY_IMAGE = "haproxy:3.2.24-alpine@sha256:1aca32ee932b96d2a75f1882909325839dd23c138ba9c6fd26e4d88179f30f13"
 CONFIG_PATH = "/usr/local/etc/haproxy/haproxy.cfg"
+STACK_KEYS_PATH = "/usr/local/etc/haproxy/stack-keys.map"
+KEYS_DIR = "lb-keys"  # beside the compose project on the load balancer's host
+KEYS_MOUNT = "/usr/local/etc/haproxy/keys"  # runtime.lbkeys.HAPROXY_MAP_PATH lives here
+USER_KEYS_FILE = "api-keys.map"
+BACKEND_KEY_ENV = "VLLM_API_KEY"
+
+
+def key_map_line(key: str, name: str) -> str:
+    return f"{hashlib.sha256(key.encode()).hexdigest()} {name}\n"
 
 
 class LoadBalancerArgs(TypedDict):
@@ -22,6 +39,7 @@ class LoadBalancerArgs(TypedDict):
     host: str
     backends: list[tuple[str, str]]  # (name, host:port)
     settings: LoadBalancerSettings
+    backend_key: pulumi.Output[str]  # vLLM's own API key, sent to the servers
 
 
 class LoadBalancer(pulumi.ComponentResource):
@@ -30,11 +48,31 @@ class LoadBalancer(pulumi.ComponentResource):
     internal_url: str
     stats_url: str
     stats_address: str
+    api_key: pulumi.Output[str]  # the operator's key (secret)
+    worker_key: pulumi.Output[str]  # the batch worker's key (secret)
+    keys_dir: str | None  # compose: the keys directory on the load balancer's host, relative to its project
 
     def __init__(self, name: str, args: LoadBalancerArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("vllm-gb10:lb:LoadBalancer", name, None, opts)
         platform, settings, host = args["platform"], args["settings"], args["host"]
         stats_ip = platform.internal_host(host, name)
+        self.api_key = generated_password(f"{name}-operator-key", self, length=48)
+        self.worker_key = generated_password(f"{name}-batch-worker-key", self, length=48)
+        # Digests of 48-character random keys reveal nothing: the map is a plain file, not a secret.
+        stack_keys = pulumi.Output.unsecret(
+            pulumi.Output.all(self.api_key, self.worker_key).apply(
+                lambda keys: key_map_line(keys[0], "operator") + key_map_line(keys[1], "batch-worker")
+            )
+        )
+        maps = (STACK_KEYS_PATH,)
+        host_paths: tuple[HostPath, ...] = ()
+        self.keys_dir = None
+        if platform.host_state_dirs:
+            self.keys_dir = KEYS_DIR
+            maps += (f"{KEYS_MOUNT}/{USER_KEYS_FILE}",)
+            host_paths = (
+                HostPath("lb-keys", f"./{KEYS_DIR}", KEYS_MOUNT, writable=True, seed_files=(USER_KEYS_FILE,)),
+            )
         self.config_text = render_haproxy_cfg(
             LoadBalancerConfig(
                 backends=tuple(Backend(n, a) for n, a in args["backends"]),
@@ -42,6 +80,9 @@ class LoadBalancer(pulumi.ComponentResource):
                 stats_bind=host_port(platform.bind_address(host, Exposure.INTERNAL), settings.stats_port),
                 balance_factor=settings.balance_factor,
                 session_header=settings.session_header,
+                api_key_maps=maps,
+                admin_socket=f"{KEYS_MOUNT}/admin.sock" if host_paths else None,
+                backend_key_env=BACKEND_KEY_ENV,
             )
         )
         platform.deploy(
@@ -49,7 +90,12 @@ class LoadBalancer(pulumi.ComponentResource):
                 name=name,
                 host=host,
                 image=HAPROXY_IMAGE,
-                files=(ConfigFile("haproxy.cfg", CONFIG_PATH, self.config_text),),
+                files=(
+                    ConfigFile("haproxy.cfg", CONFIG_PATH, self.config_text),
+                    ConfigFile("lb-stack-keys.map", STACK_KEYS_PATH, stack_keys),
+                ),
+                host_paths=host_paths,
+                secrets=(Secret(BACKEND_KEY_ENV, args["backend_key"]),),
                 ports=(
                     Port(settings.port, settings.port, Exposure.PUBLIC, "http"),
                     Port(settings.stats_port, settings.stats_port, Exposure.INTERNAL, "stats"),

@@ -8,7 +8,7 @@ from typing import TypedDict
 import pulumi
 
 from infra.platforms import Platform
-from infra.services import ServiceSpec
+from infra.services import Secret, ServiceSpec
 
 CHECK_TIMEOUT_S = 900  # a model may still be loading after its container reports healthy elsewhere
 
@@ -21,6 +21,7 @@ class PostDeployCheckArgs(TypedDict):
     lb_url: str
     batch_api_url: str
     model: str
+    lb_api_key: pulumi.Output[str]  # for the chat completion (runtime.smoke reads $SMOKE_LB_API_KEY)
 
 
 class PostDeployCheck(pulumi.ComponentResource):
@@ -36,6 +37,7 @@ class PostDeployCheck(pulumi.ComponentResource):
                 host=args["host"],
                 image=args["image"],
                 command=tuple(command),
+                secrets=(Secret("SMOKE_LB_API_KEY", args["lb_api_key"]),),
                 memory_limit="256m",
                 one_shot=True,
             ),

@@ -7,6 +7,7 @@ from typing import Any, NotRequired, TypedDict
 
 import pulumi
 
+from infra.components.secrets import generated_password
 from infra.config import Parallelism, VllmSettings
 from infra.platforms import Platform
 from infra.services import Exposure, HealthCheck, Port, Secret, ServiceSpec, Volume, http_health_check
@@ -72,6 +73,7 @@ class VllmService(pulumi.ComponentResource):
 
     backends: list[tuple[str, str]]
     urls: list[str]
+    api_key: pulumi.Output[str]  # vLLM's own key (VLLM_API_KEY): only the load balancer holds it
 
     def __init__(self, name: str, args: VllmServiceArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("vllm-gb10:vllm:VllmService", name, None, opts)
@@ -81,10 +83,14 @@ class VllmService(pulumi.ComponentResource):
         port = settings.port
         node = vllm_node(settings, args["hf_token"], args["memory_limit"])
         env = node.environment
+        # vLLM guards its /v1 routes with it (/health and /metrics stay open for checks and Prometheus):
+        # besides binding the cluster address, only the load balancer's requests are served.
+        self.api_key = generated_password(f"{name}-api-key", self, length=48)
+        server_secrets = (*node.secrets, Secret("VLLM_API_KEY", self.api_key))
         common = dict(
             image=args["image"],
             environment=env,
-            secrets=node.secrets,
+            secrets=server_secrets,
             volumes=node.volumes,
             gpu=True,
             memory_limit=node.memory_limit,
@@ -147,7 +153,7 @@ class VllmService(pulumi.ComponentResource):
                     **{
                         **common,
                         "environment": {**env, **args.get("ray_client_environment", {}), "VLLM_HOST_IP": bind_ip},
-                        "secrets": (*node.secrets, *args.get("ray_client_secrets", ())),
+                        "secrets": (*server_secrets, *args.get("ray_client_secrets", ())),
                     },
                 ),
                 parent=self,

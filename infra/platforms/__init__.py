@@ -14,6 +14,7 @@ class Platform(Protocol):
     """What components may ask of a platform; nothing here names a stack."""
 
     nodes_addressable: bool  # can other services reach each host's (or pod's) own address?
+    host_state_dirs: bool  # can a service keep a writable directory on its host (compose: beside the project)?
 
     def deploy(self, spec: ServiceSpec, parent: pulumi.Resource) -> None:
         """Run `spec` (on `spec.host` where placement matters)."""

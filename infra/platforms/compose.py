@@ -23,7 +23,7 @@ from infra.components.host import Gb10Host
 from infra.config import RaySettings
 from infra.memory import check_host_budgets
 from infra.render.compose import project_name, render_compose
-from infra.services import Exposure, ServiceSpec, host_port
+from infra.services import Exposure, HostPath, ServiceSpec, host_port
 
 COMPOSE_FILE = "docker-compose.yml"
 SECRETS_FILE = ".secrets.env"
@@ -61,7 +61,12 @@ def wait_timeout_s(specs: list[ServiceSpec]) -> int:
 
 
 def up_script(
-    project_dir: str, host: str, content_hash: str, wait_timeout: int, mounted_files: tuple[str, ...] = ()
+    project_dir: str,
+    host: str,
+    content_hash: str,
+    wait_timeout: int,
+    mounted_files: tuple[str, ...] = (),
+    state_dirs: tuple[HostPath, ...] = (),
 ) -> str:
     """Write the secrets, then bring the project up and wait until every service is healthy.
 
@@ -78,6 +83,7 @@ def up_script(
             # The mounted files hold no secret, and the services read them as their own non-root users,
             # whatever umask the SSH user's copies were made with.
             *([f"chmod 0644 {' '.join(shlex.quote(f) for f in mounted_files)}"] if mounted_files else []),
+            *_state_dir_lines(state_dirs),
             # GB10: page cache counts as used unified memory at vLLM start-up (DESIGN.md).
             "sync && (sudo -n sh -c 'echo 3 > /proc/sys/vm/drop_caches' 2>/dev/null "
             "|| echo 'warning: page caches not dropped (needs passwordless sudo)' >&2)",
@@ -85,6 +91,20 @@ def up_script(
             _compose(project_dir, host, "ps --format '{{.Name}} {{.Status}}'"),
         ]
     )
+
+
+def _state_dir_lines(state_dirs: tuple[HostPath, ...]) -> list[str]:
+    """Create each writable state directory and its seed files once; never overwrite what is there.
+    Sticky and world-writable (1777), as /tmp: a service's own user (HAProxy's) creates its socket
+    there, while files others made (the keys map, 0644) stay theirs."""
+    lines = []
+    for state in state_dirs:
+        directory = shlex.quote(state.host_path)
+        lines.append(f"mkdir -p {directory} && chmod 1777 {directory}")
+        for seed in state.seed_files:
+            path = shlex.quote(f"{state.host_path}/{seed}")
+            lines.append(f"[ -e {path} ] || (touch {path} && chmod 0644 {path})")
+    return lines
 
 
 def down_script(project_dir: str, host: str) -> str:
@@ -151,7 +171,14 @@ class ComposeProject(pulumi.ComponentResource):
         self.content_hash = content_hash
         wait_timeout = wait_timeout_s(specs)
         script = content_hash.apply(
-            lambda h: up_script(project_dir, host_name, h, wait_timeout, tuple(sorted(self.files)))
+            lambda h: up_script(
+                project_dir,
+                host_name,
+                h,
+                wait_timeout,
+                tuple(sorted(self.files)),
+                tuple(p for s in specs for p in s.host_paths if p.writable),
+            )
         )
         self.up = remote.Command(
             f"{name}-up",
@@ -186,6 +213,7 @@ class ComposePlatform:
     """Collects specs per host; `finish` declares one ComposeProject per host that has any."""
 
     nodes_addressable = True
+    host_state_dirs = True
 
     def __init__(self, hosts: dict[str, Gb10Host], *, stack: str = "", memory_gib: dict[str, float] | None = None):
         """`memory_gib`: host -> GiB the container limits placed there may add up to (GB10 hosts)."""
@@ -261,20 +289,35 @@ class ComposePlatform:
         for spec, parent in self._checks:
             host = self._hosts[spec.host]
             script = pulumi.Output.from_input(spec.image).apply(lambda image, spec=spec: docker_run_script(spec, image))
+            secrets = pulumi.Output.all(*[s.value for s in spec.secrets]).apply(
+                lambda values, spec=spec: "".join(f"{s.env}={v}\n" for s, v in zip(spec.secrets, values, strict=True))
+            )
             remote.Command(
                 spec.name,
                 connection=host.connection,
                 create=script,
                 update=script,
+                stdin=pulumi.Output.secret(secrets) if spec.secrets else None,
                 triggers=hashes,
                 opts=pulumi.ResourceOptions(parent=parent, depends_on=ups),
             )
 
 
 def docker_run_script(spec: ServiceSpec, image: str) -> str:
-    """`docker run` of a one-shot check on the host network, removed when it ends (no secrets: none allowed)."""
-    if spec.secrets:
-        raise ValueError(f"check {spec.name}: a check runs with docker run and cannot take secrets")
+    """`docker run` of a one-shot check on the host network, removed when it ends. Its secrets come on
+    stdin as an env file (mode 0600, removed after), never on a command line or in the script."""
     env = [f"--env={k}={v}" for k, v in sorted(spec.environment.items())]
-    argv = ["docker", "run", "--rm", "--network=host", f"--name={project_name(spec.host)}-{spec.name}", *env, image]
-    return " ".join(shlex.quote(str(a)) for a in [*argv, *spec.command])
+    env_file = ["--env-file", "$secrets"] if spec.secrets else []
+    argv = ["docker", "run", "--rm", "--network=host", f"--name={project_name(spec.host)}-{spec.name}", *env]
+    run = " ".join([*(shlex.quote(str(a)) for a in argv), *(f'"{a}"' if a.startswith("$") else a for a in env_file)])
+    run += " " + " ".join(shlex.quote(str(a)) for a in [image, *spec.command])
+    if not spec.secrets:
+        return run
+    return "\n".join(
+        [
+            "set -eu",
+            "secrets=$(mktemp) && trap 'rm -f \"$secrets\"' EXIT",
+            '(umask 077 && cat > "$secrets")',
+            run,
+        ]
+    )

@@ -36,6 +36,7 @@ PINNED_IMAGES = {"vllm-gb10": "vllmImageDigest", "vllm-gb10-runtime": "runtimeIm
 
 class KubernetesPlatform:
     nodes_addressable = False  # pods are reached through Services; Ray workers have none
+    host_state_dirs = False  # pods move between nodes: state lives in volumes or ConfigMaps
 
     def __init__(self, settings: KubernetesSettings, *, image_pull_secret: pulumi.Input[str] | None = None):
         self.settings = settings

@@ -43,7 +43,7 @@ def _service(spec: ServiceSpec) -> dict:
         out["environment"] = env
     mounts = [f"{v.name}:{v.mount_path}" for v in spec.volumes]
     mounts += [f"./{f.filename}:{f.mount_path}:ro" for f in spec.files]
-    mounts += [f"{h.host_path}:{h.mount_path}:ro" for h in spec.host_paths]
+    mounts += [f"{h.host_path}:{h.mount_path}{'' if h.writable else ':ro'}" for h in spec.host_paths]
     if mounts:
         out["volumes"] = mounts
     if spec.healthcheck is not None:

@@ -28,6 +28,9 @@ class BatchSettings(BaseSettings):
     s3_region: str = "us-east-1"
     engine: Literal["http", "offline"] = "http"
     vllm_base_url: AnyHttpUrl | None = Field(default=None, description="http engine: the load balancer.")
+    vllm_api_key: SecretStr | None = Field(
+        default=None, description="http engine: the worker's own key for the load balancer (Bearer)."
+    )
     vllm_request_priority: int = Field(
         default=10,
         description="http engine: vLLM `priority` sent with each request (higher runs later); needs the "

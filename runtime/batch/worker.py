@@ -83,8 +83,12 @@ def make_engine(settings: BatchSettings) -> Engine:
 
     if settings.vllm_base_url is None:
         raise ValueError("BATCH_VLLM_BASE_URL is required with BATCH_ENGINE=http")
+    key = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else None
     return HttpEngine(
-        str(settings.vllm_base_url), priority=settings.vllm_request_priority, concurrency=settings.concurrency
+        str(settings.vllm_base_url),
+        priority=settings.vllm_request_priority,
+        concurrency=settings.concurrency,
+        api_key=key,
     )
 
 

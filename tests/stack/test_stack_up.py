@@ -60,7 +60,8 @@ class RunningStack:
 
     def secrets(self) -> set[str]:
         """Every secret the stack generated, as a user reads them from the outputs."""
-        values = {self.outputs[k] for k in ("batchApiKey", "grafanaAdminPassword", "minioSecretKey", "rayAuthToken")}
+        names = ("batchApiKey", "grafanaAdminPassword", "minioSecretKey", "rayAuthToken", "loadBalancerApiKey")
+        values = {self.outputs[k] for k in names}
         for key in ("postgresUrl", "redisUrl"):
             password = urlparse(self.outputs[key]).password
             assert password, key
@@ -160,7 +161,8 @@ def test_batch_through_the_api_with_the_openai_client(stack: RunningStack, tmp_p
 def test_chat_through_the_load_balancer_reaches_both_hosts(stack: RunningStack) -> None:
     url = stack.outputs["loadBalancerUrl"] + "/chat/completions"
     backends: set[str] = set()
-    with httpx.Client(timeout=60) as http:
+    key = {"Authorization": f"Bearer {stack.outputs['loadBalancerApiKey']}"}
+    with httpx.Client(timeout=60, headers=key) as http:
         for session in range(64):
             response = http.post(
                 url,
@@ -172,6 +174,37 @@ def test_chat_through_the_load_balancer_reaches_both_hosts(stack: RunningStack) 
             if len(backends) == 2:
                 break
     assert backends == {"stella", "nova"}
+
+
+def test_the_load_balancer_serves_only_keys_it_knows_and_revokes_them_at_once(stack: RunningStack) -> None:
+    url = stack.outputs["loadBalancerUrl"] + "/chat/completions"
+    body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+
+    def chat(key: str | None) -> int:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.post(url, json=body, headers=headers, timeout=60).status_code
+
+    assert chat(None) == 401 and chat("sk-lb-guessed") == 401
+    # vLLM itself refuses requests that do not come through the load balancer (it has its own key)
+    vllm = stack.outputs["vllmUrls"][0] + "/chat/completions"
+    assert httpx.post(vllm, json=body, timeout=60).status_code == 401
+    keys_dir = Path(stack.local.overrides["remoteDir"]) / "stella" / "lb-keys"
+
+    def lbkeys(*args: str) -> subprocess.CompletedProcess[str]:
+        # as the README tells an operator to run it on the load balancer's host
+        return subprocess.run(
+            ["docker", "run", "--rm", "-v", f"{keys_dir}:/keys", stack.outputs["runtimeImage"],
+             "python", "-m", "runtime.lbkeys", *args],
+            env=stack.docker_env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    created = lbkeys("create", "alice")
+    assert created.returncode == 0 and "applied to the running HAProxy" in created.stderr, created.stderr
+    alice = created.stdout.strip()
+    assert chat(alice) == 200
+    revoked = lbkeys("revoke", "alice")
+    assert revoked.returncode == 0 and "applied to the running HAProxy" in revoked.stderr, revoked.stderr
+    assert chat(alice) == 401 and chat(stack.outputs["loadBalancerApiKey"]) == 200
 
 
 def test_a_ray_job_through_the_jobs_api(stack: RunningStack) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shlex
 
 import pytest
+from pulumi.runtime import rpc
 
 from infra.plan import Plan, build_plan
 from runtime import smoke
@@ -35,8 +36,17 @@ def test_it_runs_after_every_hosts_up_and_again_when_any_host_changes(stella: Pl
 
 
 def test_its_command_checks_every_server_and_the_balancer(stella: Plan) -> None:
-    argv = shlex.split(_check(stella).inputs["create"])
-    assert argv[:4] == ["docker", "run", "--rm", "--network=host"]
+    check = _check(stella).inputs
+    script = check["create"].splitlines()
+    # The load balancer's key comes on stdin into a 0600 env file, never on the command line.
+    assert script[:3] == [
+        "set -eu",
+        "secrets=$(mktemp) && trap 'rm -f \"$secrets\"' EXIT",
+        '(umask 077 && cat > "$secrets")',
+    ]
+    assert check["stdin"][rpc._special_sig_key] == rpc._special_secret_sig  # stored as a secret in state
+    argv = shlex.split(script[-1])
+    assert argv[:4] == ["docker", "run", "--rm", "--network=host"] and "--env-file" in argv
     args = smoke.build_parser().parse_args(argv[argv.index("runtime.smoke") + 1 :])
     assert args.vllm == ["http://10.10.10.1:8000/v1", "http://10.10.10.2:8000/v1"]
     assert args.lb == "http://10.10.10.1:8080/v1" and args.model == "Qwen/Qwen3-4B"

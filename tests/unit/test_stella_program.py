@@ -90,7 +90,11 @@ def test_load_balancer_routes_to_every_vllm_server(stella: Plan) -> None:
     assert servers == [("stella", f"{STELLA_IP}:8000"), ("nova", f"{NOVA_IP}:8000")]
     assert stella.outputs["vllmUrls"] == [f"http://{a}/v1" for _, a in servers]
     lb = compose(stella, "stella")["services"]["lb"]
-    assert lb["volumes"] == ["./haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro"]
+    assert lb["volumes"] == [
+        "./haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro",
+        "./lb-stack-keys.map:/usr/local/etc/haproxy/stack-keys.map:ro",  # the stack's own keys, by digest
+        "./lb-keys:/usr/local/etc/haproxy/keys",  # users' keys and the admin socket (runtime.lbkeys)
+    ]
     assert re.findall(r"^\s+bind (\S+)$", cfg, re.M) == ["0.0.0.0:8080", f"{STELLA_IP}:8404"]
 
 
@@ -360,7 +364,8 @@ def test_every_secret_value_is_marked_secret_where_pulumi_stores_it(stella: Plan
     plain = json.dumps([stella.resources, stella.outputs, stella.files])
     assert not [s for s in known if s in plain], "a secret value reached plan.json or a generated file"
     assert stella.recording.secret_outputs == {
-        "batchApiKey", "grafanaAdminPassword", "minioSecretKey", "postgresUrl", "rayAuthToken", "redisUrl"
+        "batchApiKey", "grafanaAdminPassword", "loadBalancerApiKey", "minioSecretKey", "postgresUrl", "rayAuthToken",
+        "redisUrl",
     }  # fmt: skip
     assert {stella.outputs[k] for k in stella.recording.secret_outputs} == {MASK}
 
@@ -369,7 +374,7 @@ def test_ssh_connections_pin_the_host_key(stella: Plan) -> None:
     stack = yaml.safe_load(Path("Pulumi.stella.yaml").read_text())["config"]["vllm-gb10:hosts"]
     keys = {h["address"]: h["hostKey"] for h in stack}
     remote = [r for r in stella.resources if r["type"].startswith("command:remote:")]
-    assert len(remote) == 15
+    assert len(remote) == 16
     for r in remote:
         connection = r["inputs"]["connection"]
         assert connection["hostKey"] == keys[connection["host"]], r["name"]
@@ -473,10 +478,16 @@ def test_compose_schema_check_catches_a_broken_file() -> None:
 def test_rendered_haproxy_cfg_passes_haproxy_check(stella: Plan, tmp_path: Path) -> None:
     haproxy = require_binary("haproxy")
     path = tmp_path / "haproxy.cfg"
-    path.write_text(stella.files["stella/haproxy.cfg"])
-    result = subprocess.run([haproxy, "-c", "-f", str(path)], capture_output=True, text=True, check=False)
+    # The key maps where the container has them, here under tmp_path (HAProxy opens them when it parses).
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "api-keys.map").touch()
+    (tmp_path / "stack-keys.map").write_text(stella.files["stella/lb-stack-keys.map"])
+    text = stella.files["stella/haproxy.cfg"].replace("/usr/local/etc/haproxy/", f"{tmp_path}/")
+    path.write_text(text)
+    env = {"VLLM_API_KEY": "k", "PATH": "/usr/sbin:/usr/bin"}
+    result = subprocess.run([haproxy, "-c", "-f", str(path)], capture_output=True, text=True, check=False, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
-    path.write_text(stella.files["stella/haproxy.cfg"].replace("hash-type consistent", "hash-type bogus"))
+    path.write_text(text.replace("hash-type consistent", "hash-type bogus"))
     assert subprocess.run([haproxy, "-c", "-f", str(path)], capture_output=True, check=False).returncode != 0
 
 

@@ -31,11 +31,20 @@ def request_body(request: RequestLine, priority: int) -> dict[str, Any]:
 class HttpEngine:
     endpoints = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 
-    def __init__(self, base_url: str, *, priority: int, concurrency: int, timeout_s: float = 600.0):
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        priority: int,
+        concurrency: int,
+        api_key: str | None = None,
+        timeout_s: float = 600.0,
+    ):
         self.base_url = base_url.rstrip("/").removesuffix("/v1")
         self.priority = priority
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        self.client = httpx.AsyncClient(base_url=self.base_url, limits=limits, timeout=timeout_s)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}  # the load balancer's key for the worker
+        self.client = httpx.AsyncClient(base_url=self.base_url, limits=limits, timeout=timeout_s, headers=headers)
 
     async def start(self) -> None:
         """Wait until the pool answers: the worker may start before the load balancer or vLLM does
