@@ -7,7 +7,9 @@ running HAProxy through the socket (`add map` / `del map`), so it takes effect o
 without a reload or redeploy. Only digests are stored: a new key is printed once. Standard library
 only, so it runs in any image with Python, e.g. on the load balancer's host:
 
-    docker run --rm -v /opt/vllm-gb10/stella/lb-keys:/keys RUNTIME_IMAGE python -m runtime.lbkeys create alice
+    docker run --rm --user 0 -v /opt/vllm-gb10/stella/lb-keys:/keys RUNTIME_IMAGE python -m runtime.lbkeys create alice
+
+(as root: HAProxy's admin socket belongs to HAProxy's user, mode 0600, and the map to the deploy user)
 """
 
 from __future__ import annotations

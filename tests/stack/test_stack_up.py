@@ -193,7 +193,7 @@ def test_the_load_balancer_serves_only_keys_it_knows_and_revokes_them_at_once(st
     def lbkeys(*args: str) -> subprocess.CompletedProcess[str]:
         # as the README tells an operator to run it on the load balancer's host
         return subprocess.run(
-            ["docker", "run", "--rm", "-v", f"{keys_dir}:/keys", stack.outputs["runtimeImage"],
+            ["docker", "run", "--rm", "--user", "0", "-v", f"{keys_dir}:/keys", stack.outputs["runtimeImage"],
              "python", "-m", "runtime.lbkeys", *args],
             env=stack.docker_env, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
