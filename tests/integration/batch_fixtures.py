@@ -47,7 +47,24 @@ def chat_lines(count: int, *, model: str = "tiny-llama", max_tokens: int = 8, pr
     ]
 
 
-class WebhookReceiver:
+class LoopbackServer:
+    """A real HTTP server on 127.0.0.1 (a free port) serving `handler` in a thread."""
+
+    def serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.port = free_port()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class WebhookReceiver(LoopbackServer):
     """A real HTTP endpoint that records deliveries; the first `fail_first` attempts get a 500."""
 
     def __init__(self, fail_first: int = 0):
@@ -80,13 +97,4 @@ class WebhookReceiver:
                 pass
 
         self.files_dir = ""
-        self.port = free_port()
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        self.server.shutdown()
+        self.serve(Handler)

@@ -15,10 +15,9 @@ import io
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import httpx
 import openai
@@ -26,13 +25,13 @@ import pytest
 import redis
 
 from runtime.local.servers import BatchApi, BatchWorker, batch_env, free_port, wait_for
-from tests.integration.batch_fixtures import chat_lines
+from tests.integration.batch_fixtures import LoopbackServer, chat_lines
 
 pytestmark = pytest.mark.integration
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 
 
-class Recorder:
+class Recorder(LoopbackServer):
     """A real HTTP server on loopback that records every request; `redirect_to` makes it answer 302."""
 
     def __init__(self, redirect_to: str | None = None, body: bytes = b""):
@@ -57,17 +56,7 @@ class Recorder:
             def log_message(self, *_args) -> None:
                 pass
 
-        self.port = free_port()
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)
 
 
 @dataclass
