@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ class Plan:
     known_secrets: set[str]
     violations: list[Violation]
     recording: Recording
+    exemptions: list[str] = field(default_factory=list)  # policies the stack file turns down, and why
 
     @property
     def mandatory_violations(self) -> list[Violation]:
@@ -66,6 +67,7 @@ def build_plan(stack: str, project_dir: Path = PROJECT_DIR, overrides: dict[str,
         known_secrets=known_secrets,
         violations=evaluate(recording, policy_config(values)),
         recording=recording,
+        exemptions=policy_exemptions(values),
     )
 
 
@@ -74,6 +76,16 @@ def policy_config(values: dict[str, str]) -> dict[str, dict[str, Any]]:
     raw = values.get(f"{PROJECT}:publicDataServices")
     public = DataSettings.model_validate({} if raw is None else {"publicDataServices": raw}).public
     return {"data-services-private": {"allowPublicDataServices": public}}
+
+
+def policy_exemptions(values: dict[str, str]) -> list[str]:
+    """What the stack file switches off, said in the plan output: a security default is never dropped silently."""
+    if policy_config(values)["data-services-private"]["allowPublicDataServices"]:
+        return [
+            "data-services-private: exempted by publicDataServices: true: Redis, Postgres and the S3 server "
+            "listen on the hosts' public address"
+        ]
+    return []
 
 
 def write_plan(plan: Plan, out_dir: Path) -> Path:

@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     if old is not None:
         print(f"diff against {args.diff}:")
         print(format_diff(diff_plans(old, plan.to_json(), read_files(args.diff.parent / "files"), plan.files)))
+    for exemption in plan.exemptions:
+        print(f"policy exemption: {exemption}")
     if plan.violations:
         print("policy violations:")
         for violation in plan.violations:
