@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from infra.render.haproxy import check_balance_factor
+
 PROJECT = "vllm-gb10"
 
 RawReader = Callable[[str], "str | None"]
@@ -264,10 +266,14 @@ class LoadBalancerSettings(_Frozen):
     balance_factor: int = _key(
         "lbBalanceFactor",
         150,
-        "hash-balance-factor: a backend above this % of the mean load spills sessions.",
-        ge=101,
-        le=1000,
+        "hash-balance-factor: a backend above this % of the mean load spills sessions; 0: no bound.",
     )
+
+    @field_validator("balance_factor")
+    @classmethod
+    def _one_balance_factor_rule(cls, value: int) -> int:
+        return check_balance_factor(value)  # the renderer's and the CLI's rule
+
     session_header: str = _key(
         "lbSessionHeader", "X-Session-ID", "Header that carries the session key.", pattern=r"^[A-Za-z0-9-]+$"
     )

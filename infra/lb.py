@@ -11,7 +11,7 @@ import argparse
 import ipaddress
 import sys
 
-from infra.render.haproxy import Backend, LoadBalancerConfig, render_haproxy_cfg
+from infra.render.haproxy import Backend, LoadBalancerConfig, check_balance_factor, render_haproxy_cfg
 
 
 def backend_address(value: str) -> str:
@@ -23,12 +23,10 @@ def backend_address(value: str) -> str:
 
 def balance_factor(value: str) -> int:
     try:
-        factor = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if factor != 0 and not 100 < factor <= 65535:
-        raise argparse.ArgumentTypeError(f"{factor} must be 0 (no bound) or between 101 and 65535")
-    return factor
+        return check_balance_factor(int(value))
+    except ValueError as exc:
+        message = str(exc) if value.lstrip("-").isdigit() else f"{value!r} is not an integer"
+        raise argparse.ArgumentTypeError(message) from None
 
 
 def bind_address(value: str) -> str:

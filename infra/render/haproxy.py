@@ -72,14 +72,24 @@ REQUEST_LOG_FIELDS = {
 REQUEST_LOG_FORMAT = "'{" + ",".join(f'"{key}":{value}' for key, value in REQUEST_LOG_FIELDS.items()) + "}'"
 
 
+MAX_BALANCE_FACTOR = 1000
+
+
+def check_balance_factor(factor: int) -> int:
+    """The one rule for hash-balance-factor, for the stack config, the CLI and the renderer: 0 (no bound)
+    or 101..1000 (HAProxy takes up to 65535, but past 10x the mean there is no bound worth the name)."""
+    if factor != 0 and not 100 < factor <= MAX_BALANCE_FACTOR:
+        raise ValueError(f"balance factor {factor}: use 0 (no bound) or 101..{MAX_BALANCE_FACTOR}")
+    return factor
+
+
 def render_haproxy_cfg(cfg: LoadBalancerConfig) -> str:
     if not cfg.backends:
         raise ValueError("the load balancer needs at least one backend")
     names = [b.name for b in cfg.backends]
     if len(set(names)) != len(names):
         raise ValueError(f"backend names must be unique: {names}")
-    if cfg.balance_factor != 0 and not 100 < cfg.balance_factor <= 65535:
-        raise ValueError(f"balance_factor must be 0 (unbounded) or 101..65535 (got {cfg.balance_factor})")
+    check_balance_factor(cfg.balance_factor)
     servers = "\n".join(f"    server {b.name} {b.address} check" for b in cfg.backends)
     if cfg.sticky:
         balance = (

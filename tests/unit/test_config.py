@@ -154,3 +154,19 @@ def test_secret_looking_raw_args_are_refused_naming_where_the_secret_belongs(arg
 def test_ordinary_raw_args_pass() -> None:
     args = ["--enforce-eager", "--max-num-batched-tokens=8192", "--served-model-name", "qwen", "--task", "generate"]
     assert load_with(vllmExtraArgs=args).vllm.extra_args == args
+
+
+@pytest.mark.parametrize(("factor", "ok"), [(0, True), (101, True), (150, True), (1000, True), (100, False),
+                                             (1, False), (1001, False), (-5, False)])  # fmt: skip
+def test_one_balance_factor_rule_for_the_stack_and_the_cli(factor: int, ok: bool) -> None:
+    from infra.lb import parse_args
+
+    cli = ["--backend", "127.0.0.1:9", "--port", "1", "--balance-factor", str(factor)]
+    if ok:
+        assert load_with(lbBalanceFactor=factor).lb.balance_factor == factor
+        assert parse_args(cli).balance_factor == factor
+    else:
+        with pytest.raises(ConfigError, match=rf"lbBalanceFactor: .*balance factor {factor}: use 0"):
+            load_with(lbBalanceFactor=factor)
+        with pytest.raises(SystemExit):
+            parse_args(cli)
