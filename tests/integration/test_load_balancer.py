@@ -286,8 +286,14 @@ def test_stats_page_and_prometheus_metrics_are_served(pool_factory) -> None:
     [
         (["--port", "80"], "--backend"),
         (["--port", "80", "--backend", "localhost"], "'localhost' is not HOST:PORT"),
-        (["--port", "80", "--backend", "h:1", "--balance-factor", "50"], "50 must be 0 (no bound) or between 101"),
-        (["--port", "80", "--backend", "h:1", "--balance-factor", "100"], "100 must be 0 (no bound) or between 101"),
+        (
+            ["--port", "80", "--backend", "h:1", "--balance-factor", "50"],
+            "balance factor 50: use 0 (no bound) or 101..1000",
+        ),
+        (
+            ["--port", "80", "--backend", "h:1", "--balance-factor", "100"],
+            "balance factor 100: use 0 (no bound) or 101..1000",
+        ),
         (["--port", "80", "--backend", "h:1", "--address", "nowhere"], "--address"),
     ],
 )
