@@ -467,7 +467,9 @@ def create_app(settings: BatchSettings) -> FastAPI:
         )
 
     @app.get("/v1/batch/{job_id}/results")
-    async def seed_job_results(principal: Caller, job_id: str) -> SeedResults:
+    async def seed_job_results(principal: Caller, job_id: str, request: Request) -> SeedResults:
+        """The result files as URLs of this API (`/v1/files/{id}/content`, fetched with the caller's key):
+        a URL presigned for the S3 server would name its internal address, which users cannot reach."""
         batch = await existing_batch(job_id, principal)
         if not batch.status.terminal:
             raise ApiException(
@@ -483,10 +485,10 @@ def create_app(settings: BatchSettings) -> FastAPI:
             if f
         ]
         expires_at = min(e for e in ends if e) if ends else int(time.time())
-        ttl = max(1, min(expires_at - int(time.time()), 7 * 86_400))
+        base = str(request.base_url).rstrip("/")  # the address the caller reached this API at
 
         def url(file_id: str | None) -> str | None:
-            return state.objects.presign(file_key(file_id), ttl) if file_id else None
+            return f"{base}/v1/files/{file_id}/content" if file_id else None
 
         return SeedResults(
             job_id=job_id,

@@ -238,7 +238,10 @@ def test_seeds_api_from_s3_and_http(stack: Stack, tmp_path) -> None:
             results = http.get(f"/v1/batch/{job_id}/results").json()
             assert results["stats"]["total"] == total and results["stats"]["successful"] == total
             assert results["stats"]["avg_response_time"] > 0 and results["expires_at"] > time.time() + 6 * 86400
-            rows = httpx.get(results["results_url"]).text.splitlines()
+            # an address of this API, fetched with the caller's key (not the S3 server's internal address)
+            assert results["results_url"].startswith(f"{stack.api.url}/v1/files/file-")
+            assert httpx.get(results["results_url"], timeout=30).status_code == 401
+            rows = http.get(results["results_url"]).text.splitlines()
             assert len(rows) == total
         missing = http.post("/v1/batch", json={"model": "tiny-llama", "input_file_url": f"s3://{bucket}/nope.jsonl"})
         assert missing.status_code == 400 and "nope.jsonl" in missing.json()["error"]["message"]
