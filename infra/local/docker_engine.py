@@ -121,4 +121,16 @@ def ensure_engine(state_dir: Path, *, prefer_machine: bool = True) -> Engine:
 
 
 def stop_private_engine(state_dir: Path) -> None:
+    """Stop the private dockerd, then unmount what it leaves mounted under its exec root (the host
+    network namespace, bind-mounted at exec/netns/default): left there, it makes the checkout
+    impossible to delete (`rm -rf` answers "Device or resource busy")."""
     stop_daemon(private_paths(state_dir)["pid"], timeout_s=60)
+    for point in sorted(engine_mounts(state_dir), reverse=True):  # deepest first
+        subprocess.run(["umount", point], capture_output=True, check=False)
+
+
+def engine_mounts(state_dir: Path) -> list[str]:
+    """Mount points under the private dockerd's root (none should outlive the daemon)."""
+    root = str(private_paths(state_dir)["root"]) + "/"
+    with open("/proc/self/mounts") as mounts:
+        return [fields[1] for fields in (line.split() for line in mounts) if fields[1].startswith(root)]

@@ -24,7 +24,7 @@ from typing import Any
 
 from infra.config import PROJECT, Platform, StackConfig, load
 from infra.local import engine as local_engine
-from infra.local.docker_engine import Engine, ensure_engine, private_paths, stop_private_engine
+from infra.local.docker_engine import Engine, engine_mounts, ensure_engine, private_paths, stop_private_engine
 from infra.local.hosts import LoopbackHost, client_key, start_host, stop_host
 from infra.local.processes import listeners, wait_until
 from infra.local.state import State
@@ -266,6 +266,7 @@ def down(local: LocalStack, log: Log = print, *, verify: bool = True) -> None:
     ):
         stop_private_engine(local.engine_dir)
         log(f"stopped the private dockerd ({private_paths(local.engine_dir)['socket']})")
+        errors += [f"mount {point} (the private dockerd's)" for point in engine_mounts(local.engine_dir)]
     if verify:
         left = leftovers(local, None if (docker is None or docker.private) else docker.env, cfg)
         if left or errors:
