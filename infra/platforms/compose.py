@@ -307,17 +307,16 @@ def docker_run_script(spec: ServiceSpec, image: str) -> str:
     """`docker run` of a one-shot check on the host network, removed when it ends. Its secrets come on
     stdin as an env file (mode 0600, removed after), never on a command line or in the script."""
     env = [f"--env={k}={v}" for k, v in sorted(spec.environment.items())]
-    env_file = ["--env-file", "$secrets"] if spec.secrets else []
     argv = ["docker", "run", "--rm", "--network=host", f"--name={project_name(spec.host)}-{spec.name}", *env]
-    run = " ".join([*(shlex.quote(str(a)) for a in argv), *(f'"{a}"' if a.startswith("$") else a for a in env_file)])
-    run += " " + " ".join(shlex.quote(str(a)) for a in [image, *spec.command])
+    command = " ".join(shlex.quote(str(a)) for a in [image, *spec.command])
+    options = " ".join(shlex.quote(str(a)) for a in argv)
     if not spec.secrets:
-        return run
+        return f"{options} {command}"
     return "\n".join(
         [
             "set -eu",
             "secrets=$(mktemp) && trap 'rm -f \"$secrets\"' EXIT",
             '(umask 077 && cat > "$secrets")',
-            run,
+            f'{options} --env-file "$secrets" {command}',
         ]
     )

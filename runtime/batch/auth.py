@@ -58,11 +58,12 @@ async def add_key(client: redis.Redis, api_key: str, name: str, *, admin: bool =
 
 
 async def principal_of(client: redis.Redis, api_key: str) -> Principal | None:
-    raw = await client.hget(keys.API_KEYS, digest(api_key))
+    key_digest = digest(api_key)  # once per request: this is every authenticated call's path
+    raw = await client.hget(keys.API_KEYS, key_digest)
     if raw is None:
         return None
     record = json.loads(raw)
-    return Principal(key_id=digest(api_key)[:KEY_ID_LENGTH], name=record["name"], admin=bool(record.get("admin")))
+    return Principal(key_id=key_digest[:KEY_ID_LENGTH], name=record["name"], admin=bool(record.get("admin")))
 
 
 async def list_keys(client: redis.Redis) -> list[KeyInfo]:
