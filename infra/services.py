@@ -132,13 +132,23 @@ class ServiceSpec:
             raise ValueError(f"service {self.name}: secret env names clash: {sorted(clash) or names}")
 
 
-def files_digest(files: tuple[ConfigFile, ...]) -> str:
+def files_digest(files: tuple[ConfigFile, ...]) -> pulumi.Input[str]:
     """sha256 over the mounted files' names and contents. Neither compose nor Kubernetes looks inside
     a mounted file, but both restart a workload whose labels (compose) or pod template annotations
-    (Kubernetes) change: this digest there makes a changed file reach its containers, and only theirs."""
+    (Kubernetes) change: this digest there makes a changed file reach its containers, and only theirs.
+    A content that is still an Output (the load balancer's key map) gives an Output digest."""
+    ordered = sorted(files, key=lambda f: f.filename)
+    if any(not isinstance(f.content, str) for f in ordered):
+        return pulumi.Output.all(*[f.content for f in ordered]).apply(
+            lambda contents: _digest([f.filename for f in ordered], contents)
+        )
+    return _digest([f.filename for f in ordered], [str(f.content) for f in ordered])
+
+
+def _digest(names: list[str], contents: list[str]) -> str:
     digest = hashlib.sha256()
-    for file in sorted(files, key=lambda f: f.filename):
-        for part in (file.filename, str(file.content)):
+    for name, content in zip(names, contents, strict=True):
+        for part in (name, content):
             digest.update(part.encode())
             digest.update(b"\0")
     return digest.hexdigest()
