@@ -63,29 +63,53 @@ class Providers(pulumi.runtime.Mocks):
     seen: set[str] = field(default_factory=set)
     failures: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _idle: threading.Condition = field(init=False)
+    _in_flight: int = 0
+    _closed: bool = False
+
+    def __post_init__(self) -> None:
+        self._idle = threading.Condition(self._lock)
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
         inputs = unsecret(dict(args.inputs))
+        action = {COMMAND: self._command, COPY: self._copy, IMAGE: self._image, PASSWORD: self._password}.get(args.typ)
         with self._lock:
             self.seen.add(State.key(args.typ, args.name))
-        action = {COMMAND: self._command, COPY: self._copy, IMAGE: self._image, PASSWORD: self._password}.get(args.typ)
-        if action is None:
-            return f"{args.name}-id", inputs
+            if action is not None and (self.failures or self._closed):
+                # As the engine does: after a failure no new operation starts (those under way finish).
+                raise RuntimeError(f"{args.typ} {args.name}: not started, the apply already failed")
+            self._in_flight += 1
+        try:
+            if action is None:
+                return f"{args.name}-id", inputs
+            return self._act(action, args.typ, args.name, inputs)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+    def wait_idle(self) -> None:
+        """Refuse new operations and block until none is under way, so none writes state after this returns."""
+        with self._lock:
+            self._closed = True
+            self._idle.wait_for(lambda: self._in_flight == 0)
+
+    def _act(
+        self, action: Callable[[str, dict[str, Any]], tuple[str, dict[str, Any]]], typ: str, name: str, inputs: dict
+    ) -> tuple[str, dict]:
         started = time.monotonic()
         try:
-            verb, outputs = action(args.name, inputs)
+            verb, outputs = action(name, inputs)
         except Exception as err:  # the engine's boundary: record which resource failed, then fail it
             with self._lock:
-                self.failures.append(
-                    f"{args.typ} {args.name}: {err if isinstance(err, RemoteError | ValueError) else repr(err)}"
-                )
-            self.log(f"  ! {args.typ} {args.name}: failed")
+                self.failures.append(f"{typ} {name}: {err if isinstance(err, RemoteError | ValueError) else repr(err)}")
+            self.log(f"  ! {typ} {name}: failed")
             raise
         if verb != "same":
-            mark = "+" if verb in {"created", "built"} and status_new(self.state, args.typ, args.name) else "~"
-            self.log(f"  {mark} {args.typ} {args.name} ({verb}, {time.monotonic() - started:.1f} s)")
-        self.state.put(args.typ, args.name, inputs, outputs)
-        return f"{args.name}-id", outputs
+            mark = "+" if verb in {"created", "built"} and status_new(self.state, typ, name) else "~"
+            self.log(f"  {mark} {typ} {name} ({verb}, {time.monotonic() - started:.1f} s)")
+        self.state.put(typ, name, inputs, outputs)
+        return f"{name}-id", outputs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, None]:
         return {}, None
@@ -197,6 +221,7 @@ def apply(
         with pinned_run_stamp(datetime.now(UTC).isoformat()):  # this run's: the preflights run again
             _sync_await(run_pulumi_func(main))
     except Exception as err:  # the SDK re-raises a provider's failure wrapped in its own types
+        providers.wait_idle()  # the SDK returns at the first failure; operations in other threads go on
         if not providers.failures:
             raise
         raise ApplyError("\n".join(providers.failures)) from err
