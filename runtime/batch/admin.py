@@ -18,7 +18,7 @@ import redis.asyncio as redis
 from pydantic import Field, RedisDsn, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from runtime.batch import auth
+from runtime.batch import auth, redis_client
 
 
 class RedisSettings(BaseSettings):
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     async def session() -> int:
-        client = redis.Redis.from_url(str(settings.redis_url), decode_responses=True)
+        client = redis_client.connect(str(settings.redis_url), max_connections=4, outage_seconds=10)
         try:
             return await run(args, client)
         finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import tempfile
 import time
 import uuid
@@ -16,15 +17,16 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-import redis.asyncio as redis
 import uvicorn
 from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
+from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from runtime.batch import auth, keys, logs, metrics, webhooks
+from runtime.batch import auth, keys, logs, metrics, redis_client, webhooks
 from runtime.batch.intake import InputRefusedError, create_job
 from runtime.batch.jobs import JobStore, priority_of
 from runtime.batch.models import (
@@ -49,6 +51,8 @@ from runtime.batch.storage import ObjectStore, file_key
 from runtime.batch.urls import UrlRefusedError
 
 OFFLINE_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings")
+log = logging.getLogger("runtime.batch.api")
+API_REDIS_OUTAGE_S = 10.0  # longest a request waits for Redis before it is answered 503
 
 
 class ApiException(Exception):  # noqa: N818 - mirrors FastAPI's HTTPException
@@ -71,8 +75,12 @@ class CreateBatch(BaseModel):
 class State:
     def __init__(self, settings: BatchSettings):
         self.settings = settings
-        self.redis = redis.Redis.from_url(str(settings.redis_url), decode_responses=True)
-        self.store = JobStore(self.redis)
+        # A caller waits out a short Redis restart; a longer one is a 503 it can retry.
+        outage = min(settings.redis_outage_seconds, API_REDIS_OUTAGE_S)
+        self.redis = redis_client.connect(
+            str(settings.redis_url), max_connections=settings.redis_max_connections, outage_seconds=outage
+        )
+        self.store = JobStore(self.redis, outage_seconds=outage)
         self.objects = ObjectStore(settings)
         self.endpoints = OFFLINE_ENDPOINTS if settings.engine == "offline" else ENDPOINTS
         self.url_policy = settings.url_policy
@@ -106,10 +114,11 @@ Caller = Annotated[auth.Principal, Depends(caller)]
 async def metrics_response(state: State) -> Response:
     """Prometheus text: gauges read from Redis at scrape time, then every registered metric."""
     metrics.queue_depth.set(await state.store.queue_depth())
-    batches = await state.store.all()
+    batches = await state.store.active()  # O(jobs not yet ended), not O(history)
     by_status = Counter(batch.status for batch in batches)
     for status in BatchStatus:
-        metrics.jobs_by_status.labels(status.value).set(by_status[status])
+        if not status.terminal:  # ended jobs: the worker's batch_jobs_finished_total
+            metrics.jobs_by_status.labels(status.value).set(by_status[status])
     metrics.job_progress.clear()
     metrics.job_last_progress.clear()
     for batch in batches:
@@ -166,6 +175,28 @@ def create_app(settings: BatchSettings) -> FastAPI:
         """input_file_url cannot be read: when it is opened, or midway while its lines are checked."""
         error = ApiError(message=str(exc), code="invalid_input_file", param="input_file_url")
         return JSONResponse({"error": error.model_dump()}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """404 for an unknown route, 405 for a wrong method: OpenAI's error envelope, as for every error."""
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        error = ApiError(message=str(exc.detail), code=code)
+        return JSONResponse({"error": error.model_dump()}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RedisError)
+    async def queue_unavailable(_request: Request, exc: RedisError) -> JSONResponse:
+        """Redis away for longer than the API waits: retryable, as OpenAI's clients treat a 503."""
+        log.warning("Redis unavailable: %r", exc)
+        error = ApiError(
+            message="The job store is unavailable; retry shortly.", type="server_error", code="unavailable"
+        )
+        return JSONResponse({"error": error.model_dump()}, status_code=503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(Exception)
+    async def internal_error(_request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", exc_info=exc)
+        error = ApiError(message="Internal error; see the batch API's log.", type="server_error", code="internal_error")
+        return JSONResponse({"error": error.model_dump()}, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -356,7 +387,7 @@ def create_app(settings: BatchSettings) -> FastAPI:
             raise ApiException(
                 409, ApiError(message=f"batch {batch_id} is already {batch.status.value}", code="batch_not_cancellable")
             )
-        cancelled = await state.store.cancel(batch_id)
+        cancelled = await state.store.cancel(batch_id, retention_seconds=settings.retention_seconds)
         if cancelled.status == BatchStatus.CANCELLED and batch.status != BatchStatus.CANCELLED:
             plan = await state.store.plan(batch_id)
             if plan.webhook_url:

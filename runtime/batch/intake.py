@@ -44,7 +44,8 @@ def split_input(
     invalid_lines: InvalidLines,
 ) -> tuple[int, int, int, str]:
     """Write batches/<id>/in/<n>.jsonl; returns (valid, invalid, chunks, endpoint). Blocking."""
-    validator = LineValidator(model=model, endpoint=endpoint, endpoints=endpoints, max_lines=settings.max_file_lines)
+    limit = settings.max_requests_per_job
+    validator = LineValidator(model=model, endpoint=endpoint, endpoints=endpoints, max_lines=limit)
     buffer: list[RequestLine] = []
     errors: list[BatchError] = []
     chunks = valid = 0
@@ -160,5 +161,5 @@ async def create_job(
         webhook_url=webhook_url,
         key_id=key_id,
     )
-    await store.create(batch, plan)
+    await store.create(batch, plan, retention_seconds=settings.retention_seconds)
     return batch

@@ -11,13 +11,28 @@ Guarantees (tested against a real redis-server):
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import redis.asyncio as redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
 from runtime.batch import keys
-from runtime.batch.models import TERMINAL, Batch, BatchStatus, ChunkCheckpoint, JobPlan, Priority, StoredFile
+from runtime.batch.models import (
+    TERMINAL,
+    Batch,
+    BatchStatus,
+    ChunkCheckpoint,
+    JobPlan,
+    Priority,
+    RequestCounts,
+    StoredFile,
+)
+from runtime.batch.redis_client import transient_retry
+
+T = TypeVar("T")
 
 PRIORITY_SPAN = 10**13  # larger than any epoch-ms, so rank dominates and FIFO holds within a rank
 
@@ -56,7 +71,18 @@ if #popped == 0 then return false end
 local id = popped[1]
 local job = ARGV[3] .. id .. ':job'
 local fence = redis.call('HINCRBY', job, 'fence', 1)
-local attempts = redis.call('HINCRBY', job, 'attempts', 1)
+-- attempts counts leases in a row without a committed chunk: a job that made progress under its last
+-- lease (a worker killed, Redis restarted) starts counting again; one that crashes every worker does not.
+local progress = tonumber(redis.call('HGET', job, 'progress_at') or '0')
+local claimed = tonumber(redis.call('HGET', job, 'claimed_at') or '0')
+local attempts
+if claimed > 0 and progress >= claimed then
+  attempts = 1
+  redis.call('HSET', job, 'attempts', 1)
+else
+  attempts = redis.call('HINCRBY', job, 'attempts', 1)
+end
+redis.call('HSET', job, 'claimed_at', now)
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), id)
 return {id, fence, attempts}
 """
@@ -69,14 +95,34 @@ return 1
 """
 
 _COMMIT_CHUNK = """
-if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then return false end
+-- A chunk counts once: the running totals grow only when its checkpoint is new (O(1) per commit).
+if redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3]) == 1 then
+  redis.call('HINCRBY', KEYS[1], 'completed', ARGV[5])
+  redis.call('HINCRBY', KEYS[1], 'failed', ARGV[6])
+end
 redis.call('HSET', KEYS[1], 'progress_at', ARGV[4])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+local totals = redis.call('HMGET', KEYS[1], 'completed', 'failed')
+return {tonumber(totals[1] or '0'), tonumber(totals[2] or '0')}
+"""
+
+_HEARTBEAT = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local beats = redis.call('HGETALL', KEYS[1])
+for i = 1, #beats, 2 do
+  if tonumber(beats[i + 1]) < tonumber(ARGV[3]) then redis.call('HDEL', KEYS[1], beats[i]) end
+end
 return 1
 """
+WORKER_FORGOTTEN_AFTER_MS = 24 * 3600 * 1000  # a worker silent this long leaves the fleet view
 
 _RELEASE = """
 if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then return 0 end
+if ARGV[4] == '1' and tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0') > 0 then
+  redis.call('HINCRBY', KEYS[1], 'attempts', -1)
+end
 redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
 return 1
@@ -84,12 +130,26 @@ return 1
 
 
 class JobStore:
-    def __init__(self, client: redis.Redis):
+    def __init__(self, client: redis.Redis, *, outage_seconds: float = 60.0):
         self.redis = client
+        self.outage_seconds = outage_seconds
         self._claim = client.register_script(_CLAIM)
         self._renew = client.register_script(_RENEW)
         self._commit = client.register_script(_COMMIT_CHUNK)
         self._release = client.register_script(_RELEASE)
+        self._heartbeat = client.register_script(_HEARTBEAT)
+
+    async def _transaction(self, body: Callable[[Pipeline], Awaitable[T]]) -> T:
+        """Run a WATCH transaction, again on a lost watch and, for up to `outage_seconds`, on a lost Redis."""
+        async for attempt in transient_retry(self.outage_seconds):
+            with attempt:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    while True:
+                        try:
+                            return await body(pipe)
+                        except WatchError:
+                            await pipe.reset()
+        raise AssertionError("unreachable")
 
     # --- files ---------------------------------------------------------------------------
 
@@ -122,15 +182,29 @@ class JobStore:
 
     # --- batches -------------------------------------------------------------------------
 
-    async def create(self, batch: Batch, plan: JobPlan) -> None:
-        """Record the batch and put it in the queue, all at once (idempotent per batch id)."""
-        score = plan.priority.rank * PRIORITY_SPAN + now_ms()
+    async def create(self, batch: Batch, plan: JobPlan, *, retention_seconds: int) -> None:
+        """Record the batch and put it in the queue, all at once (idempotent per batch id).
+
+        Every key written here expires: a job no worker ever ends is gone `retention_seconds` after
+        its completion window, like a finished one. The listing indexes drop ids older than that.
+        """
+        created = now_ms()
+        score = plan.priority.rank * PRIORITY_SPAN + created
+        expire_at = (batch.expires_at or batch.created_at) + retention_seconds
+        horizon = created - (expire_at - batch.created_at) * 1000  # ids created before this have expired
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(keys.batch(batch.id), batch.model_dump_json(), nx=True)
-            pipe.set(keys.plan(batch.id), plan.model_dump_json(), nx=True)
+            pipe.set(keys.batch(batch.id), batch.model_dump_json(), nx=True, exat=expire_at)
+            pipe.set(keys.plan(batch.id), plan.model_dump_json(), nx=True, exat=expire_at)
             pipe.hsetnx(keys.job(batch.id), "score", score)
-            pipe.zadd(keys.BATCHES, {batch.id: now_ms()}, nx=True)
-            pipe.zadd(keys.owner_batches(plan.key_id), {batch.id: now_ms()}, nx=True)
+            pipe.expireat(keys.job(batch.id), expire_at)
+            pipe.zadd(keys.BATCHES, {batch.id: created}, nx=True)
+            pipe.zremrangebyscore(keys.BATCHES, "-inf", f"({horizon}")
+            pipe.zadd(keys.ACTIVE, {batch.id: created}, nx=True)
+            owner = keys.owner_batches(plan.key_id)
+            pipe.zadd(owner, {batch.id: created}, nx=True)
+            pipe.zremrangebyscore(owner, "-inf", f"({horizon}")
+            pipe.expireat(owner, expire_at, nx=True)  # a new index (GT alone treats "no expiry" as infinite)
+            pipe.expireat(owner, expire_at, gt=True)
             pipe.zadd(keys.QUEUE, {batch.id: score}, nx=True)
             pipe.rpush(keys.WAKE, batch.id)
             pipe.ltrim(keys.WAKE, -100, -1)
@@ -167,63 +241,83 @@ class JobStore:
             await self.redis.zrem(index, *gone)
         return batches, len(ids) > limit
 
-    async def all(self) -> list[Batch]:
-        """Every batch still on record, oldest first (records past their retention have expired)."""
-        return await self._batches(await self.redis.zrange(keys.BATCHES, 0, -1))
+    async def active(self) -> list[Batch]:
+        """The batches not yet ended, oldest first: what /metrics reads, whatever the history's size."""
+        ids = [_text(i) for i in await self.redis.zrange(keys.ACTIVE, 0, -1)]
+        batches = await self._batches(ids)
+        if len(batches) < len(ids):  # a record expired without an end (no worker ran it): drop it
+            await self.redis.zrem(keys.ACTIVE, *(set(ids) - {b.id for b in batches}))
+        return [b for b in batches if not b.status.terminal]
 
     async def _batches(self, ids: list[str]) -> list[Batch]:
         raws = await self.redis.mget([keys.batch(_text(i)) for i in ids]) if ids else []
         return [Batch.model_validate_json(raw) for raw in raws if raw]
 
-    async def update(self, batch_id: str, change, *, fence: int | None = None) -> Batch:
+    async def update(self, batch_id: str, change: Callable[[Batch], Batch], *, fence: int | None = None) -> Batch:
         """Read-modify-write the batch object; with `fence`, only while this worker holds the job."""
         batch_key, job_key = keys.batch(batch_id), keys.job(batch_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(batch_key, job_key)
-                    if fence is not None and int(await pipe.hget(job_key, "fence") or 0) != fence:
-                        raise StaleLeaseError(f"batch {batch_id}: fence {fence} is no longer current")
-                    raw = await pipe.get(batch_key)
-                    if raw is None:
-                        raise KeyError(f"batch {batch_id} not found")
-                    batch = change(Batch.model_validate_json(raw))
-                    pipe.multi()
-                    pipe.set(batch_key, batch.model_dump_json(), keepttl=True)
-                    await pipe.execute()
-                    return batch
-                except WatchError:
-                    continue
 
-    async def cancel(self, batch_id: str) -> Batch | None:
-        """Queued: cancelled at once (True returned via status). Running: `cancelling`, the worker ends it."""
+        async def body(pipe: Pipeline) -> Batch:
+            await pipe.watch(batch_key, job_key)
+            if fence is not None and int(await pipe.hget(job_key, "fence") or 0) != fence:
+                raise StaleLeaseError(f"batch {batch_id}: fence {fence} is no longer current")
+            raw = await pipe.get(batch_key)
+            if raw is None:
+                raise KeyError(f"batch {batch_id} not found")
+            batch = change(Batch.model_validate_json(raw))
+            pipe.multi()
+            pipe.set(batch_key, batch.model_dump_json(), keepttl=True)
+            await pipe.execute()
+            return batch
+
+        return await self._transaction(body)
+
+    async def record_counts(self, batch_id: str, counts: RequestCounts, *, fence: int) -> Batch:
+        """Progress for the batch object: each count only ever grows, whatever order commits land in."""
+
+        def merge(batch: Batch) -> Batch:
+            now = batch.request_counts
+            grown = RequestCounts(
+                total=max(now.total, counts.total),
+                completed=max(now.completed, counts.completed),
+                failed=max(now.failed, counts.failed),
+            )
+            return batch.model_copy(update={"request_counts": grown})
+
+        return await self.update(batch_id, merge, fence=fence)
+
+    async def cancel(self, batch_id: str, *, retention_seconds: int) -> Batch | None:
+        """Queued: cancelled at once, kept `retention_seconds`. Running: `cancelling`, the worker ends it."""
         batch_key = keys.batch(batch_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(batch_key, keys.QUEUE, keys.DELAYED, keys.LEASES)
-                    raw = await pipe.get(batch_key)
-                    if raw is None:
-                        return None
-                    batch = Batch.model_validate_json(raw)
-                    if batch.status in TERMINAL or batch.status == BatchStatus.CANCELLING:
-                        return batch
-                    now = int(time.time())
-                    leased = await pipe.zscore(keys.LEASES, batch_id) is not None
-                    pipe.multi()
-                    if leased:
-                        batch = batch.model_copy(update={"status": BatchStatus.CANCELLING, "cancelling_at": now})
-                    else:
-                        batch = batch.model_copy(
-                            update={"status": BatchStatus.CANCELLED, "cancelling_at": now, "cancelled_at": now}
-                        )
-                        pipe.zrem(keys.QUEUE, batch_id)
-                        pipe.zrem(keys.DELAYED, batch_id)
-                    pipe.set(batch_key, batch.model_dump_json(), keepttl=True)
-                    await pipe.execute()
-                    return batch
-                except WatchError:
-                    continue
+
+        async def body(pipe: Pipeline) -> Batch | None:
+            await pipe.watch(batch_key, keys.QUEUE, keys.DELAYED, keys.LEASES)
+            raw = await pipe.get(batch_key)
+            if raw is None:
+                return None
+            batch = Batch.model_validate_json(raw)
+            if batch.status in TERMINAL or batch.status == BatchStatus.CANCELLING:
+                return batch
+            now = int(time.time())
+            leased = await pipe.zscore(keys.LEASES, batch_id) is not None
+            pipe.multi()
+            if leased:
+                batch = batch.model_copy(update={"status": BatchStatus.CANCELLING, "cancelling_at": now})
+                pipe.set(batch_key, batch.model_dump_json(), keepttl=True)
+            else:
+                batch = batch.model_copy(
+                    update={"status": BatchStatus.CANCELLED, "cancelling_at": now, "cancelled_at": now}
+                )
+                pipe.zrem(keys.QUEUE, batch_id)
+                pipe.zrem(keys.DELAYED, batch_id)
+                pipe.zrem(keys.ACTIVE, batch_id)
+                pipe.delete(keys.job(batch_id), keys.chunks(batch_id))
+                pipe.set(batch_key, batch.model_dump_json(), exat=now + retention_seconds)
+                pipe.expireat(keys.plan(batch_id), now + retention_seconds)
+            await pipe.execute()
+            return batch
+
+        return await self._transaction(body)
 
     # --- queue and leases ----------------------------------------------------------------
 
@@ -245,36 +339,42 @@ class JobStore:
             )
         )
 
-    async def release(self, lease: Lease, delay_seconds: float) -> bool:
-        """Give the job back (after a job-level failure) to be claimed again after `delay_seconds`."""
+    async def release(self, lease: Lease, delay_seconds: float, *, count_attempt: bool = True) -> bool:
+        """Give the job back to be claimed again after `delay_seconds`; without `count_attempt` (Redis or
+        S3 failed, not the job) this lease does not count towards the job's attempts."""
         return bool(
             await self._release(
                 keys=[keys.job(lease.batch_id), keys.LEASES, keys.DELAYED],
-                args=[lease.fence, lease.batch_id, now_ms() + int(delay_seconds * 1000)],
+                args=[lease.fence, lease.batch_id, now_ms() + int(delay_seconds * 1000), "0" if count_attempt else "1"],
             )
         )
 
     async def finish(self, lease: Lease, batch: Batch, retention_seconds: int) -> None:
         """Write the terminal batch object and drop the lease and job state in one transaction."""
         batch_key, job_key = keys.batch(lease.batch_id), keys.job(lease.batch_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
+
+        async def body(pipe: Pipeline) -> None:
             await pipe.watch(job_key)
             if int(await pipe.hget(job_key, "fence") or 0) != lease.fence:
                 raise StaleLeaseError(f"batch {lease.batch_id}: fence {lease.fence} is no longer current")
             plan_raw = await pipe.get(keys.plan(lease.batch_id))
             expire_at = int(time.time()) + retention_seconds
             pipe.multi()
-            pipe.set(batch_key, batch.model_dump_json())
-            pipe.expireat(batch_key, expire_at)
+            pipe.set(batch_key, batch.model_dump_json(), exat=expire_at)
             pipe.expireat(keys.plan(lease.batch_id), expire_at)
-            if plan_raw is not None:  # the owner's index lives as long as its newest finished batch
-                pipe.expireat(keys.owner_batches(JobPlan.model_validate_json(plan_raw).key_id), expire_at)
+            if plan_raw is not None:  # the owner's index lives as long as its newest batch
+                owner = keys.owner_batches(JobPlan.model_validate_json(plan_raw).key_id)
+                pipe.expireat(owner, expire_at, nx=True)
+                pipe.expireat(owner, expire_at, gt=True)
             pipe.delete(job_key, keys.chunks(lease.batch_id))
             pipe.zrem(keys.LEASES, lease.batch_id)
+            pipe.zrem(keys.ACTIVE, lease.batch_id)
             try:
                 await pipe.execute()
             except WatchError as exc:
                 raise StaleLeaseError(f"batch {lease.batch_id}: taken over while finishing") from exc
+
+        await self._transaction(body)
 
     async def progress_at(self, batch_id: str) -> float | None:
         """Seconds since the epoch when the job last committed a chunk (None before its first)."""
@@ -285,6 +385,7 @@ class JobStore:
         """Drop a claimed job that has nothing left to do (its record expired or it already ended)."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zrem(keys.LEASES, lease.batch_id)
+            pipe.zrem(keys.ACTIVE, lease.batch_id)
             pipe.delete(keys.job(lease.batch_id), keys.chunks(lease.batch_id))
             await pipe.execute()
 
@@ -300,15 +401,24 @@ class JobStore:
 
     # --- checkpoints ---------------------------------------------------------------------
 
-    async def commit_chunk(self, lease: Lease, checkpoint: ChunkCheckpoint) -> None:
-        done = await self._commit(
+    async def commit_chunk(self, lease: Lease, checkpoint: ChunkCheckpoint) -> tuple[int, int]:
+        """Record the chunk under the lease's fence; returns the job's (completed, failed) so far."""
+        totals = await self._commit(
             keys=[keys.job(lease.batch_id), keys.chunks(lease.batch_id)],
-            args=[lease.fence, checkpoint.index, checkpoint.model_dump_json(), now_ms()],
+            args=[
+                lease.fence,
+                checkpoint.index,
+                checkpoint.model_dump_json(),
+                now_ms(),
+                checkpoint.completed,
+                checkpoint.failed,
+            ],
         )
-        if not done:
+        if not totals:
             raise StaleLeaseError(
                 f"batch {lease.batch_id}: chunk {checkpoint.index} refused, fence {lease.fence} is stale"
             )
+        return int(totals[0]), int(totals[1])
 
     async def checkpoints(self, batch_id: str) -> dict[int, ChunkCheckpoint]:
         raw = await self.redis.hgetall(keys.chunks(batch_id))
@@ -324,7 +434,9 @@ class JobStore:
         return float(raw) if raw else None
 
     async def heartbeat(self, worker_id: str) -> None:
-        await self.redis.hset(keys.WORKERS, worker_id, now_ms())
+        """Beat for this worker, and forget workers silent for a day (the hash stays the size of the fleet)."""
+        now = now_ms()
+        await self._heartbeat(keys=[keys.WORKERS], args=[worker_id, now, now - WORKER_FORGOTTEN_AFTER_MS])
 
     async def live_workers(self, within_seconds: float) -> list[str]:
         cutoff = now_ms() - within_seconds * 1000

@@ -10,10 +10,11 @@ PREFIX = "vgb:"
 QUEUE = PREFIX + "queue"  # zset batch_id -> priority rank * 1e13 + enqueue ms (lowest first)
 DELAYED = PREFIX + "delayed"  # zset batch_id -> ms when it may be claimed again (after a failed attempt)
 LEASES = PREFIX + "leases"  # zset batch_id -> ms when the current lease runs out
-BATCHES = PREFIX + "batches"  # zset batch_id -> created ms (listing, newest first)
+BATCHES = PREFIX + "batches"  # zset batch_id -> created ms (listing, newest first; pruned of expired ids)
+ACTIVE = PREFIX + "active"  # zset batch_id -> created ms: batches not yet ended (what /metrics reads)
 WEBHOOKS = PREFIX + "webhooks"  # zset delivery_id -> ms when due (SQS-style visibility timeout)
 API_KEYS = PREFIX + "apikeys"  # hash sha256(key) -> JSON {name, created_at}
-WORKERS = PREFIX + "workers"  # hash worker_id -> last heartbeat ms
+WORKERS = PREFIX + "workers"  # hash worker_id -> last heartbeat ms (silent for a day: removed)
 WAKE = PREFIX + "wake"  # list: a token per new job, so idle workers wake at once (BLPOP)
 THROUGHPUT = PREFIX + "throughput"  # string: recent requests/s of the fleet (estimates)
 
@@ -29,7 +30,8 @@ def plan(batch_id: str) -> str:
 
 
 def job(batch_id: str) -> str:
-    """Hash: score (queue position), fence (increments per lease), attempts."""
+    """Hash: score (queue position), fence (increments per lease), attempts (leases in a row without
+    progress), claimed_at and progress_at (ms), completed and failed (running totals of the chunks)."""
     return f"{PREFIX}batch:{batch_id}:job"
 
 

@@ -22,7 +22,7 @@ jobs_finished = Counter("batch_jobs_finished", "Jobs the worker ended, by status
 in_flight = Gauge("batch_requests_in_flight", "Requests in the engine window now.", registry=registry)
 webhook_deliveries = Counter("batch_webhook_deliveries", "Webhook attempts by result.", ["result"], registry=registry)
 queue_depth = Gauge("batch_queue_depth", "Jobs waiting to be claimed.", registry=registry)
-jobs_by_status = Gauge("batch_jobs", "Jobs known to the API, by status.", ["status"], registry=registry)
+jobs_by_status = Gauge("batch_jobs", "Jobs not yet ended, by status.", ["status"], registry=registry)
 job_progress = Gauge("batch_job_progress_ratio", "Finished share of each running job.", ["batch_id"], registry=registry)
 job_last_progress = Gauge(
     "batch_job_last_progress_timestamp_seconds",

@@ -53,8 +53,21 @@ class BatchSettings(BaseSettings):
     )
     lease_seconds: float = Field(default=30.0, gt=0, description="A dead worker's job returns after this.")
     completion_window_seconds: int = Field(default=86_400, ge=1, description="OpenAI's 24h window.")
-    max_file_lines: int = Field(default=50_000, ge=1)
-    max_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
+    max_requests_per_job: int = Field(
+        default=50_000, ge=1, le=10_000_000, description="Requests (lines) in one input file; OpenAI's is 50,000."
+    )
+    max_file_bytes: int = Field(
+        default=200 * 1024 * 1024, ge=1, le=20 * 1024**3, description="Bytes of one uploaded file; OpenAI's is 200 MB."
+    )
+    redis_max_connections: int = Field(
+        default=64, ge=4, description="Connections per process; callers wait for a free one (back-pressure)."
+    )
+    redis_outage_seconds: float = Field(
+        default=60.0, gt=0, description="How long a Redis command or transaction is retried while Redis is away."
+    )
+    commits_in_flight: int = Field(
+        default=4, ge=1, description="Chunks being written to S3 and Redis at once; more chunks wait to start."
+    )
     invalid_lines: InvalidLines = Field(
         default="reject", description="reject: 400 naming the line; error_file: bad lines go to the error file."
     )

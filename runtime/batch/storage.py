@@ -13,6 +13,7 @@ from typing import IO, Any
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError, ConnectionError, HTTPClientError, IncompleteReadError
 
 from runtime.batch.bucket import ensure_bucket
 from runtime.batch.settings import BatchSettings
@@ -32,6 +33,18 @@ def chunk_result_key(batch_id: str, kind: str, index: int, fence: int) -> str:
 
 def invalid_lines_key(batch_id: str) -> str:
     return f"batches/{batch_id}/invalid.jsonl"
+
+
+THROTTLED = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed"})
+
+
+def retryable_storage_error(exc: BaseException) -> bool:
+    """True for what can succeed on a retry: S3 out of reach, a 5xx, throttling. A 403 (wrong key or
+    policy), a 404 or a malformed request fails the same way again, so it is not retried."""
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return status >= 500 or status == 429 or exc.response.get("Error", {}).get("Code") in THROTTLED
+    return isinstance(exc, ConnectionError | HTTPClientError | IncompleteReadError | OSError)
 
 
 class ObjectStore:

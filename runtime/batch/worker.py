@@ -19,6 +19,7 @@ import contextlib
 import importlib
 import json
 import logging
+import math
 import signal
 import tempfile
 import time
@@ -37,14 +38,14 @@ from starlette.routing import Route
 from tenacity import (
     AsyncRetrying,
     before_sleep_log,
-    retry_if_exception_type,
+    retry_if_exception,
     retry_if_result,
     stop_after_attempt,
     stop_after_delay,
 )
 from tenacity import wait_exponential_jitter as jitter
 
-from runtime.batch import keys, logs, metrics, webhooks
+from runtime.batch import keys, logs, metrics, redis_client, webhooks
 from runtime.batch.engines import Engine, Outcome, request_id
 from runtime.batch.jobs import JobStore, Lease, StaleLeaseError
 from runtime.batch.models import (
@@ -58,7 +59,14 @@ from runtime.batch.models import (
     RequestCounts,
 )
 from runtime.batch.settings import BatchSettings
-from runtime.batch.storage import ObjectStore, chunk_input_key, chunk_result_key, file_key, invalid_lines_key
+from runtime.batch.storage import (
+    ObjectStore,
+    chunk_input_key,
+    chunk_result_key,
+    file_key,
+    invalid_lines_key,
+    retryable_storage_error,
+)
 from runtime.batch.validation import RequestLine
 
 log = logging.getLogger("runtime.batch.worker")
@@ -72,6 +80,11 @@ class JobStopError(Exception):
     def __init__(self, status: BatchStatus):
         super().__init__(status.value)
         self.status = status
+
+
+def is_infrastructure_fault(error: BaseException) -> bool:
+    """Redis or S3 out of reach: the job is not at fault, so the attempt does not count against it."""
+    return isinstance(error, redis_client.TRANSIENT) or retryable_storage_error(error)
 
 
 def make_engine(settings: BatchSettings) -> Engine:
@@ -111,7 +124,7 @@ class Worker:
         self.settings = settings
         self.engine = engine
         self.redis = client
-        self.store = JobStore(client)
+        self.store = JobStore(client, outage_seconds=settings.redis_outage_seconds)
         self.objects = objects
         self.worker_id = f"worker-{uuid.uuid4().hex[:8]}"
         self.webhooks = webhooks.WebhookSender(
@@ -121,6 +134,10 @@ class Worker:
         self.last_beat = time.monotonic()
         self._stopping = asyncio.Event()
         self.window = asyncio.Semaphore(settings.concurrency)
+        # Chunks started and not yet committed: enough to keep the window full, plus `commits_in_flight`
+        # being written. A chunk waits here before it starts (back-pressure when S3 or Redis is slow).
+        window_chunks = math.ceil(settings.concurrency / settings.chunk_size)
+        self.open_chunks = asyncio.Semaphore(window_chunks + settings.commits_in_flight)
 
     # --- main loop -----------------------------------------------------------------------
 
@@ -193,9 +210,17 @@ class Worker:
                 log.warning("lease lost, another worker owns the job now: %s", error)
                 return
             delay = min(self.settings.job_retry_base_seconds * 2 ** (lease.attempts - 1), 60.0)
-            log.error("job attempt %d failed, retry in %.0fs: %r", lease.attempts, delay, error, exc_info=error)
+            fault = is_infrastructure_fault(error)
+            log.error(
+                "job attempt %d failed%s, retry in %.0fs: %r",
+                lease.attempts,
+                " (Redis or S3 unavailable: not counted)" if fault else "",
+                delay,
+                error,
+                exc_info=error,
+            )
             with contextlib.suppress(redis.RedisError, OSError):
-                await self.store.release(lease, delay_seconds=delay)
+                await self.store.release(lease, delay_seconds=delay, count_attempt=not fault)
         finally:
             for task in (renew, stop):
                 task.cancel()
@@ -225,7 +250,8 @@ class Worker:
         if lease.attempts > self.settings.job_max_attempts:
             error = BatchError(
                 code="job_attempts_exhausted",
-                message=f"the job was started {lease.attempts - 1} times without finishing; see the worker logs",
+                message=f"the job was leased {lease.attempts - 1} times in a row without committing a chunk "
+                "(each lease ended by a worker crash or an error); see the worker logs",
             )
             await self.finalize(lease, plan, BatchStatus.FAILED, errors=[error])
             return
@@ -267,13 +293,15 @@ class Worker:
                 if position + 1 < len(pending):  # prefetch while this chunk runs
                     next_input = group.create_task(self._load_chunk(lease.batch_id, pending[position + 1]))
                 logs.chunk.set(index)
+                await self.open_chunks.acquire()
                 requests = []
                 for line in lines:
                     await self.window.acquire()
                     task = group.create_task(self._run_request(line))
                     task.add_done_callback(lambda _: self.window.release())
                     requests.append(task)
-                group.create_task(self._commit(lease, plan, index, lines, requests))
+                commit = group.create_task(self._commit(lease, plan, index, lines, requests))
+                commit.add_done_callback(lambda _: self.open_chunks.release())
         elapsed = time.monotonic() - started
         finished = sum(c.completed + c.failed for c in (await self.store.checkpoints(lease.batch_id)).values())
         if elapsed > 0 and finished > completed_before:
@@ -308,6 +336,17 @@ class Worker:
         return outcome, elapsed
 
     async def _with_request_retry(self, request: RequestLine) -> Outcome:
+        first: Outcome | None = await self.engine.run(request)
+        if not first.retryable or self.settings.request_max_attempts == 1:
+            return first  # the hot path: no retry machinery per request
+
+        async def again() -> Outcome:
+            nonlocal first
+            if first is not None:  # tenacity's attempt 1 is the answer already in hand
+                outcome, first = first, None
+                return outcome
+            return await self.engine.run(request)
+
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.settings.request_max_attempts),
             wait=jitter(multiplier=0.5, max=30),
@@ -315,13 +354,13 @@ class Worker:
             retry_error_callback=lambda state: state.outcome.result(),  # out of tries: keep the last answer
             before_sleep=lambda _state: metrics.request_retries.inc(),
         )
-        return await retrying(self.engine.run, request)
+        return await retrying(again)
 
     async def _with_storage_retry(self, call: Callable, *args: Any) -> Any:
         async for attempt in AsyncRetrying(
             stop=stop_after_delay(self.settings.storage_retry_seconds),
             wait=jitter(multiplier=0.5, max=10),
-            retry=retry_if_exception_type(Exception),
+            retry=retry_if_exception(retryable_storage_error),  # not a refused key or a missing object
             before_sleep=before_sleep_log(log, logging.WARNING),  # an S3 outage shows in the log
             reraise=True,
         ):
@@ -347,14 +386,15 @@ class Worker:
             completion_tokens=sum(o.usage.get("completion_tokens") or 0 for o, _ in results),
             latency_seconds=sum(elapsed for _, elapsed in results),
         )
-        await self._with_storage_retry(self.objects.aput, checkpoint.output_key, _jsonl(output))
-        await self._with_storage_retry(self.objects.aput, checkpoint.error_key, _jsonl(errors))
-        await self.store.commit_chunk(lease, checkpoint)
+        for key, rows in ((checkpoint.output_key, output), (checkpoint.error_key, errors)):
+            if rows:  # an empty part is never read: the join takes the parts with rows
+                await self._with_storage_retry(self.objects.aput, key, _jsonl(rows))
+        completed, failed = await self.store.commit_chunk(lease, checkpoint)
         metrics.chunks_committed.inc()
-        counts = await self._counts(lease.batch_id, plan)
-        await self.store.update(
-            lease.batch_id, lambda b: b.model_copy(update={"request_counts": counts}), fence=lease.fence
+        counts = RequestCounts(
+            total=plan.valid_requests + plan.invalid_lines, completed=completed, failed=plan.invalid_lines + failed
         )
+        await self.store.record_counts(lease.batch_id, counts, fence=lease.fence)
         backends = Counter(outcome.backend for outcome, _ in results if outcome.backend)
         log.info(
             "chunk committed: %d ok, %d failed",
@@ -481,7 +521,11 @@ def load_factory(path: str) -> Callable[[BatchSettings], Engine]:
 
 
 async def serve(settings: BatchSettings, engine: Engine) -> None:
-    client = redis.Redis.from_url(str(settings.redis_url), decode_responses=True)
+    client = redis_client.connect(
+        str(settings.redis_url),
+        max_connections=settings.redis_max_connections,
+        outage_seconds=settings.redis_outage_seconds,
+    )
     objects = ObjectStore(settings)
     worker = Worker(settings, engine, client, objects)
     loop = asyncio.get_running_loop()

@@ -83,7 +83,7 @@ def stack(redis_server, s3_server, tiny_model, tmp_path_factory) -> Iterator[Sta
         lease_seconds="3",
         job_retry_base_seconds="0.2",
         storage_retry_seconds="1",
-        max_file_lines="1000",
+        max_requests_per_job="1000",
         max_file_bytes="1000000",
         url_allowlist="127.0.0.1",  # the webhook receiver and the input server of these tests
         **tiny_model_args(tiny_model),
@@ -256,7 +256,7 @@ def test_seeds_api_from_s3_and_http(stack: Stack, tmp_path) -> None:
 def test_metrics_health_and_bucket_lifecycle(stack: Stack) -> None:
     with stack.http() as http:  # the bootstrap key is an admin key
         text = http.get("/metrics").text
-    assert "batch_queue_depth" in text and 'batch_jobs{status="completed"}' in text
+    assert "batch_queue_depth" in text and 'batch_jobs{status="in_progress"}' in text  # ended: not a gauge
     worker_metrics = httpx.get(f"{stack.worker.url}/metrics").text
     assert "batch_requests_total" in worker_metrics and 'batch_tokens_total{kind="completion"}' in worker_metrics
     assert httpx.get(f"{stack.worker.url}/health").json()["ready"] is True

@@ -12,10 +12,11 @@ import redis.asyncio as redis
 
 from runtime.batch import auth, keys, webhooks
 from runtime.batch.jobs import JobStore, StaleLeaseError
-from runtime.batch.models import Batch, BatchStatus, ChunkCheckpoint, JobPlan, Priority
+from runtime.batch.models import Batch, BatchStatus, ChunkCheckpoint, JobPlan, Priority, RequestCounts
 from runtime.batch.urls import UrlPolicy
 
 pytestmark = pytest.mark.integration
+RETENTION_S = 3600
 
 
 @pytest.fixture
@@ -49,7 +50,7 @@ async def add_job(store: JobStore, batch_id: str, priority: Priority = Priority.
         batch_id=batch_id, model="m", priority=priority, chunks=2, chunk_size=10, valid_requests=20, invalid_lines=0,
         key_id="k",
     )  # fmt: skip
-    await store.create(batch, plan)
+    await store.create(batch, plan, retention_seconds=RETENTION_S)
 
 
 def test_a_job_claimed_by_five_workers_at_once_runs_once(run) -> None:
@@ -128,9 +129,85 @@ def test_cancel_of_a_queued_job_removes_it_from_the_queue(run) -> None:
         await add_job(store, "running")
         lease = await store.claim(30)
         assert lease.batch_id == "queued"
-        assert (await store.cancel("running")).status == BatchStatus.CANCELLED
-        assert (await store.cancel("queued")).status == BatchStatus.CANCELLING  # the worker ends it
+        assert (await store.cancel("running", retention_seconds=RETENTION_S)).status == BatchStatus.CANCELLED
+        cancelling = await store.cancel("queued", retention_seconds=RETENTION_S)
+        assert cancelling.status == BatchStatus.CANCELLING  # the worker ends it
         assert await store.queue_depth() == 0
+
+    run(test)
+
+
+def test_every_key_a_new_job_writes_expires_and_a_cancelled_queued_job_leaves_only_its_records(run) -> None:
+    async def test(store: JobStore) -> None:
+        await add_job(store, "b1")
+        for written in (keys.batch("b1"), keys.plan("b1"), keys.job("b1"), keys.owner_batches("k")):
+            assert 0 < await store.redis.ttl(written) <= RETENTION_S, written
+        assert [b.id for b in await store.active()] == ["b1"]
+        await store.cancel("b1", retention_seconds=RETENTION_S)
+        assert await store.redis.zrange(keys.ACTIVE, 0, -1) == []  # /metrics no longer reads it
+        assert not await store.redis.exists(keys.job("b1"), keys.chunks("b1"))
+        for kept in (keys.batch("b1"), keys.plan("b1")):
+            assert 0 < await store.redis.ttl(kept) <= RETENTION_S, kept
+
+    run(test)
+
+
+def test_the_listing_indexes_drop_ids_whose_records_have_expired(run) -> None:
+    async def test(store: JobStore) -> None:
+        old_ms = int((time.time() - 2 * RETENTION_S) * 1000)  # created before the retention horizon
+        await store.redis.zadd(keys.BATCHES, {"long-gone": old_ms})
+        await store.redis.zadd(keys.owner_batches("k"), {"long-gone": old_ms})
+        await add_job(store, "b1")
+        assert await store.redis.zrange(keys.BATCHES, 0, -1) == ["b1"]
+        assert await store.redis.zrange(keys.owner_batches("k"), 0, -1) == ["b1"]
+
+    run(test)
+
+
+def test_a_chunk_counts_once_and_the_counts_never_go_back(run) -> None:
+    async def test(store: JobStore) -> None:
+        await add_job(store, "b1")
+        lease = await store.claim(30)
+        chunk = ChunkCheckpoint(index=0, output_key="o", error_key="e", completed=9, failed=1)
+        assert await store.commit_chunk(lease, chunk) == (9, 1)
+        assert await store.commit_chunk(lease, chunk) == (9, 1)  # a replayed commit adds nothing
+        assert await store.commit_chunk(lease, chunk.model_copy(update={"index": 1})) == (18, 2)
+        assert await store.redis.ttl(keys.chunks("b1")) > 0
+        newer = RequestCounts(total=20, completed=18, failed=2)
+        older = RequestCounts(total=20, completed=9, failed=1)  # computed earlier, written later
+        await store.record_counts("b1", newer, fence=lease.fence)
+        batch = await store.record_counts("b1", older, fence=lease.fence)
+        assert batch.request_counts == newer
+
+    run(test)
+
+
+def test_attempts_count_leases_in_a_row_without_progress_and_not_outages(run) -> None:
+    async def test(store: JobStore) -> None:
+        await add_job(store, "b1")
+        chunk = ChunkCheckpoint(index=0, output_key="o", error_key="e", completed=10, failed=0)
+
+        async def reclaim(lease):
+            await store.release(lease, delay_seconds=0)
+            return await store.claim(30)
+
+        first = await store.claim(30)
+        second = await reclaim(first)  # no chunk committed: counts
+        assert second.attempts == 2
+        await store.commit_chunk(second, chunk)
+        third = await reclaim(second)  # progress under the last lease: counting starts again
+        assert third.attempts == 1
+        await store.release(third, delay_seconds=0, count_attempt=False)  # Redis or S3 failed, not the job
+        assert (await store.claim(30)).attempts == 1
+
+    run(test)
+
+
+def test_the_fleet_view_forgets_workers_silent_for_a_day(run) -> None:
+    async def test(store: JobStore) -> None:
+        await store.redis.hset(keys.WORKERS, "gone", int((time.time() - 2 * 86400) * 1000))
+        await store.heartbeat("alive")
+        assert set(await store.redis.hkeys(keys.WORKERS)) == {"alive"}
 
     run(test)
 
