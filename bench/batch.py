@@ -1,6 +1,7 @@
 """Batch benchmark: our API + worker against vLLM's own run_batch, on the same file and model.
 
   python -m bench.batch [--requests 2000] [--max-tokens 16] [--small-jobs 10] [--ceiling 20000]
+  python -m bench.batch --scale 100000 [--scale 1000000]   (bench/batch_scale.py: one big job, peaks)
 
 (a) vLLM run_batch: engine start and batch time reported apart (the batch part is the peer).
 (b) ours, offline engine, warm: from upload to the output file being downloadable.
@@ -100,7 +101,16 @@ def main() -> None:
     parser.add_argument("--small-size", type=int, default=20)
     parser.add_argument("--ceiling", type=int, default=20000, help="requests for the instant-engine run (0: skip)")
     parser.add_argument("--concurrency", type=int, default=1024, help="our worker's window of requests in flight")
+    parser.add_argument(
+        "--scale", type=int, action="append", metavar="N",
+        help="only run one job of N requests (at most 1,000,000) on the instant engine; repeat for several N",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.scale:
+        from bench import batch_scale
+
+        batch_scale.main(args.scale)
+        return
 
     work = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     model = make_tiny_llama(work / "tiny-llama")

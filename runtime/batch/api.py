@@ -15,14 +15,14 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import uvicorn
 from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, StringConstraints, ValidationError
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -35,7 +35,10 @@ from runtime.batch.models import (
     Batch,
     BatchList,
     BatchStatus,
+    FileList,
     FileObject,
+    Model,
+    ModelList,
     Priority,
     SeedJobCreated,
     SeedJobRequest,
@@ -65,11 +68,23 @@ def not_found(what: str, ident: str) -> ApiException:
     return ApiException(404, ApiError(message=f"No {what} found with id '{ident}'.", code="not_found"))
 
 
+class ExpiresAfter(BaseModel):
+    """OpenAI's expires_after / output_expires_after: seconds after the object's creation."""
+
+    anchor: Literal["created_at"]
+    seconds: int = Field(ge=3600, le=2_592_000)
+
+
+MetadataKey = Annotated[str, StringConstraints(max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=512)]
+
+
 class CreateBatch(BaseModel):
     input_file_id: str
     endpoint: str
     completion_window: str = "24h"
-    metadata: dict[str, str] | None = None
+    metadata: Annotated[dict[MetadataKey, MetadataValue], Field(max_length=16)] | None = None  # OpenAI's limits
+    output_expires_after: ExpiresAfter | None = None
 
 
 class State:
@@ -154,6 +169,7 @@ def internal_app(state: State) -> FastAPI:
 
 def create_app(settings: BatchSettings) -> FastAPI:
     state = State(settings)
+    started_at = int(time.time())
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -228,12 +244,34 @@ def create_app(settings: BatchSettings) -> FastAPI:
 
     # --- files ---------------------------------------------------------------------------
 
+    def expiry_seconds(expires_after: ExpiresAfter | None, param: str) -> int:
+        """How long a file is kept: the caller's expires_after, within what the bucket keeps (its lifecycle rule)."""
+        if expires_after is None:
+            return settings.retention_seconds
+        if expires_after.seconds > settings.retention_seconds:
+            message = f"{param}.seconds is at most {settings.retention_seconds} here (resultRetentionDays)"
+            raise ApiException(400, ApiError(message=message, param=f"{param}.seconds"))
+        return expires_after.seconds
+
     @app.post("/v1/files")
     async def upload_file(
-        principal: Caller, file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()]
+        principal: Caller,
+        file: Annotated[UploadFile, File()],
+        purpose: Annotated[str, Form()],
+        anchor: Annotated[str | None, Form(alias="expires_after[anchor]")] = None,
+        seconds: Annotated[int | None, Form(alias="expires_after[seconds]")] = None,
     ) -> FileObject:
         if purpose != "batch":
             raise ApiException(400, ApiError(message=f"purpose {purpose!r}: only 'batch' is accepted", param="purpose"))
+        expires_after = None
+        if anchor is not None or seconds is not None:
+            try:
+                expires_after = ExpiresAfter.model_validate({"anchor": anchor, "seconds": seconds})
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                param = f"expires_after[{first['loc'][0]}]"
+                raise ApiException(400, ApiError(message=f"{param}: {first['msg']}", param=param)) from None
+        retention = expiry_seconds(expires_after, "expires_after")
         size = file.size if file.size is not None else 0
         if size > settings.max_file_bytes:
             raise ApiException(
@@ -252,9 +290,32 @@ def create_app(settings: BatchSettings) -> FastAPI:
             size=size,
             filename=file.filename or "input.jsonl",
             purpose="batch",
-            retention_seconds=settings.retention_seconds,
+            retention_seconds=retention,
         )
         return stored.public()
+
+    @app.get("/v1/files")
+    async def list_files(
+        principal: Caller,
+        purpose: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
+        order: Literal["asc", "desc"] = "desc",
+        after: str | None = None,
+    ) -> FileList:
+        """The caller's files (an admin key: every tenant's), as OpenAI lists them."""
+        owner = None if principal.admin else principal.key_id
+        files, more = await state.store.list_files(
+            owner=owner, purpose=purpose, limit=limit, newest_first=order == "desc", after=after
+        )
+        data = [f.public() for f in files if f.expires_at is None or f.expires_at > time.time()]
+        return FileList(
+            data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None, has_more=more
+        )
+
+    @app.get("/v1/models")
+    async def list_models(_principal: Caller) -> ModelList:
+        """The model a batch may name (each request's body.model)."""
+        return ModelList(data=[Model(id=settings.model, created=started_at)])
 
     async def existing_file(file_id: str, principal: auth.Principal) -> FileObject:
         """The file, if it exists and the caller's key owns it: another tenant's file is not found (404)."""
@@ -281,7 +342,8 @@ def create_app(settings: BatchSettings) -> FastAPI:
     async def delete_file(principal: Caller, file_id: str) -> dict[str, Any]:
         await existing_file(file_id, principal)
         await asyncio.to_thread(state.objects.delete, file_key(file_id))
-        await state.store.delete_file(file_id)
+        record = await state.store.get_file(file_id)
+        await state.store.delete_file(file_id, record.owner if record else None)
         return {"id": file_id, "object": "file", "deleted": True}
 
     # --- OpenAI batches ------------------------------------------------------------------
@@ -296,6 +358,7 @@ def create_app(settings: BatchSettings) -> FastAPI:
         priority: Priority,
         webhook_url: str | None,
         invalid_lines: InvalidLines,
+        output_retention_seconds: int | None = None,
     ) -> Batch:
         try:
             batch = await create_job(
@@ -311,6 +374,7 @@ def create_app(settings: BatchSettings) -> FastAPI:
                 webhook_url=webhook_url,
                 key_id=key_id,
                 invalid_lines=invalid_lines,
+                output_retention_seconds=output_retention_seconds,
             )
         except InputRefusedError as refused:
             error = refused.error
@@ -353,6 +417,7 @@ def create_app(settings: BatchSettings) -> FastAPI:
         if body.completion_window != "24h":
             raise ApiException(400, ApiError(message="completion_window must be '24h'", param="completion_window"))
         await existing_file(body.input_file_id, principal)
+        output_retention = expiry_seconds(body.output_expires_after, "output_expires_after")
         priority, mode = job_options(body.metadata)
         webhook_url = (body.metadata or {}).get("webhook_url")
         if webhook_url is not None:
@@ -366,6 +431,7 @@ def create_app(settings: BatchSettings) -> FastAPI:
             priority=priority,
             webhook_url=webhook_url,
             invalid_lines=mode,
+            output_retention_seconds=output_retention,
         )
 
     async def existing_batch(batch_id: str, principal: auth.Principal) -> Batch:
@@ -461,17 +527,20 @@ def create_app(settings: BatchSettings) -> FastAPI:
         )
 
     async def estimate_completion(batch: Batch) -> int | None:
+        """When the job should end at the fleet's recent rate: what is left of the jobs running now and of
+        those queued before it, then its own remainder (running or queued)."""
         rate = await state.store.throughput()
         if not rate:
             return None
-        ahead = await state.redis.zrange(keys.QUEUE, 0, -1)
+        ahead = list(await state.redis.zrange(keys.QUEUE, 0, -1))
+        queued_before = set(ahead[: ahead.index(batch.id)] if batch.id in ahead else [])
         work = 0
-        for batch_id in ahead:
-            other = await state.store.get(batch_id)
-            if other is not None:
-                work += other.request_counts.total
-            if batch_id == batch.id:
-                break
+        for other in await state.store.active():
+            counts = other.request_counts
+            left = max(0, counts.total - counts.completed - counts.failed)
+            running = other.status in (BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING)
+            if other.id == batch.id or running or other.id in queued_before:
+                work += left
         return int(time.time() + work / rate)
 
     @app.get("/v1/batch/{job_id}")
@@ -494,6 +563,7 @@ def create_app(settings: BatchSettings) -> FastAPI:
             throughput=SeedThroughput(
                 req_per_sec=round(rate, 3), estimated_remaining=int(remaining / rate) if rate > 0 else None
             ),
+            estimated_completion=None if batch.status.terminal else await estimate_completion(batch),
             metadata=batch.metadata,
         )
 

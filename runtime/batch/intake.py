@@ -10,6 +10,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -18,6 +19,8 @@ from runtime.batch.models import Batch, BatchError, BatchErrors, BatchStatus, Jo
 from runtime.batch.settings import BatchSettings, InvalidLines
 from runtime.batch.storage import ObjectStore, chunk_input_key, invalid_lines_key
 from runtime.batch.validation import FileRejectedError, LineValidator, RequestLine
+
+UPLOADS_IN_FLIGHT = 8
 
 
 class InputRefusedError(ValueError):
@@ -50,12 +53,14 @@ def split_input(
     errors: list[BatchError] = []
     chunks = valid = 0
 
-    pool = ThreadPoolExecutor(8)  # chunk uploads overlap with validating the next lines
-    uploads: list[Future] = []
+    pool = ThreadPoolExecutor(UPLOADS_IN_FLIGHT)  # chunk uploads overlap with validating the next lines
+    uploads: deque[Future] = deque()
 
     def flush() -> None:
         nonlocal chunks
         data = "\n".join(r.to_json() for r in buffer).encode()
+        while len(uploads) >= UPLOADS_IN_FLIGHT:  # memory holds a few chunks, however slow S3 is
+            uploads.popleft().result()
         uploads.append(pool.submit(objects.put, chunk_input_key(batch_id, chunks), data))
         chunks += 1
         buffer.clear()
@@ -80,8 +85,8 @@ def split_input(
             raise InputRefusedError(BatchError(code="empty_file", message="the input file has no requests"))
         if errors:
             objects.put(invalid_lines_key(batch_id), _error_lines(errors))
-        for upload in uploads:
-            upload.result()
+        while uploads:
+            uploads.popleft().result()
     except BaseException as exc:  # refused, or the source failed midway: leave no chunk objects behind
         pool.shutdown(wait=True)
         objects.delete_prefix(f"batches/{batch_id}/")
@@ -97,7 +102,7 @@ def _error_lines(errors: list[BatchError]) -> bytes:
     rows = [
         {
             "id": f"batch_req_line_{e.line}",
-            "custom_id": None,
+            "custom_id": e.custom_id,
             "response": None,
             "error": {"code": e.code, "message": e.message, "line": e.line, "param": e.param},
         }
@@ -120,6 +125,7 @@ async def create_job(
     webhook_url: str | None,
     key_id: str,
     invalid_lines: InvalidLines,
+    output_retention_seconds: int | None = None,
 ) -> Batch:
     batch_id = new_batch_id()
     valid, invalid, chunks, endpoint = await asyncio.to_thread(
@@ -160,6 +166,7 @@ async def create_job(
         invalid_lines=invalid,
         webhook_url=webhook_url,
         key_id=key_id,
+        output_retention_seconds=output_retention_seconds,
     )
     await store.create(batch, plan, retention_seconds=settings.retention_seconds)
     return batch

@@ -154,7 +154,44 @@ class JobStore:
     # --- files ---------------------------------------------------------------------------
 
     async def save_file(self, file: StoredFile) -> None:
-        await self.redis.set(keys.file(file.id), file.model_dump_json(), exat=file.expires_at)
+        """The record, and its place in the listings (which expire no sooner than it)."""
+        created = now_ms()  # the listing's order: created_at has whole seconds only
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(keys.file(file.id), file.model_dump_json(), exat=file.expires_at)
+            indexes = [keys.FILES] + ([keys.owner_files(file.owner)] if file.owner else [])
+            for index in indexes:
+                pipe.zadd(index, {file.id: created}, nx=True)
+                if file.expires_at:
+                    pipe.expireat(index, file.expires_at, nx=True)
+                    pipe.expireat(index, file.expires_at, gt=True)
+            await pipe.execute()
+
+    async def list_files(
+        self, *, owner: str | None, purpose: str | None, limit: int, newest_first: bool, after: str | None
+    ) -> tuple[list[StoredFile], bool]:
+        """`limit` files after the file `after`, in creation order: every file, or `owner`'s only."""
+        index = keys.FILES if owner is None else keys.owner_files(owner)
+        ids = [_text(i) for i in await (self.redis.zrevrange if newest_first else self.redis.zrange)(index, 0, -1)]
+        if after is not None:
+            if after not in ids:
+                return [], False
+            ids = ids[ids.index(after) + 1 :]
+        found: list[StoredFile] = []
+        gone: list[str] = []
+        for start in range(0, len(ids), 500):  # read in pages until the page is full (purpose filters)
+            page = ids[start : start + 500]
+            for file_id, raw in zip(page, await self.redis.mget([keys.file(i) for i in page]), strict=True):
+                if raw is None:
+                    gone.append(file_id)
+                    continue
+                record = StoredFile.model_validate_json(raw)
+                if purpose is None or record.purpose == purpose:
+                    found.append(record)
+            if len(found) > limit:
+                break
+        if gone:  # records past their expiry: prune the index
+            await self.redis.zrem(index, *gone)
+        return found[:limit], len(found) > limit
 
     async def get_file(self, file_id: str) -> StoredFile | None:
         raw = await self.redis.get(keys.file(file_id))
@@ -177,8 +214,14 @@ class JobStore:
         await self.save_file(file)
         return file
 
-    async def delete_file(self, file_id: str) -> bool:
-        return bool(await self.redis.delete(keys.file(file_id)))
+    async def delete_file(self, file_id: str, owner: str | None) -> bool:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.file(file_id))
+            pipe.zrem(keys.FILES, file_id)
+            if owner:
+                pipe.zrem(keys.owner_files(owner), file_id)
+            deleted, *_ = await pipe.execute()
+        return bool(deleted)
 
     # --- batches -------------------------------------------------------------------------
 

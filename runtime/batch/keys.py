@@ -11,6 +11,7 @@ QUEUE = PREFIX + "queue"  # zset batch_id -> priority rank * 1e13 + enqueue ms (
 DELAYED = PREFIX + "delayed"  # zset batch_id -> ms when it may be claimed again (after a failed attempt)
 LEASES = PREFIX + "leases"  # zset batch_id -> ms when the current lease runs out
 BATCHES = PREFIX + "batches"  # zset batch_id -> created ms (listing, newest first; pruned of expired ids)
+FILES = PREFIX + "files"  # zset file_id -> created ms (an admin's listing; pruned of expired ids on read)
 ACTIVE = PREFIX + "active"  # zset batch_id -> created ms: batches not yet ended (what /metrics reads)
 WEBHOOKS = PREFIX + "webhooks"  # zset delivery_id -> ms when due (SQS-style visibility timeout)
 API_KEYS = PREFIX + "apikeys"  # hash sha256(key) -> JSON {name, created_at}
@@ -43,6 +44,11 @@ def chunks(batch_id: str) -> str:
 def owner_batches(key_id: str) -> str:
     """Zset batch_id -> created ms: one API key's batches (its listing; pruned of expired ids on read)."""
     return f"{PREFIX}owner:{key_id}:batches"
+
+
+def owner_files(key_id: str) -> str:
+    """Zset file_id -> created ms: one API key's files (its listing; pruned of expired ids on read)."""
+    return f"{PREFIX}owner:{key_id}:files"
 
 
 def file(file_id: str) -> str:

@@ -70,6 +70,7 @@ class BatchError(BaseModel):
     message: str
     param: str | None = None
     line: int | None = None
+    custom_id: str | None = Field(default=None, exclude=True)  # for the error file's row; not in OpenAI's object
 
 
 class BatchErrors(BaseModel):
@@ -81,6 +82,16 @@ class RequestCounts(BaseModel):
     total: int = 0
     completed: int = 0
     failed: int = 0
+
+
+class BatchUsage(BaseModel):
+    """OpenAI's Batch.usage: tokens over every request of the job (set when it ends)."""
+
+    input_tokens: int = 0
+    input_tokens_details: dict[str, int] = Field(default_factory=lambda: {"cached_tokens": 0})
+    output_tokens: int = 0
+    output_tokens_details: dict[str, int] = Field(default_factory=lambda: {"reasoning_tokens": 0})
+    total_tokens: int = 0
 
 
 class Batch(BaseModel):
@@ -107,6 +118,7 @@ class Batch(BaseModel):
     request_counts: RequestCounts = Field(default_factory=RequestCounts)
     metadata: dict[str, str] | None = None
     model: str | None = None
+    usage: BatchUsage | None = None
 
 
 class JobPlan(BaseModel):
@@ -121,6 +133,7 @@ class JobPlan(BaseModel):
     invalid_lines: int
     webhook_url: str | None = None
     key_id: str
+    output_retention_seconds: int | None = None  # output_expires_after; None: the service's retention
 
 
 class ChunkCheckpoint(BaseModel):
@@ -134,6 +147,26 @@ class ChunkCheckpoint(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_seconds: float = 0.0
+
+
+class FileList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FileObject]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool = False
+
+
+class Model(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "vllm-gb10"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Model]
 
 
 class BatchList(BaseModel):
@@ -191,6 +224,9 @@ class SeedJobStatus(BaseModel):
     created_at: int
     progress: SeedProgress
     throughput: SeedThroughput
+    estimated_completion: int | None = Field(
+        default=None, description="Epoch seconds; from the fleet's rate and the work ahead of and in this job."
+    )
     metadata: dict[str, Any] | None = None
 
 

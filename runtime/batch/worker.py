@@ -24,9 +24,9 @@ import signal
 import tempfile
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import redis.asyncio as redis
@@ -53,6 +53,7 @@ from runtime.batch.models import (
     BatchError,
     BatchErrors,
     BatchStatus,
+    BatchUsage,
     ChunkCheckpoint,
     FileObject,
     JobPlan,
@@ -450,6 +451,11 @@ class Worker:
                 "output_file_id": output_file.id if output_file else None,
                 "error_file_id": error_file.id if error_file else None,
                 "errors": BatchErrors(data=previous + errors) if (previous or errors) else None,
+                "usage": BatchUsage(
+                    input_tokens=sum(c.prompt_tokens for c in checkpoints),
+                    output_tokens=sum(c.completion_tokens for c in checkpoints),
+                    total_tokens=sum(c.prompt_tokens + c.completion_tokens for c in checkpoints),
+                ),
             }
         )
         requests = sum(c.completed + c.failed for c in checkpoints)
@@ -476,9 +482,14 @@ class Worker:
         file_id = f"file-{batch_id.removeprefix('batch_')}-{kind}"
 
         def join() -> int:
-            with tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024) as spool, ThreadPoolExecutor(8) as pool:
-                for data in pool.map(self.objects.get, parts):  # fetched ahead, written in chunk order
-                    spool.write(data)
+            with tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024) as spool, ThreadPoolExecutor(8) as pool:
+                ahead: deque[Future[bytes]] = deque()
+                for key in parts:  # up to 8 parts fetched ahead (not all: memory stays flat), written in order
+                    ahead.append(pool.submit(self.objects.get, key))
+                    if len(ahead) == 8:
+                        spool.write(ahead.popleft().result())
+                while ahead:
+                    spool.write(ahead.popleft().result())
                 size = spool.tell()
                 spool.seek(0)
                 self.objects.upload(file_key(file_id), spool)
@@ -491,7 +502,7 @@ class Worker:
             size=size,
             filename=f"{batch_id}_{kind}.jsonl",
             purpose="batch_output",
-            retention_seconds=self.settings.retention_seconds,
+            retention_seconds=plan.output_retention_seconds or self.settings.retention_seconds,
         )
 
 

@@ -201,7 +201,8 @@ def test_error_file_mode_keeps_every_good_line(stack: Stack) -> None:
     errors = stack.rows(done.error_file_id)
     by_line = {e["error"]["line"]: e for e in errors}
     assert set(by_line) == {5, 10, 31}
-    assert by_line[5]["error"]["code"] == "invalid_json_line"
+    assert by_line[5]["error"]["code"] == "invalid_json_line" and by_line[5]["custom_id"] is None
+    assert by_line[10]["error"]["code"] == "model_not_found" and by_line[10]["custom_id"] == "x0"  # it was read
     assert by_line[31]["custom_id"] == "long" and by_line[31]["response"]["status_code"] == 400
     good = [r["custom_id"] for r in stack.rows(done.output_file_id)]
     assert len(good) == 28 and "r4" not in good and "long" not in good

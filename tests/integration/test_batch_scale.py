@@ -148,3 +148,60 @@ def test_ten_redis_restarts_in_a_row_under_load_fail_no_job(platform: Platform) 
     for watch, prefix in jobs:
         platform.assert_exactly_once(watch, watch.finished(600), 20_000, prefix)
     assert platform.counted_failures() == []
+
+
+def test_openai_fidelity_usage_files_listing_models_and_limits(platform: Platform) -> None:
+    client = platform.client
+    watch = platform.submit(250, "fid-")
+    batch = watch.finished(120)
+    assert batch.status == "completed"
+    # the instant engine reports 8 prompt and 1 completion tokens per request (bench.batch_engines)
+    assert (batch.usage.input_tokens, batch.usage.output_tokens, batch.usage.total_tokens) == (2000, 250, 2250)
+
+    assert [m.id for m in client.models.list().data] == ["tiny-llama"]
+
+    files = [
+        client.files.create(file=(f"f{i}.jsonl", io.BytesIO(b"{}\n")), purpose="batch").id for i in range(3)
+    ]  # created in this order, after every file of the earlier tests
+    newest = client.files.list(purpose="batch", limit=2)
+    assert [f.id for f in newest.data] == files[::-1][:2] and newest.has_more
+    oldest_first = client.files.list(purpose="batch", order="asc", after=files[0], limit=10)
+    assert [f.id for f in oldest_first.data] == files[1:]
+    assert all(f.purpose == "batch_output" for f in client.files.list(purpose="batch_output").data)
+
+    short = client.files.create(
+        file=("short.jsonl", io.BytesIO(b"{}\n")),
+        purpose="batch",
+        extra_body={"expires_after[anchor]": "created_at", "expires_after[seconds]": "3600"},
+    )
+    assert short.expires_at == short.created_at + 3600
+    with pytest.raises(openai.BadRequestError, match=r"expires_after\.seconds is at most"):
+        client.files.create(
+            file=("long.jsonl", io.BytesIO(b"{}\n")),
+            purpose="batch",
+            extra_body={"expires_after[anchor]": "created_at", "expires_after[seconds]": str(30 * 86400)},
+        )
+
+    too_many = {f"k{i}": "v" for i in range(17)}  # OpenAI: at most 16 pairs, keys 64, values 512 characters
+    for metadata in (too_many, {"k" * 65: "v"}, {"k": "v" * 513}):
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.batches.create(
+                input_file_id=files[0], endpoint="/v1/chat/completions", completion_window="24h", metadata=metadata
+            )
+        assert refused.value.body["param"].startswith("metadata")
+
+
+def test_every_error_has_openais_envelope_and_redis_away_is_a_503(platform: Platform) -> None:
+    http = platform.client._client  # the openai client's httpx client: base URL and key set
+    headers = {"Authorization": f"Bearer {platform.client.api_key}"}
+    for method, path, status in (("DELETE", "/v1/batches", 405), ("GET", "/v1/nowhere", 404)):
+        response = http.request(method, f"{platform.api.url}{path}", headers=headers)
+        assert response.status_code == status
+        assert set(response.json()["error"]) >= {"message", "type", "param", "code"}, response.text
+    platform.redis.kill()
+    try:
+        response = http.get(f"{platform.api.url}/v1/batches", headers=headers, timeout=60)
+        assert response.status_code == 503 and response.headers["retry-after"]
+        assert response.json()["error"]["type"] == "server_error"
+    finally:
+        platform.redis.start()

@@ -50,6 +50,25 @@ def test_duplicate_custom_id_and_mixed_endpoints() -> None:
     assert validator.check(5, line("z")).line == 5
 
 
+def test_invalid_utf8_is_refused_with_its_line_not_replaced() -> None:
+    validator = LineValidator(model="m")
+    assert isinstance(validator.check(1, line("first").encode()), RequestLine)
+    # "caf\xe9" in Latin-1: replacing the byte would turn the custom_id into "caf\ufffd", silently
+    latin1 = line("first").replace('"first"', '"caf\u00e9"').encode("latin-1")
+    error = validator.check(2, latin1)
+    assert isinstance(error, BatchError)
+    assert (error.code, error.line) == ("invalid_utf8", 2)
+    assert "byte 0xe9" in error.message
+    assert isinstance(validator.check(3, latin1.decode("latin-1").encode()), RequestLine)  # in UTF-8 it is fine
+
+
+def test_an_error_keeps_the_custom_id_it_could_read_for_the_error_file() -> None:
+    validator = LineValidator(model="m")
+    assert validator.check(1, line("mine", model="other")).custom_id == "mine"
+    assert validator.check(2, "{not json").custom_id is None
+    assert "custom_id" not in validator.check(3, line("x", method="GET")).model_dump()  # not in OpenAI's object
+
+
 def test_endpoint_not_served_by_the_engine_is_refused() -> None:
     validator = LineValidator(model="m", endpoints=("/v1/chat/completions",))
     assert validator.check(1, line(url="/v1/completions")).code == "invalid_url"
