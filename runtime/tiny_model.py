@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -45,17 +46,18 @@ def make_tiny_llama(path: Path, *, vocab_size: int = 512, max_position_embedding
     fast.save_pretrained(path)
 
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(fast),
-        intermediate_size=512,
-        max_position_embeddings=max_position_embeddings,
-        bos_token_id=fast.bos_token_id,
-        eos_token_id=fast.eos_token_id,
-        tie_word_embeddings=False,
-        torch_dtype="bfloat16",
+    values: dict[str, Any] = {
+        "vocab_size": len(fast),
+        "intermediate_size": 512,
+        "max_position_embeddings": max_position_embeddings,
+        "bos_token_id": fast.bos_token_id,
+        "eos_token_id": fast.eos_token_id,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",  # written to config.json as vLLM reads it
         **SHAPE,
-    )
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    }
+    config = LlamaConfig(**values)
+    model = LlamaForCausalLM(config).to(torch.bfloat16)  # type: ignore[arg-type]  # transformers' stubs
     model.save_pretrained(path, safe_serialization=True)
     config_file = path / "config.json"
     saved = json.loads(config_file.read_text())

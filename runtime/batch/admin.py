@@ -72,7 +72,7 @@ async def run(args: argparse.Namespace, client: redis.Redis) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        settings = RedisSettings()  # type: ignore[call-arg]  # read from the environment
+        settings = RedisSettings()  # read from the environment
     except ValidationError as exc:
         problem = exc.errors()[0]
         print(f"error: BATCH_REDIS_URL: {problem['msg']}", file=sys.stderr)

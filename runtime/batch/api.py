@@ -400,12 +400,14 @@ def create_app(settings: BatchSettings) -> FastAPI:
                 400, ApiError(message="metadata.priority must be high, normal or low", param="metadata.priority")
             ) from None
         mode = (metadata or {}).get("invalid_lines", settings.invalid_lines)
-        if mode not in ("reject", "error_file"):
-            raise ApiException(
-                400,
-                ApiError(message="metadata.invalid_lines must be reject or error_file", param="metadata.invalid_lines"),
-            )
-        return priority, mode
+        if mode == "reject":
+            return priority, "reject"
+        if mode == "error_file":
+            return priority, "error_file"
+        raise ApiException(
+            400,
+            ApiError(message="metadata.invalid_lines must be reject or error_file", param="metadata.invalid_lines"),
+        )
 
     @app.post("/v1/batches")
     async def create_batch(principal: Caller, body: CreateBatch) -> Batch:
@@ -454,6 +456,8 @@ def create_app(settings: BatchSettings) -> FastAPI:
                 409, ApiError(message=f"batch {batch_id} is already {batch.status.value}", code="batch_not_cancellable")
             )
         cancelled = await state.store.cancel(batch_id, retention_seconds=settings.retention_seconds)
+        if cancelled is None:  # its record expired meanwhile
+            raise not_found("batch", batch_id)
         if cancelled.status == BatchStatus.CANCELLED and batch.status != BatchStatus.CANCELLED:
             plan = await state.store.plan(batch_id)
             if plan.webhook_url:
@@ -466,7 +470,7 @@ def create_app(settings: BatchSettings) -> FastAPI:
     ) -> BatchList:
         """The caller's batches, newest first (an admin key lists every tenant's)."""
         owner = None if principal.admin else principal.key_id
-        batches, more = await state.store.list(limit=limit, after=after, owner=owner)
+        batches, more = await state.store.list_batches(limit=limit, after=after, owner=owner)
         return BatchList(
             data=batches,
             first_id=batches[0].id if batches else None,

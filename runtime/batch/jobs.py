@@ -11,9 +11,9 @@ Guarantees (tested against a real redis-server):
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis.asyncio as redis
 from redis.asyncio.client import Pipeline
@@ -171,7 +171,7 @@ class JobStore:
     ) -> tuple[list[StoredFile], bool]:
         """`limit` files after the file `after`, in creation order: every file, or `owner`'s only."""
         index = keys.FILES if owner is None else keys.owner_files(owner)
-        ids = [_text(i) for i in await (self.redis.zrevrange if newest_first else self.redis.zrange)(index, 0, -1)]
+        ids = _texts(await (self.redis.zrevrange if newest_first else self.redis.zrange)(index, 0, -1))
         if after is not None:
             if after not in ids:
                 return [], False
@@ -268,7 +268,9 @@ class JobStore:
         raw = await self.redis.get(keys.plan(batch_id))
         return JobPlan.model_validate_json(raw).key_id if raw else None
 
-    async def list(self, *, limit: int, after: str | None, owner: str | None = None) -> tuple[list[Batch], bool]:
+    async def list_batches(
+        self, *, limit: int, after: str | None, owner: str | None = None
+    ) -> tuple[list[Batch], bool]:
         """Newest first, `limit` at a time after the batch `after`: every batch, or `owner`'s only."""
         index = keys.BATCHES if owner is None else keys.owner_batches(owner)
         start = 0
@@ -276,8 +278,8 @@ class JobStore:
             rank = await self.redis.zrevrank(index, after)
             if rank is None:
                 return [], False
-            start = rank + 1
-        ids = [_text(i) for i in await self.redis.zrevrange(index, start, start + limit)]
+            start = int(rank) + 1  # type: ignore[arg-type]  # no WITHSCORE: an int
+        ids = _texts(await self.redis.zrevrange(index, start, start + limit))
         batches = await self._batches(ids[:limit])
         if owner is not None and len(batches) < len(ids[:limit]):  # records past their retention: prune
             gone = set(ids[:limit]) - {b.id for b in batches}
@@ -286,7 +288,7 @@ class JobStore:
 
     async def active(self) -> list[Batch]:
         """The batches not yet ended, oldest first: what /metrics reads, whatever the history's size."""
-        ids = [_text(i) for i in await self.redis.zrange(keys.ACTIVE, 0, -1)]
+        ids = _texts(await self.redis.zrange(keys.ACTIVE, 0, -1))
         batches = await self._batches(ids)
         if len(batches) < len(ids):  # a record expired without an end (no worker ran it): drop it
             await self.redis.zrem(keys.ACTIVE, *(set(ids) - {b.id for b in batches}))
@@ -440,7 +442,8 @@ class JobStore:
         return await self.redis.zcard(keys.QUEUE) + await self.redis.zcard(keys.DELAYED)
 
     async def queued_ahead(self, batch_id: str) -> int | None:
-        return await self.redis.zrank(keys.QUEUE, batch_id)
+        rank = await self.redis.zrank(keys.QUEUE, batch_id)
+        return None if rank is None else int(rank)  # type: ignore[arg-type]  # no WITHSCORE: an int
 
     # --- checkpoints ---------------------------------------------------------------------
 
@@ -493,3 +496,8 @@ def priority_of(metadata: dict[str, str] | None) -> Priority:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _texts(values: Iterable[Any]) -> list[str]:
+    """Members of a range reply without scores (redis-py's types allow for WITHSCORES pairs too)."""
+    return [_text(v) for v in values]

@@ -65,6 +65,10 @@ class BatchSettings(BaseSettings):
     redis_outage_seconds: float = Field(
         default=60.0, gt=0, description="How long a Redis command or transaction is retried while Redis is away."
     )
+    backup_interval_seconds: float = Field(
+        default=3600, ge=0, description="A Redis snapshot to S3 this often (one worker of the fleet takes it); 0: off."
+    )
+    backup_keep: int = Field(default=24, ge=1, description="Snapshots kept; older ones are deleted.")
     commits_in_flight: int = Field(
         default=4, ge=1, description="Chunks being written to S3 and Redis at once; more chunks wait to start."
     )

@@ -25,7 +25,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -45,7 +45,7 @@ from tenacity import (
 )
 from tenacity import wait_exponential_jitter as jitter
 
-from runtime.batch import keys, logs, metrics, redis_client, webhooks
+from runtime.batch import backup, keys, logs, metrics, redis_client, webhooks
 from runtime.batch.engines import Engine, Outcome, request_id
 from runtime.batch.jobs import JobStore, Lease, StaleLeaseError
 from runtime.batch.models import (
@@ -133,6 +133,8 @@ class Worker:
         )
         self.ready = False
         self.last_beat = time.monotonic()
+        self.backup_client = backup.raw_client(settings)  # DUMP payloads are binary
+        self._backup: asyncio.Task | None = None
         self._stopping = asyncio.Event()
         self.window = asyncio.Semaphore(settings.concurrency)
         # Chunks started and not yet committed: enough to keep the window full, plus `commits_in_flight`
@@ -169,6 +171,10 @@ class Worker:
             background.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await background
+            if self._backup is not None:
+                self._backup.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._backup
 
     def stop(self) -> None:
         self._stopping.set()
@@ -180,9 +186,17 @@ class Worker:
                 await self.store.heartbeat(self.worker_id)
                 self.last_beat = time.monotonic()
                 await self.webhooks.deliver_due()
+                if self._backup is None or self._backup.done():  # off the heartbeat's path: it may take a while
+                    self._backup = asyncio.create_task(self._scheduled_backup())
             except (redis.RedisError, OSError) as exc:
                 log.warning("background loop: %s", exc)
             await asyncio.sleep(0.5)
+
+    async def _scheduled_backup(self) -> None:
+        try:
+            await backup.take_if_due(self.settings, self.objects, self.backup_client)
+        except Exception as exc:  # a failed backup is logged and taken again at the next interval
+            log.error("redis backup failed: %r", exc, exc_info=exc)
 
     async def run_leased(self, lease: Lease) -> None:
         """Run one leased job; renew the lease meanwhile; give it back on a job-level failure."""
@@ -286,6 +300,7 @@ class Worker:
         async with asyncio.TaskGroup() as group:
             next_input = group.create_task(self._load_chunk(lease.batch_id, pending[0])) if pending else None
             for position, index in enumerate(pending):
+                assert next_input is not None  # set before the loop and at the end of each turn
                 stop = await self._stop_reason(lease.batch_id, batch)
                 if stop is not None:  # let the chunks already started finish and commit
                     next_input.cancel()
@@ -337,9 +352,10 @@ class Worker:
         return outcome, elapsed
 
     async def _with_request_retry(self, request: RequestLine) -> Outcome:
-        first: Outcome | None = await self.engine.run(request)
-        if not first.retryable or self.settings.request_max_attempts == 1:
-            return first  # the hot path: no retry machinery per request
+        answer = await self.engine.run(request)
+        if not answer.retryable or self.settings.request_max_attempts == 1:
+            return answer  # the hot path: no retry machinery per request
+        first: Outcome | None = answer
 
         async def again() -> Outcome:
             nonlocal first
@@ -352,7 +368,7 @@ class Worker:
             stop=stop_after_attempt(self.settings.request_max_attempts),
             wait=jitter(multiplier=0.5, max=30),
             retry=retry_if_result(lambda outcome: outcome.retryable),
-            retry_error_callback=lambda state: state.outcome.result(),  # out of tries: keep the last answer
+            retry_error_callback=lambda state: state.outcome.result() if state.outcome else answer,  # the last answer
             before_sleep=lambda _state: metrics.request_retries.inc(),
         )
         return await retrying(again)
@@ -374,7 +390,8 @@ class Worker:
     ) -> None:
         results = [await task for task in requests]
         logs.chunk.set(index)
-        output, errors = [], []
+        output: list[str] = []
+        errors: list[str] = []
         for request, (outcome, _elapsed) in zip(lines, results, strict=True):
             (output if outcome.ok else errors).append(json.dumps(output_row(lease.batch_id, request, outcome)))
         checkpoint = ChunkCheckpoint(
@@ -442,7 +459,9 @@ class Worker:
         }[status]
         errors = errors or []
         current = await self.store.get(batch_id)
-        previous = list(current.errors.data) if current and current.errors else []
+        if current is None:
+            raise KeyError(f"batch {batch_id}: its record is gone from Redis")
+        previous = list(current.errors.data) if current.errors else []
         batch = current.model_copy(
             update={
                 "status": status,
@@ -526,6 +545,14 @@ def health_app(worker: Worker) -> Starlette:
     return Starlette(routes=[Route("/health", health), Route("/metrics", metrics_endpoint)])
 
 
+class SignalFreeServer(uvicorn.Server):
+    """uvicorn without its own SIGTERM/SIGINT handling: the worker's handlers stop it (and give its job back)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 def load_factory(path: str) -> Callable[[BatchSettings], Engine]:
     module, _, attr = path.partition(":")
     return getattr(importlib.import_module(module), attr)
@@ -550,8 +577,7 @@ async def serve(settings: BatchSettings, engine: Engine) -> None:
             port=settings.worker_metrics_port,
             log_level="warning",
         )
-        server = uvicorn.Server(config)
-        server.install_signal_handlers = lambda: None
+        server = SignalFreeServer(config)
         server_task = asyncio.create_task(server.serve())
     try:
         await worker.run()
@@ -560,6 +586,7 @@ async def serve(settings: BatchSettings, engine: Engine) -> None:
             server.should_exit = True
             await server_task
         await worker.webhooks.close()
+        await worker.backup_client.aclose()
         await engine.close()
         await client.aclose()
 

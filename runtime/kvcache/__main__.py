@@ -77,15 +77,15 @@ def main(argv: list[str] | None = None) -> int:
             from runtime.kvcache.vllm_checks import SAMPLE_TEXT, evaluate
 
             text = args.text.read_text() if args.text else SAMPLE_TEXT
-            result = evaluate(
+            checked = evaluate(
                 args.model, text, args.chunk_tokens, args.max_model_len, args.gate, args.gpu_memory_utilization
             )
             if args.json:
-                print(json.dumps(result))
+                print(json.dumps(checked))
             else:
-                ppl, verdict = result["perplexity"], "pass" if result["passed"] else "FAIL"
+                ppl, verdict = checked["perplexity"], "pass" if checked["passed"] else "FAIL"
                 print(f"perplexity auto {ppl['auto']:.4f}  fp8 {ppl['fp8']:.4f}  "
-                      f"change {result['relative_change']:+.3%}  gate {result['gate']:.1%}: {verdict}")  # fmt: skip
+                      f"change {checked['relative_change']:+.3%}  gate {checked['gate']:.1%}: {verdict}")  # fmt: skip
     except (PlanError, ModelConfigError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

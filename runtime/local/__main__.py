@@ -13,39 +13,40 @@ import tempfile
 import threading
 from pathlib import Path
 
-from runtime.local.servers import BatchApi, BatchWorker, RedisServer, S3Server, batch_env, tiny_model_args
+from runtime.local.servers import BatchApi, BatchWorker, Process, RedisServer, S3Server, batch_env, tiny_model_args
 
 
 def up(work_dir: Path, api_port: int | None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    started = []
+    started: list[Process] = []
     try:
         print(f"logs: {work_dir}", file=sys.stderr, flush=True)
         redis, s3 = RedisServer(work_dir), S3Server(work_dir)
-        for server in (redis, s3):
-            server.start()
-            started.append(server)
+        for store in (redis, s3):
+            store.start()
+            started.append(store)
         from runtime.tiny_model import make_tiny_llama
 
         model = make_tiny_llama(work_dir / "tiny-llama")
         env = batch_env(redis, s3, **tiny_model_args(model))
         api = BatchApi(work_dir, env, port=api_port)
         worker = BatchWorker(work_dir, env)
-        for server, timeout in ((api, 60), (worker, 300)):
-            server.start(timeout=timeout)
-            started.append(server)
+        services: tuple[tuple[Process, float], ...] = ((api, 60), (worker, 300))
+        for service, timeout in services:
+            service.start(timeout=timeout)
+            started.append(service)
         print(f"ready: {api.url}/v1 api_key={env['BATCH_BOOTSTRAP_API_KEY']}", flush=True)
         while not stop.wait(0.5):
-            for server in started:
-                if not server.running:
-                    print(f"{server.name} exited; see {server.log_path}", file=sys.stderr, flush=True)
+            for running in started:
+                if not running.running:
+                    print(f"{running.name} exited; see {running.log_path}", file=sys.stderr, flush=True)
                     return 1
         return 0
     finally:
-        for server in reversed(started):
-            server.stop()
+        for process in reversed(started):
+            process.stop()
         print("stopped", file=sys.stderr, flush=True)
 
 

@@ -43,7 +43,11 @@ def run_sample(base_url: str, api_key: str) -> int:
             raise TimeoutError(f"batch {batch.id} still {batch.status} after 300 s")
         time.sleep(0.5)
         batch = client.batches.retrieve(batch.id)
-    print(f"batch {batch.id}: {batch.status}, {batch.request_counts.completed}/{batch.request_counts.total} completed")
+    counts = batch.request_counts
+    done = f"{counts.completed}/{counts.total}" if counts else "?"
+    print(f"batch {batch.id}: {batch.status}, {done} completed")
+    if batch.output_file_id is None:
+        return 1
     for row in client.files.content(batch.output_file_id).text.splitlines():
         result = json.loads(row)
         answer = result["response"]["body"]["choices"][0]["message"]["content"]
@@ -56,6 +60,7 @@ def main() -> int:
     up = subprocess.Popen(
         [sys.executable, "-m", "runtime.local", "up"], cwd=ROOT, stdout=subprocess.PIPE, text=True, bufsize=1
     )
+    assert up.stdout is not None  # stdout=PIPE
     try:
         for line in up.stdout:
             print(line, end="", flush=True)

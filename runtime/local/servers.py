@@ -109,7 +109,7 @@ class Process:
 
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM and wait (a clean shutdown), then clear out anything left in its group."""
-        if self.running:
+        if self.process is not None and self.running:
             self.process.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=timeout)

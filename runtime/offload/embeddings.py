@@ -84,7 +84,7 @@ def describe(conn: psycopg.Connection, query: str) -> tuple[str, str]:
     try:
         with conn.cursor() as cur:
             cur.execute(sql.SQL("SELECT * FROM ({}) AS q LIMIT 0").format(sql.SQL(query)))
-            columns = {c.name: c.type_code for c in cur.description}
+            columns = {c.name: c.type_code for c in cur.description or []}
             names = ", ".join(columns) or "none"
             for required in ("id", "embedding"):
                 if required not in columns:
@@ -93,7 +93,9 @@ def describe(conn: psycopg.Connection, query: str) -> tuple[str, str]:
                         "select your columns AS id and AS embedding"
                     )
             cur.execute("SELECT format_type(%s, NULL), format_type(%s, NULL)", (columns["id"], columns["embedding"]))
-            id_type, embedding_type = cur.fetchone()
+            types = cur.fetchone()
+            assert types is not None  # SELECT of two expressions: one row
+            id_type, embedding_type = types
     except psycopg.Error as error:
         raise EmbeddingInputError(f"the query failed in Postgres: {error}".strip()) from error
     finally:
@@ -157,7 +159,7 @@ def _join(blocks: list[np.ndarray], rows: int) -> np.ndarray:
         start = index * BLOCK_ROWS
         count = min(BLOCK_ROWS, rows - start)
         vectors[start : start + count] = blocks[index][:count]
-        blocks[index] = None  # type: ignore[call-overload] - released as we go
+        blocks[index] = None  # type: ignore[call-overload]  # released as we go
     return vectors
 
 

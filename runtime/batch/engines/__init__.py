@@ -37,7 +37,8 @@ def request_id(batch_id: str, custom_id: str) -> str:
 
 
 class Engine(Protocol):
-    endpoints: tuple[str, ...]
+    @property
+    def endpoints(self) -> tuple[str, ...]: ...
 
     async def start(self) -> None: ...
 

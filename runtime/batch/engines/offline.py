@@ -79,7 +79,7 @@ class OfflineEngine:
             body = response.body.model_dump(mode="json")
             return Outcome(status_code=200, body=body, request_id=response.request_id, usage=usage_of(body))
         error = output.error
-        message = error.error.message if hasattr(error, "error") else str(error)
+        message = error.error.message if error is not None and hasattr(error, "error") else str(error)
         status = int(response.status_code) if response is not None else 500
         return Outcome(
             status_code=status,

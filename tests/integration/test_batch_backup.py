@@ -1,0 +1,183 @@
+"""Redis backups to S3 and their restore (issue 17, item 10), against a real redis-server and moto's S3.
+
+A snapshot taken while jobs exist, Redis emptied (as a lost volume would leave it), the documented
+restore command run: every key is back with its value and its absolute expiry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gzip
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis as sync_redis
+
+from runtime.batch import backup
+from runtime.batch.settings import BatchSettings
+from runtime.batch.storage import ObjectStore
+from runtime.local.servers import ROOT, BatchWorker, RedisServer, S3Server, batch_env, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> Iterator[tuple[RedisServer, S3Server]]:
+    redis_server = RedisServer(tmp_path_factory.mktemp("backup"))
+    redis_server.start()
+    yield redis_server, s3_server
+    redis_server.stop()
+
+
+@pytest.fixture
+def env(servers: tuple[RedisServer, S3Server], request: pytest.FixtureRequest) -> dict[str, str]:
+    redis_server, s3 = servers
+    sync_redis.Redis.from_url(redis_server.url).flushall()
+    bucket = "backup-" + request.node.name.replace("_", "-")[:40].strip("-").lower()
+    return batch_env(redis_server, s3, s3_bucket=bucket, backup_keep="2")
+
+
+def settings_of(env: dict[str, str]) -> BatchSettings:
+    return BatchSettings(**{k.removeprefix("BATCH_").lower(): v for k, v in env.items() if k.startswith("BATCH_")})
+
+
+def objects_of(env: dict[str, str]) -> ObjectStore:
+    objects = ObjectStore(settings_of(env))
+    objects.ensure_bucket()
+    return objects
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The documented command, as an operator runs it where the BATCH_* variables are set."""
+    return subprocess.run(
+        [sys.executable, "-m", "runtime.batch.backup", *args],
+        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def seed(client: sync_redis.Redis) -> dict[bytes, tuple[bytes, int]]:
+    """Keys of every type the service writes, some expiring; returns key -> (DUMP, PEXPIRETIME)."""
+    client.set("vgb:batch:b1", '{"id": "b1"}', exat=int(time.time()) + 3600)
+    client.hset("vgb:batch:b1:job", mapping={"fence": 3, "attempts": 1, "score": 10**13})
+    client.hset("vgb:batch:b1:chunks", "0", '{"index": 0}')
+    client.zadd("vgb:queue", {"b2": 1.5, "b3": 2.5})
+    client.rpush("vgb:wake", "b2", "b3")
+    client.set("bin\x00key", b"\xff\xfe\x00binary")
+    return {k: (client.dump(k), client.pexpiretime(k)) for k in client.scan_iter()}
+
+
+def test_a_snapshot_restored_into_an_empty_redis_brings_back_every_key_and_expiry(env: dict[str, str]) -> None:
+    objects_of(env)
+    client = sync_redis.Redis.from_url(env["BATCH_REDIS_URL"])
+    before = seed(client)
+    taken = cli(env, "snapshot")
+    assert taken.returncode == 0, taken.stderr
+    assert f"{len(before)} keys" in taken.stdout
+    client.set("written-after", "x")  # a key the snapshot does not have
+    client.flushall()  # the volume is lost
+    restored = cli(env, "restore")
+    assert restored.returncode == 0, restored.stderr
+    assert f"restored {len(before)} keys" in restored.stdout
+    after = {k: (client.dump(k), client.pexpiretime(k)) for k in client.scan_iter()}
+    assert after == before  # same values, same absolute expiries (ABSTTL), nothing more
+    assert client.get("written-after") is None
+
+
+def test_restore_refuses_a_redis_that_holds_keys_unless_told_to_replace(env: dict[str, str]) -> None:
+    objects_of(env)
+    client = sync_redis.Redis.from_url(env["BATCH_REDIS_URL"])
+    seed(client)
+    assert cli(env, "snapshot").returncode == 0
+    client.set("vgb:batch:b1", "changed since")
+    refused = cli(env, "restore")
+    assert refused.returncode == 1 and "needs --replace" in refused.stderr
+    assert client.get("vgb:batch:b1") == b"changed since"  # nothing was touched
+    replaced = cli(env, "restore", "--replace")
+    assert replaced.returncode == 0, replaced.stderr
+    assert client.get("vgb:batch:b1") == b'{"id": "b1"}'
+
+
+def test_keys_past_their_expiry_are_skipped_and_only_the_newest_snapshots_are_kept(env: dict[str, str]) -> None:
+    client = sync_redis.Redis.from_url(env["BATCH_REDIS_URL"])
+    client.set("lasting", "1")
+    client.set("short-lived", "1", px=1500)
+    objects = objects_of(env)
+    for _ in range(3):
+        assert cli(env, "snapshot").returncode == 0
+    snapshots = backup.list_snapshots(objects)
+    assert len(snapshots) == 2  # BATCH_BACKUP_KEEP=2: the oldest was deleted
+    wait_for(lambda: client.exists("short-lived") == 0, 10, "the short-lived key to expire")
+    client.flushall()
+    restored = cli(env, "restore", "--key", snapshots[-1])
+    assert "restored 1 keys" in restored.stdout and "1 already expired" in restored.stdout, restored.stdout
+    assert client.get("lasting") == b"1" and not client.exists("short-lived")
+
+
+@pytest.mark.parametrize(
+    ("second_line", "message"),
+    [
+        (b"not json", "snapshot line 2: not a backup row"),
+        (b'{"key": "YQ==", "expire_ms": -1, "dump": "AAAA"}', "snapshot line 2: key b'a': Redis refused it"),
+    ],
+)
+def test_a_damaged_snapshot_is_named_with_its_line(env: dict[str, str], second_line: bytes, message: str) -> None:
+    objects = objects_of(env)
+    client = sync_redis.Redis.from_url(env["BATCH_REDIS_URL"])
+    client.set("good", "1")
+    good = json.dumps({"key": "Z29vZA==", "expire_ms": -1, "dump": base64.b64encode(client.dump("good")).decode()})
+    client.flushall()
+    damaged = gzip.compress(good.encode() + b"\n" + second_line + b"\n")
+    objects.put(f"{backup.BACKUP_PREFIX}20261204T000000Z-000000000.jsonl.gz", damaged)
+    failed = cli(env, "restore")
+    assert failed.returncode == 1 and message in failed.stderr, failed.stderr
+
+
+def test_no_snapshot_yet_is_a_clear_error(env: dict[str, str]) -> None:
+    objects_of(env)
+    failed = cli(env, "restore")
+    assert failed.returncode == 1 and "no snapshot under s3://" in failed.stderr
+
+
+def test_a_worker_takes_the_scheduled_snapshot(env: dict[str, str], tmp_path: Path) -> None:
+    objects = objects_of(env)
+    worker = BatchWorker(
+        tmp_path, {**env, "BATCH_BACKUP_INTERVAL_SECONDS": "1"}, engine_factory="bench.batch_engines:instant"
+    )
+    worker.start()
+    try:
+        wait_for(lambda: len(backup.list_snapshots(objects)) >= 2, 60, "two scheduled snapshots")
+    finally:
+        worker.stop()
+    newest = backup.list_snapshots(objects)[0]
+    rows = gzip.decompress(objects.get(newest)).splitlines()
+    assert rows, "the snapshot is empty"  # at least the worker's heartbeat and the schedule's lock
+
+
+def test_snapshot_reads_every_row_back(env: dict[str, str]) -> None:
+    """write_snapshot and read_snapshot agree on the format, without S3 in between."""
+
+    async def roundtrip() -> tuple[int, tuple[int, int]]:
+        client = backup.raw_client(settings_of(env))
+        try:
+            await client.set("k", "v")
+            out = io.BytesIO()
+            count = await backup.write_snapshot(client, out)
+            await client.flushall()
+            out.seek(0)
+            return count, await backup.read_snapshot(client, out, replace=False)
+        finally:
+            await client.aclose()
+
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(roundtrip()) == (1, (1, 0))
+    finally:
+        loop.close()
