@@ -239,6 +239,8 @@ class JobStore:
             pipe.set(keys.batch(batch.id), batch.model_dump_json(), nx=True, exat=expire_at)
             pipe.set(keys.plan(batch.id), plan.model_dump_json(), nx=True, exat=expire_at)
             pipe.hsetnx(keys.job(batch.id), "score", score)
+            pipe.hsetnx(keys.job(batch.id), "completed", 0)
+            pipe.hsetnx(keys.job(batch.id), "failed", plan.invalid_lines)  # bad lines count from the start
             pipe.expireat(keys.job(batch.id), expire_at)
             pipe.zadd(keys.BATCHES, {batch.id: created}, nx=True)
             pipe.zremrangebyscore(keys.BATCHES, "-inf", f"({horizon}")
@@ -254,8 +256,8 @@ class JobStore:
             await pipe.execute()
 
     async def get(self, batch_id: str) -> Batch | None:
-        raw = await self.redis.get(keys.batch(batch_id))
-        return Batch.model_validate_json(raw) if raw else None
+        found = await self._batches([batch_id])
+        return found[0] if found else None
 
     async def plan(self, batch_id: str) -> JobPlan:
         raw = await self.redis.get(keys.plan(batch_id))
@@ -295,8 +297,30 @@ class JobStore:
         return [b for b in batches if not b.status.terminal]
 
     async def _batches(self, ids: list[str]) -> list[Batch]:
-        raws = await self.redis.mget([keys.batch(_text(i)) for i in ids]) if ids else []
-        return [Batch.model_validate_json(raw) for raw in raws if raw]
+        """The batch objects, with a running job's progress from its totals (the commit script keeps them):
+        the record itself gets its counts only when the job ends, so no commit contends for it."""
+        if not ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.mget([keys.batch(i) for i in ids])
+            for batch_id in ids:
+                pipe.hmget(keys.job(batch_id), "completed", "failed")
+            raws, *totals = await pipe.execute()
+        batches = []
+        for raw, (completed, failed) in zip(raws, totals, strict=True):
+            if not raw:
+                continue
+            batch = Batch.model_validate_json(raw)
+            if completed is not None and not batch.status.terminal:
+                counts = batch.request_counts
+                progress = RequestCounts(
+                    total=counts.total,
+                    completed=max(counts.completed, int(completed)),
+                    failed=max(counts.failed, int(failed or 0)),
+                )
+                batch = batch.model_copy(update={"request_counts": progress})
+            batches.append(batch)
+        return batches
 
     async def update(self, batch_id: str, change: Callable[[Batch], Batch], *, fence: int | None = None) -> Batch:
         """Read-modify-write the batch object; with `fence`, only while this worker holds the job."""
@@ -316,20 +340,6 @@ class JobStore:
             return batch
 
         return await self._transaction(body)
-
-    async def record_counts(self, batch_id: str, counts: RequestCounts, *, fence: int) -> Batch:
-        """Progress for the batch object: each count only ever grows, whatever order commits land in."""
-
-        def merge(batch: Batch) -> Batch:
-            now = batch.request_counts
-            grown = RequestCounts(
-                total=max(now.total, counts.total),
-                completed=max(now.completed, counts.completed),
-                failed=max(now.failed, counts.failed),
-            )
-            return batch.model_copy(update={"request_counts": grown})
-
-        return await self.update(batch_id, merge, fence=fence)
 
     async def cancel(self, batch_id: str, *, retention_seconds: int) -> Batch | None:
         """Queued: cancelled at once, kept `retention_seconds`. Running: `cancelling`, the worker ends it."""

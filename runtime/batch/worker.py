@@ -407,12 +407,8 @@ class Worker:
         for key, rows in ((checkpoint.output_key, output), (checkpoint.error_key, errors)):
             if rows:  # an empty part is never read: the join takes the parts with rows
                 await self._with_storage_retry(self.objects.aput, key, _jsonl(rows))
-        completed, failed = await self.store.commit_chunk(lease, checkpoint)
+        await self.store.commit_chunk(lease, checkpoint)  # the batch's counts read these totals
         metrics.chunks_committed.inc()
-        counts = RequestCounts(
-            total=plan.valid_requests + plan.invalid_lines, completed=completed, failed=plan.invalid_lines + failed
-        )
-        await self.store.record_counts(lease.batch_id, counts, fence=lease.fence)
         backends = Counter(outcome.backend for outcome, _ in results if outcome.backend)
         log.info(
             "chunk committed: %d ok, %d failed",
