@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 import boto3
+from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError, IncompleteReadError
 
@@ -35,6 +36,7 @@ def invalid_lines_key(batch_id: str) -> str:
     return f"batches/{batch_id}/invalid.jsonl"
 
 
+UPLOAD_CONFIG = TransferConfig(multipart_threshold=8 * 1024**2, multipart_chunksize=8 * 1024**2, max_concurrency=4)
 THROTTLED = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed"})
 
 
@@ -77,7 +79,8 @@ class ObjectStore:
         self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
 
     def upload(self, key: str, fileobj: IO[bytes]) -> None:
-        self.client.upload_fileobj(fileobj, self.bucket, key)
+        """Multipart past 8 MB, four parts at a time: boto3's default of ten holds 80 MB of buffers."""
+        self.client.upload_fileobj(fileobj, self.bucket, key, Config=UPLOAD_CONFIG)
 
     def get(self, key: str) -> bytes:
         return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()

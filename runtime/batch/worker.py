@@ -73,6 +73,11 @@ from runtime.batch.validation import RequestLine
 log = logging.getLogger("runtime.batch.worker")
 IDLE_POLL_S = 0.5  # also picks up delayed retries and expired leases
 QUEUE_RETRY_MAX_S = 10.0  # longest wait between tries while Redis is unreachable
+# Label children looked up once, not per request (the hot path).
+REQUESTS_SUCCEEDED = metrics.requests_total.labels("succeeded")
+REQUESTS_FAILED = metrics.requests_total.labels("failed")
+PROMPT_TOKENS = metrics.tokens_total.labels("prompt")
+COMPLETION_TOKENS = metrics.tokens_total.labels("completion")
 
 
 class JobStopError(Exception):
@@ -346,9 +351,9 @@ class Worker:
             metrics.in_flight.dec()
         elapsed = time.perf_counter() - started
         metrics.request_seconds.observe(elapsed)
-        metrics.requests_total.labels("succeeded" if outcome.ok else "failed").inc()
-        metrics.tokens_total.labels("prompt").inc(outcome.usage.get("prompt_tokens") or 0)
-        metrics.tokens_total.labels("completion").inc(outcome.usage.get("completion_tokens") or 0)
+        (REQUESTS_SUCCEEDED if outcome.ok else REQUESTS_FAILED).inc()
+        PROMPT_TOKENS.inc(outcome.usage.get("prompt_tokens") or 0)
+        COMPLETION_TOKENS.inc(outcome.usage.get("completion_tokens") or 0)
         return outcome, elapsed
 
     async def _with_request_retry(self, request: RequestLine) -> Outcome:
