@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import psutil
@@ -47,7 +48,7 @@ def cpu_seconds(pid: int) -> float:
     return times.user + times.system
 
 
-def run_one(n: int, work: Path) -> dict[str, float]:
+def run_one(n: int, work: Path) -> dict[str, Any]:
     redis_server, s3 = RedisServer(work), S3Server(work)
     servers: list = [redis_server, s3]
     try:
@@ -71,38 +72,43 @@ def run_one(n: int, work: Path) -> dict[str, float]:
             worker_cpu = cpu_seconds(worker.process.pid)
             started = time.perf_counter()
             file_id = client.files.create(file=("in.jsonl", source), purpose="batch").id
+        uploaded = time.perf_counter()
         batch = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
+        validated = time.perf_counter()
         done = wait_for(
             lambda: (b := client.batches.retrieve(batch.id)).status in {"completed", "failed"} and b, 7200, "the job"
         )
+        ran = time.perf_counter()
         rows = 0
         with client.files.with_streaming_response.content(done.output_file_id) as response:
             for _ in response.iter_lines():
                 rows += 1
         wall = time.perf_counter() - started
+        phases = (uploaded - started, validated - uploaded, ran - validated, time.perf_counter() - ran)
         worker_cpu = cpu_seconds(worker.process.pid) - worker_cpu
         redis_peak = redis.Redis.from_url(redis_server.url).info("memory")["used_memory_peak"] / 1024**2
         return {
             "n": n, "status_ok": done.status == "completed" and rows == n, "file_mb": size / 1024**2,
             "wall_s": wall, "rate": n / wall, "api_mb": peak_rss_mb(api.process.pid),
             "worker_mb": peak_rss_mb(worker.process.pid), "redis_mb": redis_peak,
-            "worker_cpu_us": worker_cpu / n * 1e6,
+            "worker_cpu_us": worker_cpu / n * 1e6, "phases": "/".join(f"{p:.1f}" for p in phases),
         }  # fmt: skip
     finally:
         for server in reversed(servers):
             server.stop()
 
 
-def report(results: list[dict[str, float]]) -> None:
+def report(results: list[dict[str, Any]]) -> None:
     print(f"\none job of N requests, engine answers at once; targets: RSS < {RSS_TARGET_MB} MB, flat in N")
     print(
         f"  {'N':>9} {'file MB':>8} {'wall s':>8} {'req/s':>8} {'API MB':>8} {'worker MB':>10} "
-        f"{'Redis MB':>9} {'worker CPU/req':>15}  ok"
+        f"{'Redis MB':>9} {'worker CPU/req':>15}  ok  upload/intake/run/read s"
     )
     for r in results:
         print(
             f"  {r['n']:>9} {r['file_mb']:8.1f} {r['wall_s']:8.1f} {r['rate']:8.0f} {r['api_mb']:8.0f} "
             f"{r['worker_mb']:10.0f} {r['redis_mb']:9.1f} {r['worker_cpu_us']:12.0f} us  {r['status_ok']}"
+            f"  {r['phases']}"
         )
     print(f"  peer: OpenAI's per-job limit is 50,000 requests / 200 MB; req/s target >= {RATE_TARGET}")
 

@@ -98,3 +98,9 @@ class WebhookReceiver(LoopbackServer):
 
         self.files_dir = ""
         self.serve(Handler)
+
+
+def counted_job_failures(worker_log: Path) -> list[str]:
+    """Job attempts a worker counted against a job; a Redis or S3 fault is logged as "not counted"."""
+    lines = [json.loads(x) for x in worker_log.read_text().splitlines() if x.startswith("{")]
+    return [x["message"] for x in lines if x["message"].startswith("job attempt") and "not counted" not in x["message"]]

@@ -20,7 +20,7 @@ import openai
 import pytest
 
 from runtime.local.servers import BatchApi, BatchWorker, RedisServer, S3Server, batch_env, wait_for
-from tests.integration.batch_fixtures import chat_lines
+from tests.integration.batch_fixtures import chat_lines, counted_job_failures
 
 pytestmark = pytest.mark.integration
 BIG_JOB = 100_000
@@ -84,13 +84,6 @@ class Platform:
         self.redis.kill()  # SIGKILL: only what the AOF (appendfsync always) holds survives
         self.redis.start()
 
-    def counted_failures(self) -> list[str]:
-        """Job attempts the worker counted as failed (a Redis or S3 fault is logged as not counted)."""
-        lines = [json.loads(x) for x in self.worker.log_path.read_text().splitlines() if x.startswith("{")]
-        return [
-            x["message"] for x in lines if x["message"].startswith("job attempt") and "not counted" not in x["message"]
-        ]
-
     def assert_exactly_once(self, watch: Watch, batch, requests: int, prefix: str) -> None:
         assert batch.status == "completed", batch.errors
         assert batch.request_counts.completed == requests and batch.request_counts.failed == 0
@@ -134,7 +127,7 @@ def test_100k_requests_through_a_worker_kill_and_a_redis_restart_each_once(platf
     platform.restart_redis()
     batch = watch.finished(600)
     platform.assert_exactly_once(watch, batch, BIG_JOB, "big-")
-    assert platform.counted_failures() == []
+    assert counted_job_failures(platform.worker.log_path) == []
 
 
 def test_ten_redis_restarts_in_a_row_under_load_fail_no_job(platform: Platform) -> None:
@@ -147,7 +140,7 @@ def test_ten_redis_restarts_in_a_row_under_load_fail_no_job(platform: Platform) 
         platform.restart_redis()
     for watch, prefix in jobs:
         platform.assert_exactly_once(watch, watch.finished(600), 20_000, prefix)
-    assert platform.counted_failures() == []
+    assert counted_job_failures(platform.worker.log_path) == []
 
 
 def test_openai_fidelity_usage_files_listing_models_and_limits(platform: Platform) -> None:

@@ -32,7 +32,7 @@ from runtime.local.servers import (
     free_port,
     wait_for,
 )
-from tests.integration.batch_fixtures import chat_lines
+from tests.integration.batch_fixtures import chat_lines, counted_job_failures
 from tests.integration.faults import TcpProxy
 
 pytestmark = pytest.mark.integration
@@ -141,11 +141,13 @@ def test_s3_out_of_reach_for_a_while_loses_nothing(platform: Platform) -> None:
     platform.wait_progress(batch.id, at_least=50)
     troubles = platform.worker_troubles()
     platform.s3_proxy.cut()
-    # Out of reach until the worker has failed to reach it and logged that it is retrying.
+    # Out of reach past the worker's S3 retries (BATCH_STORAGE_RETRY_SECONDS=2): it gives the job back.
     wait_for(lambda: platform.worker_troubles() > troubles, 120, "the worker to hit the S3 outage")
+    wait_for(lambda: "job attempt" in platform.worker.log_path.read_text(), 120, "the job attempt to fail")
     platform.s3_proxy.restore()
     assert platform.s3_proxy.refused > 0
     platform.assert_exactly_once(platform.wait_done(batch.id), "s3-")
+    assert counted_job_failures(platform.worker.log_path) == [], "an S3 outage used up the job's attempts"
 
 
 def test_one_request_can_be_followed_through_the_logs(platform: Platform) -> None:
