@@ -93,7 +93,10 @@ class State:
         # A caller waits out a short Redis restart; a longer one is a 503 it can retry.
         outage = min(settings.redis_outage_seconds, API_REDIS_OUTAGE_S)
         self.redis = redis_client.connect(
-            str(settings.redis_url), max_connections=settings.redis_max_connections, outage_seconds=outage
+            str(settings.redis_url),
+            max_connections=settings.redis_max_connections,
+            outage_seconds=outage,
+            pool_wait_seconds=outage,  # a request beyond the pool gets its 503 too, not an endless wait
         )
         self.store = JobStore(self.redis, outage_seconds=outage)
         self.objects = ObjectStore(settings)

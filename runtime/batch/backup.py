@@ -41,7 +41,10 @@ from runtime.batch.settings import BatchSettings
 from runtime.batch.storage import ObjectStore
 
 BACKUP_PREFIX = "backups/redis/"
-SCHEDULE_LOCK = PREFIX + "backup:lock"  # SET NX EX: one worker of the fleet takes each scheduled snapshot
+SCHEDULE_LOCK = PREFIX + "backup:lock"  # SET NX PX: one worker of the fleet takes each scheduled snapshot
+# Written by every snapshot, so every snapshot holds it. Redis without it, while snapshots exist, lost its
+# data: scheduled snapshots stop (an empty one must not become the newest) until a restore brings it back.
+MARKER = PREFIX + "backup:marker"
 log = logging.getLogger("runtime.batch.backup")
 
 
@@ -66,13 +69,17 @@ def raw_client(settings: BatchSettings) -> redis.Redis:
 async def write_snapshot(client: redis.Redis, out: IO[bytes]) -> int:
     """Every key, its absolute expiry (ms, -1 for none) and its DUMP, as gzip'd JSON lines; returns the count."""
     count = 0
+    seen: set[bytes] = set()  # SCAN may return a key twice while Redis rehashes
     with gzip.GzipFile(fileobj=out, mode="wb") as archive:
         async for key in client.scan_iter(count=1000):
-            async with client.pipeline(transaction=False) as pipe:
+            if key in seen:
+                continue
+            seen.add(key)
+            async with client.pipeline(transaction=True) as pipe:  # the value and its expiry of one moment
                 pipe.dump(key)
                 pipe.pexpiretime(key)
                 dump, expire_ms = await pipe.execute()
-            if dump is None:  # deleted or expired between SCAN and DUMP
+            if dump is None or expire_ms == -2:  # deleted or expired since SCAN
                 continue
             row = {"key": _b64(key), "expire_ms": int(expire_ms), "dump": _b64(dump)}
             archive.write(json.dumps(row).encode() + b"\n")
@@ -106,6 +113,7 @@ async def snapshot(settings: BatchSettings, objects: ObjectStore, client: redis.
     """Take a snapshot into S3 (spooled to disk past 8 MB), then delete all but the newest `keep`."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     key = f"{BACKUP_PREFIX}{stamp}-{time.time_ns() % 10**9:09d}.jsonl.gz"
+    await client.set(MARKER, stamp)
     with tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024) as spool:
         count = await write_snapshot(client, spool)
         size = spool.tell()
@@ -146,13 +154,55 @@ async def restore(objects: ObjectStore, client: redis.Redis, *, key: str | None,
             raise BackupError(f"s3://{objects.bucket}/{key}: {exc}") from None
         local.seek(0)
         restored, skipped = await read_snapshot(client, local, replace=replace)
+    await reconcile(client)
     return key, restored, skipped
+
+
+FENCE_JUMP = 1_000_000
+
+
+async def reconcile(client: redis.Redis) -> None:
+    """Make a restored job store whole again: the snapshot is consistent per key, not across keys.
+
+    - Fences jump ahead, so a worker that outlived the loss holds a stale fence and writes nothing.
+    - A job not ended that is in no queue, delay or lease set (read before a claim moved it) is queued.
+    - A job's running totals are recomputed from its checkpoints, which may be newer or older.
+    """
+    queue, delayed, leases = (PREFIX + "queue").encode(), (PREFIX + "delayed").encode(), (PREFIX + "leases").encode()
+    active: list[bytes] = list(await client.zrange(PREFIX + "active", 0, -1))  # type: ignore[arg-type]
+    for raw_id in active:
+        batch_id = raw_id.decode()
+        job = f"{PREFIX}batch:{batch_id}:job"
+        if not await client.exists(job):
+            continue
+        await client.hincrby(job, "fence", FENCE_JUMP)
+        placed = [await client.zscore(name, raw_id) for name in (queue, delayed, leases)]
+        if all(score is None for score in placed):
+            score = await client.hget(job, "score")
+            if score is not None:
+                await client.zadd(queue, {raw_id: float(score)})
+        plan_raw = await client.get(f"{PREFIX}batch:{batch_id}:plan")
+        invalid = json.loads(plan_raw).get("invalid_lines", 0) if plan_raw else 0
+        completed = failed = 0
+        for raw in (await client.hgetall(f"{PREFIX}batch:{batch_id}:chunks")).values():
+            checkpoint = json.loads(raw)
+            completed += int(checkpoint.get("completed", 0))
+            failed += int(checkpoint.get("failed", 0))
+        await client.hset(job, mapping={"completed": completed, "failed": failed + invalid})
 
 
 async def take_if_due(settings: BatchSettings, objects: ObjectStore, client: redis.Redis) -> Snapshot | None:
     """The schedule: the first worker to take the lock after `backup_interval_seconds` takes the snapshot."""
     interval = settings.backup_interval_seconds
-    if interval <= 0 or not await client.set(SCHEDULE_LOCK, b"1", nx=True, ex=int(interval)):
+    if interval <= 0 or not await client.set(SCHEDULE_LOCK, b"1", nx=True, px=max(1, int(interval * 1000))):
+        return None
+    if not await client.exists(MARKER) and (await asyncio.to_thread(list_snapshots, objects)) != []:
+        log.error(
+            "redis backup skipped: Redis holds no backup marker but snapshots exist in s3://%s/%s, so it lost its "
+            "data; restore one (python -m runtime.batch.backup restore --replace) or take one by hand to start over",
+            objects.bucket,
+            BACKUP_PREFIX,
+        )
         return None
     taken = await snapshot(settings, objects, client, keep=settings.backup_keep)
     log.info("redis backup: %d keys, %d bytes at s3://%s/%s", taken.keys, taken.bytes, objects.bucket, taken.key)

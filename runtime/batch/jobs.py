@@ -66,23 +66,25 @@ for _, id in ipairs(due) do
   local score = redis.call('HGET', ARGV[3] .. id .. ':job', 'score')
   if score then redis.call('ZADD', KEYS[1], score, id) end
 end
-local popped = redis.call('ZPOPMIN', KEYS[1])
-if #popped == 0 then return false end
-local id = popped[1]
-local job = ARGV[3] .. id .. ':job'
-local fence = redis.call('HINCRBY', job, 'fence', 1)
+local id, job
+repeat  -- a queued id whose job state expired is dropped, not claimed (HINCRBY would recreate it, TTL-less)
+  local popped = redis.call('ZPOPMIN', KEYS[1])
+  if #popped == 0 then return false end
+  id = popped[1]
+  job = ARGV[3] .. id .. ':job'
+until redis.call('EXISTS', job) == 1
 -- attempts counts leases in a row without a committed chunk: a job that made progress under its last
 -- lease (a worker killed, Redis restarted) starts counting again; one that crashes every worker does not.
-local progress = tonumber(redis.call('HGET', job, 'progress_at') or '0')
-local claimed = tonumber(redis.call('HGET', job, 'claimed_at') or '0')
+-- "Progress under the last lease" is a commit under its fence (no clocks compared).
+local previous = redis.call('HGET', job, 'fence')
+local fence = redis.call('HINCRBY', job, 'fence', 1)
 local attempts
-if claimed > 0 and progress >= claimed then
+if previous and redis.call('HGET', job, 'progress_fence') == previous then
   attempts = 1
   redis.call('HSET', job, 'attempts', 1)
 else
   attempts = redis.call('HINCRBY', job, 'attempts', 1)
 end
-redis.call('HSET', job, 'claimed_at', now)
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), id)
 return {id, fence, attempts}
 """
@@ -101,7 +103,7 @@ if redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3]) == 1 then
   redis.call('HINCRBY', KEYS[1], 'completed', ARGV[5])
   redis.call('HINCRBY', KEYS[1], 'failed', ARGV[6])
 end
-redis.call('HSET', KEYS[1], 'progress_at', ARGV[4])
+redis.call('HSET', KEYS[1], 'progress_at', ARGV[4], 'progress_fence', ARGV[1])
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 local totals = redis.call('HMGET', KEYS[1], 'completed', 'failed')
@@ -423,6 +425,8 @@ class JobStore:
                 pipe.expireat(owner, expire_at, gt=True)
             pipe.delete(job_key, keys.chunks(lease.batch_id))
             pipe.zrem(keys.LEASES, lease.batch_id)
+            pipe.zrem(keys.QUEUE, lease.batch_id)  # in case its lease ran out and it went back meanwhile
+            pipe.zrem(keys.DELAYED, lease.batch_id)
             pipe.zrem(keys.ACTIVE, lease.batch_id)
             try:
                 await pipe.execute()

@@ -32,7 +32,8 @@ def plan(batch_id: str) -> str:
 
 def job(batch_id: str) -> str:
     """Hash: score (queue position), fence (increments per lease), attempts (leases in a row without
-    progress), claimed_at and progress_at (ms), completed and failed (running totals of the chunks)."""
+    progress), progress_at (ms) and progress_fence (the lease of the last commit), completed and failed
+    (running totals of the chunks)."""
     return f"{PREFIX}batch:{batch_id}:job"
 
 

@@ -37,14 +37,21 @@ class LoggedBackoff(ExponentialWithJitterBackoff):
         return super().compute(failures)
 
 
-def connect(url: str, *, max_connections: int = 64, outage_seconds: float = 60.0, decode: bool = True) -> redis.Redis:
+def connect(
+    url: str,
+    *,
+    max_connections: int = 64,
+    outage_seconds: float = 60.0,
+    decode: bool = True,
+    pool_wait_seconds: float | None = None,
+) -> redis.Redis:
     """A client whose commands wait for a free connection and survive a Redis restart of `outage_seconds`."""
     retries = int(outage_seconds / (BACKOFF_CAP_S / 2)) + 5  # a jittered wait averages half the cap
     pool = BlockingConnectionPool.from_url(
         url,
         decode_responses=decode,
         max_connections=max_connections,
-        timeout=None,  # wait for a connection as long as it takes: the commits in flight are bounded
+        timeout=pool_wait_seconds,  # None: as long as it takes (the worker bounds its commits in flight)
         retry=Retry(LoggedBackoff(base=0.05, cap=BACKOFF_CAP_S), retries),
         retry_on_error=list(TRANSIENT),
         health_check_interval=10,  # a connection idle that long is checked before use

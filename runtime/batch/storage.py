@@ -8,6 +8,7 @@ key keeps a stale worker from overwriting what the current one committed).
 from __future__ import annotations
 
 import asyncio
+import builtins
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -46,7 +47,11 @@ def retryable_storage_error(exc: BaseException) -> bool:
     if isinstance(exc, ClientError):
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
         return status >= 500 or status == 429 or exc.response.get("Error", {}).get("Code") in THROTTLED
-    return isinstance(exc, ConnectionError | HTTPClientError | IncompleteReadError | OSError)
+    # botocore's connection and read errors, and the socket's own; not any OSError (a full local disk
+    # while spooling fails the same way again and must end the job, not retry it for a day)
+    return isinstance(
+        exc, ConnectionError | HTTPClientError | IncompleteReadError | builtins.ConnectionError | builtins.TimeoutError
+    )
 
 
 class ObjectStore:

@@ -118,7 +118,9 @@ class LineValidator:
 
 
 def _digest(custom_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(custom_id.encode(), digest_size=8).digest(), "little")
+    # surrogatepass: a JSON "\\ud800" escape gives a str that UTF-8 cannot encode, and must not crash intake
+    data = custom_id.encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
 def _error(line: int, code: str, message: str, param: str | None = None, *, custom_id: str | None = None) -> BatchError:

@@ -215,7 +215,7 @@ class Worker:
                 work.cancel()
                 with contextlib.suppress(asyncio.CancelledError, StaleLeaseError):
                     await work
-                await self.store.release(lease, delay_seconds=0)
+                await self.store.release(lease, delay_seconds=0, count_attempt=False)  # a deploy, not the job
                 log.info("stopping: job given back to the queue")
                 return
             if work.cancelled():  # the renewal was refused: the lease is gone (expired, or the job just finished)
@@ -262,10 +262,10 @@ class Worker:
 
     async def process(self, lease: Lease) -> None:
         batch = await self.store.get(lease.batch_id)
-        plan = await self.store.plan(lease.batch_id)
         if batch is None or batch.status.terminal:  # expired from Redis, or ended by the API meanwhile
             await self.store.forget(lease)
             return
+        plan = await self.store.plan(lease.batch_id)
         now = int(time.time())
         if lease.attempts > self.settings.job_max_attempts:
             error = BatchError(
@@ -293,6 +293,9 @@ class Worker:
         except JobStopError as stop:
             await self.finalize(lease, plan, stop.status)
             return
+        missing = sorted(set(range(plan.chunks)) - set(await self.store.checkpoints(lease.batch_id)))
+        if missing:  # acknowledged commits lost (Redis failed over, or its AOF lost its last second)
+            raise RuntimeError(f"chunks {missing[:10]} have no checkpoint after running; the job runs them again")
         await self.finalize(lease, plan, BatchStatus.COMPLETED)
 
     async def run_chunks(self, lease: Lease, plan: JobPlan, batch: Batch) -> None:
@@ -315,13 +318,21 @@ class Worker:
                     next_input = group.create_task(self._load_chunk(lease.batch_id, pending[position + 1]))
                 logs.chunk.set(index)
                 await self.open_chunks.acquire()
-                requests = []
-                for line in lines:
-                    await self.window.acquire()
-                    task = group.create_task(self._run_request(line))
-                    task.add_done_callback(lambda _: self.window.release())
-                    requests.append(task)
-                commit = group.create_task(self._commit(lease, plan, index, lines, requests))
+                try:  # the permits outlive the job: one lost to a cancellation here would be lost for good
+                    requests = []
+                    for line in lines:
+                        await self.window.acquire()
+                        try:
+                            task = group.create_task(self._run_request(line))
+                        except BaseException:
+                            self.window.release()
+                            raise
+                        task.add_done_callback(lambda _: self.window.release())
+                        requests.append(task)
+                    commit = group.create_task(self._commit(lease, plan, index, lines, requests))
+                except BaseException:
+                    self.open_chunks.release()
+                    raise
                 commit.add_done_callback(lambda _: self.open_chunks.release())
         elapsed = time.monotonic() - started
         finished = sum(c.completed + c.failed for c in (await self.store.checkpoints(lease.batch_id)).values())

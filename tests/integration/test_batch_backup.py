@@ -77,9 +77,10 @@ def seed(client: sync_redis.Redis) -> dict[bytes, tuple[bytes, int]]:
 def test_a_snapshot_restored_into_an_empty_redis_brings_back_every_key_and_expiry(env: dict[str, str]) -> None:
     objects_of(env)
     client = sync_redis.Redis.from_url(env["BATCH_REDIS_URL"])
-    before = seed(client)
+    seed(client)
     taken = cli(env, "snapshot")
     assert taken.returncode == 0, taken.stderr
+    before = {k: (client.dump(k), client.pexpiretime(k)) for k in client.scan_iter()}  # and the marker
     assert f"{len(before)} keys" in taken.stdout
     client.set("written-after", "x")  # a key the snapshot does not have
     client.flushall()  # the volume is lost
@@ -105,20 +106,36 @@ def test_restore_refuses_a_redis_that_holds_keys_unless_told_to_replace(env: dic
     assert client.get("vgb:batch:b1") == b'{"id": "b1"}'
 
 
-def test_keys_past_their_expiry_are_skipped_and_only_the_newest_snapshots_are_kept(env: dict[str, str]) -> None:
-    client = sync_redis.Redis.from_url(env["BATCH_REDIS_URL"])
-    client.set("lasting", "1")
-    client.set("short-lived", "1", px=1500)
+def test_only_the_newest_snapshots_are_kept(env: dict[str, str]) -> None:
+    sync_redis.Redis.from_url(env["BATCH_REDIS_URL"]).set("lasting", "1")
     objects = objects_of(env)
     for _ in range(3):
         assert cli(env, "snapshot").returncode == 0
-    snapshots = backup.list_snapshots(objects)
-    assert len(snapshots) == 2  # BATCH_BACKUP_KEEP=2: the oldest was deleted
-    wait_for(lambda: client.exists("short-lived") == 0, 10, "the short-lived key to expire")
-    client.flushall()
-    restored = cli(env, "restore", "--key", snapshots[-1])
-    assert "restored 1 keys" in restored.stdout and "1 already expired" in restored.stdout, restored.stdout
-    assert client.get("lasting") == b"1" and not client.exists("short-lived")
+    assert len(backup.list_snapshots(objects)) == 2  # BATCH_BACKUP_KEEP=2: the oldest was deleted
+
+
+def test_keys_past_their_expiry_when_restored_are_skipped(env: dict[str, str]) -> None:
+    async def scenario() -> tuple[tuple[int, int], bool, bool]:
+        client = backup.raw_client(settings_of(env))
+        try:
+            await client.set("lasting", "1")
+            await client.set("short-lived", "1", px=300)
+            out = io.BytesIO()
+            await backup.write_snapshot(client, out)
+            while await client.exists("short-lived"):  # its absolute expiry passes before the restore
+                await asyncio.sleep(0.05)
+            await client.flushall()
+            out.seek(0)
+            counts = await backup.read_snapshot(client, out, replace=False)
+            return counts, bool(await client.exists("lasting")), bool(await client.exists("short-lived"))
+        finally:
+            await client.aclose()
+
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(scenario()) == ((1, 1), True, False)
+    finally:
+        loop.close()
 
 
 @pytest.mark.parametrize(
@@ -148,6 +165,7 @@ def test_no_snapshot_yet_is_a_clear_error(env: dict[str, str]) -> None:
 
 def test_a_worker_takes_the_scheduled_snapshot(env: dict[str, str], tmp_path: Path) -> None:
     objects = objects_of(env)
+    sync_redis.Redis.from_url(env["BATCH_REDIS_URL"]).set("seeded-before", "1")
     worker = BatchWorker(
         tmp_path, {**env, "BATCH_BACKUP_INTERVAL_SECONDS": "1"}, engine_factory="bench.batch_engines:instant"
     )
@@ -157,8 +175,52 @@ def test_a_worker_takes_the_scheduled_snapshot(env: dict[str, str], tmp_path: Pa
     finally:
         worker.stop()
     newest = backup.list_snapshots(objects)[0]
-    rows = gzip.decompress(objects.get(newest)).splitlines()
-    assert rows, "the snapshot is empty"  # at least the worker's heartbeat and the schedule's lock
+    keys = {base64.b64decode(json.loads(row)["key"]) for row in gzip.decompress(objects.get(newest)).splitlines()}
+    assert {b"seeded-before", backup.MARKER.encode()} <= keys
+
+
+def test_after_redis_lost_its_data_no_scheduled_snapshot_replaces_the_good_ones(env: dict[str, str]) -> None:
+    objects = objects_of(env)
+    client = sync_redis.Redis.from_url(env["BATCH_REDIS_URL"])
+    seed(client)
+    assert cli(env, "snapshot").returncode == 0
+    good = backup.list_snapshots(objects)
+    client.flushall()  # the volume is lost; workers keep running
+
+    async def scheduled() -> object:
+        redis_client = backup.raw_client(settings_of(env))
+        try:
+            return await backup.take_if_due(
+                settings_of({**env, "BATCH_BACKUP_INTERVAL_SECONDS": "1"}), objects, redis_client
+            )
+        finally:
+            await redis_client.aclose()
+
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(scheduled()) is None
+    finally:
+        loop.close()
+    assert backup.list_snapshots(objects) == good  # the newest is still the good one
+    assert cli(env, "restore", "--replace").returncode == 0  # the schedule's lock is in Redis now
+    assert client.exists(backup.MARKER)  # restored: scheduled snapshots resume
+
+
+def test_a_restore_requeues_a_job_caught_between_sets_and_fences_out_old_workers(env: dict[str, str]) -> None:
+    objects_of(env)
+    client = sync_redis.Redis.from_url(env["BATCH_REDIS_URL"])
+    # as SCAN can capture it: the job left the queue (claimed) but its lease was read before it was added
+    client.zadd("vgb:active", {"b9": 1})
+    client.hset("vgb:batch:b9:job", mapping={"score": 42, "fence": 3, "completed": 5, "failed": 0})
+    client.set("vgb:batch:b9:plan", json.dumps({"invalid_lines": 2}))
+    client.hset("vgb:batch:b9:chunks", mapping={"0": json.dumps({"completed": 9, "failed": 1})})
+    assert cli(env, "snapshot").returncode == 0
+    client.flushall()
+    assert cli(env, "restore").returncode == 0
+    assert client.zscore("vgb:queue", "b9") == 42  # queued again, at its place
+    job = client.hgetall("vgb:batch:b9:job")
+    assert int(job[b"fence"]) == 3 + backup.FENCE_JUMP  # a worker that kept fence 3 writes nothing now
+    assert (int(job[b"completed"]), int(job[b"failed"])) == (9, 1 + 2)  # from the checkpoints and bad lines
 
 
 def test_snapshot_reads_every_row_back(env: dict[str, str]) -> None:

@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as redis
 
 from runtime.batch import auth, keys, webhooks
-from runtime.batch.jobs import JobStore, StaleLeaseError
+from runtime.batch.jobs import JobStore, Lease, StaleLeaseError
 from runtime.batch.models import Batch, BatchStatus, ChunkCheckpoint, JobPlan, Priority, RequestCounts
 from runtime.batch.urls import UrlPolicy
 
@@ -195,8 +195,23 @@ def test_attempts_count_leases_in_a_row_without_progress_and_not_outages(run) ->
         await store.commit_chunk(second, chunk)
         third = await reclaim(second)  # progress under the last lease: counting starts again
         assert third.attempts == 1
-        await store.release(third, delay_seconds=0, count_attempt=False)  # Redis or S3 failed, not the job
-        assert (await store.claim(30)).attempts == 1
+        fourth = await reclaim(third)  # no progress under the third: counts again
+        assert fourth.attempts == 2
+        await store.release(fourth, delay_seconds=0, count_attempt=False)  # Redis or S3 failed, not the job
+        assert (await store.claim(30)).attempts == 2
+
+    run(test)
+
+
+def test_a_queued_id_whose_job_state_expired_is_dropped_not_claimed(run) -> None:
+    async def test(store: JobStore) -> None:
+        await add_job(store, "gone")
+        await add_job(store, "b2")
+        await store.redis.delete(keys.job("gone"))  # as its TTL would
+        lease = await store.claim(30)
+        assert lease.batch_id == "b2"
+        assert not await store.redis.exists(keys.job("gone"))  # not recreated without a TTL
+        assert await store.claim(30) is None
 
     run(test)
 
@@ -301,3 +316,49 @@ def test_a_webhook_to_a_refused_address_is_dropped_at_delivery_not_sent(run) -> 
         server.shutdown()
         server.server_close()
     assert len(received) == 1  # only the allowlisted sender's delivery arrived
+
+
+def test_a_job_cancelled_mid_chunk_gives_back_every_permit_of_the_worker(run, redis_server) -> None:
+    """The window and open-chunk permits outlive a job: one lost to a cancellation would be lost for good,
+    and after a few such leases the worker would stall on its next job."""
+    from runtime.batch.engines import Outcome
+    from runtime.batch.settings import BatchSettings
+    from runtime.batch.validation import RequestLine
+    from runtime.batch.worker import Worker
+
+    class Hanging:
+        endpoints = ("/v1/chat/completions",)
+
+        async def run(self, request: RequestLine) -> Outcome:
+            await asyncio.Event().wait()  # never answers: the window fills up
+            raise AssertionError("unreachable")
+
+    class ChunksFromMemory(Worker):
+        async def _load_chunk(self, batch_id: str, index: int) -> list[RequestLine]:
+            return [
+                RequestLine(line=i, custom_id=f"{index}-{i}", url="/v1/chat/completions", body={}) for i in range(4)
+            ]
+
+    async def test(store: JobStore) -> None:
+        settings = BatchSettings(
+            redis_url=redis_server.url, s3_endpoint_url="http://127.0.0.1:1", s3_bucket="unused",
+            s3_access_key_id="x", s3_secret_access_key="x", model="m", bootstrap_api_key="k", webhook_secret="s",
+            concurrency=3, chunk_size=4, commits_in_flight=1,
+        )  # fmt: skip
+        worker = ChunksFromMemory(settings, engine=Hanging(), client=store.redis, objects=None)
+        window, chunks = worker.window._value, worker.open_chunks._value
+        plan = JobPlan(
+            batch_id="b1", model="m", priority=Priority.NORMAL, chunks=5, chunk_size=4, valid_requests=20,
+            invalid_lines=0, key_id="k",
+        )  # fmt: skip
+        batch = Batch(id="b1", endpoint="/v1/chat/completions", input_file_id="f", status="in_progress", created_at=0)
+        job = asyncio.create_task(worker.run_chunks(Lease("b1", 1, 1), plan, batch))
+        while worker.window._value > 0:  # until the window is full: the loop then waits for a slot
+            await asyncio.sleep(0.01)
+        job.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await job
+        assert (worker.window._value, worker.open_chunks._value) == (window, chunks)
+        await worker.backup_client.aclose()
+
+    run(test)

@@ -62,6 +62,13 @@ def test_invalid_utf8_is_refused_with_its_line_not_replaced() -> None:
     assert isinstance(validator.check(3, latin1.decode("latin-1").encode()), RequestLine)  # in UTF-8 it is fine
 
 
+def test_a_lone_surrogate_custom_id_is_a_request_not_a_crash() -> None:
+    validator = LineValidator(model="m")
+    escaped = line("first").replace('"first"', '"\\ud800"')  # valid JSON, not encodable as UTF-8
+    assert isinstance(validator.check(1, escaped), RequestLine)
+    assert validator.check(2, escaped).code == "duplicate_custom_id"
+
+
 def test_an_error_keeps_the_custom_id_it_could_read_for_the_error_file() -> None:
     validator = LineValidator(model="m")
     assert validator.check(1, line("mine", model="other")).custom_id == "mine"
