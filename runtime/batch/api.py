@@ -310,7 +310,7 @@ def create_app(settings: BatchSettings) -> FastAPI:
         files, more = await state.store.list_files(
             owner=owner, purpose=purpose, limit=limit, newest_first=order == "desc", after=after
         )
-        data = [f.public() for f in files if f.expires_at is None or f.expires_at > time.time()]
+        data = [f.public() for f in files]
         return FileList(
             data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None, has_more=more
         )

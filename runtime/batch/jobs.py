@@ -187,7 +187,8 @@ class JobStore:
                     gone.append(file_id)
                     continue
                 record = StoredFile.model_validate_json(raw)
-                if purpose is None or record.purpose == purpose:
+                expired = record.expires_at is not None and record.expires_at <= time.time()
+                if not expired and (purpose is None or record.purpose == purpose):  # so has_more is right
                     found.append(record)
             if len(found) > limit:
                 break
