@@ -83,6 +83,8 @@ class Ours:
             lambda: (b := self.client.batches.retrieve(batch.id)).status in {"completed", "failed"} and b,
             3600, "batch", interval=0.02,
         )  # fmt: skip
+        if done.output_file_id is None:
+            raise RuntimeError(f"batch {done.id} ended {done.status} with no output file: {done.errors}")
         rows = self.client.files.content(done.output_file_id).text.splitlines()
         return {"batch_s": time.perf_counter() - started, "rows": len(rows), "tokens": completion_tokens(rows)}
 

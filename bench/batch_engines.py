@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from runtime.batch.engines import Outcome
 from runtime.batch.settings import BatchSettings
 from runtime.batch.validation import RequestLine
 
-BODY = {
+BODY: dict[str, Any] = {
     "object": "chat.completion",
     "model": "instant",
     "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],

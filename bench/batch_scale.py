@@ -69,7 +69,7 @@ def run_one(n: int, work: Path) -> dict[str, Any]:
                 source.write(row)
             size = source.tell()
             source.seek(0)
-            worker_cpu = cpu_seconds(worker.process.pid)
+            worker_cpu = cpu_seconds(worker.pid)
             started = time.perf_counter()
             file_id = client.files.create(file=("in.jsonl", source), purpose="batch").id
         uploaded = time.perf_counter()
@@ -80,17 +80,19 @@ def run_one(n: int, work: Path) -> dict[str, Any]:
         )
         ran = time.perf_counter()
         rows = 0
+        if done.output_file_id is None:
+            raise RuntimeError(f"batch {done.id} ended {done.status} with no output file: {done.errors}")
         with client.files.with_streaming_response.content(done.output_file_id) as response:
             for _ in response.iter_lines():
                 rows += 1
         wall = time.perf_counter() - started
         phases = (uploaded - started, validated - uploaded, ran - validated, time.perf_counter() - ran)
-        worker_cpu = cpu_seconds(worker.process.pid) - worker_cpu
+        worker_cpu = cpu_seconds(worker.pid) - worker_cpu
         redis_peak = redis.Redis.from_url(redis_server.url).info("memory")["used_memory_peak"] / 1024**2
         return {
             "n": n, "status_ok": done.status == "completed" and rows == n, "file_mb": size / 1024**2,
-            "wall_s": wall, "rate": n / wall, "api_mb": peak_rss_mb(api.process.pid),
-            "worker_mb": peak_rss_mb(worker.process.pid), "redis_mb": redis_peak,
+            "wall_s": wall, "rate": n / wall, "api_mb": peak_rss_mb(api.pid),
+            "worker_mb": peak_rss_mb(worker.pid), "redis_mb": redis_peak,
             "worker_cpu_us": worker_cpu / n * 1e6, "phases": "/".join(f"{p:.1f}" for p in phases),
         }  # fmt: skip
     finally:

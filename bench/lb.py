@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,7 +111,7 @@ class BalanceRow:
 
 
 def summarise(served: list[Served], names: list[str]) -> BalanceRow:
-    busy: Counter[str] = Counter()  # request-seconds per backend: its time-averaged in-flight load x run time
+    busy: defaultdict[str, float] = defaultdict(float)  # request-seconds per backend: time-averaged load x run time
     for r in served:
         busy[r.backend] += r.end - r.start
     counts = Counter(r.backend for r in served)

@@ -111,7 +111,7 @@ class Haproxy:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=10)
-        if self._log is not subprocess.DEVNULL:
+        if not isinstance(self._log, int):  # a log file, not subprocess.DEVNULL
             self._log.close()
         self._dir.cleanup()
 

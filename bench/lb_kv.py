@@ -16,7 +16,7 @@ import re
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -146,7 +146,7 @@ class Run:
         return 1000 * self.counters["vllm:time_to_first_token_seconds_sum"] / count
 
 
-def run_mode(servers: list[VllmServer], run: Run, tag: str, sticky: bool) -> None:
+def run_mode(servers: Sequence[VllmServer], run: Run, tag: str, sticky: bool) -> None:
     """CONVERSATIONS fresh conversations through a balancer of this mode, added to `run`."""
     port, stats_port = free_port(), free_port()
     options = {} if sticky else {"round_robin": True}
@@ -164,7 +164,7 @@ def run_mode(servers: list[VllmServer], run: Run, tag: str, sticky: bool) -> Non
 
 
 @contextmanager
-def vllm_pair() -> Iterator[list[VllmServer]]:
+def vllm_pair() -> Iterator[list[KvVllmServer]]:
     work = Path(tempfile.mkdtemp(prefix="bench-lb-kv-"))
     model = make_tiny_llama(work / "tiny-llama")
     cores = sorted(os.sched_getaffinity(0))

@@ -142,7 +142,9 @@ def main() -> None:
         record = json.loads(job.stdout.strip().splitlines()[-1])
         worker_peak = record["resources"]["worker_peak_rss_bytes"]
         with psycopg.connect(postgres.dsn) as conn:
-            found = dict(conn.execute("SELECT id, cluster FROM topography_points WHERE run_id = 'bench'").fetchall())
+            found: dict[int, int] = dict(
+                conn.execute("SELECT id, cluster FROM topography_points WHERE run_id = 'bench'").fetchall()
+            )
         from sklearn.metrics import adjusted_rand_score
 
         ari = adjusted_rand_score(truth, [found[i] for i in range(len(truth))])

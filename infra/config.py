@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 
 from infra.render.haproxy import check_balance_factor
 
@@ -432,9 +433,16 @@ def schema_entries() -> Iterator[tuple[str, str, Any, str, bool]]:
     yield "platform", "string", Platform.COMPOSE.value, "compose (GB10 hosts over SSH) or kubernetes.", False
     for model in GROUPS.values():
         for field in model.model_fields.values():
-            yield field.alias, _pulumi_type(field.annotation), _plain(field.default), field.description, False
+            yield _alias(field), _pulumi_type(field.annotation), _plain(field.default), field.description or "", False
     for key, description in SECRET_KEYS.items():
         yield key, "string", None, description, True
+
+
+def _alias(field: FieldInfo) -> str:
+    """A config field's stack key (every field is declared with one, by `_key`)."""
+    if field.alias is None:
+        raise TypeError(f"config field without a stack key: {field!r}")
+    return field.alias
 
 
 def _pulumi_type(annotation: Any) -> str:
@@ -474,10 +482,11 @@ def load(read: RawReader, stack: str, present_keys: Iterable[str] = ()) -> Stack
     for group, model in GROUPS.items():
         raw: dict[str, Any] = {}
         for field in model.model_fields.values():
-            value = read(field.alias)
+            key = _alias(field)
+            value = read(key)
             if value is None:
                 continue
-            raw[field.alias] = _decode(value, field.annotation, where, field.alias)
+            raw[key] = _decode(value, field.annotation, where, key)
         groups[group] = _validate(model, raw, where, prefix="")
     platform_raw = read("platform")
     hosts_raw = _decode(read("hosts") or "[]", list, where, "hosts")

@@ -17,7 +17,7 @@ import pulumi
 
 from infra.components.batch import BatchService
 from infra.components.host import Gb10Host
-from infra.components.image import ContainerImage
+from infra.components.image import ContainerImage, ContainerImageArgs
 from infra.components.load_balancer import LoadBalancer
 from infra.components.monitoring import Monitoring
 from infra.components.object_store import ObjectStore
@@ -28,6 +28,7 @@ from infra.components.redis import Redis
 from infra.components.vllm import VllmService, vllm_node
 from infra.config import PROJECT, ConfigError, Parallelism, Platform, Role, StackConfig, load, stack_file
 from infra.memory import LIMITS
+from infra.platforms import ServicePlatform
 from infra.platforms.compose import ComposePlatform
 from infra.platforms.image_refs import with_image_refs
 from infra.platforms.kubernetes import KubernetesPlatform
@@ -69,30 +70,34 @@ def _images(cfg: StackConfig, secrets: StackSecrets) -> tuple[ContainerImage, Co
             f"{stack_file(cfg.stack)}: {PROJECT}:vllmDockerfile: no file {cfg.image.vllm_dockerfile!r} in the project"
         )
     context = os.path.relpath(REPO_ROOT, os.getcwd())
-    common = {
-        "context": context,
-        "tag": cfg.image.image_tag,
-        "platform": cfg.image.platform,
-        "builder": cfg.image.builder,
-        "registry_username": cfg.image.registry_username,
-        "registry_password": secrets.registry_password,
-    }
+
+    def image_args(dockerfile: str, repository: str, **build_args: str) -> ContainerImageArgs:
+        args: ContainerImageArgs = {
+            "context": context,
+            "dockerfile": dockerfile,
+            "repository": repository,
+            "tag": cfg.image.image_tag,
+            "platform": cfg.image.platform,
+            "builder": cfg.image.builder,
+            "registry_username": cfg.image.registry_username,
+            "registry_password": secrets.registry_password,
+        }
+        if build_args:
+            args["build_args"] = build_args
+        return args
+
     vllm = ContainerImage(
         "vllm-image",
-        {
-            **common,
-            "dockerfile": os.path.join(context, cfg.image.vllm_dockerfile),
-            "repository": f"{cfg.image.registry}/vllm-gb10",
-            "build_args": {"VLLM_VERSION": cfg.image.vllm_version, "CUDA_ARCH": cfg.image.cuda_arch},
-        },
+        image_args(
+            os.path.join(context, cfg.image.vllm_dockerfile),
+            f"{cfg.image.registry}/vllm-gb10",
+            VLLM_VERSION=cfg.image.vllm_version,
+            CUDA_ARCH=cfg.image.cuda_arch,
+        ),
     )
     runtime = ContainerImage(
         "runtime-image",
-        {
-            **common,
-            "dockerfile": os.path.join(context, "images", "Dockerfile.runtime"),
-            "repository": f"{cfg.image.registry}/vllm-gb10-runtime",
-        },
+        image_args(os.path.join(context, "images", "Dockerfile.runtime"), f"{cfg.image.registry}/vllm-gb10-runtime"),
     )
     return vllm, runtime
 
@@ -174,6 +179,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
     """Declare every resource of the stack; return the stack outputs."""
     kv_plan = size_vllm(cfg, REPO_ROOT)
     vllm_engine_args = engine_args(cfg, kv_plan)
+    platform: ServicePlatform
     if cfg.platform is Platform.COMPOSE:
         platform, vllm_image_ref, runtime_image_ref, placement = _compose(cfg, secrets)
     else:

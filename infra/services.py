@@ -8,8 +8,10 @@ the platform delivers out of band (compose: an env file fed over SSH stdin; Kube
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 import pulumi
 
@@ -107,7 +109,7 @@ class ServiceSpec:
     host: str  # host name (compose placement); kubernetes places GPU specs on the GB10 node
     command: tuple[str, ...] = ()
     entrypoint: tuple[str, ...] | None = None
-    environment: dict[str, pulumi.Input[str]] = field(default_factory=dict)
+    environment: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     secrets: tuple[Secret, ...] = ()
     ports: tuple[Port, ...] = ()
     volumes: tuple[Volume, ...] = ()
@@ -152,3 +154,9 @@ def _digest(names: list[str], contents: list[str]) -> str:
             digest.update(part.encode())
             digest.update(b"\0")
     return digest.hexdigest()
+
+
+def secret_output(value: pulumi.Input[str]) -> pulumi.Output[str]:
+    """`Output.secret` of a text: mypy cannot pick the SDK's type variable out of `Input`'s union."""
+    text: Any = value
+    return pulumi.Output.secret(text)

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 from pulumi_policy import (
     EnforcementLevel,
+    Policy,
     PolicyConfigSchema,
     ReportViolation,
     ResourceValidationArgs,
@@ -250,10 +251,10 @@ def validate_images_pinned(args: ResourceValidationArgs, report: ReportViolation
     if args.resource_type == "docker-build:index:Image":
         images += [("build", str(tag)) for tag in args.props.get("tags") or []]
         if not args.props.get("tags"):
-            report("image build has no tag: push a versioned tag, never an untagged or latest image")
+            report("image build has no tag: push a versioned tag, never an untagged or latest image", None)
     for where, image in images:
         if not image_is_pinned(image):
-            report(f"{where}: image {image!r} is not pinned (use a version tag or a digest, never latest)")
+            report(f"{where}: image {image!r} is not pinned (use a version tag or a digest, never latest)", None)
 
 
 def validate_no_plaintext_secrets(args: ResourceValidationArgs, report: ReportViolation) -> None:
@@ -263,20 +264,25 @@ def validate_no_plaintext_secrets(args: ResourceValidationArgs, report: ReportVi
                 continue
             named_secret = SECRET_NAME.search(key) and key not in ACCESS_KEY_ID_NAMES
             if named_secret or URL_WITH_PASSWORD.search(value):
-                report(f"{w.name}: environment {key} holds a literal secret; take it from the secrets file or a Secret")
+                report(
+                    f"{w.name}: environment {key} holds a literal secret; take it from the secrets file or a Secret",
+                    None,
+                )
         if re.search(r"--requirepass\s+(?![\"']?\$)\S", w.command_text):
-            report(f"{w.name}: --requirepass is given a literal password")
+            report(f"{w.name}: --requirepass is given a literal password", None)
         for pattern, what in SECRET_LITERALS:
             if pattern.search(w.command_text):
-                report(f"{w.name}: its command line holds {what}; pass secrets through the secrets file or a Secret")
+                report(
+                    f"{w.name}: its command line holds {what}; pass secrets through the secrets file or a Secret", None
+                )
     if args.resource_type == "kubernetes:core/v1:ConfigMap":
         for key in args.props.get("data") or {}:
             if SECRET_NAME.search(key):
-                report(f"ConfigMap key {key} looks like a secret; use a Secret")
+                report(f"ConfigMap key {key} looks like a secret; use a Secret", None)
     if args.resource_type == "docker-build:index:Image":
         for key in args.props.get("buildArgs") or {}:
             if SECRET_NAME.search(key):
-                report(f"build arg {key} looks like a secret; build args stay in the image history (use secrets)")
+                report(f"build arg {key} looks like a secret; build args stay in the image history (use secrets)", None)
 
 
 def validate_ray_token_auth(args: ResourceValidationArgs, report: ReportViolation) -> None:
@@ -284,16 +290,16 @@ def validate_ray_token_auth(args: ResourceValidationArgs, report: ReportViolatio
     if args.resource_type == RAY_CLUSTER:
         mode = _dig(args.props, ("spec", "authOptions", "mode"))
         if mode != "token":
-            report(f"RayCluster {args.name}: spec.authOptions.mode is {mode!r}, not 'token' (KubeRay 1.5.1+)")
+            report(f"RayCluster {args.name}: spec.authOptions.mode is {mode!r}, not 'token' (KubeRay 1.5.1+)", None)
         return
     for w in workloads(args.resource_type, args.props, args.name):
         if not re.search(r"\bray start\b", w.command_text):
             continue
         if w.env.get("RAY_AUTH_MODE") != "token":
-            report(f"{w.name}: a Ray node without RAY_AUTH_MODE=token runs code for anyone on the network")
+            report(f"{w.name}: a Ray node without RAY_AUTH_MODE=token runs code for anyone on the network", None)
         token = w.env.get("RAY_AUTH_TOKEN", "")
         if not token or not INTERPOLATION.match(token):
-            report(f"{w.name}: RAY_AUTH_TOKEN must come from the secrets file (${{RAY_AUTH_TOKEN:?…}})")
+            report(f"{w.name}: RAY_AUTH_TOKEN must come from the secrets file (${{RAY_AUTH_TOKEN:?…}})", None)
 
 
 def validate_data_services_private(args: ResourceValidationArgs, report: ReportViolation) -> None:
@@ -304,28 +310,28 @@ def validate_data_services_private(args: ResourceValidationArgs, report: ReportV
             continue
         for ip, port in w.published:
             if ip in ANY_ADDRESS:
-                report(f"{w.name}: port {port} is published on every interface; bind it to the cluster address")
+                report(f"{w.name}: port {port} is published on every interface; bind it to the cluster address", None)
         if re.search(r"--dashboard-host[= ](0\.0\.0\.0|::)\b", w.command_text):
-            report(f"{w.name}: the Ray dashboard listens on every interface")
+            report(f"{w.name}: the Ray dashboard listens on every interface", None)
         elif w.host_network and not w.one_shot:
             _check_listen_addresses(w, report)
     if args.resource_type == "kubernetes:core/v1:Service":
         kind = _dig(args.props, ("spec", "type")) or "ClusterIP"
         name = str(_dig(args.props, ("metadata", "name")) or args.name)
         if kind in {"LoadBalancer", "NodePort"} and DATA_SERVICE.search(name):
-            report(f"Service {name} of a data service is of type {kind}; keep it ClusterIP")
+            report(f"Service {name} of a data service is of type {kind}; keep it ClusterIP", None)
 
 
 def _check_listen_addresses(w: Workload, report: ReportViolation) -> None:
     """On the host network a data service is as private as the addresses it listens on."""
     addresses = w.listen_addresses
     if not addresses:
-        report(f"{w.name}: on the host network with no listen address, it listens on every interface")
+        report(f"{w.name}: on the host network with no listen address, it listens on every interface", None)
     for address in addresses:
         if address in ANY_ADDRESS:
-            report(f"{w.name}: listens on every interface ({address or 'any'}); bind it to the cluster address")
+            report(f"{w.name}: listens on every interface ({address or 'any'}); bind it to the cluster address", None)
         elif w.cluster_address is not None and address != w.cluster_address:
-            report(f"{w.name}: listens on {address}, not the host's cluster address {w.cluster_address}")
+            report(f"{w.name}: listens on {address}, not the host's cluster address {w.cluster_address}", None)
 
 
 def validate_vllm_memory_utilization(args: ResourceValidationArgs, report: ReportViolation) -> None:
@@ -335,11 +341,15 @@ def validate_vllm_memory_utilization(args: ResourceValidationArgs, report: Repor
             continue
         found = re.search(r"--gpu-memory-utilization[= ]([0-9.]+)", w.command_text)
         if found is None:
-            report(f"{w.name}: --gpu-memory-utilization not set; vLLM's default (0.92) runs out of memory on GB10")
+            report(
+                f"{w.name}: --gpu-memory-utilization not set; vLLM's default (0.92) runs out of memory on GB10", None
+            )
         elif float(found.group(1)) > ceiling:
-            report(f"{w.name}: --gpu-memory-utilization {found.group(1)} is above {ceiling} (GB10 unified memory)")
+            report(
+                f"{w.name}: --gpu-memory-utilization {found.group(1)} is above {ceiling} (GB10 unified memory)", None
+            )
         if "--swap-space" in w.command_text:
-            report(f"{w.name}: --swap-space does nothing in vLLM's V1 engine; size the KV cache instead")
+            report(f"{w.name}: --swap-space does nothing in vLLM's V1 engine; size the KV cache instead", None)
 
 
 def validate_ssh_host_key_pinned(args: ResourceValidationArgs, report: ReportViolation) -> None:
@@ -347,19 +357,19 @@ def validate_ssh_host_key_pinned(args: ResourceValidationArgs, report: ReportVio
         return
     connection = args.props.get("connection") or {}
     if not connection.get("hostKey"):
-        report(f"SSH connection to {connection.get('host', '?')} does not pin a host key (hostKey)")
+        report(f"SSH connection to {connection.get('host', '?')} does not pin a host key (hostKey)", None)
 
 
 def validate_memory_limits(args: ResourceValidationArgs, report: ReportViolation) -> None:
     for w in workloads(args.resource_type, args.props, args.name):
         if not w.memory_limit:
-            report(f"{w.name}: no memory limit")
+            report(f"{w.name}: no memory limit", None)
 
 
 def validate_redis_persistence(args: ResourceValidationArgs, report: ReportViolation) -> None:
     for w in workloads(args.resource_type, args.props, args.name):
         if re.search(r"(^|/)redis[:@]", w.image) and not re.search(r"--appendonly\s+yes", w.command_text):
-            report(f"{w.name}: Redis runs without AOF persistence (--appendonly yes); queued jobs would be lost")
+            report(f"{w.name}: Redis runs without AOF persistence (--appendonly yes); queued jobs would be lost", None)
 
 
 def validate_gpu_on_gb10(args: StackValidationArgs, report: ReportViolation) -> None:
@@ -432,9 +442,9 @@ def validate_result_lifecycle(args: StackValidationArgs, report: ReportViolation
     if not setups:
         rules = [int(m.group(1)) for w in services for m in re.finditer(r"--expire-days[= ](\d+)", w.command_text)]
         if not rules:
-            report(f"S3 server ({servers[0].name}) has no lifecycle rule: batch results never expire")
+            report(f"S3 server ({servers[0].name}) has no lifecycle rule: batch results never expire", None)
         elif max(rules) > limit:
-            report(f"S3 results expire after {max(rules)} days, more than {limit}")
+            report(f"S3 results expire after {max(rules)} days, more than {limit}", None)
         return
     expiring = {}
     for setup in setups:
@@ -442,10 +452,11 @@ def validate_result_lifecycle(args: StackValidationArgs, report: ReportViolation
         target = (_flag(setup.command, "--endpoint"), _flag(setup.command, "--bucket"))
         if days is None or not days.isdigit():
             report(
-                f"{setup.name}: the bucket set-up puts no lifecycle rule (--expire-days): batch results never expire"
+                f"{setup.name}: the bucket set-up puts no lifecycle rule (--expire-days): batch results never expire",
+                None,
             )
         elif int(days) > limit:
-            report(f"{setup.name}: S3 results expire after {days} days, more than {limit}")
+            report(f"{setup.name}: S3 results expire after {days} days, more than {limit}", None)
         else:
             expiring[target] = int(days)
     written = {
@@ -455,26 +466,27 @@ def validate_result_lifecycle(args: StackValidationArgs, report: ReportViolation
         if (endpoint, bucket) not in expiring:
             report(
                 f"batch results go to bucket {bucket!r} at {endpoint}, which no set-up gives a lifecycle rule "
-                f"(set-ups: {', '.join(f'{b!r} at {e}' for e, b in expiring) or 'none that sets one'})"
+                f"(set-ups: {', '.join(f'{b!r} at {e}' for e, b in expiring) or 'none that sets one'})",
+                None,
             )
 
 
 def validate_health_checks(args: ResourceValidationArgs, report: ReportViolation) -> None:
     for w in workloads(args.resource_type, args.props, args.name):
         if not w.one_shot and not w.health_check:
-            report(f"{w.name}: no health check")
+            report(f"{w.name}: no health check", None)
 
 
 def validate_restart_policies(args: ResourceValidationArgs, report: ReportViolation) -> None:
     for w in workloads(args.resource_type, args.props, args.name):
         if not w.one_shot and w.restart not in {"always", "unless-stopped", "Always"}:
-            report(f"{w.name}: restart policy {w.restart!r} does not bring a crashed service back")
+            report(f"{w.name}: restart policy {w.restart!r} does not bring a crashed service back", None)
 
 
 MANDATORY = EnforcementLevel.MANDATORY
 ADVISORY = EnforcementLevel.ADVISORY
 
-POLICIES: list[ResourceValidationPolicy | StackValidationPolicy] = [
+POLICIES: list[Policy] = [
     ResourceValidationPolicy(
         "images-pinned", "Images carry a version tag or digest, never latest.", validate_images_pinned, MANDATORY
     ),

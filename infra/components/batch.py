@@ -12,15 +12,15 @@ import pulumi
 
 from infra.components.secrets import generated_password
 from infra.config import BatchSettings
-from infra.platforms import Platform
-from infra.services import Exposure, Port, Secret, ServiceSpec, http_health_check
+from infra.platforms import ServicePlatform
+from infra.services import Exposure, Port, Secret, ServiceSpec, http_health_check, secret_output
 
 WORKER_METRICS_PORT = 8101  # the worker's /health and /metrics
 API_INTERNAL_PORT = 8102  # the API's keyless /health and /metrics, on the cluster address only (Prometheus)
 
 
 class BatchServiceArgs(TypedDict):
-    platform: Platform
+    platform: ServicePlatform
     host: str
     api_image: pulumi.Input[str]
     worker_image: pulumi.Input[str]  # runtime image (http engine) or GB10 vLLM image (offline)
@@ -103,12 +103,12 @@ class BatchService(pulumi.ComponentResource):
         )
         offline = settings.engine == "offline"
         worker_env = {**env, "BATCH_WORKER_METRICS_HOST": platform.bind_address(host, internal)}
-        worker_secrets = (*secrets, Secret("BATCH_VLLM_API_KEY", args["vllm_api_key"]))
+        worker_secrets: tuple[Secret, ...] = (*secrets, Secret("BATCH_VLLM_API_KEY", args["vllm_api_key"]))
         if offline:
             worker_env["BATCH_MODEL_PATH"] = args["model_path"]
             worker_env["BATCH_VLLM_ARGS"] = json.dumps(args["engine_args"], sort_keys=True)
             if args["hf_token"] is not None:
-                worker_secrets = (*worker_secrets, Secret("HF_TOKEN", pulumi.Output.secret(args["hf_token"])))
+                worker_secrets = (*worker_secrets, Secret("HF_TOKEN", secret_output(args["hf_token"])))
         platform.deploy(
             ServiceSpec(
                 name=f"{name}-worker",

@@ -15,7 +15,7 @@ import pulumi
 
 from infra.components.secrets import generated_password
 from infra.config import LoadBalancerSettings
-from infra.platforms import Platform
+from infra.platforms import ServicePlatform
 from infra.render.haproxy import Backend, LoadBalancerConfig, render_haproxy_cfg
 from infra.services import ConfigFile, Exposure, HealthCheck, HostPath, Port, Secret, ServiceSpec, host_port
 
@@ -35,7 +35,7 @@ def key_map_line(key: str, name: str) -> str:
 
 
 class LoadBalancerArgs(TypedDict):
-    platform: Platform
+    platform: ServicePlatform
     host: str
     backends: list[tuple[str, str]]  # (name, host:port)
     settings: LoadBalancerSettings
@@ -64,7 +64,7 @@ class LoadBalancer(pulumi.ComponentResource):
                 lambda keys: key_map_line(keys[0], "operator") + key_map_line(keys[1], "batch-worker")
             )
         )
-        maps = (STACK_KEYS_PATH,)
+        maps: tuple[str, ...] = (STACK_KEYS_PATH,)
         host_paths: tuple[HostPath, ...] = ()
         self.keys_dir = None
         if platform.host_state_dirs:

@@ -13,7 +13,7 @@ import pulumi
 
 from infra.components.secrets import generated_password
 from infra.config import MonitoringSettings
-from infra.platforms import Platform
+from infra.platforms import ServicePlatform
 from infra.render.monitoring import (
     ALERTS_FILE,
     DASHBOARD_FILE,
@@ -39,7 +39,7 @@ DASHBOARDS_DIR = "/etc/grafana/dashboards"
 
 
 class MonitoringArgs(TypedDict):
-    platform: Platform
+    platform: ServicePlatform
     host: str  # where Prometheus and Grafana run
     gpu_hosts: list[str]  # each gets an NVIDIA DCGM exporter
     node_hosts: list[str]  # each gets a node exporter (disk and memory)
@@ -144,7 +144,7 @@ class Monitoring(pulumi.ComponentResource):
         self.grafana_url = f"http://{platform.external_address(host, settings.grafana_port, 'grafana')}"
         self.register_outputs({"prometheusUrl": self.prometheus_url, "grafanaUrl": self.grafana_url})
 
-    def _dcgm_exporter(self, platform: Platform, host: str) -> str:
+    def _dcgm_exporter(self, platform: ServicePlatform, host: str) -> str:
         name, internal = f"dcgm-exporter-{host}", Exposure.INTERNAL
         platform.deploy(
             ServiceSpec(
@@ -165,7 +165,7 @@ class Monitoring(pulumi.ComponentResource):
         )
         return platform.internal_address(host, DCGM_PORT, name)
 
-    def _node_exporter(self, platform: Platform, host: str) -> str:
+    def _node_exporter(self, platform: ServicePlatform, host: str) -> str:
         name, internal = f"node-exporter-{host}", Exposure.INTERNAL
         platform.deploy(
             ServiceSpec(

@@ -16,7 +16,7 @@ from typing import NotRequired, TypedDict
 import pulumi
 
 from infra.components.secrets import generated_password
-from infra.platforms import Platform
+from infra.platforms import ServicePlatform
 from infra.services import Exposure, HealthCheck, Port, Secret, ServiceSpec, Volume, host_port
 
 # rustfs/rustfs 1.0.0 (2026-09-16, the latest stable release), multi-arch index digest (linux/amd64,
@@ -27,7 +27,7 @@ ACCESS_KEY = "vllm-gb10"
 
 
 class ObjectStoreArgs(TypedDict):
-    platform: Platform
+    platform: ServicePlatform
     host: str
     port: int
     console_port: int

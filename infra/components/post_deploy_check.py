@@ -7,14 +7,14 @@ from typing import TypedDict
 
 import pulumi
 
-from infra.platforms import Platform
+from infra.platforms import ServicePlatform
 from infra.services import Secret, ServiceSpec
 
 CHECK_TIMEOUT_S = 900  # a model may still be loading after its container reports healthy elsewhere
 
 
 class PostDeployCheckArgs(TypedDict):
-    platform: Platform
+    platform: ServicePlatform
     host: str  # where it runs: the load balancer's host (compose)
     image: pulumi.Input[str]  # the runtime image
     vllm_urls: list[str]

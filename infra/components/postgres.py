@@ -7,7 +7,7 @@ from typing import TypedDict
 import pulumi
 
 from infra.components.secrets import generated_password
-from infra.platforms import Platform
+from infra.platforms import ServicePlatform
 from infra.services import Exposure, HealthCheck, Port, Secret, ServiceSpec, Volume
 
 # pgvector 0.8.6 on PostgreSQL 17 (Debian bookworm); digest as pinned in several public projects.
@@ -17,7 +17,7 @@ POSTGRES_IMAGE = (
 
 
 class PostgresArgs(TypedDict):
-    platform: Platform
+    platform: ServicePlatform
     host: str
     port: int
     database: str

@@ -2,7 +2,7 @@
 
 On compose, Ray needs many ports between nodes; its containers use the host network (as every
 compose service does) and bind to the host's cluster address; the dashboard (Jobs API) and client
-server bind there too. On kubernetes the platform hands the same specs to KubeRay (`Platform.deploy_ray`).
+server bind there too. On kubernetes the platform hands the same specs to KubeRay (`ServicePlatform.deploy_ray`).
 
 Ray's token authentication is always on (Ray 2.52+): without it anyone who reaches the dashboard
 port runs code on the cluster. Every node, and every client (`ray job`, the offload CLI, vLLM's
@@ -20,7 +20,7 @@ from infra.components.secrets import generated_password
 from infra.components.vllm import VllmNode
 from infra.config import RaySettings
 from infra.memory import LIMITS
-from infra.platforms import Platform
+from infra.platforms import ServicePlatform
 from infra.services import HealthCheck, Secret, ServiceSpec
 
 HEAD_MEMORY = LIMITS["ray-head"]
@@ -34,7 +34,7 @@ AUTH_TOKEN_ENV = "RAY_AUTH_TOKEN"
 
 
 class RayClusterArgs(TypedDict):
-    platform: Platform
+    platform: ServicePlatform
     image: pulumi.Input[str]
     head_host: str
     worker_hosts: list[str]

@@ -7,7 +7,7 @@ from typing import TypedDict
 import pulumi
 
 from infra.components.secrets import generated_password
-from infra.platforms import Platform
+from infra.platforms import ServicePlatform
 from infra.services import Exposure, HealthCheck, Port, Secret, ServiceSpec, Volume
 
 # Redis 8.8.3 (Debian-based official image); digest as pinned in a public project's test containers
@@ -16,7 +16,7 @@ REDIS_IMAGE = "redis:8.8.3@sha256:b2ba68d56e7e7ea88b64f4eaf307bceafc012079f227ed
 
 
 class RedisArgs(TypedDict):
-    platform: Platform
+    platform: ServicePlatform
     host: str
     port: int
     public: bool

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NotRequired, TypedDict
 
@@ -9,7 +10,7 @@ import pulumi
 
 from infra.components.secrets import generated_password
 from infra.config import Parallelism, VllmSettings
-from infra.platforms import Platform
+from infra.platforms import ServicePlatform
 from infra.services import Exposure, HealthCheck, Port, Secret, ServiceSpec, Volume, http_health_check
 from runtime.kvcache import engine_args_to_flags
 
@@ -55,7 +56,7 @@ def vllm_node(settings: VllmSettings, hf_token: pulumi.Input[str] | None, memory
 
 
 class VllmServiceArgs(TypedDict):
-    platform: Platform
+    platform: ServicePlatform
     image: pulumi.Input[str]
     hosts: list[str]  # GPU hosts; the first leads in tensor/pipeline mode
     settings: VllmSettings
@@ -87,21 +88,36 @@ class VllmService(pulumi.ComponentResource):
         # besides binding the cluster address, only the load balancer's requests are served.
         self.api_key = generated_password(f"{name}-api-key", self, length=48)
         server_secrets = (*node.secrets, Secret("VLLM_API_KEY", self.api_key))
-        common = dict(
-            image=args["image"],
-            environment=env,
-            secrets=server_secrets,
-            volumes=node.volumes,
-            gpu=True,
-            memory_limit=node.memory_limit,
-            shm_size="16g",
-            stateful=False,
-        )
         internal = Exposure.INTERNAL  # clients reach vLLM through the load balancer
 
         def health(host: str) -> HealthCheck:
             probe = platform.probe_address(host, internal)
             return http_health_check(port, host=probe, interval_s=15, start_period_s=STARTUP_GRACE_S)
+
+        def server(
+            host: str,
+            command: tuple[str, ...],
+            *,
+            entrypoint: tuple[str, ...] | None = None,
+            environment: Mapping[str, pulumi.Input[str]] = env,
+            secrets: tuple[Secret, ...] = server_secrets,
+        ) -> ServiceSpec:
+            return ServiceSpec(
+                name=f"{name}-{host}",
+                host=host,
+                image=args["image"],
+                entrypoint=entrypoint,
+                command=command,
+                ports=(Port(port, port),),
+                healthcheck=health(host),
+                environment=environment,
+                secrets=secrets,
+                volumes=node.volumes,
+                gpu=True,
+                memory_limit=node.memory_limit,
+                shm_size="16g",
+                stateful=False,
+            )
 
         def flags(host: str) -> list[str]:
             return server_flags(settings, platform.bind_address(host, internal), port, args["engine_args"])
@@ -109,17 +125,7 @@ class VllmService(pulumi.ComponentResource):
         if settings.parallelism is Parallelism.REPLICA:
             servers = args["hosts"]
             for host in servers:
-                platform.deploy(
-                    ServiceSpec(
-                        name=f"{name}-{host}",
-                        host=host,
-                        command=(*API_SERVER, *flags(host)),
-                        ports=(Port(port, port),),
-                        healthcheck=health(host),
-                        **common,
-                    ),
-                    parent=self,
-                )
+                platform.deploy(server(host, (*API_SERVER, *flags(host))), parent=self)
         else:
             leader = args["hosts"][0]
             servers = [leader]
@@ -143,18 +149,12 @@ class VllmService(pulumi.ComponentResource):
                 f"--dashboard-agent-listen-port={RAY_AGENT_PORT}"
             )
             platform.deploy(
-                ServiceSpec(
-                    name=f"{name}-{leader}",
-                    host=leader,
+                server(
+                    leader,
+                    (f"{join} && exec {serve}",),
                     entrypoint=("/bin/bash", "-c"),
-                    command=(f"{join} && exec {serve}",),
-                    ports=(Port(port, port),),
-                    healthcheck=health(leader),
-                    **{
-                        **common,
-                        "environment": {**env, **args.get("ray_client_environment", {}), "VLLM_HOST_IP": bind_ip},
-                        "secrets": (*server_secrets, *args.get("ray_client_secrets", ())),
-                    },
+                    environment={**env, **args.get("ray_client_environment", {}), "VLLM_HOST_IP": bind_ip},
+                    secrets=(*server_secrets, *args.get("ray_client_secrets", ())),
                 ),
                 parent=self,
             )

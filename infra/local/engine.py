@@ -37,7 +37,7 @@ from infra.components.host import pinned_run_stamp
 from infra.config import PROJECT
 from infra.local.ssh import Connection, RemoteError, copy_text, run_script
 from infra.local.state import State, digest, plain
-from infra.plan.recorder import Recording, RecordingMonitor, reset_program_state
+from infra.plan.recorder import Recording, RecordingMonitor, collect_stack_outputs, reset_program_state
 
 COMMAND = "command:remote:Command"
 COPY = "command:remote:CopyToRemote"
@@ -231,12 +231,7 @@ def apply(
         if State.key(gone.type, gone.name) not in providers.seen:
             _delete(gone.type, gone.name, gone.inputs, log)
             state.remove(gone.type, gone.name)
-    root = settings.get_root_resource()
-    for name, value in (root.outputs if root is not None else {}).items():
-        output = pulumi.Output.from_input(value)
-        recording.outputs[name] = _sync_await(output.future())
-        if _sync_await(output.is_secret()):
-            recording.secret_outputs.add(name)
+    collect_stack_outputs(recording)
     return recording
 
 

@@ -242,9 +242,9 @@ def down(local: LocalStack, log: Log = print, *, verify: bool = True) -> None:
     except RuntimeError as err:
         errors.append(str(err))
     if state.resources and docker is not None:
-        for host in _loopback_hosts(cfg):  # the delete scripts run over SSH, like every other script
+        for loopback in _loopback_hosts(cfg):  # the delete scripts run over SSH, like every other script
             try:
-                start_host(local.state_dir, host, docker.env)
+                start_host(local.state_dir, loopback, docker.env)
             except RuntimeError as err:
                 errors.append(str(err))
         log(f"destroying stack {local.stack}:")

@@ -162,9 +162,9 @@ def format_diff(diff: PlanDiff) -> str:
         lines.extend(f"    ~ {c.path}: {_short(c.old)} => {_short(c.new)}" for c in diff.outputs)
     if diff.files:
         lines.append("files:")
-        for name, changes in diff.files.items():
+        for name, file_lines in diff.files.items():
             lines.append(f"  {name}")
-            lines.extend(f"    {line}" for line in changes)
+            lines.extend(f"    {line}" for line in file_lines)
     updated = len(diff.changed) - len(replaced)
     lines.append(
         f"{len(diff.added)} to add, {updated} to change, {len(replaced)} to replace, {len(diff.removed)} to delete"

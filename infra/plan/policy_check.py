@@ -20,6 +20,7 @@ from pulumi_policy import (
     ResourceValidationArgs,
     ResourceValidationPolicy,
     StackValidationArgs,
+    StackValidationPolicy,
 )
 
 from infra.plan.recorder import Recording
@@ -77,7 +78,7 @@ def evaluate(recording: Recording, overrides: dict[str, dict[str, Any]] | None =
                     r.type, props, urn, r.name, resource_options(r.parent), None, config[policy.name]
                 )
                 policy.validate(args, reporter(policy.name, level, urn))
-        else:
+        elif isinstance(policy, StackValidationPolicy):
             stack_resources = [
                 PolicyResource(r.type, props, urn, r.name, resource_options(r.parent), None, None, [], {})
                 for r, urn, props in resources

@@ -70,7 +70,7 @@ class PlanMocks(pulumi.runtime.Mocks):
 
 
 class RecordingMonitor(pulumi_mocks.MockMonitor):
-    def __init__(self, mocks: PlanMocks, recording: Recording):
+    def __init__(self, mocks: pulumi.runtime.Mocks, recording: Recording):
         super().__init__(mocks)
         self.recording = recording
 
@@ -130,13 +130,19 @@ def run_program(stack: str, config: dict[str, str], secret_keys: list[str]) -> R
     pulumi.runtime.set_all_config(config, secret_keys)
     with pinned_run_stamp("offline-plan"):  # a plan is a pure function of code and config
         _sync_await(run_pulumi_func(main))
-    root = settings.get_root_resource()
+    collect_stack_outputs(recording)
+    return recording
+
+
+def collect_stack_outputs(recording: Recording) -> None:
+    """The program's exports, resolved, into `recording`. They live on the SDK's root Stack resource
+    (`settings.get_root_resource().outputs`, not a public API); every plan test reads them."""
+    root: Any = settings.get_root_resource()
     for name, value in (root.outputs if root is not None else {}).items():
         output = pulumi.Output.from_input(value)
         recording.outputs[name] = _sync_await(output.future())
         if _sync_await(output.is_secret()):
             recording.secret_outputs.add(name)
-    return recording
 
 
 def masked(value: Any, known_secrets: set[str], inside_secret: bool = False) -> Any:

@@ -10,7 +10,7 @@ from infra.config import RaySettings
 from infra.services import Exposure, ServiceSpec
 
 
-class Platform(Protocol):
+class ServicePlatform(Protocol):
     """What components may ask of a platform; nothing here names a stack."""
 
     nodes_addressable: bool  # can other services reach each host's (or pod's) own address?

@@ -10,6 +10,7 @@ destroyed (a separate teardown command), so a replaced `up` never takes the serv
 
 from __future__ import annotations
 
+import functools
 import graphlib
 import hashlib
 import shlex
@@ -23,7 +24,7 @@ from infra.components.host import Gb10Host
 from infra.config import RaySettings
 from infra.memory import check_host_budgets
 from infra.render.compose import project_name, render_compose
-from infra.services import Exposure, HostPath, ServiceSpec, host_port
+from infra.services import Exposure, HostPath, ServiceSpec, host_port, secret_output
 
 COMPOSE_FILE = "docker-compose.yml"
 SECRETS_FILE = ".secrets.env"
@@ -50,9 +51,14 @@ def secrets_env(values: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _compose(project_dir: str, host: str, *args: str) -> str:
+def _compose_here(host: str, *args: str) -> str:
+    """A docker compose command for the host's project, run in its project directory."""
     base = f"docker compose --project-name {project_name(host)} --env-file {SECRETS_FILE} -f {COMPOSE_FILE}"
-    return f"cd {shlex.quote(project_dir)} && {base} {' '.join(args)}"
+    return f"{base} {' '.join(args)}"
+
+
+def _compose(project_dir: str, host: str, *args: str) -> str:
+    return f"cd {shlex.quote(project_dir)} && {_compose_here(host, *args)}"
 
 
 def wait_timeout_s(specs: list[ServiceSpec]) -> int:
@@ -74,6 +80,7 @@ def up_script(
     it is); `--wait` fails the command when a service does not become healthy, or a one-shot set-up
     does not complete, within `wait_timeout` seconds.
     """
+    up = _compose_here(host, f"up -d --pull missing --remove-orphans --wait --wait-timeout {wait_timeout}")
     return "\n".join(
         [
             "set -eu",
@@ -87,10 +94,37 @@ def up_script(
             # GB10: page cache counts as used unified memory at vLLM start-up (DESIGN.md).
             "sync && (sudo -n sh -c 'echo 3 > /proc/sys/vm/drop_caches' 2>/dev/null "
             "|| echo 'warning: page caches not dropped (needs passwordless sudo)' >&2)",
-            _compose(project_dir, host, f"up -d --pull missing --remove-orphans --wait --wait-timeout {wait_timeout}"),
-            _compose(project_dir, host, "ps --format '{{.Name}} {{.Status}}'"),
+            f"if ! {up}; then",
+            *_failure_report(host),
+            "fi",
+            _compose_here(host, "ps --format '{{.Name}} {{.Status}}'"),
         ]
     )
+
+
+# A service is in trouble unless it is healthy, running without a health check, or a one-shot that exited 0.
+_TROUBLED = (
+    'awk -F\'|\' \'!($3 == "healthy" || ($2 == "running" && $3 == "") || ($2 == "exited" && $4 == "0")) {print $1}\''
+)
+
+
+def _failure_report(host: str) -> list[str]:
+    """On a failed `up --wait`: every service's state, then the last log lines of those in trouble, on stderr.
+
+    Compose alone says only "container x is unhealthy"; what a user needs next is that container's
+    own last words (a bad flag, a port taken, out of memory), without another SSH session.
+    """
+    logs = _compose_here(host, 'logs --no-color --no-log-prefix --tail 25 "$service"')
+    states = _compose_here(host, "ps -a --format '{{.Service}}|{{.State}}|{{.Health}}|{{.ExitCode}}'")
+    return [
+        f"  echo 'services on {host} not healthy; their state (service|state|health|exit code):' >&2",
+        f"  {states} >&2 || true",
+        f"  for service in $({states} | {_TROUBLED}); do",
+        '    echo "--- last log lines of $service:" >&2',
+        f"    {logs} >&2 || true",
+        "  done",
+        "  exit 1",
+    ]
 
 
 def _state_dir_lines(state_dirs: tuple[HostPath, ...]) -> list[str]:
@@ -166,7 +200,7 @@ class ComposeProject(pulumi.ComponentResource):
         secret_values = {s.env: s.value for spec in specs for s in spec.secrets}
         # Output.all() of no values resolves to a list, hence from_input for a host without secrets.
         values = pulumi.Output.all(**secret_values) if secret_values else pulumi.Output.from_input({})
-        env_text = pulumi.Output.secret(values.apply(secrets_env))
+        env_text = secret_output(values.apply(secrets_env))
         content_hash = pulumi.Output.all(self.compose_file, *self.files.values()).apply(lambda parts: _sha256(*parts))
         self.content_hash = content_hash
         wait_timeout = wait_timeout_s(specs)
@@ -278,29 +312,32 @@ class ComposePlatform:
                 local[host].append(replace(spec, depends_on=tuple(d for d in spec.depends_on if d not in elsewhere)))
         for name in graphlib.TopologicalSorter(after).static_order():  # CycleError: hosts waiting for each other
             if local[name]:
-                host = self._hosts[name]
+                box = self._hosts[name]
                 self.projects[name] = ComposeProject(
                     f"{name}-compose",
-                    {"host": host, "specs": local[name], "after": [self.projects[h].up for h in sorted(after[name])]},
-                    opts=pulumi.ResourceOptions(parent=host),
+                    {"host": box, "specs": local[name], "after": [self.projects[h].up for h in sorted(after[name])]},
+                    opts=pulumi.ResourceOptions(parent=box),
                 )
         ups = [project.up for project in self.projects.values()]
         hashes = [project.content_hash for project in self.projects.values()]
         for spec, parent in self._checks:
-            host = self._hosts[spec.host]
-            script = pulumi.Output.from_input(spec.image).apply(lambda image, spec=spec: docker_run_script(spec, image))
-            secrets = pulumi.Output.all(*[s.value for s in spec.secrets]).apply(
-                lambda values, spec=spec: "".join(f"{s.env}={v}\n" for s, v in zip(spec.secrets, values, strict=True))
-            )
+            box = self._hosts[spec.host]
+            script = pulumi.Output.from_input(spec.image).apply(functools.partial(docker_run_script, spec))
+            secrets = pulumi.Output.all(*[s.value for s in spec.secrets]).apply(functools.partial(_env_lines, spec))
             remote.Command(
                 spec.name,
-                connection=host.connection,
+                connection=box.connection,
                 create=script,
                 update=script,
-                stdin=pulumi.Output.secret(secrets) if spec.secrets else None,
+                stdin=secret_output(secrets) if spec.secrets else None,
                 triggers=hashes,
                 opts=pulumi.ResourceOptions(parent=parent, depends_on=ups),
             )
+
+
+def _env_lines(spec: ServiceSpec, values: list[str]) -> str:
+    """The spec's secrets as `NAME=value` lines, in the order of `spec.secrets`."""
+    return "".join(f"{s.env}={v}\n" for s, v in zip(spec.secrets, values, strict=True))
 
 
 def docker_run_script(spec: ServiceSpec, image: str) -> str:

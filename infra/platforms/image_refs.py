@@ -17,7 +17,7 @@ from typing import Any
 import pulumi
 
 from infra.config import RaySettings
-from infra.platforms import Platform
+from infra.platforms import ServicePlatform
 from infra.services import ServiceSpec
 
 DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
@@ -37,7 +37,7 @@ def _tag_only(spec: ServiceSpec) -> ServiceSpec:
 class TagOnlyImages:
     """A platform that deploys what `inner` would, with third-party images referenced by tag alone."""
 
-    def __init__(self, inner: Platform):
+    def __init__(self, inner: ServicePlatform):
         self._inner = inner
 
     def __getattr__(self, name: str) -> Any:
@@ -55,5 +55,5 @@ class TagOnlyImages:
         self._inner.deploy_ray(name, _tag_only(head), [_tag_only(w) for w in workers], settings, parent)
 
 
-def with_image_refs(platform: Platform, pull_by_digest: bool) -> Platform:
-    return platform if pull_by_digest else TagOnlyImages(platform)  # type: ignore[return-value]
+def with_image_refs(platform: ServicePlatform, pull_by_digest: bool) -> ServicePlatform:
+    return platform if pull_by_digest else TagOnlyImages(platform)

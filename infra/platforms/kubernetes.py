@@ -10,14 +10,14 @@ LoadBalancer. This stack pulls images from the registry and builds nothing.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import Any, overload
 
 import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.config import PROJECT, ConfigError, KubernetesSettings, RaySettings, stack_file
 from infra.render import kubernetes as render
-from infra.services import Exposure, ServiceSpec
+from infra.services import Exposure, ServiceSpec, secret_output
 
 KUBERAY_CHART = "kuberay-operator"
 KUBERAY_REPO = "https://ray-project.github.io/kuberay-helm/"
@@ -83,7 +83,11 @@ class KubernetesPlatform:
         depends = [self.namespace, *extra.pop("depends_on", [])]
         return pulumi.ResourceOptions(parent=parent, provider=self.provider, depends_on=depends, **extra)
 
-    def pin(self, image: str) -> str:
+    @overload
+    def pin(self, image: str) -> str: ...
+    @overload
+    def pin(self, image: pulumi.Input[str]) -> pulumi.Input[str]: ...
+    def pin(self, image: pulumi.Input[str]) -> pulumi.Input[str]:
         """Our images pulled by digest (`repo:tag@sha256:…`, the tag kept for readers; the kubelet uses
         the digest); third-party references unchanged."""
         if not isinstance(image, str) or "@" in image:
@@ -98,7 +102,7 @@ class KubernetesPlatform:
         opts = self._opts(parent)
         self._secret_env(spec, opts)
         if spec.files:
-            k8s.core.v1.ConfigMap(
+            k8s.core.v1.ConfigMap(  # type: ignore[call-overload]
                 f"{name}-files",
                 metadata=render.metadata(render.files_name(spec), placement),
                 data={f.filename: f.content for f in spec.files},
@@ -107,7 +111,7 @@ class KubernetesPlatform:
         if not spec.stateful:
             for volume in spec.volumes:
                 claim = render.claim_name(spec, volume)
-                k8s.core.v1.PersistentVolumeClaim(
+                k8s.core.v1.PersistentVolumeClaim(  # type: ignore[call-overload]
                     claim,
                     metadata=render.metadata(claim, placement),
                     spec=render.claim_spec(volume, placement),
@@ -122,7 +126,7 @@ class KubernetesPlatform:
         }[kind]
         resource_class(name, metadata=render.metadata(name, placement), spec=body, opts=opts)
         if spec.ports and not spec.one_shot:
-            k8s.core.v1.Service(
+            k8s.core.v1.Service(  # type: ignore[call-overload]
                 f"{name}-service",
                 metadata=render.metadata(name, placement),
                 spec=render.service_spec(spec),
@@ -135,11 +139,11 @@ class KubernetesPlatform:
     def _secret_env(self, spec: ServiceSpec, opts: pulumi.ResourceOptions) -> None:
         """The spec's secret variables as one Secret its containers read by secretKeyRef."""
         if spec.secrets:
-            k8s.core.v1.Secret(
+            k8s.core.v1.Secret(  # type: ignore[call-overload]
                 f"{spec.name}-env",
                 metadata=render.metadata(render.secret_name(spec), self.placement),
                 type="Opaque",
-                string_data={s.env: pulumi.Output.secret(s.value) for s in spec.secrets},
+                string_data={s.env: secret_output(s.value) for s in spec.secrets},
                 opts=opts,
             )
 
@@ -168,11 +172,11 @@ class KubernetesPlatform:
             )
             for spec in (head, *workers)
         ]
-        k8s.core.v1.Secret(
+        k8s.core.v1.Secret(  # type: ignore[call-overload]
             f"{name}-auth-token",
             metadata=render.metadata(RAY_AUTH_SECRET, placement),
             type="Opaque",
-            string_data={"auth_token": pulumi.Output.secret(token)},
+            string_data={"auth_token": secret_output(token)},
             opts=self._opts(parent),
         )
         for spec in (head, *workers[:1]):  # one worker group: its pods share the first worker's Secret
@@ -245,7 +249,7 @@ class KubernetesPlatform:
             },
             opts=self._opts(parent, depends_on=[operator]),
         )
-        k8s.core.v1.Service(
+        k8s.core.v1.Service(  # type: ignore[call-overload]
             f"{head.name}-service",
             metadata=render.metadata(head.name, placement),
             spec={
@@ -293,7 +297,7 @@ class KubernetesPlatform:
                     opts=self._opts(None),
                 )
             return
-        k8s.networking.v1.Ingress(
+        k8s.networking.v1.Ingress(  # type: ignore[call-overload]
             "public-ingress",
             metadata={
                 **render.metadata("public", self.placement),

@@ -126,7 +126,7 @@ def container(spec: ServiceSpec) -> dict[str, Any]:
         body["env"] = env
     if spec.ports:
         body["ports"] = [{"name": p.name, "containerPort": p.container} for p in spec.ports]
-    mounts = [{"name": v.name, "mountPath": v.mount_path} for v in spec.volumes]
+    mounts: list[dict[str, Any]] = [{"name": v.name, "mountPath": v.mount_path} for v in spec.volumes]
     mounts += [_file_mount(f) for f in spec.files]
     mounts += [{"name": h.name, "mountPath": h.mount_path, "readOnly": True} for h in spec.host_paths]
     if spec.shm_size:

@@ -19,7 +19,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import httpx
 
@@ -33,8 +33,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Poll `check` until it returns something truthy; raise TimeoutError naming `what`."""
+def wait_for(check: Callable[[], T | Literal[False] | None], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll `check` until it returns something truthy (`cond and value` reads well); raise TimeoutError
+    naming `what`."""
     deadline = time.monotonic() + timeout
     while True:
         result = check()
@@ -94,6 +95,12 @@ class Process:
             return self.ready()
         except (OSError, httpx.HTTPError):
             return False
+
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise RuntimeError(f"{self.name} was not started")
+        return self.process.pid
 
     @property
     def running(self) -> bool:

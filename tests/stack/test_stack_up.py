@@ -264,6 +264,45 @@ def test_prometheus_scrapes_every_target_and_loaded_the_rules(stack: RunningStac
     assert expected and alerts == expected
 
 
+def test_a_service_that_fails_at_up_is_named_with_its_last_log_lines(stack: RunningStack, tmp_path: Path) -> None:
+    """The up script's own failure report, run by the same engine: who is in trouble, and their last words."""
+    from infra.platforms.compose import up_script
+    from infra.render.compose import project_name
+
+    image = stack.outputs["runtimeImage"]
+    services = {
+        "fine": {"command": ["sleep", "600"]},  # running, no health check: not in trouble
+        "sick": {
+            "command": ["sh", "-c", "echo sick-marker: cannot bind; sleep 600"],
+            "healthcheck": {"test": ["CMD", "false"], "interval": "1s", "retries": 1},
+        },
+        "crashed": {"command": ["sh", "-c", "echo crash-marker: bad flag >&2; exit 3"]},
+    }
+    compose = {
+        "services": {
+            name: {"image": image, "init": True, "network_mode": "host", **svc} for name, svc in services.items()
+        }
+    }
+    (tmp_path / "docker-compose.yml").write_text(json.dumps(compose))
+    script = up_script(str(tmp_path), "probe", "test", wait_timeout=60)
+    try:
+        done = subprocess.run(
+            ["sh", "-c", script], input="", env=stack.docker_env, capture_output=True, text=True, timeout=300
+        )
+    finally:
+        subprocess.run(
+            ["docker", "compose", "--project-name", project_name("probe"), "-f", str(tmp_path / "docker-compose.yml"),
+             "down", "--timeout", "1"],
+            env=stack.docker_env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    report = done.stderr[done.stderr.index("services on probe not healthy") :]
+    assert "crashed|exited||3" in report and "sick|running|" in report and "fine|running||0" in report
+    assert "--- last log lines of crashed:\ncrash-marker: bad flag" in report
+    assert "--- last log lines of sick:\nsick-marker: cannot bind" in report
+    assert "last log lines of fine" not in report
+
+
 def test_no_secret_in_rendered_files_container_config_or_logs(stack: RunningStack) -> None:
     secrets = stack.secrets()
     remote = Path(stack.local.overrides["remoteDir"])

@@ -310,10 +310,12 @@ def test_each_host_is_its_own_compose_project_in_its_own_directory(stella: Plan)
             if r["type"] == "command:remote:CopyToRemote" and r["parent"] == f"{host}-compose"
         ]
         assert copies and {r["inputs"]["remotePath"].rsplit("/", 1)[0] for r in copies} == {f"/opt/vllm-gb10/{host}"}
-        project = f"cd /opt/vllm-gb10/{host} && docker compose --project-name vllm-gb10-{host} --env-file .secrets.env"
+        project = f"docker compose --project-name vllm-gb10-{host} --env-file .secrets.env -f docker-compose.yml "
         up = resource(stella, "command:remote:Command", f"{host}-compose-up")["inputs"]["create"]
-        assert f"\ncd /opt/vllm-gb10/{host}\n" in up and up.count(project) == 2
-        assert project in resource(stella, "command:remote:Command", f"{host}-compose-teardown")["inputs"]["delete"]
+        assert f"\ncd /opt/vllm-gb10/{host}\n" in up  # every compose command after it runs in the project's folder
+        assert f"\nif ! {project}up -d" in up and f"\n{project}ps --format" in up
+        teardown = resource(stella, "command:remote:Command", f"{host}-compose-teardown")["inputs"]["delete"]
+        assert f"cd /opt/vllm-gb10/{host} && {project}down" in teardown
     assert not names[0] & names[1], "container names are unique across the hosts"
 
 
