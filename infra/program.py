@@ -288,7 +288,8 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "model_path": cfg.vllm.model,
             "engine_args": vllm_engine_args,
             "hf_token": secrets.hf_token,
-            "depends_on": (store.setup_service,),
+            # Both fail their health checks while Redis is down: on its host they start once it is healthy.
+            "depends_on": (store.setup_service, redis.service),
         },
     )
     monitoring = Monitoring(

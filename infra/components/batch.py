@@ -37,7 +37,7 @@ class BatchServiceArgs(TypedDict):
     model_path: str  # offline engine: the weights the worker loads (HF id or path)
     engine_args: dict[str, Any]  # offline engine: the same sized vLLM arguments as the servers
     hf_token: pulumi.Input[str] | None
-    depends_on: NotRequired[tuple[str, ...]]  # services to wait for first: the bucket set-up
+    depends_on: NotRequired[tuple[str, ...]]  # services to wait for first: the bucket set-up, Redis
 
 
 class BatchService(pulumi.ComponentResource):

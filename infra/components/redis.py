@@ -27,6 +27,7 @@ class Redis(pulumi.ComponentResource):
     address: str
     password: pulumi.Output[str]
     url: pulumi.Output[str]
+    service: str  # its service's name, for others' depends_on
 
     def __init__(self, name: str, args: RedisArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("vllm-gb10:data:Redis", name, None, opts)
@@ -34,6 +35,7 @@ class Redis(pulumi.ComponentResource):
         exposure = Exposure.PUBLIC if args["public"] else Exposure.INTERNAL
         bind, probe = platform.bind_address(host, exposure), platform.probe_address(host, exposure)
         self.password = generated_password(f"{name}-password", self)
+        self.service = name
         platform.deploy(
             ServiceSpec(
                 name=name,

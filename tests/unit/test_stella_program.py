@@ -331,7 +331,10 @@ def test_the_bucket_set_up_runs_our_runtime_image_and_the_batch_service_waits_fo
     assert env == {"AWS_ACCESS_KEY_ID": "vllm-gb10", "AWS_SECRET_ACCESS_KEY": secrets["RUSTFS_SECRET_KEY"]}
     # `up --wait` takes an exited one-shot for a failure unless a service waits for it to complete.
     for name in ("batch-api", "batch-worker"):
-        assert services[name]["depends_on"] == {"minio-setup": {"condition": "service_completed_successfully"}}
+        assert services[name]["depends_on"] == {
+            "minio-setup": {"condition": "service_completed_successfully"},
+            "redis": {"condition": "service_healthy"},  # they fail their health checks while Redis is down
+        }
     # The command is one that runtime.batch.bucket's own parser takes.
     from runtime.batch import bucket
 
