@@ -381,6 +381,22 @@ class HostOpsSettings(_Frozen):
     )
 
 
+class TlsSettings(_Frozen):
+    names: list[str] = _key(
+        "tlsNames",
+        [],
+        "Extra DNS names or IPs the generated certificate covers (hosts' names and addresses always are).",
+    )
+
+    @field_validator("names")
+    @classmethod
+    def _plain_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z0-9*][A-Za-z0-9.*:-]*", name):
+                raise ValueError(f"{name!r} is not a DNS name or an IP address")
+        return value
+
+
 GROUPS: dict[str, type[_Frozen]] = {
     "image": ImageSettings,
     "vllm": VllmSettings,
@@ -391,12 +407,15 @@ GROUPS: dict[str, type[_Frozen]] = {
     "monitoring": MonitoringSettings,
     "k8s": KubernetesSettings,
     "ops": HostOpsSettings,
+    "tls": TlsSettings,
 }
 
 SECRET_KEYS: dict[str, str] = {
     "sshPrivateKey": "SSH private key for the hosts (PEM/OpenSSH text).",
     "hfToken": "Hugging Face token for gated models.",
     "registryPassword": "Registry password or token; unused when registryUsername is empty.",
+    "tlsCertificate": "PEM certificate (chain) of the public endpoints; unset: one from a CA generated for the LAN.",
+    "tlsPrivateKey": "PEM private key of tlsCertificate; set both or neither.",
 }
 
 
@@ -415,6 +434,7 @@ class StackConfig(_Frozen):
     monitoring: MonitoringSettings
     k8s: KubernetesSettings
     ops: HostOpsSettings
+    tls: TlsSettings
 
     def hosts_with(self, role: Role) -> list[Host]:
         return [h for h in self.hosts if role in h.roles]
@@ -575,3 +595,5 @@ def _check_topology(config: StackConfig, where: str, read: RawReader) -> None:
         fail("parallelism", f"{config.vllm.parallelism.value} parallel needs two or more 'gpu' hosts")
     if config.image.registry_username and read("registryPassword") is None:
         fail("registryPassword", "required when registryUsername is set")
+    if (read("tlsCertificate") is None) != (read("tlsPrivateKey") is None):
+        fail("tlsCertificate", "tlsCertificate and tlsPrivateKey go together: set both, or neither for a generated CA")

@@ -25,6 +25,7 @@ from infra.components.post_deploy_check import PostDeployCheck
 from infra.components.postgres import Postgres
 from infra.components.ray_cluster import RayCluster
 from infra.components.redis import Redis
+from infra.components.tls import PublicTls
 from infra.components.vllm import VllmService, vllm_node
 from infra.config import PROJECT, ConfigError, Parallelism, Platform, Role, StackConfig, load, stack_file
 from infra.memory import LIMITS
@@ -45,6 +46,8 @@ class StackSecrets:
     private_keys: dict[str, pulumi.Output[str]]  # config key -> key text
     hf_token: pulumi.Output[str] | None
     registry_password: pulumi.Output[str] | None
+    tls_certificate: pulumi.Output[str] | None = None
+    tls_private_key: pulumi.Output[str] | None = None
 
 
 def read_config() -> StackConfig:
@@ -60,7 +63,27 @@ def read_secrets(cfg: StackConfig) -> StackSecrets:
         private_keys={k: config.require_secret(k) for k in sorted(keys)},
         hf_token=config.get_secret("hfToken"),
         registry_password=config.get_secret("registryPassword"),
+        tls_certificate=config.get_secret("tlsCertificate"),
+        tls_private_key=config.get_secret("tlsPrivateKey"),
     )
+
+
+def tls_names(cfg: StackConfig) -> list[str]:
+    """What the public endpoints are reached by: each host's address, name, public address and cluster
+    address (the batch worker and the post-deploy check reach the load balancer there) on compose, or
+    the Ingress domain on kubernetes; then `tlsNames`."""
+    if cfg.platform is Platform.KUBERNETES:
+        domain = cfg.k8s.ingress_domain
+        names = [f"*.{domain}", domain]
+    else:
+        names = []
+        for host in cfg.hosts:
+            names += [host.address, host.name]
+            if not host.public_address.is_unspecified:
+                names.append(str(host.public_address))
+            if host.cluster_address is not None:
+                names.append(str(host.cluster_address))
+    return list(dict.fromkeys([*names, *cfg.tls.names]))
 
 
 def _images(cfg: StackConfig, secrets: StackSecrets) -> tuple[ContainerImage, ContainerImage]:
@@ -185,6 +208,14 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
     else:
         platform, vllm_image_ref, runtime_image_ref, placement = _kubernetes(cfg, secrets)
     platform = with_image_refs(platform, cfg.image.pull_by_digest)
+    public_tls = PublicTls(
+        "tls",
+        {"names": tls_names(cfg), "certificate": secrets.tls_certificate, "private_key": secrets.tls_private_key},
+    )
+    # compose: the load balancer, batch API and Grafana serve TLS themselves; kubernetes: the Ingress does.
+    served_tls = public_tls.server if platform.serves_tls else None
+    if not platform.serves_tls:
+        platform.terminate_tls(public_tls.cert_pem, public_tls.key_pem)
     data_host = placement.data
     public = cfg.data.public
 
@@ -266,6 +297,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "backends": vllm.backends,
             "settings": cfg.lb,
             "backend_key": vllm.api_key,
+            "tls": served_tls,
         },
     )
     batch = BatchService(
@@ -290,6 +322,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "hf_token": secrets.hf_token,
             # Both fail their health checks while Redis is down: on its host they start once it is healthy.
             "depends_on": (store.setup_service, redis.service),
+            "tls": served_tls,
         },
     )
     monitoring = Monitoring(
@@ -307,6 +340,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
                 ScrapeJob("ray", tuple(ray.metrics_targets)),
             ],
             "settings": cfg.monitoring,
+            "tls": served_tls,
         },
     )
     PostDeployCheck(
@@ -320,6 +354,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "lb_api_key": lb.api_key,
             "batch_api_url": batch.internal_url,
             "model": cfg.vllm.served_name,
+            "ca_b64": served_tls.ca_b64 if served_tls else None,
         },
     )
     platform.finish()
@@ -346,6 +381,8 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
         "redisUrl": redis.url,
         "vllmImage": vllm_image_ref,
         "runtimeImage": runtime_image_ref,
+        # Clients trust it for the https endpoints; empty with the operator's own certificate (tlsCertificate).
+        "tlsCaCertificate": public_tls.ca_pem,
     }
 
 

@@ -89,14 +89,21 @@ class HealthCheck:
 
 
 def http_health_check(
-    port: int, path: str = "/health", *, host: str, python: str = "python3", **timing: int
+    port: int, path: str = "/health", *, host: str, python: str = "python3", https: bool = False, **timing: int
 ) -> HealthCheck:
     """An HTTP GET probe run inside the container with its own Python (no curl in slim images).
 
     `host` (Platform.probe_address, no default) is where the service answers from inside its own
     container: on the host network a service bound to the cluster address does not answer on 127.0.0.1.
+    `https`: the service serves TLS itself; the probe asks whether it answers, not who it is, so it
+    does not check the certificate (whose names are the public ones, not the probe address).
     """
-    probe = f"import urllib.request; urllib.request.urlopen('http://{host_port(host, port)}{path}', timeout=5)"
+    if https:
+        url = f"https://{host_port(host, port)}{path}"
+        unverified = "context=ssl._create_unverified_context()"
+        probe = f"import ssl, urllib.request; urllib.request.urlopen('{url}', timeout=5, {unverified})"
+    else:
+        probe = f"import urllib.request; urllib.request.urlopen('http://{host_port(host, port)}{path}', timeout=5)"
     return HealthCheck(command=(python, "-c", probe), http_path=path, http_port=port, **timing)
 
 

@@ -471,6 +471,48 @@ def validate_result_lifecycle(args: StackValidationArgs, report: ReportViolation
             )
 
 
+INGRESS = "kubernetes:networking.k8s.io/v1:Ingress"
+HAPROXY_CFG = "haproxy.cfg"
+
+
+def _haproxy_binds(text: str) -> Iterator[tuple[str, str]]:
+    """(frontend, bind line) of each `bind` in a haproxy.cfg."""
+    frontend = ""
+    for line in text.splitlines():
+        words = line.split()
+        if words[:1] in (["frontend"], ["listen"], ["backend"], ["defaults"], ["global"]):
+            frontend = words[1] if len(words) > 1 and words[0] in ("frontend", "listen") else ""
+        elif words[:1] == ["bind"] and frontend:
+            yield frontend, line.strip()
+
+
+def validate_public_endpoints_tls(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """The load balancer, batch API and Grafana speak TLS (compose: each serves it; kubernetes: the
+    Ingress, with a certificate for every host it routes). HAProxy's `stats` frontend is internal."""
+    if args.resource_type == INGRESS:
+        spec = args.props.get("spec") or {}
+        covered = {h for entry in spec.get("tls") or [] if entry.get("secretName") for h in entry.get("hosts") or []}
+        for rule in spec.get("rules") or []:
+            if rule.get("host") not in covered:
+                report(f"Ingress {args.name}: host {rule.get('host')!r} is served without TLS (spec.tls)", None)
+        return
+    if args.resource_type == "command:remote:CopyToRemote" and str(args.props.get("remotePath", "")).endswith(
+        HAPROXY_CFG
+    ):
+        text = getattr(args.props.get("source"), "text", "") or ""
+        for frontend, bind in _haproxy_binds(text):
+            if frontend != "stats" and not re.search(r"\sssl\s.*\bcrt\s", f" {bind} "):
+                report(f"{args.props['remotePath']}: frontend {frontend} `{bind}` serves clients without TLS", None)
+        return
+    for w in workloads(args.resource_type, args.props, args.name):
+        if compose_document(args.resource_type, args.props) is None:
+            continue  # kubernetes pods speak HTTP behind the Ingress, which the rule checks
+        if "runtime.batch.api" in w.command_text and "TLS_CERT_PEM_B64" not in w.env:
+            report(f"{w.name}: the batch API gets no certificate (TLS_CERT_PEM_B64) and serves plain HTTP", None)
+        if re.search(r"(^|/)grafana[:@]", w.image) and w.env.get("GF_SERVER_PROTOCOL") != "https":
+            report(f"{w.name}: Grafana serves plain HTTP (GF_SERVER_PROTOCOL is not https)", None)
+
+
 def validate_health_checks(args: ResourceValidationArgs, report: ReportViolation) -> None:
     for w in workloads(args.resource_type, args.props, args.name):
         if not w.one_shot and not w.health_check:
@@ -502,6 +544,12 @@ POLICIES: list[Policy] = [
         validate_data_services_private,
         MANDATORY,
         PolicyConfigSchema({"allowPublicDataServices": {"type": "boolean", "default": False}}),
+    ),
+    ResourceValidationPolicy(
+        "public-endpoints-tls",
+        "The load balancer, batch API and Grafana serve TLS (compose: themselves; kubernetes: the Ingress).",
+        validate_public_endpoints_tls,
+        MANDATORY,
     ),
     ResourceValidationPolicy(
         "ray-token-auth",

@@ -21,6 +21,8 @@ from typing import Any
 
 import httpx
 
+from runtime import tlsfiles
+
 LB_KEY_ENV = "SMOKE_LB_API_KEY"
 
 
@@ -31,6 +33,7 @@ class Targets:
     model: str
     batch_api: str | None = None
     lb_api_key: str | None = field(default=None, repr=False)
+    ca_pem: str | None = None  # the stack's generated CA (output tlsCaCertificate), trusted beside the system's
 
     @classmethod
     def from_outputs(cls, outputs: dict[str, Any]) -> Targets:
@@ -43,6 +46,7 @@ class Targets:
             model=outputs["servedModelName"],
             batch_api=outputs.get("batchApiUrl"),
             lb_api_key=outputs.get("loadBalancerApiKey"),
+            ca_pem=outputs.get("tlsCaCertificate") or None,
         )
 
 
@@ -81,7 +85,8 @@ def run(targets: Targets, *, timeout_s: float, interval_s: float = 2.0) -> list[
     """Run every check until it passes or `timeout_s` runs out; returns the failures, each with its last error."""
     deadline = time.monotonic() + timeout_s
     failures = []
-    with httpx.Client(timeout=30) as http:
+    verify = tlsfiles.trusting(targets.ca_pem) if targets.ca_pem else tlsfiles.client_verify()
+    with httpx.Client(timeout=30, verify=verify) as http:
         for what, request in checks(targets):
             while True:
                 try:

@@ -11,6 +11,7 @@ from typing import Any, NotRequired, TypedDict
 import pulumi
 
 from infra.components.secrets import generated_password
+from infra.components.tls import CA_ENV, ServerTls
 from infra.config import BatchSettings
 from infra.platforms import ServicePlatform
 from infra.services import Exposure, Port, Secret, ServiceSpec, http_health_check, secret_output
@@ -38,6 +39,7 @@ class BatchServiceArgs(TypedDict):
     engine_args: dict[str, Any]  # offline engine: the same sized vLLM arguments as the servers
     hf_token: pulumi.Input[str] | None
     depends_on: NotRequired[tuple[str, ...]]  # services to wait for first: the bucket set-up, Redis
+    tls: NotRequired[ServerTls | None]  # compose: the API serves TLS itself, the worker trusts its CA
 
 
 class BatchService(pulumi.ComponentResource):
@@ -48,6 +50,7 @@ class BatchService(pulumi.ComponentResource):
     def __init__(self, name: str, args: BatchServiceArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("vllm-gb10:batch:BatchService", name, None, opts)
         platform, settings, host = args["platform"], args["settings"], args["host"]
+        tls = args.get("tls")
         self.api_key = generated_password(f"{name}-api-key", self, length=48)
         webhook_secret = generated_password(f"{name}-webhook-secret", self, length=48)
         env = {
@@ -83,7 +86,7 @@ class BatchService(pulumi.ComponentResource):
                     *("--internal-host", internal_bind, "--internal-port", str(API_INTERNAL_PORT)),
                 ),
                 environment=env,
-                secrets=secrets,
+                secrets=(*secrets, *(tls.secrets if tls else ())),
                 # Public: the API (every route needs a key; /metrics an admin key). Internal: /metrics without one.
                 ports=(
                     Port(port, port, public, "http"),
@@ -93,6 +96,7 @@ class BatchService(pulumi.ComponentResource):
                     port,
                     host=platform.probe_address(host, public),
                     python="python",
+                    https=tls is not None,
                     interval_s=15,
                     start_period_s=20,
                 ),
@@ -102,7 +106,12 @@ class BatchService(pulumi.ComponentResource):
             parent=self,
         )
         offline = settings.engine == "offline"
-        worker_env = {**env, "BATCH_WORKER_METRICS_HOST": platform.bind_address(host, internal)}
+        worker_env: dict[str, pulumi.Input[str]] = {
+            **env,
+            "BATCH_WORKER_METRICS_HOST": platform.bind_address(host, internal),
+        }
+        if tls:
+            worker_env[CA_ENV] = tls.ca_b64  # the load balancer's certificate is the stack CA's
         worker_secrets: tuple[Secret, ...] = (*secrets, Secret("BATCH_VLLM_API_KEY", args["vllm_api_key"]))
         if offline:
             worker_env["BATCH_MODEL_PATH"] = args["model_path"]
@@ -133,9 +142,10 @@ class BatchService(pulumi.ComponentResource):
             ),
             parent=self,
         )
-        self.url = f"http://{platform.external_address(host, port, f'{name}-api')}/v1"
+        self.url = f"https://{platform.external_address(host, port, f'{name}-api')}/v1"
         # The API's own port, as services in the cluster reach it (the post-deploy check).
-        self.internal_url = f"http://{platform.internal_address(host, port, f'{name}-api', public)}/v1"
+        scheme = "https" if tls else "http"
+        self.internal_url = f"{scheme}://{platform.internal_address(host, port, f'{name}-api', public)}/v1"
         self.metrics_targets = {
             "batch-api": platform.internal_address(host, API_INTERNAL_PORT, f"{name}-api"),
             "batch-worker": platform.internal_address(host, WORKER_METRICS_PORT, f"{name}-worker"),

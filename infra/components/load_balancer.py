@@ -9,11 +9,12 @@ runtime.lbkeys` and applied at once. vLLM's own key reaches HAProxy as a secret 
 from __future__ import annotations
 
 import hashlib
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 import pulumi
 
 from infra.components.secrets import generated_password
+from infra.components.tls import TLS_DIR, ServerTls, write_pem_files
 from infra.config import LoadBalancerSettings
 from infra.platforms import ServicePlatform
 from infra.render.haproxy import Backend, LoadBalancerConfig, render_haproxy_cfg
@@ -40,6 +41,7 @@ class LoadBalancerArgs(TypedDict):
     backends: list[tuple[str, str]]  # (name, host:port)
     settings: LoadBalancerSettings
     backend_key: pulumi.Output[str]  # vLLM's own API key, sent to the servers
+    tls: NotRequired[ServerTls | None]  # compose: HAProxy serves the clients' port over TLS; None: plain HTTP
 
 
 class LoadBalancer(pulumi.ComponentResource):
@@ -55,6 +57,7 @@ class LoadBalancer(pulumi.ComponentResource):
     def __init__(self, name: str, args: LoadBalancerArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("vllm-gb10:lb:LoadBalancer", name, None, opts)
         platform, settings, host = args["platform"], args["settings"], args["host"]
+        tls = args.get("tls")
         stats_ip = platform.internal_host(host, name)
         self.api_key = generated_password(f"{name}-operator-key", self, length=48)
         self.worker_key = generated_password(f"{name}-batch-worker-key", self, length=48)
@@ -83,6 +86,7 @@ class LoadBalancer(pulumi.ComponentResource):
                 api_key_maps=maps,
                 admin_socket=f"{KEYS_MOUNT}/admin.sock" if host_paths else None,
                 backend_key_env=BACKEND_KEY_ENV,
+                tls_pem=f"{TLS_DIR}/server.pem" if tls else None,
             )
         )
         platform.deploy(
@@ -95,7 +99,10 @@ class LoadBalancer(pulumi.ComponentResource):
                     ConfigFile("lb-stack-keys.map", STACK_KEYS_PATH, stack_keys),
                 ),
                 host_paths=host_paths,
-                secrets=(Secret(BACKEND_KEY_ENV, args["backend_key"]),),
+                # The image's own entrypoint (docker-entrypoint.sh) runs `haproxy -W -db -f CONFIG_PATH`.
+                entrypoint=("/bin/sh", "-c") if tls else None,
+                command=(write_pem_files(f"haproxy -W -db -f {CONFIG_PATH}"),) if tls else (),
+                secrets=(Secret(BACKEND_KEY_ENV, args["backend_key"]), *(tls.secrets if tls else ())),
                 ports=(
                     Port(settings.port, settings.port, Exposure.PUBLIC, "http"),
                     Port(settings.stats_port, settings.stats_port, Exposure.INTERNAL, "stats"),
@@ -111,8 +118,10 @@ class LoadBalancer(pulumi.ComponentResource):
             ),
             parent=self,
         )
-        self.url = f"http://{platform.external_address(host, settings.port, name)}/v1"
-        self.internal_url = f"http://{platform.internal_address(host, settings.port, name, Exposure.PUBLIC)}/v1"
+        # Public URLs are https on both platforms: kubernetes terminates TLS at its Ingress, compose here.
+        self.url = f"https://{platform.external_address(host, settings.port, name)}/v1"
+        internal = platform.internal_address(host, settings.port, name, Exposure.PUBLIC)
+        self.internal_url = f"{'https' if tls else 'http'}://{internal}/v1"
         self.stats_url = f"http://{stats_ip}:{settings.stats_port}/stats"
         self.stats_address = platform.internal_address(host, settings.stats_port, name)  # /metrics for Prometheus
         self.register_outputs({"url": self.url, "statsUrl": self.stats_url})

@@ -7,11 +7,12 @@ data source and the vllm-gb10 dashboard, both provisioned from files.
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 import pulumi
 
 from infra.components.secrets import generated_password
+from infra.components.tls import TLS_DIR, ServerTls, write_pem_files
 from infra.config import MonitoringSettings
 from infra.platforms import ServicePlatform
 from infra.render.monitoring import (
@@ -45,12 +46,16 @@ class MonitoringArgs(TypedDict):
     node_hosts: list[str]  # each gets a node exporter (disk and memory)
     jobs: list[ScrapeJob]  # the services' own metrics endpoints
     settings: MonitoringSettings
+    tls: NotRequired[ServerTls | None]  # compose: Grafana serves TLS itself
 
 
-def _wget(host: str, port: int, path: str) -> HealthCheck:
-    """The Prometheus, Grafana and node-exporter images carry busybox wget; `host` is the probe address."""
+def _wget(host: str, port: int, path: str, *, https: bool = False) -> HealthCheck:
+    """The Prometheus, Grafana and node-exporter images carry busybox wget; `host` is the probe address.
+    Over https the probe asks whether the service answers, not who it is (the certificate's names are
+    the public ones)."""
+    url = f"{'https' if https else 'http'}://{host_port(host, port)}{path}"
     return HealthCheck(
-        command=("wget", "-q", "-O", "/dev/null", f"http://{host_port(host, port)}{path}"),
+        command=("wget", "-q", *(("--no-check-certificate",) if https else ()), "-O", "/dev/null", url),
         interval_s=15,
         start_period_s=30,
         http_path=path,
@@ -67,6 +72,7 @@ class Monitoring(pulumi.ComponentResource):
     def __init__(self, name: str, args: MonitoringArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("vllm-gb10:monitoring:Monitoring", name, None, opts)
         platform, settings, host = args["platform"], args["settings"], args["host"]
+        tls = args.get("tls")
         public, internal = Exposure.PUBLIC, Exposure.INTERNAL
         prometheus_listen = host_port(platform.bind_address(host, internal), settings.prometheus_port)
         exporters: list[ScrapeJob] = [
@@ -116,8 +122,20 @@ class Monitoring(pulumi.ComponentResource):
                     # (let alone admin), no sign-up, and no admin/admin first login (the password is generated).
                     "GF_AUTH_ANONYMOUS_ENABLED": "false",
                     "GF_AUTH_DISABLE_LOGIN_FORM": "false",
+                    **(
+                        {
+                            "GF_SERVER_PROTOCOL": "https",
+                            "GF_SERVER_CERT_FILE": f"{TLS_DIR}/cert.pem",
+                            "GF_SERVER_CERT_KEY": f"{TLS_DIR}/key.pem",
+                        }
+                        if tls
+                        else {}
+                    ),
                 },
-                secrets=(Secret("GF_SECURITY_ADMIN_PASSWORD", self.grafana_password),),
+                # The image's own entrypoint is /run.sh.
+                entrypoint=("/bin/sh", "-c") if tls else None,
+                command=(write_pem_files("/run.sh"),) if tls else (),
+                secrets=(Secret("GF_SECURITY_ADMIN_PASSWORD", self.grafana_password), *(tls.secrets if tls else ())),
                 files=(
                     ConfigFile(
                         "grafana-datasource.yml",
@@ -135,13 +153,15 @@ class Monitoring(pulumi.ComponentResource):
                 ),
                 ports=(Port(settings.grafana_port, settings.grafana_port, public, "http"),),
                 volumes=(Volume("grafana-data", "/var/lib/grafana", size_gi=5),),
-                healthcheck=_wget(platform.probe_address(host, public), settings.grafana_port, "/api/health"),
+                healthcheck=_wget(
+                    platform.probe_address(host, public), settings.grafana_port, "/api/health", https=tls is not None
+                ),
                 memory_limit="1g",
                 stateful=True,
             ),
             parent=self,
         )
-        self.grafana_url = f"http://{platform.external_address(host, settings.grafana_port, 'grafana')}"
+        self.grafana_url = f"https://{platform.external_address(host, settings.grafana_port, 'grafana')}"
         self.register_outputs({"prometheusUrl": self.prometheus_url, "grafanaUrl": self.grafana_url})
 
     def _dcgm_exporter(self, platform: ServicePlatform, host: str) -> str:

@@ -3,10 +3,11 @@ server answers /health and a chat completion goes through the load balancer (run
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 import pulumi
 
+from infra.components.tls import CA_ENV
 from infra.platforms import ServicePlatform
 from infra.services import Secret, ServiceSpec
 
@@ -22,6 +23,7 @@ class PostDeployCheckArgs(TypedDict):
     batch_api_url: str
     model: str
     lb_api_key: pulumi.Output[str]  # for the chat completion (runtime.smoke reads $SMOKE_LB_API_KEY)
+    ca_b64: NotRequired[pulumi.Output[str] | None]  # compose: the stack CA the https endpoints' certificates chain to
 
 
 class PostDeployCheck(pulumi.ComponentResource):
@@ -37,7 +39,11 @@ class PostDeployCheck(pulumi.ComponentResource):
                 host=args["host"],
                 image=args["image"],
                 command=tuple(command),
-                secrets=(Secret("SMOKE_LB_API_KEY", args["lb_api_key"]),),
+                # The CA is no secret; it rides the secrets' env file because that resolves Outputs.
+                secrets=(
+                    Secret("SMOKE_LB_API_KEY", args["lb_api_key"]),
+                    *((Secret(CA_ENV, ca),) if (ca := args.get("ca_b64")) is not None else ()),
+                ),
                 memory_limit="256m",
                 one_shot=True,
             ),

@@ -11,12 +11,15 @@ resolved, so work happens in dependency order, as the engine orders it. What it 
 - docker-build:index:Image: `docker build` of the declared context and Dockerfile (the layer cache
   makes an unchanged build a no-op), tagged as declared; `ref` is the image ID, as unique as a digest.
 - random:index/randomPassword:RandomPassword: a new random value, kept in state while inputs stay.
+- tls:index/*: keys, a CA, certificate requests and certificates (infra/local/tls.py), kept in state
+  while inputs stay and, for certificates, until their early-renewal window.
 
 Everything else (component resources) is recorded only.
 """
 
 from __future__ import annotations
 
+import functools
 import secrets
 import string
 import subprocess
@@ -35,6 +38,7 @@ from pulumi.runtime.sync_await import _sync_await
 
 from infra.components.host import pinned_run_stamp
 from infra.config import PROJECT
+from infra.local import tls as local_tls
 from infra.local.ssh import Connection, RemoteError, copy_text, run_script
 from infra.local.state import State, digest, plain
 from infra.plan.recorder import Recording, RecordingMonitor, collect_stack_outputs, reset_program_state
@@ -72,7 +76,10 @@ class Providers(pulumi.runtime.Mocks):
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
         inputs = unsecret(dict(args.inputs))
-        action = {COMMAND: self._command, COPY: self._copy, IMAGE: self._image, PASSWORD: self._password}.get(args.typ)
+        actions = {COMMAND: self._command, COPY: self._copy, IMAGE: self._image, PASSWORD: self._password}
+        action = actions.get(args.typ) or (
+            functools.partial(self._tls, args.typ) if args.typ in local_tls.TYPES else None
+        )
         with self._lock:
             self.seen.add(State.key(args.typ, args.name))
             if action is not None and (self.failures or self._closed):
@@ -170,6 +177,17 @@ class Providers(pulumi.runtime.Mocks):
         # The registry would give `tag@sha256:<digest>`; an image built in place has only its ID, which
         # pins it just as well: a rebuilt image changes every compose file that runs it, on every host.
         return verb, {**inputs, "digest": image_id, "ref": image_id}
+
+    def _tls(self, type_: str, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        status, before = self._previous(type_, name, inputs)
+        renew = status == "same" and type_ in local_tls.CERTIFICATES and local_tls.due_for_renewal(before, inputs)
+        if status == "same" and not renew:
+            verb, outputs = "same", before
+        else:
+            verb, outputs = ("created" if status == "new" else "replaced"), local_tls.make(type_, inputs)
+        if "privateKeyPem" in outputs and type_ == local_tls.PRIVATE_KEY:
+            self.recording.generated_secrets.add(outputs["privateKeyPem"])
+        return verb, outputs
 
     def _password(self, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         status, before = self._previous(PASSWORD, name, inputs)

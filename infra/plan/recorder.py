@@ -44,6 +44,20 @@ def mock_secret(name: str) -> str:
     return "mock" + hashlib.sha256(name.encode()).hexdigest()[:28]
 
 
+def _pem(kind: str, name: str) -> str:
+    return f"-----BEGIN {kind}-----\nplan:{name}\n-----END {kind}-----\n"
+
+
+def plan_tls_outputs(typ: str, name: str) -> dict[str, str]:
+    """Stand-ins for pulumi_tls's outputs in the offline plan: named after their resource, so two plans
+    are identical (the local engine makes real ones, infra/local/tls.py)."""
+    if typ == "tls:index/privateKey:PrivateKey":
+        return {"privateKeyPem": _pem("PRIVATE KEY", name), "publicKeyPem": _pem("PUBLIC KEY", name)}
+    if typ == "tls:index/certRequest:CertRequest":
+        return {"certRequestPem": _pem("CERTIFICATE REQUEST", name)}
+    return {"certPem": _pem("CERTIFICATE", name)}
+
+
 class PlanMocks(pulumi.runtime.Mocks):
     """Deterministic provider outputs, so that two plans of the same code are identical."""
 
@@ -63,6 +77,10 @@ class PlanMocks(pulumi.runtime.Mocks):
         elif args.typ.startswith("command:remote:"):
             outputs.setdefault("stdout", "")
             outputs.setdefault("stderr", "")
+        elif args.typ.startswith("tls:index/"):
+            outputs.update(plan_tls_outputs(args.typ, args.name))
+            if args.typ == "tls:index/privateKey:PrivateKey":
+                self.recording.generated_secrets.add(outputs["privateKeyPem"])
         return f"{args.name}-id", outputs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, None]:

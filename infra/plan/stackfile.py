@@ -55,7 +55,11 @@ def read_stack_file(project_dir: Path, stack: str) -> StackFileConfig:
     made_up = []
     for key in sorted(needed):
         full = f"{PROJECT}:{key}"
-        if full not in values and not (key == "registryPassword" and f"{PROJECT}:registryUsername" not in values):
+        # Unset on purpose: no registry login, or a generated CA instead of the operator's certificate.
+        optional = key in {"tlsCertificate", "tlsPrivateKey"} or (
+            key == "registryPassword" and f"{PROJECT}:registryUsername" not in values
+        )
+        if full not in values and not optional:
             values[full] = placeholder(key)
             secrets.append(full)
             made_up.append(key)

@@ -248,6 +248,10 @@ class ComposePlatform:
 
     nodes_addressable = True
     host_state_dirs = True
+    serves_tls = True  # the load balancer, batch API and Grafana each serve TLS on their public port
+
+    def terminate_tls(self, cert_pem: pulumi.Output[str], key_pem: pulumi.Output[str]) -> None:
+        raise NotImplementedError("compose services serve TLS themselves (serves_tls)")
 
     def __init__(self, hosts: dict[str, Gb10Host], *, stack: str = "", memory_gib: dict[str, float] | None = None):
         """`memory_gib`: host -> GiB the container limits placed there may add up to (GB10 hosts)."""

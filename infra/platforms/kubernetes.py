@@ -37,6 +37,7 @@ PINNED_IMAGES = {"vllm-gb10": "vllmImageDigest", "vllm-gb10-runtime": "runtimeIm
 class KubernetesPlatform:
     nodes_addressable = False  # pods are reached through Services; Ray workers have none
     host_state_dirs = False  # pods move between nodes: state lives in volumes or ConfigMaps
+    serves_tls = False  # the Ingress terminates TLS; behind it the Services speak plain HTTP in the cluster
 
     def __init__(self, settings: KubernetesSettings, *, image_pull_secret: pulumi.Input[str] | None = None):
         self.settings = settings
@@ -78,6 +79,7 @@ class KubernetesPlatform:
             image_pull_secret=pull_secret,
         )
         self._public: list[tuple[str, int]] = []
+        self._tls: tuple[pulumi.Output[str], pulumi.Output[str]] | None = None
 
     def _opts(self, parent: pulumi.Resource | None, **extra: Any) -> pulumi.ResourceOptions:
         depends = [self.namespace, *extra.pop("depends_on", [])]
@@ -276,8 +278,12 @@ class KubernetesPlatform:
     def external_address(self, host: str, port: int, service: str) -> str:
         return f"{service}.{self.settings.ingress_domain}"
 
+    def terminate_tls(self, cert_pem: pulumi.Output[str], key_pem: pulumi.Output[str]) -> None:
+        self._tls = (cert_pem, key_pem)
+
     def finish(self) -> None:
-        """The public HTTP endpoints: HTTPRoutes on the configured Gateway, else one Ingress."""
+        """The public HTTP endpoints: HTTPRoutes on the configured Gateway (whose listener holds the
+        certificate: the Gateway is the cluster's, not ours), else one Ingress serving TLS with ours."""
         if not self._public:
             return
         if self.settings.gateway_name:
@@ -297,6 +303,16 @@ class KubernetesPlatform:
                     opts=self._opts(None),
                 )
             return
+        if self._tls is None:
+            raise ValueError("the Ingress needs a certificate: terminate_tls() before finish()")
+        cert_pem, key_pem = self._tls
+        k8s.core.v1.Secret(  # type: ignore[call-overload]
+            "public-tls",
+            metadata=render.metadata(render.TLS_SECRET, self.placement),
+            type="kubernetes.io/tls",
+            string_data={"tls.crt": cert_pem, "tls.key": secret_output(key_pem)},
+            opts=self._opts(None),
+        )
         k8s.networking.v1.Ingress(  # type: ignore[call-overload]
             "public-ingress",
             metadata={

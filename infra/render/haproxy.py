@@ -49,6 +49,8 @@ class LoadBalancerConfig:
     admin_socket: str | None = None
     # An environment variable of HAProxy holding vLLM's own API key, sent to the backends as Bearer.
     backend_key_env: str | None = None
+    # Certificate and key in one PEM file: the client frontend speaks TLS (1.2 and up) with it.
+    tls_pem: str | None = None
 
 
 # HAProxy puts weight x 16 points per server on the consistent ring. At the default weight 1 the arcs
@@ -100,6 +102,8 @@ def render_haproxy_cfg(cfg: LoadBalancerConfig) -> str:
     health = f"inter {cfg.check_interval_ms} fall 2 rise 2 observe layer7 error-limit 1 on-error mark-down"
     header = cfg.session_header
     socket = f"\n    stats socket {cfg.admin_socket} mode 600 level admin" if cfg.admin_socket else ""
+    tls = f" ssl crt {cfg.tls_pem} alpn h2,http/1.1" if cfg.tls_pem else ""
+    tls_floor = "\n    ssl-default-bind-options ssl-min-ver TLSv1.2 no-tls-tickets" if cfg.tls_pem else ""
     backend_key = ""
     if cfg.backend_key_env:
         backend_key = f'\n    http-request set-header Authorization "Bearer ${{{cfg.backend_key_env}}}"'
@@ -108,7 +112,7 @@ def render_haproxy_cfg(cfg: LoadBalancerConfig) -> str:
 # Rendered by infra/render/haproxy.py - do not edit by hand.
 global
     log stdout format raw local0
-    maxconn {cfg.maxconn}{socket}
+    maxconn {cfg.maxconn}{socket}{tls_floor}
 
 defaults
     mode http
@@ -127,7 +131,7 @@ defaults
     retry-on conn-failure empty-response junk-response
 
 frontend openai
-    bind {cfg.bind}
+    bind {cfg.bind}{tls}
     # One JSON line per request: the batch worker's X-Request-ID, the session and the chosen backend,
     # so a request can be followed from the batch API through the worker to the vLLM server.
     http-request capture req.hdr(X-Request-ID) len 64

@@ -231,8 +231,12 @@ def service_spec(spec: ServiceSpec) -> dict[str, Any]:
     return {"type": "ClusterIP", "selector": labels(spec.name), "ports": ports}
 
 
+TLS_SECRET = "public-tls"  # the Ingress's certificate (a kubernetes.io/tls Secret)
+
+
 def ingress_spec(public: list[tuple[str, int]], domain: str, ingress_class: str) -> dict[str, Any]:
-    """One rule `<name>.<domain>` per public (service, port); no class: the cluster's default IngressClass."""
+    """One rule `<name>.<domain>` per public (service, port), all served over TLS with the certificate
+    in Secret TLS_SECRET; no class: the cluster's default IngressClass."""
     rules = [
         {
             "host": f"{name}.{domain}",
@@ -248,7 +252,10 @@ def ingress_spec(public: list[tuple[str, int]], domain: str, ingress_class: str)
         }
         for name, port in sorted(public)
     ]
-    body: dict[str, Any] = {"rules": rules}
+    body: dict[str, Any] = {
+        "tls": [{"hosts": [f"{name}.{domain}" for name, _ in sorted(public)], "secretName": TLS_SECRET}],
+        "rules": rules,
+    }
     if ingress_class:
         body["ingressClassName"] = ingress_class
     return body

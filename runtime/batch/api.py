@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field, StringConstraints, ValidationError
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from runtime import tlsfiles
 from runtime.batch import auth, keys, logs, metrics, redis_client, webhooks
 from runtime.batch.intake import InputRefusedError, create_job
 from runtime.batch.jobs import JobStore, priority_of
@@ -640,8 +641,21 @@ def main(argv: list[str] | None = None) -> None:
     if (args.internal_host is None) != (args.internal_port is None):
         parser.error("--internal-host and --internal-port go together")
     logs.configure("batch-api", args.log_level)
+    try:
+        tls = tlsfiles.server_files()  # the public listener speaks TLS when the stack hands it a certificate
+    except tlsfiles.TlsConfigError as err:
+        parser.error(str(err))
     app = create_app(BatchSettings())
-    servers = [uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_config=None, access_log=False))]
+    public = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        access_log=False,
+        ssl_certfile=tls[0] if tls else None,
+        ssl_keyfile=tls[1] if tls else None,
+    )
+    servers = [uvicorn.Server(public)]
     if args.internal_port is not None:
         internal = internal_app(app.state.batch)
         config = uvicorn.Config(internal, host=args.internal_host, port=args.internal_port, log_config=None)

@@ -7,11 +7,13 @@ config changes, and the finaliser runs `stack-down` and checks nothing is left, 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -27,7 +29,9 @@ import pytest
 
 from infra.local.engine import ApplyError
 from infra.local.stack import LocalStack, StackError, down, up
+from infra.local.state import State
 from infra.plan import PROJECT_DIR
+from runtime.tlsfiles import trusting
 
 pytestmark = pytest.mark.stack
 
@@ -51,6 +55,11 @@ class RunningStack:
         self.outputs = outputs
         self.docker_env = docker_env
 
+    @property
+    def trust(self) -> ssl.SSLContext:
+        """What a client of the public endpoints trusts: the system's store plus the stack's CA (an output)."""
+        return trusting(self.outputs["tlsCaCertificate"])
+
     def docker(self, *args: str) -> str:
         return subprocess.run(["docker", *args], env=self.docker_env, capture_output=True, text=True, check=True).stdout
 
@@ -66,6 +75,12 @@ class RunningStack:
             password = urlparse(self.outputs[key]).password
             assert password, key
             values.add(password)
+        # The TLS private keys are in no output: the local engine's state holds them, as Pulumi's would.
+        for resource in State.load(self.local.state_file).resources.values():
+            if resource.type == "tls:index/privateKey:PrivateKey":
+                pem = resource.outputs["privateKeyPem"]
+                values |= {pem, base64.b64encode(pem.encode()).decode()}
+        assert len(values) >= 9
         return values
 
 
@@ -129,7 +144,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
 def test_batch_through_the_api_with_the_openai_client(stack: RunningStack, tmp_path: Path) -> None:
     from openai import OpenAI
 
-    client = OpenAI(base_url=stack.outputs["batchApiUrl"], api_key=stack.outputs["batchApiKey"], timeout=60)
+    client = OpenAI(
+        base_url=stack.outputs["batchApiUrl"],
+        api_key=stack.outputs["batchApiKey"],
+        timeout=60,
+        http_client=httpx.Client(verify=stack.trust),
+    )
     ids = [f"req-{i}" for i in range(12)]
     lines = [
         {
@@ -162,7 +182,7 @@ def test_chat_through_the_load_balancer_reaches_both_hosts(stack: RunningStack) 
     url = stack.outputs["loadBalancerUrl"] + "/chat/completions"
     backends: set[str] = set()
     key = {"Authorization": f"Bearer {stack.outputs['loadBalancerApiKey']}"}
-    with httpx.Client(timeout=60, headers=key) as http:
+    with httpx.Client(timeout=60, headers=key, verify=stack.trust) as http:
         for session in range(64):
             response = http.post(
                 url,
@@ -182,7 +202,7 @@ def test_the_load_balancer_serves_only_keys_it_knows_and_revokes_them_at_once(st
 
     def chat(key: str | None) -> int:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.post(url, json=body, headers=headers, timeout=60).status_code
+        return httpx.post(url, json=body, headers=headers, timeout=60, verify=stack.trust).status_code
 
     assert chat(None) == 401 and chat("sk-lb-guessed") == 401
     # vLLM itself refuses requests that do not come through the load balancer (it has its own key)
@@ -301,6 +321,29 @@ def test_a_service_that_fails_at_up_is_named_with_its_last_log_lines(stack: Runn
     assert "--- last log lines of crashed:\ncrash-marker: bad flag" in report
     assert "--- last log lines of sick:\nsick-marker: cannot bind" in report
     assert "last log lines of fine" not in report
+
+
+def test_the_public_endpoints_serve_tls_that_the_stack_ca_verifies(stack: RunningStack) -> None:
+    """Load balancer, batch API and Grafana: a client trusting the CA output verifies each (names
+    included); one with the system's store alone refuses it; plain HTTP gets no API."""
+    public = {
+        "loadBalancerUrl": "/health",
+        "batchApiUrl": "/health",
+        "grafanaUrl": "/api/health",
+    }
+    for output, path in public.items():
+        url = urlparse(stack.outputs[output])
+        assert url.scheme == "https", output
+        base = f"https://{url.netloc}"
+        assert httpx.get(base + path, verify=stack.trust, timeout=30).status_code == 200, output
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            httpx.get(base + path, timeout=30)  # the system's trust store only
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://{url.netloc}{path}", timeout=30).raise_for_status()
+        with socket.create_connection((url.hostname, url.port), timeout=30) as raw:
+            with stack.trust.wrap_socket(raw, server_hostname=url.hostname) as tls:
+                assert tls.version() in {"TLSv1.2", "TLSv1.3"}, output
+    assert "BEGIN CERTIFICATE" in stack.outputs["tlsCaCertificate"]
 
 
 def test_no_secret_in_rendered_files_container_config_or_logs(stack: RunningStack) -> None:

@@ -163,8 +163,8 @@ def test_no_service_is_exposed_by_nodeport_or_loadbalancer_and_the_public_ones_u
         hosts[hostname] = (backend["name"], backend["port"])
         assert services[backend["name"]]["spec"]["ports"][0]["port"] == backend["port"]
     assert hosts == PUBLIC
-    assert edge.outputs["loadBalancerUrl"] == "http://lb.cognition.lan/v1"
-    assert edge.outputs["batchApiUrl"] == "http://batch-api.cognition.lan/v1"
+    assert edge.outputs["loadBalancerUrl"] == "https://lb.cognition.lan/v1"
+    assert edge.outputs["batchApiUrl"] == "https://batch-api.cognition.lan/v1"
 
 
 @pytest.mark.parametrize("ingress_class", ["", "traefik", "nginx"])
@@ -178,6 +178,14 @@ def test_without_a_gateway_one_ingress_of_the_configured_class(ingress_class: st
     assert ("annotations" in ingress["metadata"]) is (ingress_class == "nginx")
     hosts = {r["host"]: r["http"]["paths"][0]["backend"]["service"] for r in ingress["spec"]["rules"]}
     assert hosts == {h: {"name": n, "port": {"number": p}} for h, (n, p) in PUBLIC.items()}
+    # Every host over TLS, with the certificate the stack made for *.<ingressDomain> (key kept secret).
+    (tls,) = ingress["spec"]["tls"]
+    assert sorted(tls["hosts"]) == sorted(PUBLIC) and tls["secretName"] == "public-tls"
+    certificate = objects(plan, "Secret")["public-tls"]
+    assert certificate["type"] == "kubernetes.io/tls" and certificate["stringData"]["tls.key"] == MASK
+    assert "BEGIN CERTIFICATE" in certificate["stringData"]["tls.crt"]
+    (request,) = [r for r in plan.resources if r["type"] == "tls:index/certRequest:CertRequest"]
+    assert request["inputs"]["dnsNames"] == ["*.cognition.lan", "cognition.lan"]
 
 
 def test_secrets_are_secret_objects_referenced_by_name_and_marked_secret(edge: Plan) -> None:

@@ -44,9 +44,9 @@ def test_plan_writes_plan_json_and_generated_files(stella_out) -> None:
 
 def test_plan_prints_counts_by_type_and_the_outputs(stella_out) -> None:
     _, result = stella_out
-    assert "stack stella: 43 resources" in result.stdout
+    assert "stack stella: 49 resources" in result.stdout
     assert "    2  vllm-gb10:host:Gb10Host" in result.stdout
-    assert 'loadBalancerUrl: "http://stella.lan:8080/v1"' in result.stdout
+    assert 'loadBalancerUrl: "https://stella.lan:8080/v1"' in result.stdout
     assert 'postgresUrl: "[secret]"' in result.stdout
 
 
@@ -83,7 +83,7 @@ def test_diff_against_an_older_plan_lists_added_changed_and_removed(stella_out, 
     # A changed trigger replaces the command, as Pulumi would (an update would not re-run it).
     assert "+- command:remote:Command stella-compose-up (replace)" in result.stdout
     assert "    ~ inputs.triggers[0]: '0000" in result.stdout
-    assert "    ~ loadBalancerUrl: 'http://old:8080/v1' => 'http://stella.lan:8080/v1'" in result.stdout
+    assert "    ~ loadBalancerUrl: 'http://old:8080/v1' => 'https://stella.lan:8080/v1'" in result.stdout
     assert "1 to add, 0 to change, 1 to replace, 1 to delete" in result.stdout
 
 

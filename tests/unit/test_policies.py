@@ -341,6 +341,34 @@ def test_ray_token_auth() -> None:
     ]
 
 
+def test_public_endpoints_tls() -> None:
+    policy = "public-endpoints-tls"
+    cfg = "frontend openai\n    bind 0.0.0.0:8080{tls}\n\nfrontend stats\n    bind 10.0.0.1:8404\n"
+
+    def haproxy(tls: str) -> dict:
+        return {"remotePath": "/opt/vllm-gb10/stella/haproxy.cfg", "source": pulumi.StringAsset(cfg.format(tls=tls))}
+
+    assert violations(policy, COPY, haproxy(" ssl crt /tmp/tls/server.pem alpn h2,http/1.1")) == []
+    assert violations(policy, COPY, haproxy("")) == [
+        "/opt/vllm-gb10/stella/haproxy.cfg: frontend openai `bind 0.0.0.0:8080` serves clients without TLS"
+    ]
+    api = host_network(["python", "-m", "runtime.batch.api", "--host", "0.0.0.0"], environment=None)
+    grafana = good_service(image="grafana/grafana:13.2.3", command=None, environment={"GF_SERVER_PROTOCOL": "https"})
+    secured = {**api, "environment": {"TLS_CERT_PEM_B64": "${TLS_CERT_PEM_B64:?missing}"}}
+    assert violations(policy, COPY, compose({"batch-api": secured, "grafana": grafana})) == []
+    plain_grafana = {**grafana, "environment": {}}
+    assert violations(policy, COPY, compose({"batch-api": api, "grafana": plain_grafana})) == [
+        "batch-api: the batch API gets no certificate (TLS_CERT_PEM_B64) and serves plain HTTP",
+        "grafana: Grafana serves plain HTTP (GF_SERVER_PROTOCOL is not https)",
+    ]
+    ingress = "kubernetes:networking.k8s.io/v1:Ingress"
+    rules = [{"host": "lb.lan"}, {"host": "grafana.lan"}]
+    covered = {"spec": {"rules": rules, "tls": [{"hosts": ["lb.lan", "grafana.lan"], "secretName": "public-tls"}]}}
+    assert violations(policy, ingress, covered) == []
+    partial = {"spec": {"rules": rules, "tls": [{"hosts": ["lb.lan"], "secretName": "public-tls"}]}}
+    assert violations(policy, ingress, partial) == ["Ingress r: host 'grafana.lan' is served without TLS (spec.tls)"]
+
+
 @pytest.mark.parametrize(
     ("arg", "what"),
     [

@@ -49,8 +49,8 @@ def test_its_command_checks_every_server_and_the_balancer(stella: Plan) -> None:
     assert argv[:4] == ["docker", "run", "--rm", "--network=host"] and "--env-file" in argv
     args = smoke.build_parser().parse_args(argv[argv.index("runtime.smoke") + 1 :])
     assert args.vllm == ["http://10.10.10.1:8000/v1", "http://10.10.10.2:8000/v1"]
-    assert args.lb == "http://10.10.10.1:8080/v1" and args.model == "Qwen/Qwen3-4B"
-    assert args.batch_api == "http://10.10.10.1:8100/v1"
+    assert args.lb == "https://10.10.10.1:8080/v1" and args.model == "Qwen/Qwen3-4B"
+    assert args.batch_api == "https://10.10.10.1:8100/v1"
     assert stella.outputs["servedModelName"] == "Qwen/Qwen3-4B"
 
 

@@ -22,6 +22,7 @@ from infra.plan.stackfile import placeholder, read_stack_file
 from infra.render.compose import FILES_LABEL, compose_document
 from infra.services import ServiceSpec
 from runtime.batch.settings import BatchSettings
+from tests.certs import lan_certificate
 from tests.conftest import require_binary
 
 STELLA_IP, NOVA_IP = "10.10.10.1", "10.10.10.2"
@@ -95,7 +96,10 @@ def test_load_balancer_routes_to_every_vllm_server(stella: Plan) -> None:
         "./lb-stack-keys.map:/usr/local/etc/haproxy/stack-keys.map:ro",  # the stack's own keys, by digest
         "./lb-keys:/usr/local/etc/haproxy/keys",  # users' keys and the admin socket (runtime.lbkeys)
     ]
-    assert re.findall(r"^\s+bind (\S+)$", cfg, re.M) == ["0.0.0.0:8080", f"{STELLA_IP}:8404"]
+    # Clients over TLS (the certificate the entrypoint writes from the secrets), the stats page plain and internal.
+    binds = re.findall(r"^\s+bind (\S+)(.*)$", cfg, re.M)
+    assert binds == [("0.0.0.0:8080", " ssl crt /tmp/tls/server.pem alpn h2,http/1.1"), (f"{STELLA_IP}:8404", "")]
+    assert "ssl-default-bind-options ssl-min-ver TLSv1.2" in cfg
 
 
 def test_vllm_servers_get_engine_args_model_cache_and_hf_token(stella: Plan) -> None:
@@ -141,7 +145,7 @@ def test_batch_services_are_wired_to_redis_s3_and_the_load_balancer(
         for key, value in _interpolate(services[name]["environment"], secrets).items():
             monkeypatch.setenv(key, value)
         settings = BatchSettings()
-        assert str(settings.vllm_base_url) == f"http://{STELLA_IP}:8080/v1"
+        assert str(settings.vllm_base_url) == f"https://{STELLA_IP}:8080/v1"  # the load balancer serves TLS
         assert str(settings.s3_endpoint_url).rstrip("/") == stella.outputs["minioEndpoint"]
         assert settings.s3_secret_access_key.get_secret_value() == secrets["RUSTFS_SECRET_KEY"]
         assert (settings.redis_url.host, settings.redis_url.port) == (STELLA_IP, 6379)
@@ -191,7 +195,7 @@ def _listen_addresses(plan: Plan, host: str) -> dict[str, set[str]]:
             service.get("environment", {})[k] for k in LISTEN_ENV if k in service.get("environment", {})
         ]
         if name == "lb":
-            values += re.findall(r"^\s+bind (\S+)$", plan.files[f"{host}/haproxy.cfg"], re.M)
+            values += re.findall(r"^\s+bind (\S+)", plan.files[f"{host}/haproxy.cfg"], re.M)
         found[name] = {v.rsplit(":", 1)[0] if v.count(":") == 1 else v for v in values}
     return found
 
@@ -230,7 +234,7 @@ def test_public_services_bind_the_public_address_and_everything_else_stays_on_th
     services = compose(plan, "stella")["services"]
     # Others reach a public service where it listens: the worker the load balancer. Prometheus scrapes the
     # batch API's internal listener (its public /metrics needs an admin key).
-    assert services["batch-worker"]["environment"]["BATCH_VLLM_BASE_URL"] == "http://192.168.1.10:8080/v1"
+    assert services["batch-worker"]["environment"]["BATCH_VLLM_BASE_URL"] == "https://192.168.1.10:8080/v1"
     scrape = yaml.safe_load(plan.files["stella/prometheus.yml"])["scrape_configs"]
     assert [j["static_configs"][0]["targets"] for j in scrape if j["job_name"] == "batch-api"] == [
         [f"{STELLA_IP}:8102"]
@@ -487,7 +491,11 @@ def test_rendered_haproxy_cfg_passes_haproxy_check(stella: Plan, tmp_path: Path)
     (tmp_path / "keys").mkdir()
     (tmp_path / "keys" / "api-keys.map").touch()
     (tmp_path / "stack-keys.map").write_text(stella.files["stella/lb-stack-keys.map"])
+    # The certificate where the container's entrypoint writes it; HAProxy loads it when it parses.
+    _, server = lan_certificate(["stella.lan", "10.10.10.1"])
+    (tmp_path / "server.pem").write_text(server.cert_pem + server.key_pem)
     text = stella.files["stella/haproxy.cfg"].replace("/usr/local/etc/haproxy/", f"{tmp_path}/")
+    text = text.replace("/tmp/tls/", f"{tmp_path}/")
     path.write_text(text)
     env = {"VLLM_API_KEY": "k", "PATH": "/usr/sbin:/usr/bin"}
     result = subprocess.run([haproxy, "-c", "-f", str(path)], capture_output=True, text=True, check=False, env=env)
@@ -620,3 +628,23 @@ def test_grafana_has_no_anonymous_access_and_a_generated_admin_password(stella: 
     assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false" and env["GF_USERS_ALLOW_SIGN_UP"] == "false"
     assert env["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GF_SECURITY_ADMIN_PASSWORD:?")  # never admin/admin
     assert "grafanaAdminPassword" in stella.recording.secret_outputs
+
+
+def test_public_endpoints_get_a_certificate_for_every_name_the_hosts_are_reached_by(stella: Plan) -> None:
+    (request,) = [r for r in stella.resources if r["type"] == "tls:index/certRequest:CertRequest"]
+    assert request["inputs"]["dnsNames"] == ["stella.lan", "stella", "nova.lan", "nova"]
+    assert request["inputs"]["ipAddresses"] == [STELLA_IP, NOVA_IP]  # the worker reaches the LB there
+    assert "BEGIN CERTIFICATE" in stella.outputs["tlsCaCertificate"]
+    extra = build_plan("stella", overrides={"tlsNames": json.dumps(["llm.example.org", "192.0.2.7"])})
+    (request,) = [r for r in extra.resources if r["type"] == "tls:index/certRequest:CertRequest"]
+    assert "llm.example.org" in request["inputs"]["dnsNames"] and "192.0.2.7" in request["inputs"]["ipAddresses"]
+
+
+def test_the_operators_own_certificate_replaces_the_generated_ca() -> None:
+    plan = build_plan("stella", overrides={"tlsCertificate": "CERT-PEM", "tlsPrivateKey": "KEY-PEM"})
+    assert not [r for r in plan.resources if r["type"].startswith("tls:")]
+    assert plan.outputs["tlsCaCertificate"] == ""
+    with pytest.raises(ConfigError, match="tlsCertificate and tlsPrivateKey go together"):
+        build_plan("stella", overrides={"tlsCertificate": "CERT-PEM"})
+    with pytest.raises(ConfigError, match=r"tlsNames.*'bad name!' is not a DNS name or an IP address"):
+        build_plan("stella", overrides={"tlsNames": json.dumps(["bad name!"])})

@@ -13,6 +13,7 @@ import base64
 import hmac
 import json
 import os
+import ssl
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -91,7 +92,14 @@ def main() -> None:
     address = os.environ.get("GF_SERVER_HTTP_ADDR") or "0.0.0.0"
     port = int(os.environ.get("GF_SERVER_HTTP_PORT") or "3000")
     server = ThreadingHTTPServer((address, port), Handler)
-    print(f"grafana-standin: listening on {address}:{port}", flush=True)
+    protocol = os.environ.get("GF_SERVER_PROTOCOL") or "http"
+    if protocol == "https":  # as Grafana: GF_SERVER_CERT_FILE and GF_SERVER_CERT_KEY, both required
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(os.environ["GF_SERVER_CERT_FILE"], os.environ["GF_SERVER_CERT_KEY"])
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    elif protocol != "http":
+        raise SystemExit(f"grafana-standin: GF_SERVER_PROTOCOL {protocol!r} is not http or https")
+    print(f"grafana-standin: listening on {protocol}://{address}:{port}", flush=True)
     server.serve_forever()
 
 

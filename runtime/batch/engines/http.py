@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
+from runtime import tlsfiles
 from runtime.batch import logs
 from runtime.batch.engines import Outcome, request_id, usage_of
 from runtime.batch.validation import RequestLine
@@ -44,7 +45,13 @@ class HttpEngine:
         self.priority = priority
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}  # the load balancer's key for the worker
-        self.client = httpx.AsyncClient(base_url=self.base_url, limits=limits, timeout=timeout_s, headers=headers)
+        self.client = httpx.AsyncClient(
+            base_url=self.base_url,
+            limits=limits,
+            timeout=timeout_s,
+            headers=headers,
+            verify=tlsfiles.client_verify(),  # the load balancer's certificate chains to the stack's CA
+        )
 
     async def start(self) -> None:
         """Wait until the pool answers: the worker may start before the load balancer or vLLM does
