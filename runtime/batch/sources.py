@@ -8,7 +8,7 @@ from urllib.parse import urljoin, urlparse
 import httpx
 
 from runtime.batch.storage import ObjectStore
-from runtime.batch.urls import UrlPolicy, UrlRefusedError
+from runtime.batch.urls import Pinned, UrlPolicy, UrlRefusedError
 
 MAX_REDIRECTS = 5
 
@@ -38,28 +38,28 @@ def open_lines(objects: ObjectStore, url: str, max_bytes: int, *, bucket: str, p
             raise SourceError(f"input_file_url {url!r}: {size} bytes is over the {max_bytes}-byte limit")
         return objects.open(key, bucket=bucket).iter_lines(keepends=False)
     if parsed.scheme in ("http", "https"):
-        _check(policy, url)
-        return _http_lines(url, max_bytes, policy)
+        return _http_lines(url, max_bytes, policy, _check(policy, url))
     raise SourceError(f"input_file_url {url!r}: use s3://bucket/key or an http(s) URL")
 
 
-def _check(policy: UrlPolicy, url: str) -> None:
+def _check(policy: UrlPolicy, url: str) -> Pinned:
     try:
-        policy.check(url, param="input_file_url")
+        return policy.pinned(url, param="input_file_url")
     except UrlRefusedError as exc:
         raise SourceError(str(exc)) from None
 
 
-def _http_lines(url: str, max_bytes: int, policy: UrlPolicy) -> Iterator[bytes]:
+def _http_lines(url: str, max_bytes: int, policy: UrlPolicy, pinned: Pinned) -> Iterator[bytes]:
     seen = 0
     try:
         with httpx.Client(timeout=60, follow_redirects=False) as http:
             target = url
             for _hop in range(MAX_REDIRECTS + 1):
-                with http.stream("GET", target) as response:
+                # To the address the check accepted, not to a second lookup that may answer otherwise.
+                with http.stream("GET", pinned.url, headers=pinned.headers, extensions=pinned.extensions) as response:
                     if response.is_redirect:
                         target = urljoin(target, response.headers["location"])
-                        _check(policy, target)  # a redirect is a new URL: it must pass the policy too
+                        pinned = _check(policy, target)  # a redirect is a new URL: it passes the policy too
                         continue
                     if not response.is_success:
                         raise SourceError(f"input_file_url {url!r}: HTTP {response.status_code}")

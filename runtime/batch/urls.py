@@ -8,9 +8,10 @@ are cluster-internal names (single-label names such as compose service names, `*
 `*.cluster.local`, `*.internal`, `*.local`, `localhost`). The allowlist setting
 (`BATCH_URL_ALLOWLIST`) names exceptions: `host`, `host:port` or a CIDR such as `10.20.0.0/16`.
 
-The check resolves the name; each redirect is checked again before it is followed. What it
-cannot stop: a name that resolves to another address between the check and the connection
-(DNS rebinding within the resolver's TTL).
+The check resolves the name, and the request goes to an address the check accepted (`Pinned`:
+that address in the URL, the name in the Host header and as the TLS server name), so a name that
+resolves elsewhere a moment later (DNS rebinding) changes nothing. Each redirect is a new URL,
+checked and pinned again before it is followed.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import ipaddress
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -29,6 +30,32 @@ Resolver = Callable[[str, int], list[str]]
 
 class UrlRefusedError(ValueError):
     """A user-supplied URL the service will not fetch or call; the message names it and why."""
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """A request to a checked URL, sent to the address the check accepted rather than a fresh lookup."""
+
+    url: str  # the URL with the accepted address in place of the host name
+    host: str  # the Host header: the name (and port) the user gave
+    server_name: str  # TLS: the name the certificate must carry (SNI)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Host": self.host}
+
+    @property
+    def extensions(self) -> dict[str, str]:
+        return {"sni_hostname": self.server_name}
+
+
+def pin(url: str, address: IpAddress) -> Pinned:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    literal = f"[{address}]" if address.version == 6 else str(address)
+    netloc = literal if parts.port is None else f"{literal}:{parts.port}"
+    given = parts.netloc.rsplit("@", 1)[-1]  # the Host header never carries userinfo
+    return Pinned(urlunsplit(parts._replace(netloc=netloc)), given, host)
 
 
 def resolve(host: str, port: int) -> list[str]:
@@ -51,8 +78,13 @@ class UrlPolicy:
                     raise ValueError(f"BATCH_URL_ALLOWLIST entry {entry!r}: not a CIDR ({exc})") from None
         return cls(cleaned, resolver)
 
-    def check(self, url: str, *, param: str) -> None:
-        """Raise UrlRefusedError naming `param` and the URL unless the service may connect to it."""
+    def pinned(self, url: str, *, param: str) -> Pinned:
+        """`check`, then the request to make: to the first address the check accepted."""
+        return pin(url, self.check(url, param=param)[0])
+
+    def check(self, url: str, *, param: str) -> list[IpAddress]:
+        """The addresses the service may connect to for `url`; UrlRefusedError naming `param` and the
+        URL unless there is one and every address the name has is allowed."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https"):
             raise UrlRefusedError(f"{param} {url!r}: only http(s) URLs are allowed")
@@ -63,25 +95,32 @@ class UrlPolicy:
             port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError:
             raise UrlRefusedError(f"{param} {url!r}: bad port") from None
-        if host in self.allowlist or f"{host}:{port}" in self.allowlist:
-            return
         literal = _ip(host)
+        if host in self.allowlist or f"{host}:{port}" in self.allowlist:
+            return [literal] if literal is not None else self._resolve(url, param, host, port)
         if literal is None and ("." not in host or host == "localhost" or host.endswith(INTERNAL_SUFFIXES)):
             raise UrlRefusedError(
                 f"{param} {url!r}: {host!r} is a cluster-internal name; add it to BATCH_URL_ALLOWLIST to allow it"
             )
-        try:
-            addresses = [literal] if literal is not None else [_ip(a) for a in self.resolver(host, port)]
-        except OSError as exc:
-            raise UrlRefusedError(f"{param} {url!r}: cannot resolve {host!r} ({exc})") from None
+        addresses = [literal] if literal is not None else self._resolve(url, param, host, port)
         for address in addresses:
-            if address is None or self._allowed_network(address):
+            if self._allowed_network(address):
                 continue
             if not address.is_global or address.is_multicast:
                 raise UrlRefusedError(
                     f"{param} {url!r}: {host!r} is {_kind(address)} address {address}, which is refused; "
                     "add it to BATCH_URL_ALLOWLIST to allow it"
                 )
+        return addresses
+
+    def _resolve(self, url: str, param: str, host: str, port: int) -> list[IpAddress]:
+        try:
+            found = [a for a in (_ip(text) for text in self.resolver(host, port)) if a is not None]
+        except OSError as exc:
+            raise UrlRefusedError(f"{param} {url!r}: cannot resolve {host!r} ({exc})") from None
+        if not found:
+            raise UrlRefusedError(f"{param} {url!r}: {host!r} has no address")
+        return found
 
     def _allowed_network(self, address: IpAddress) -> bool:
         for entry in self.allowlist:

@@ -115,9 +115,12 @@ class WebhookSender:
             "X-Webhook-Signature": sign(self.secret, timestamp, body),
         }
         try:
-            # checked again at each attempt: the name may resolve elsewhere than when the job was created
-            await asyncio.to_thread(self.policy.check, delivery["url"], param="webhook_url")
-            response = await self.http.post(delivery["url"], content=body, headers=headers)
+            # Checked again at each attempt (the name may resolve elsewhere than when the job was created),
+            # and sent to the address the check accepted, not to a second lookup's answer.
+            pinned = await asyncio.to_thread(self.policy.pinned, delivery["url"], param="webhook_url")
+            response = await self.http.post(
+                pinned.url, content=body, headers={**headers, **pinned.headers}, extensions=pinned.extensions
+            )
             ok, reason = response.is_success, f"HTTP {response.status_code}"
         except UrlRefusedError as refused:
             ok, reason = False, str(refused)

@@ -14,6 +14,7 @@ NAMES = {
     "v6.example.com": ["2606:4700::1111"],
     "ula.example.com": ["fd00::1"],
     "cgnat.example.com": ["100.64.0.1"],
+    "redis": ["172.18.0.5"],  # a compose service name: only ever allowlisted
 }
 
 
@@ -65,7 +66,7 @@ def test_internal_and_odd_urls_are_refused_naming_url_and_reason(url: str, why: 
 
 
 def test_the_allowlist_admits_a_host_a_host_and_port_or_a_network() -> None:
-    policy("redis").check("http://redis:6379/", param="p")
+    assert [str(a) for a in policy("redis").check("http://redis:6379/", param="p")] == ["172.18.0.5"]
     policy("127.0.0.1:8080").check("http://127.0.0.1:8080/x", param="p")
     with pytest.raises(UrlRefusedError):
         policy("127.0.0.1:8080").check("http://127.0.0.1:8081/x", param="p")  # another port is not admitted
