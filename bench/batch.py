@@ -23,8 +23,8 @@ from pathlib import Path
 
 import openai
 
-from runtime.batch.engines.offline import model_flags
-from runtime.local.servers import (
+from harness.requests import chat_lines
+from harness.servers import (
     ROOT,
     TINY_MODEL_VLLM_ARGS,
     BatchApi,
@@ -35,8 +35,8 @@ from runtime.local.servers import (
     tiny_model_args,
     wait_for,
 )
+from runtime.batch.engines.offline import model_flags
 from runtime.tiny_model import make_tiny_llama
-from tests.integration.batch_fixtures import chat_lines
 
 MODEL = "tiny-llama"
 

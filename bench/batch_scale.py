@@ -21,7 +21,7 @@ import openai
 import psutil
 import redis
 
-from runtime.local.servers import BatchApi, BatchWorker, RedisServer, S3Server, batch_env, wait_for
+from harness.servers import BatchApi, BatchWorker, RedisServer, S3Server, batch_env, wait_for
 
 RSS_TARGET_MB = 500
 RATE_TARGET = 6000

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.lb_harness import BackendProcess, Client, Haproxy, render_config
-from runtime.local.servers import free_port, wait_for
+from harness.servers import free_port, wait_for
 
 FACTORS = (110, 125, 150, 0)  # 0: the hash without a bound
 IMBALANCE_TARGET = 1.10  # ADR-003: load imbalance under 10% across GPUs

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.local.servers import find_binary, wait_for
+from harness.servers import find_binary, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 

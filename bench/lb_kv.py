@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 
 from bench.lb_harness import Haproxy, render_config
-from runtime.local.servers import VllmServer, free_port
+from harness.servers import VllmServer, free_port
 from runtime.tiny_model import CORPUS, make_tiny_llama
 
 CONVERSATIONS, TURNS, CLIENTS = 16, 8, 4

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import psycopg
 
-from runtime.local.servers import ROOT, PostgresServer, RayHead
+from harness.servers import ROOT, PostgresServer, RayHead
 from runtime.offload.synthetic import load_embeddings, planted_clusters
 
 MB = 1024 * 1024

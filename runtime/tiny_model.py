@@ -1,6 +1,6 @@
 """A tiny random Llama with a locally trained tokenizer: a real model vLLM loads, made offline.
 
-For tests, demos (`runtime.local`) and the CPU checks; nothing is downloaded. Hidden 256,
+For tests, demos (`harness`) and the CPU checks; nothing is downloaded. Hidden 256,
 2 layers, 4 attention heads, 2 KV heads (grouped-query attention, as real models have).
 """
 

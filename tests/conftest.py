@@ -74,7 +74,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: CallInfo[None]) -> Genera
 
 def require_binary(name: str) -> str:
     """Path of a server binary `make setup` installs; a missing one fails the test, never skips it."""
-    from runtime.local.servers import find_binary
+    from harness.servers import find_binary
 
     try:
         return find_binary(name)

@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from runtime.local.servers import RedisServer, S3Server, free_port
+from harness.requests import chat_lines
+from harness.servers import RedisServer, S3Server, free_port
+
+__all__ = ["chat_lines"]  # the tests import it from here too
 
 
 @pytest.fixture(scope="session")
@@ -27,24 +30,6 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     server.start()
     yield server
     server.stop()
-
-
-def chat_lines(count: int, *, model: str = "tiny-llama", max_tokens: int = 8, prefix: str = "r") -> list[str]:
-    return [
-        json.dumps(
-            {
-                "custom_id": f"{prefix}{i}",
-                "method": "POST",
-                "url": "/v1/chat/completions",
-                "body": {
-                    "model": model,
-                    "messages": [{"role": "user", "content": f"count {i}"}],
-                    "max_tokens": max_tokens,
-                },
-            }
-        )
-        for i in range(count)
-    ]
 
 
 class LoopbackServer:

@@ -11,7 +11,7 @@ import contextlib
 import socket
 import threading
 
-from runtime.local.servers import free_port
+from harness.servers import free_port
 
 
 class TcpProxy:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from runtime.local.servers import PostgresServer
+from harness.servers import PostgresServer
 
 
 @pytest.fixture(scope="session")

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 import redis as sync_redis
 
+from harness.servers import ROOT, BatchWorker, RedisServer, S3Server, batch_env, wait_for
 from runtime.batch import backup
 from runtime.batch.settings import BatchSettings
 from runtime.batch.storage import ObjectStore
-from runtime.local.servers import ROOT, BatchWorker, RedisServer, S3Server, batch_env, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import openai
 import pytest
 import redis
 
-from runtime.local.servers import BatchApi, BatchWorker, VllmServer, batch_env, wait_for
+from harness.servers import BatchApi, BatchWorker, VllmServer, batch_env, wait_for
 from tests.integration.batch_fixtures import chat_lines
 
 pytestmark = pytest.mark.integration

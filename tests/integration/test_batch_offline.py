@@ -20,7 +20,7 @@ import openai
 import pytest
 import redis
 
-from runtime.local.servers import BatchApi, BatchWorker, batch_env, tiny_model_args, wait_for
+from harness.servers import BatchApi, BatchWorker, batch_env, tiny_model_args, wait_for
 from tests.integration.batch_fixtures import WebhookReceiver, chat_lines
 
 pytestmark = pytest.mark.integration

@@ -19,7 +19,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from runtime.local.servers import BatchApi, BatchWorker, RedisServer, S3Server, batch_env, wait_for
+from harness.servers import BatchApi, BatchWorker, RedisServer, S3Server, batch_env, wait_for
 from tests.integration.batch_fixtures import chat_lines, counted_job_failures
 
 pytestmark = pytest.mark.integration

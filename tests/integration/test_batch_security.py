@@ -24,7 +24,7 @@ import openai
 import pytest
 import redis
 
-from runtime.local.servers import BatchApi, BatchWorker, batch_env, free_port, wait_for
+from harness.servers import BatchApi, BatchWorker, batch_env, free_port, wait_for
 from tests.integration.batch_fixtures import LoopbackServer, chat_lines
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ import sys
 
 import boto3
 
-from runtime.local.servers import S3Server
+from harness.servers import S3Server
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "setup-test", "AWS_SECRET_ACCESS_KEY": "setup-test-secret"}
 

@@ -22,7 +22,7 @@ import openai
 import pytest
 
 from bench.lb_harness import Haproxy, render_config
-from runtime.local.servers import (
+from harness.servers import (
     BatchApi,
     BatchWorker,
     RedisServer,

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from bench.lb_harness import BackendProcess, Haproxy
-from runtime.local.servers import ROOT, free_port, wait_for
+from harness.servers import ROOT, free_port, wait_for
 from tests.conftest import require_binary
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bench.lb_harness import BackendProcess, Client, Haproxy, Reply, render_config
-from runtime.local.servers import free_port, wait_for
+from harness.servers import free_port, wait_for
 from tests.conftest import require_binary
 
 pytestmark = pytest.mark.integration

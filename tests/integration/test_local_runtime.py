@@ -1,4 +1,4 @@
-"""`python -m runtime.local demo`: `up` prints its ready line, a batch runs, SIGTERM stops it cleanly."""
+"""`python -m harness demo`: `up` prints its ready line, a batch runs, SIGTERM stops it cleanly."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import time
 import psutil
 import pytest
 
-from runtime.local.servers import ROOT
+from harness.servers import ROOT
 
 pytestmark = pytest.mark.integration
 
 
-OURS = re.compile(r"vllm-gb10-local-|runtime\.local up|runtime\.batch|redis-server|moto")
+OURS = re.compile(r"vllm-gb10-local-|harness up|runtime\.batch|redis-server|moto")
 
 
 def started_since(start: float) -> list[str]:
@@ -36,10 +36,10 @@ def started_since(start: float) -> list[str]:
 def test_demo_runs_a_batch_and_stops_everything() -> None:
     start = time.time() - 1  # create_time has a coarse clock
     result = subprocess.run(
-        [sys.executable, "-m", "runtime.local", "demo"], cwd=ROOT, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "harness", "demo"], cwd=ROOT, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "api_key=" in result.stdout and "completed, 5/5 completed" in result.stdout
     assert "demo-4:" in result.stdout
-    assert "runtime.local up stopped (exit 0)" in result.stdout
+    assert "harness up stopped (exit 0)" in result.stdout
     assert started_since(start) == [], "processes the demo started are still running"

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from runtime.local.servers import ROOT, PostgresServer, RayHead
+from harness.servers import ROOT, PostgresServer, RayHead
 from runtime.offload.embeddings import BLOCK_ROWS, EmbeddingInputError, read_embeddings
 from runtime.offload.params import TopographyParams
 from runtime.offload.results import write_run

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.servers import free_port
 from runtime.batch import sources
 from runtime.batch.urls import UrlPolicy
-from runtime.local.servers import free_port
 from tests.certs import lan_certificate
 
 pytestmark = pytest.mark.integration

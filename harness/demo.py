@@ -1,4 +1,4 @@
-"""`python -m runtime.local demo`: start `up`, push a sample batch through the openai client, stop.
+"""`python -m harness demo`: start `up`, push a sample batch through the openai client, stop.
 
 What `make demo` runs; also a smoke test of the ready-line contract and the clean shutdown.
 """
@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from runtime.local.servers import ROOT
+from harness.servers import ROOT
 
 READY = re.compile(r"^ready: (?P<url>\S+) api_key=(?P<key>\S+)$")
 QUESTIONS = ["What is a GB10?", "Name a prime number.", "Say hello.", "Count to three.", "Describe a batch."]
@@ -58,7 +58,7 @@ def run_sample(base_url: str, api_key: str) -> int:
 
 def main() -> int:
     up = subprocess.Popen(
-        [sys.executable, "-m", "runtime.local", "up"], cwd=ROOT, stdout=subprocess.PIPE, text=True, bufsize=1
+        [sys.executable, "-m", "harness", "up"], cwd=ROOT, stdout=subprocess.PIPE, text=True, bufsize=1
     )
     assert up.stdout is not None  # stdout=PIPE
     try:
@@ -66,9 +66,9 @@ def main() -> int:
             print(line, end="", flush=True)
             if match := READY.match(line.strip()):
                 return run_sample(match["url"], match["key"])
-        print(f"runtime.local up exited with {up.wait()} before it was ready", file=sys.stderr)
+        print(f"harness up exited with {up.wait()} before it was ready", file=sys.stderr)
         return 1
     finally:
         up.send_signal(signal.SIGTERM)
         code = up.wait(timeout=60)
-        print(f"runtime.local up stopped (exit {code})")
+        print(f"harness up stopped (exit {code})")

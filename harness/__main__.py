@@ -1,4 +1,4 @@
-"""`python -m runtime.local up`: Redis, S3 (moto), a tiny CPU model, the batch API and worker.
+"""`python -m harness up`: Redis, S3 (moto), a tiny CPU model, the batch API and worker.
 
 Prints `ready: <base_url> api_key=<key>` once a batch can be submitted, and stops everything
 cleanly on Ctrl-C or SIGTERM.
@@ -13,7 +13,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from runtime.local.servers import BatchApi, BatchWorker, Process, RedisServer, S3Server, batch_env, tiny_model_args
+from harness.servers import BatchApi, BatchWorker, Process, RedisServer, S3Server, batch_env, tiny_model_args
 
 
 def up(work_dir: Path, api_port: int | None) -> int:
@@ -51,7 +51,7 @@ def up(work_dir: Path, api_port: int | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m runtime.local", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     up_parser = sub.add_parser("up", help="start everything and wait for Ctrl-C / SIGTERM")
     up_parser.add_argument("--dir", type=Path, help="work directory for logs and data (default: a temp dir)")
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("demo", help="start everything, run a sample batch with the openai client, stop")
     args = parser.parse_args(argv)
     if args.command == "demo":
-        from runtime.local.demo import main as demo
+        from harness.demo import main as demo
 
         return demo()
     work_dir = args.dir or Path(tempfile.mkdtemp(prefix="vllm-gb10-local-"))

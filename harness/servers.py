@@ -1,6 +1,6 @@
 """Real servers on loopback, each in its own process so a test can kill or restart it.
 
-Shared by `python -m runtime.local up`, the integration tests and bench/batch.py: redis-server
+Shared by `python -m harness up`, the integration tests and bench/batch.py: redis-server
 (AOF on, so a restart keeps the queue), moto's S3 server (standing in for MinIO, S3 API only),
 the batch API and the batch worker.
 """
@@ -24,7 +24,7 @@ from typing import Literal, TypeVar
 import httpx
 
 T = TypeVar("T")
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
