@@ -1,7 +1,8 @@
 """Load balancer benchmark: real HAProxy on loopback, against the seeds' ADR-003 acceptance.
 
 Prints, in one run, each figure beside its peer or target:
-  1. added latency per request, HAProxy vs calling the backend directly (p50, p99);
+  1. added latency per request, HAProxy vs calling the backend directly (p50, p99), then HAProxy
+     serving TLS as the stacks do, and a new connection's TLS handshake;
   2. balance against stickiness: Zipf and uniform sessions through the bounded-load hash at
      factors 110, 125, 150 and without a factor: max/mean in-flight load, max/mean request share,
      and the share of requests served where their session's previous request was;
@@ -19,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import socket
+import ssl
 import statistics
 import tempfile
 import threading
@@ -42,8 +45,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def timed_requests(port: int, count: int) -> list[float]:
-    client, times = Client(port), []
+def timed_requests(port: int, count: int, tls: ssl.SSLContext | None = None) -> list[float]:
+    client, times = Client(port, tls), []
     for i in range(count + 200):
         start = time.perf_counter()
         reply = client.post({"X-Session-ID": "latency"})
@@ -72,6 +75,32 @@ def stop_pool(backends: list[BackendProcess], haproxy: Haproxy) -> None:
         b.kill()
 
 
+def tls_material(folder: Path) -> tuple[Path, ssl.SSLContext]:
+    """A CA and a certificate for 127.0.0.1, made as the local engine makes the stack's (ECDSA P-256):
+    HAProxy's PEM, and a client context trusting the CA."""
+    from infra.local import tls
+
+    ecdsa = {"algorithm": "ECDSA", "ecdsaCurve": "P256"}
+    ca_key, key = tls.make(tls.PRIVATE_KEY, ecdsa)["privateKeyPem"], tls.make(tls.PRIVATE_KEY, ecdsa)["privateKeyPem"]
+    uses = ["cert_signing", "crl_signing", "digital_signature"]
+    ca = tls.make(
+        tls.SELF_SIGNED_CERT,
+        {
+            "privateKeyPem": ca_key,
+            "isCaCertificate": True,
+            "subject": {"commonName": "bench CA"},
+            "validityPeriodHours": 1,
+            "allowedUses": uses,
+        },
+    )["certPem"]
+    request = tls.make(tls.CERT_REQUEST, {"privateKeyPem": key, "ipAddresses": ["127.0.0.1"]})["certRequestPem"]
+    inputs = {"certRequestPem": request, "caPrivateKeyPem": ca_key, "caCertPem": ca, "validityPeriodHours": 1}
+    cert = tls.make(tls.LOCALLY_SIGNED_CERT, {**inputs, "allowedUses": ["digital_signature", "server_auth"]})
+    pem = folder / "server.pem"
+    pem.write_text(cert["certPem"] + key)
+    return pem, ssl.create_default_context(cadata=ca)
+
+
 def latency(count: int) -> None:
     backends, haproxy = start_pool(1, 0.0)
     try:
@@ -79,6 +108,14 @@ def latency(count: int) -> None:
         via_lb = timed_requests(haproxy.port, count)
     finally:
         stop_pool(backends, haproxy)
+    with tempfile.TemporaryDirectory(prefix="bench-lb-tls-") as folder:
+        pem, trust = tls_material(Path(folder))
+        backends, haproxy = start_pool(1, 0.0, tls_pem=str(pem))  # clients over TLS, as the stacks serve them
+        try:
+            via_tls = timed_requests(haproxy.port, count, trust)
+            handshakes = [_handshake_ms(haproxy.port, trust) for _ in range(200)]
+        finally:
+            stop_pool(backends, haproxy)
     d50, d99, l50, l99 = (percentile(direct, 0.5), percentile(direct, 0.99), percentile(via_lb, 0.5),
                           percentile(via_lb, 0.99))  # fmt: skip
     print(f"1. latency over {count} sequential keep-alive requests (ms)")
@@ -86,6 +123,20 @@ def latency(count: int) -> None:
     print(f"   {'direct':14}{d50:8.3f}{d99:8.3f}")
     print(f"   {'via haproxy':14}{l50:8.3f}{l99:8.3f}")
     print(f"   {'added':14}{l50 - d50:8.3f}{l99 - d99:8.3f}   target p50 <= 0.500")
+    t50, t99 = percentile(via_tls, 0.5), percentile(via_tls, 0.99)
+    print(f"   {'haproxy + TLS':14}{t50:8.3f}{t99:8.3f}   TLS on a kept-alive connection adds {t50 - l50:.3f} ms p50")
+    h50, h99 = percentile(handshakes, 0.5), percentile(handshakes, 0.99)
+    print(f"   {'TLS handshake':14}{h50:8.3f}{h99:8.3f}   a new connection's TCP + TLS set-up (ECDSA P-256)")
+
+
+def _handshake_ms(port: int, trust: ssl.SSLContext) -> float:
+    start = time.perf_counter()
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        trust.wrap_socket(raw, server_hostname="127.0.0.1"),
+    ):
+        pass
+    return (time.perf_counter() - start) * 1000
 
 
 def zipf_sessions(count: int, population: int, s: float, seed: int) -> list[str]:

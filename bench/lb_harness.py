@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -127,10 +128,13 @@ class Reply:
 class Client:
     """One keep-alive HTTP/1.1 connection; the way an OpenAI client talks to the balancer."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, tls: ssl.SSLContext | None = None):
         import http.client
 
-        self._connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        if tls is None:
+            self._connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        else:
+            self._connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=30, context=tls)
 
     def post(self, headers: dict[str, str] | None = None, path: str = "/v1/completions") -> Reply:
         body = json.dumps({"model": "m", "prompt": "hi", "max_tokens": 1}).encode()

@@ -50,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--admin-socket", metavar="PATH", help="HAProxy's admin socket (keys changed at run time)")
     parser.add_argument("--backend-key-env", metavar="VAR", help="HAProxy env var holding vLLM's own API key")
+    parser.add_argument("--tls-pem", metavar="PATH", help="certificate and key in one PEM: clients over TLS")
     return parser.parse_args(argv)
 
 
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         api_key_maps=tuple(args.api_key_map),
         admin_socket=args.admin_socket,
         backend_key_env=args.backend_key_env,
+        tls_pem=args.tls_pem,
     )
     sys.stdout.write(render_haproxy_cfg(config))
     return 0
