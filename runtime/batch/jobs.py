@@ -11,6 +11,7 @@ Guarantees (tested against a real redis-server):
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -53,6 +54,11 @@ class Lease:
 
 
 _CLAIM = """
+-- ARGV[4] names this call: redis-py sends the same EVALSHA again when the connection drops before the
+-- reply, and a call that already claimed a job answers with that job instead of claiming a second one
+-- (whose lease nobody would hold: it would expire and cost the job an attempt).
+local replay = redis.call('GET', ARGV[4])
+if replay then return cjson.decode(replay) end
 local now = tonumber(ARGV[1])
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
 for _, id in ipairs(expired) do
@@ -86,6 +92,7 @@ else
   attempts = redis.call('HINCRBY', job, 'attempts', 1)
 end
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), id)
+redis.call('SET', ARGV[4], cjson.encode({id, fence, attempts}), 'PX', 60000)  -- outlives any retry of the call
 return {id, fence, attempts}
 """
 
@@ -380,9 +387,10 @@ class JobStore:
     # --- queue and leases ----------------------------------------------------------------
 
     async def claim(self, lease_seconds: float) -> Lease | None:
+        call = keys.claim_call(uuid.uuid4().hex)  # this call's name: a retry of it is not a new claim
         result = await self._claim(
             keys=[keys.QUEUE, keys.LEASES, keys.DELAYED],
-            args=[now_ms(), int(lease_seconds * 1000), keys.PREFIX + "batch:"],
+            args=[now_ms(), int(lease_seconds * 1000), keys.PREFIX + "batch:", call],
         )
         if not result:
             return None

@@ -60,6 +60,12 @@ def webhook(delivery_id: str) -> str:
     return f"{PREFIX}webhook:{delivery_id}"
 
 
+def claim_call(call_id: str) -> str:
+    """String, a minute: what one claim call leased ([id, fence, attempts] JSON), so a retry of the same
+    call (a reply lost with its connection) answers the same instead of leasing a second job."""
+    return f"{PREFIX}claim:{call_id}"
+
+
 def rate_limit(key_id: str, minute: int) -> str:
     return f"{PREFIX}ratelimit:{key_id}:{minute}"
 

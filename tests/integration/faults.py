@@ -20,6 +20,7 @@ class TcpProxy:
         self.port = free_port()
         self.refused = 0
         self._cut = threading.Event()
+        self._lose_reply = threading.Event()
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
@@ -39,6 +40,11 @@ class TcpProxy:
 
     def restore(self) -> None:
         self._cut.clear()
+
+    def lose_next_reply(self) -> None:
+        """The next reply from the server is swallowed and its connection reset: the server did the
+        work, the client never hears so (and, retrying, sends the same command again)."""
+        self._lose_reply.set()
 
     def close(self) -> None:
         self.cut()
@@ -61,12 +67,19 @@ class TcpProxy:
                 continue
             with self._lock:
                 self._sockets |= {client, upstream}
-            for source, target in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+            for source, target, replies in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(target=self._pump, args=(source, target, replies), daemon=True).start()
 
-    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+    def _pump(self, source: socket.socket, target: socket.socket, replies: bool) -> None:
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
+                if replies and self._lose_reply.is_set():
+                    self._lose_reply.clear()
+                    for sock in (target, source):  # shutdown wakes the other pump, blocked in recv on it
+                        with contextlib.suppress(OSError):
+                            sock.shutdown(socket.SHUT_RDWR)
+                        _reset(sock)
+                    break
                 target.sendall(data)
         with contextlib.suppress(OSError):
             target.shutdown(socket.SHUT_WR)

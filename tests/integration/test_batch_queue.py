@@ -64,6 +64,36 @@ def test_a_job_claimed_by_five_workers_at_once_runs_once(run) -> None:
     run(test)
 
 
+def test_a_claim_whose_reply_was_lost_is_not_a_second_claim(run, redis_server) -> None:
+    """The connection drops after Redis ran the claim and before its reply: redis-py sends the same
+    EVALSHA again. That retry must answer with the job already claimed, not lease a second one (the
+    first lease would be held by nobody, expire, and cost its job an attempt)."""
+    from runtime.batch.redis_client import connect
+    from tests.integration.faults import TcpProxy
+
+    proxy = TcpProxy(int(redis_server.url.rsplit(":", 1)[1].split("/")[0]))
+
+    async def test(store: JobStore) -> None:
+        client = connect(f"redis://127.0.0.1:{proxy.port}/0", outage_seconds=10)
+        through_proxy = JobStore(client)
+        try:
+            assert await through_proxy.claim(30) is None  # loads the script: the lost reply is the claim's
+            await add_job(store, "b1")
+            await add_job(store, "b2")
+            proxy.lose_next_reply()
+            lease = await through_proxy.claim(30)
+        finally:
+            await client.aclose()
+        assert lease is not None and (lease.batch_id, lease.fence, lease.attempts) == ("b1", 1, 1)
+        assert await store.redis.zrange(keys.QUEUE, 0, -1) == ["b2"]  # b2 was not claimed by the retry
+        assert await store.redis.zrange(keys.LEASES, 0, -1) == ["b1"]
+
+    try:
+        run(test)
+    finally:
+        proxy.close()
+
+
 def test_priorities_then_first_in_first_out(run) -> None:
     async def test(store: JobStore) -> None:
         for batch_id, priority in [
@@ -108,7 +138,9 @@ def test_finish_leaves_only_the_documented_keys(run) -> None:
         await store.commit_chunk(lease, ChunkCheckpoint(index=0, output_key="o", error_key="e", completed=10, failed=0))
         batch = (await store.get("b1")).model_copy(update={"status": BatchStatus.COMPLETED})
         await store.finish(lease, batch, retention_seconds=3600)
-        assert set(await store.redis.keys("*")) == {
+        calls = set(await store.redis.keys(keys.claim_call("*")))
+        assert len(calls) == 1 and 0 < await store.redis.pttl(calls.pop()) <= 60_000  # the claim's, a minute
+        assert set(await store.redis.keys("*")) - set(await store.redis.keys(keys.claim_call("*"))) == {
             keys.batch("b1"),
             keys.plan("b1"),
             keys.BATCHES,
