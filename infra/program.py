@@ -68,6 +68,14 @@ def read_secrets(cfg: StackConfig) -> StackSecrets:
     )
 
 
+def internal_tls_names(cfg: StackConfig) -> list[str]:
+    """Where the stack's own clients reach the TLS endpoints (compose: each host's cluster address);
+    an operator's certificate must cover them too. Kubernetes: inside the cluster it is plain HTTP."""
+    if cfg.platform is Platform.KUBERNETES:
+        return []
+    return [str(h.cluster_address) for h in cfg.hosts if h.cluster_address is not None]
+
+
 def tls_names(cfg: StackConfig) -> list[str]:
     """What the public endpoints are reached by: each host's address, name, public address and cluster
     address (the batch worker and the post-deploy check reach the load balancer there) on compose, or
@@ -210,7 +218,12 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
     platform = with_image_refs(platform, cfg.image.pull_by_digest)
     public_tls = PublicTls(
         "tls",
-        {"names": tls_names(cfg), "certificate": secrets.tls_certificate, "private_key": secrets.tls_private_key},
+        {
+            "names": tls_names(cfg),
+            "certificate": secrets.tls_certificate,
+            "private_key": secrets.tls_private_key,
+            "internal_names": internal_tls_names(cfg),
+        },
     )
     # compose: the load balancer, batch API and Grafana serve TLS themselves; kubernetes: the Ingress does.
     served_tls = public_tls.server if platform.serves_tls else None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 import pulumi
 import pulumi_tls as tls
@@ -63,6 +63,45 @@ class PublicTlsArgs(TypedDict):
     names: list[str]  # DNS names and IP addresses the generated certificate covers; the first is its CN
     certificate: pulumi.Input[str] | None  # the operator's PEM chain; None: generate
     private_key: pulumi.Input[str] | None
+    # What the operator's certificate must cover too: the addresses the batch worker and the post-deploy
+    # check reach the load balancer and the batch API at (compose: the hosts' cluster addresses).
+    internal_names: NotRequired[list[str]]
+
+
+def uncovered(cert_pem: str, names: list[str]) -> list[str]:
+    """The `names` (DNS names or IPs) the first certificate in `cert_pem` does not cover."""
+    from cryptography import x509
+
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    except ValueError as err:
+        raise ValueError(f"tlsCertificate is not a PEM certificate: {err}") from None
+    try:
+        alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return list(names)
+    dns = [d.lower() for d in alt.get_values_for_type(x509.DNSName)]
+    ips = alt.get_values_for_type(x509.IPAddress)
+
+    def covered(name: str) -> bool:
+        try:
+            return ipaddress.ip_address(name) in ips
+        except ValueError:
+            host = name.lower()
+            wildcard = "*." + host.split(".", 1)[1] if "." in host else None
+            return host in dns or (wildcard is not None and wildcard in dns)
+
+    return [n for n in names if not covered(n)]
+
+
+def _require_names(cert_pem: str, names: list[str]) -> str:
+    missing = uncovered(cert_pem, names)
+    if missing:
+        raise ValueError(
+            f"tlsCertificate does not cover {', '.join(missing)}: the batch worker and the post-deploy check "
+            "reach the load balancer and the batch API there; add them to the certificate's names"
+        )
+    return cert_pem
 
 
 def split_names(names: list[str]) -> tuple[list[str], list[str]]:
@@ -91,7 +130,10 @@ class PublicTls(pulumi.ComponentResource):
     def __init__(self, name: str, args: PublicTlsArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("vllm-gb10:tls:PublicTls", name, None, opts)
         if args["certificate"] is not None and args["private_key"] is not None:
-            self.cert_pem = pulumi.Output.from_input(args["certificate"])
+            internal = args.get("internal_names", [])
+            self.cert_pem = pulumi.Output.from_input(args["certificate"]).apply(
+                lambda pem: _require_names(pem, internal)
+            )
             self.key_pem = secret_output(args["private_key"])
             self.ca_pem = pulumi.Output.from_input("")
         else:

@@ -39,3 +39,17 @@ def test_a_certificate_is_renewed_only_inside_its_early_renewal_window() -> None
 def test_only_ecdsa_keys_are_made_and_the_refusal_says_so() -> None:
     with pytest.raises(ValueError, match="only ECDSA keys are made locally, not 'RSA'"):
         tls.make(tls.PRIVATE_KEY, {"algorithm": "RSA"})
+
+
+def test_an_operators_certificate_is_checked_for_the_names_the_stack_needs() -> None:
+    from infra.components.tls import uncovered
+
+    _, issued = lan_certificate(["*.example.org", "10.10.10.1"])
+    assert uncovered(issued.cert_pem, ["lb.example.org", "10.10.10.1"]) == []
+    assert uncovered(issued.cert_pem, ["a.b.example.org", "example.org", "10.10.10.2"]) == [
+        "a.b.example.org",  # a wildcard covers one label
+        "example.org",
+        "10.10.10.2",
+    ]
+    with pytest.raises(ValueError, match="tlsCertificate is not a PEM certificate"):
+        uncovered("not a certificate", ["x"])

@@ -641,9 +641,15 @@ def test_public_endpoints_get_a_certificate_for_every_name_the_hosts_are_reached
 
 
 def test_the_operators_own_certificate_replaces_the_generated_ca() -> None:
-    plan = build_plan("stella", overrides={"tlsCertificate": "CERT-PEM", "tlsPrivateKey": "KEY-PEM"})
+    _, own = lan_certificate(["llm.example.org", STELLA_IP, NOVA_IP])
+    plan = build_plan("stella", overrides={"tlsCertificate": own.cert_pem, "tlsPrivateKey": own.key_pem})
     assert not [r for r in plan.resources if r["type"].startswith("tls:")]
     assert plan.outputs["tlsCaCertificate"] == ""
+    # The worker and the post-deploy check reach the load balancer at the cluster addresses: a certificate
+    # without them would fail every batch; `up` says so instead.
+    _, public_only = lan_certificate(["llm.example.org"])
+    with pytest.raises(Exception, match=rf"tlsCertificate does not cover {STELLA_IP}, {NOVA_IP}: the batch worker"):
+        build_plan("stella", overrides={"tlsCertificate": public_only.cert_pem, "tlsPrivateKey": public_only.key_pem})
     with pytest.raises(ConfigError, match="tlsCertificate and tlsPrivateKey go together"):
         build_plan("stella", overrides={"tlsCertificate": "CERT-PEM"})
     with pytest.raises(ConfigError, match=r"tlsNames.*'bad name!' is not a DNS name or an IP address"):
