@@ -76,28 +76,13 @@ def stop_pool(backends: list[BackendProcess], haproxy: Haproxy) -> None:
 
 
 def tls_material(folder: Path) -> tuple[Path, ssl.SSLContext]:
-    """A CA and a certificate for 127.0.0.1, made as the local engine makes the stack's (ECDSA P-256):
-    HAProxy's PEM, and a client context trusting the CA."""
-    from infra.local import tls
+    """A CA and a certificate for 127.0.0.1 as the stacks make them (ECDSA P-256): HAProxy's PEM, and a
+    client context trusting the CA."""
+    from harness.certs import lan_certificate
 
-    ecdsa = {"algorithm": "ECDSA", "ecdsaCurve": "P256"}
-    ca_key, key = tls.make(tls.PRIVATE_KEY, ecdsa)["privateKeyPem"], tls.make(tls.PRIVATE_KEY, ecdsa)["privateKeyPem"]
-    uses = ["cert_signing", "crl_signing", "digital_signature"]
-    ca = tls.make(
-        tls.SELF_SIGNED_CERT,
-        {
-            "privateKeyPem": ca_key,
-            "isCaCertificate": True,
-            "subject": {"commonName": "bench CA"},
-            "validityPeriodHours": 1,
-            "allowedUses": uses,
-        },
-    )["certPem"]
-    request = tls.make(tls.CERT_REQUEST, {"privateKeyPem": key, "ipAddresses": ["127.0.0.1"]})["certRequestPem"]
-    inputs = {"certRequestPem": request, "caPrivateKeyPem": ca_key, "caCertPem": ca, "validityPeriodHours": 1}
-    cert = tls.make(tls.LOCALLY_SIGNED_CERT, {**inputs, "allowedUses": ["digital_signature", "server_auth"]})
+    ca, issued = lan_certificate(["127.0.0.1"], hours=1)
     pem = folder / "server.pem"
-    pem.write_text(cert["certPem"] + key)
+    pem.write_text(issued.cert_pem + issued.key_pem)
     return pem, ssl.create_default_context(cadata=ca)
 
 

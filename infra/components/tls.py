@@ -20,6 +20,9 @@ import pulumi
 import pulumi_tls as tls
 
 from infra.services import Secret, secret_output
+from runtime.tlsfiles import CA_ENV, CERT_ENV, KEY_ENV
+
+__all__ = ["CA_ENV", "CERT_ENV", "KEY_ENV"]  # the components import them from here
 
 CA_VALIDITY_HOURS = 10 * 365 * 24
 SERVER_VALIDITY_HOURS = 365 * 24
@@ -27,11 +30,10 @@ RENEW_BEFORE_HOURS = 30 * 24
 CA_NAME = "vllm-gb10 LAN CA"
 
 
-# What a service that serves TLS itself receives (secrets: one base64 line each), and what its clients
-# trust (the CA, not a secret). runtime.tlsfiles reads the same names.
-CERT_ENV = "TLS_CERT_PEM_B64"
-KEY_ENV = "TLS_KEY_PEM_B64"
-CA_ENV = "TLS_CA_PEM_B64"
+# What a service that serves TLS itself receives (secrets: one base64 line each) and what its clients
+# trust (the CA, not a secret) are runtime.tlsfiles' CERT_ENV, KEY_ENV and CA_ENV.
+CA_USES = ["cert_signing", "crl_signing", "digital_signature"]
+SERVER_USES = ["digital_signature", "key_encipherment", "server_auth"]
 TLS_DIR = "/tmp/tls"  # inside the container: written at start, gone with the container
 
 
@@ -152,7 +154,7 @@ class PublicTls(pulumi.ComponentResource):
             is_ca_certificate=True,
             subject=tls.SelfSignedCertSubjectArgs(common_name=CA_NAME, organization="vllm-gb10"),
             validity_period_hours=CA_VALIDITY_HOURS,
-            allowed_uses=["cert_signing", "crl_signing", "digital_signature"],
+            allowed_uses=CA_USES,
             opts=child,
         )
         key = tls.PrivateKey(f"{name}-server-key", algorithm="ECDSA", ecdsa_curve="P256", opts=child)
@@ -172,7 +174,7 @@ class PublicTls(pulumi.ComponentResource):
             ca_cert_pem=ca.cert_pem,
             validity_period_hours=SERVER_VALIDITY_HOURS,
             early_renewal_hours=RENEW_BEFORE_HOURS,
-            allowed_uses=["digital_signature", "key_encipherment", "server_auth"],
+            allowed_uses=SERVER_USES,
             opts=child,
         )
         self.cert_pem = server.cert_pem

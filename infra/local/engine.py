@@ -185,7 +185,7 @@ class Providers(pulumi.runtime.Mocks):
             verb, outputs = "same", before
         else:
             verb, outputs = ("created" if status == "new" else "replaced"), local_tls.make(type_, inputs)
-        if "privateKeyPem" in outputs and type_ == local_tls.PRIVATE_KEY:
+        if type_ == local_tls.PRIVATE_KEY:
             self.recording.generated_secrets.add(outputs["privateKeyPem"])
         return verb, outputs
 

@@ -18,6 +18,7 @@ from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
 from infra.config import PROJECT
+from infra.local import tls as local_tls
 
 MASK = "[secret]"
 COMPOSE_SUFFIX = "-compose"
@@ -51,9 +52,9 @@ def _pem(kind: str, name: str) -> str:
 def plan_tls_outputs(typ: str, name: str) -> dict[str, str]:
     """Stand-ins for pulumi_tls's outputs in the offline plan: named after their resource, so two plans
     are identical (the local engine makes real ones, infra/local/tls.py)."""
-    if typ == "tls:index/privateKey:PrivateKey":
+    if typ == local_tls.PRIVATE_KEY:
         return {"privateKeyPem": _pem("PRIVATE KEY", name), "publicKeyPem": _pem("PUBLIC KEY", name)}
-    if typ == "tls:index/certRequest:CertRequest":
+    if typ == local_tls.CERT_REQUEST:
         return {"certRequestPem": _pem("CERTIFICATE REQUEST", name)}
     return {"certPem": _pem("CERTIFICATE", name)}
 
@@ -77,9 +78,9 @@ class PlanMocks(pulumi.runtime.Mocks):
         elif args.typ.startswith("command:remote:"):
             outputs.setdefault("stdout", "")
             outputs.setdefault("stderr", "")
-        elif args.typ.startswith("tls:index/"):
+        elif args.typ in local_tls.TYPES:
             outputs.update(plan_tls_outputs(args.typ, args.name))
-            if args.typ == "tls:index/privateKey:PrivateKey":
+            if args.typ == local_tls.PRIVATE_KEY:
                 self.recording.generated_secrets.add(outputs["privateKeyPem"])
         return f"{args.name}-id", outputs
 

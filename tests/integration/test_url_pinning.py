@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.certs import lan_certificate
 from harness.servers import free_port
 from runtime.batch import sources
 from runtime.batch.urls import UrlPolicy
-from tests.certs import lan_certificate
 
 pytestmark = pytest.mark.integration
 NAME = "files.rebind.test"

@@ -17,8 +17,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -27,6 +26,7 @@ import httpx
 import psutil
 import pytest
 
+from harness.servers import wait_for
 from infra.local.engine import ApplyError
 from infra.local.stack import LocalStack, StackError, down, up
 from infra.local.state import State
@@ -36,17 +36,6 @@ from runtime.tlsfiles import trusting
 pytestmark = pytest.mark.stack
 
 TIMEOUT_S = 600
-
-
-def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(0.5)
 
 
 class RunningStack:
@@ -170,6 +159,7 @@ def test_batch_through_the_api_with_the_openai_client(stack: RunningStack, tmp_p
         ),
         TIMEOUT_S,
         f"batch {batch.id} to finish",
+        interval=0.5,
     )
     assert done.status == "completed", done
     assert done.request_counts.completed == len(ids) and done.request_counts.failed == 0
@@ -245,6 +235,7 @@ def test_a_ray_job_through_the_jobs_api(stack: RunningStack) -> None:
         lambda: (s := client.get_job_status(job)) in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED} and s,
         TIMEOUT_S,
         f"Ray job {job}",
+        interval=0.5,
     )
     assert status == JobStatus.SUCCEEDED, client.get_job_logs(job)
     assert "nodes [" in client.get_job_logs(job)
@@ -269,8 +260,8 @@ def test_prometheus_scrapes_every_target_and_loaded_the_rules(stack: RunningStac
         return targets if targets and all(t["health"] == "up" for t in targets) else None
 
     try:
-        targets = wait_for(all_up, 120, "every Prometheus target up")
-    except AssertionError:
+        targets = wait_for(all_up, 120, "every Prometheus target up", interval=0.5)
+    except TimeoutError:
         targets = httpx.get(f"{base}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
         down_ = [(t["scrapeUrl"], t["lastError"]) for t in targets if t["health"] != "up"]
         raise AssertionError(f"targets not up: {down_}") from None

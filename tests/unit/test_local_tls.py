@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from cryptography import x509
 
+from harness.certs import lan_certificate
 from infra.local import tls
-from tests.certs import lan_certificate
 
 
 def test_the_server_certificate_chains_to_the_ca_and_names_every_address() -> None:

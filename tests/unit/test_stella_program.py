@@ -14,6 +14,7 @@ import pytest
 import yaml
 from pulumi.runtime import rpc
 
+from harness.certs import lan_certificate
 from infra.config import ConfigError
 from infra.plan import PROJECT_DIR, Plan, build_plan
 from infra.plan.policy_check import evaluate
@@ -22,7 +23,6 @@ from infra.plan.stackfile import placeholder, read_stack_file
 from infra.render.compose import FILES_LABEL, compose_document
 from infra.services import ServiceSpec
 from runtime.batch.settings import BatchSettings
-from tests.certs import lan_certificate
 from tests.conftest import require_binary
 
 STELLA_IP, NOVA_IP = "10.10.10.1", "10.10.10.2"

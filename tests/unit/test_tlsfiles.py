@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.certs import lan_certificate
 from runtime.tlsfiles import CA_ENV, CERT_ENV, KEY_ENV, TlsConfigError, client_verify, server_files
-from tests.certs import lan_certificate
 
 
 def b64(text: str) -> str:

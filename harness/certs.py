@@ -1,11 +1,12 @@
-"""Real certificates for tests, made as the local engine makes the stack's (infra/local/tls.py, standing
-in for pulumi_tls): an ECDSA CA and a server certificate it signs for the given names."""
+"""Real certificates for tests and benchmarks, made as the local engine makes the stack's
+(infra/local/tls.py, standing in for pulumi_tls, with the component's key uses): an ECDSA CA and a
+server certificate it signs for the given names."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from infra.components.tls import split_names
+from infra.components.tls import CA_USES, SERVER_USES, split_names
 from infra.local import tls
 
 
@@ -26,7 +27,7 @@ def lan_certificate(names: list[str], *, hours: int = 24) -> tuple[str, Issued]:
             "isCaCertificate": True,
             "subject": {"commonName": "test CA"},
             "validityPeriodHours": hours,
-            "allowedUses": ["cert_signing", "crl_signing", "digital_signature"],
+            "allowedUses": CA_USES,
         },
     )["certPem"]
     key = tls.make(tls.PRIVATE_KEY, ecdsa)["privateKeyPem"]
@@ -42,7 +43,7 @@ def lan_certificate(names: list[str], *, hours: int = 24) -> tuple[str, Issued]:
             "caPrivateKeyPem": ca_key,
             "caCertPem": ca,
             "validityPeriodHours": hours,
-            "allowedUses": ["digital_signature", "key_encipherment", "server_auth"],
+            "allowedUses": SERVER_USES,
         },
     )["certPem"]
     return ca, Issued(cert, key)
