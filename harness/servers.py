@@ -261,27 +261,38 @@ def _as_postgres_user(command: list[str]) -> list[str]:
 
 
 class PostgresServer(Process):
-    """A throwaway Postgres cluster (initdb into a temp dir, trust auth, loopback only)."""
+    """A throwaway Postgres cluster (initdb into a temp dir, loopback only): trust auth, or with
+    `password` SCRAM-SHA-256 over TCP as the stacks' server (the superuser `postgres` has it)."""
 
-    def __init__(self, log_dir: Path, port: int | None = None):
+    def __init__(self, log_dir: Path, port: int | None = None, *, password: str | None = None):
         super().__init__("postgres", log_dir)
         self.port = port or free_port()
+        self.password = password
         # Under /tmp, not log_dir: as root the server runs as `postgres`, which cannot enter
         # pytest's private temp folders.
         self.data_dir = Path(tempfile.mkdtemp(prefix="pg-"))
         if os.geteuid() == 0:
             shutil.chown(self.data_dir, "postgres", "postgres")
-        subprocess.run(
-            _as_postgres_user(
-                [find_binary("initdb"), "-D", str(self.data_dir), "-U", "postgres", "-A", "trust", "-E", "UTF8"]
-            ),
-            check=True,
-            capture_output=True,
-        )
+        auth = ["-A", "trust"]
+        with tempfile.NamedTemporaryFile("w", prefix="pg-password-", suffix=".txt") as password_file:
+            if password is not None:  # initdb wants an empty data directory: the file lives beside it
+                password_file.write(password + "\n")
+                password_file.flush()
+                if os.geteuid() == 0:
+                    shutil.chown(password_file.name, "postgres", "postgres")
+                auth = ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={password_file.name}"]
+            subprocess.run(
+                _as_postgres_user(
+                    [find_binary("initdb"), "-D", str(self.data_dir), "-U", "postgres", *auth, "-E", "UTF8"]
+                ),
+                check=True,
+                capture_output=True,
+            )
 
     @property
     def dsn(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        user = f"postgres:{self.password}" if self.password is not None else "postgres"
+        return f"postgresql://{user}@127.0.0.1:{self.port}/postgres"
 
     def command(self) -> list[str]:
         return _as_postgres_user(

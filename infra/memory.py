@@ -21,6 +21,7 @@ LIMITS: dict[str, str] = {
     "minio": "4g",
     "minio-setup": "256m",
     "postgres": "8g",
+    "postgres-setup": "128m",  # psql making the offload role, beside the Ray head that waits for it
     "prometheus": "4g",
     "grafana": "1g",
     "lb": "1g",
@@ -37,7 +38,7 @@ ROLE_SERVICES: dict[Role, tuple[str, ...]] = {
     Role.DATA: ("redis", "minio", "postgres", "prometheus", "grafana"),
     Role.LB: ("lb", "post-deploy-check"),
     Role.BATCH: ("batch-api", "batch-worker", "minio-setup"),
-    Role.RAY_HEAD: ("ray-head",),
+    Role.RAY_HEAD: ("ray-head", "postgres-setup"),
     Role.GPU: ("ray-worker", "dcgm-exporter"),
 }
 EVERY_HOST: tuple[str, ...] = ("node-exporter",)

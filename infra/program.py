@@ -267,6 +267,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "user": cfg.data.postgres_user,
             "public": public,
             "memory_limit": LIMITS["postgres"],
+            "setup_host": placement.ray_head,  # beside the Ray head, which waits for the offload role
         },
     )
 
@@ -284,7 +285,9 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "worker_hosts": gpu_hosts[1:] if distributed else gpu_hosts,
             "settings": cfg.ray,
             "vllm_node": vllm_node(cfg.vllm, secrets.hf_token, vllm_limit) if distributed else None,
-            "job_secrets": (Secret("OFFLOAD_DSN", postgres.url),),
+            # The offload job's own role, not the database owner (a superuser).
+            "job_secrets": (Secret("OFFLOAD_DSN", postgres.offload_url),),
+            "head_depends_on": (postgres.setup_service,),
         },
     )
     vllm = VllmService(

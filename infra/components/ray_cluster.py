@@ -43,6 +43,8 @@ class RayClusterArgs(TypedDict):
     # Secrets every node holds for the jobs it runs (the offload job's OFFLOAD_DSN): a job's drivers and
     # tasks inherit them, so no client sends a password in a job's runtime_env, which the dashboard shows.
     job_secrets: NotRequired[tuple[Secret, ...]]
+    # Services the head waits for (the Postgres set-up that makes the offload role in OFFLOAD_DSN).
+    head_depends_on: NotRequired[tuple[str, ...]]
 
 
 class RayCluster(pulumi.ComponentResource):
@@ -86,6 +88,7 @@ class RayCluster(pulumi.ComponentResource):
             healthcheck=health,
             environment=self.client_environment,
             secrets=node_secrets,
+            depends_on=args.get("head_depends_on", ()),
             memory_limit=HEAD_MEMORY,
             memory_request="2g",
             shm_size="4g",

@@ -12,7 +12,7 @@ from typing import Any
 
 from infra.config import PROJECT, DataSettings
 from infra.plan.policy_check import Violation, evaluate
-from infra.plan.recorder import MASK, Recording, generated_files, masked, run_program
+from infra.plan.recorder import MASK, Recording, generated_files, masked_inputs, run_program
 from infra.plan.stackfile import read_stack_file
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent.parent
@@ -52,7 +52,7 @@ def build_plan(stack: str, project_dir: Path = PROJECT_DIR, overrides: dict[str,
     known_secrets = recording.generated_secrets | {values[k] for k in stack_config.secret_keys}
     resources = sorted(
         (
-            {"type": r.type, "name": r.name, "parent": r.parent, "inputs": masked(r.inputs, known_secrets)}
+            {"type": r.type, "name": r.name, "parent": r.parent, "inputs": masked_inputs(r, known_secrets)}
             for r in recording.resources
         ),
         key=lambda r: (r["type"], r["name"]),

@@ -187,6 +187,21 @@ def masked(value: Any, known_secrets: set[str], inside_secret: bool = False) -> 
     return value
 
 
+K8S_SECRET = "kubernetes:core/v1:Secret"
+PUBLIC_SECRET_KEYS = {"tls.crt", "ca.crt"}  # the certificate halves of a kubernetes.io/tls Secret
+
+
+def masked_inputs(res: RecordedResource, known_secrets: set[str]) -> dict[str, Any]:
+    """A resource's inputs as the plan shows them: `masked`, and every value of a Kubernetes Secret
+    but a certificate masked too, derived ones included (a password's SCRAM verifier is no known value)."""
+    inputs: dict[str, Any] = masked(res.inputs, known_secrets)
+    if res.type == K8S_SECRET:
+        for key in ("stringData", "data"):
+            if isinstance(inputs.get(key), dict):
+                inputs[key] = {k: v if k in PUBLIC_SECRET_KEYS else MASK for k, v in inputs[key].items()}
+    return inputs
+
+
 def unmarked_secrets(value: Any, known_secrets: set[str], path: str = "") -> list[str]:
     """Paths of strings holding a known secret that no secret marker covers (a leak to state)."""
     if rpc.is_rpc_secret(value):
@@ -224,7 +239,7 @@ MANIFEST_KEYS = {"apiVersion", "kind", "metadata", "spec", "data", "stringData",
 
 def kubernetes_manifest(res: RecordedResource, known_secrets: set[str]) -> dict[str, Any]:
     """The object as `kubectl apply` would take it, secret values masked."""
-    inputs = _as_written(masked(res.inputs, known_secrets), known_secrets)
+    inputs = _as_written(masked_inputs(res, known_secrets), known_secrets)
     return {k: v for k, v in inputs.items() if k in MANIFEST_KEYS}
 
 

@@ -241,6 +241,42 @@ def test_a_ray_job_through_the_jobs_api(stack: RunningStack) -> None:
     assert "nodes [" in client.get_job_logs(job)
 
 
+# Run on a Ray node through the Jobs API: who the node's OFFLOAD_DSN logs in as, and whether it may run a
+# program on the database host (base64, so no shell quoting stands between the script and Python).
+OFFLOAD_ROLE_PROBE = """
+import os, psycopg
+conn = psycopg.connect(os.environ["OFFLOAD_DSN"], autocommit=True)
+row = conn.execute("SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+print("role", row[0], "superuser", row[1])
+try:
+    conn.execute("COPY (SELECT 1) TO PROGRAM 'id'")
+    print("program ran")
+except psycopg.errors.InsufficientPrivilege:
+    print("program refused")
+"""
+
+
+def test_a_ray_job_reaches_postgres_as_the_offload_role_not_the_owner(stack: RunningStack) -> None:
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(
+        stack.outputs["rayJobsAddress"], headers={"Authorization": f"Bearer {stack.outputs['rayAuthToken']}"}
+    )
+    encoded = base64.b64encode(OFFLOAD_ROLE_PROBE.encode()).decode()
+    job = client.submit_job(entrypoint=f"python -c \"import base64; exec(base64.b64decode('{encoded}'))\"")
+    status = wait_for(
+        lambda: (s := client.get_job_status(job)) in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED} and s,
+        TIMEOUT_S,
+        f"Ray job {job}",
+        interval=0.5,
+    )
+    logs = client.get_job_logs(job)
+    assert status == JobStatus.SUCCEEDED, logs
+    assert "role offload superuser False" in logs and "program refused" in logs, logs
+    # The owner's URL (the operator's output) is another role, a superuser.
+    assert not stack.outputs["postgresUrl"].startswith("postgresql://offload:")
+
+
 def test_the_post_deploy_check_passes_from_the_outputs_as_make_smoke_runs_it(stack: RunningStack) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "runtime.smoke", "--outputs", str(stack.local.outputs_file), "--timeout", "60"],

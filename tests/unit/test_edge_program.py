@@ -208,6 +208,7 @@ def test_secrets_are_secret_objects_referenced_by_name_and_marked_secret(edge: P
     assert not leaks
     plain = json.dumps([edge.resources, edge.outputs, edge.files])
     assert not [s for s in edge.known_secrets if s in plain]
+    assert "SCRAM-SHA-256$" not in plain, "the offload role's verifier is derived from a secret, and one too"
 
 
 def test_kuberay_operator_comes_first_and_the_raycluster_has_a_head_and_a_gpu_worker_group(edge: Plan) -> None:

@@ -15,6 +15,7 @@ import yaml
 from pulumi.runtime import rpc
 
 from harness.certs import lan_certificate
+from infra.components.postgres import OFFLOAD_ROLE_SQL
 from infra.config import ConfigError
 from infra.plan import PROJECT_DIR, Plan, build_plan
 from infra.plan.policy_check import evaluate
@@ -61,7 +62,7 @@ def raw_inputs(plan: Plan, type_: str, name: str) -> dict:
 
 def test_every_service_runs_on_its_host(stella: Plan) -> None:
     assert set(compose(stella, "stella")["services"]) == {
-        "redis", "minio", "minio-setup", "postgres", "ray-head", "ray-worker-stella",
+        "redis", "minio", "minio-setup", "postgres", "postgres-setup", "ray-head", "ray-worker-stella",
         "vllm-stella", "lb", "batch-api", "batch-worker", "prometheus", "grafana",
         "dcgm-exporter-stella", "node-exporter-stella",
     }  # fmt: skip
@@ -171,6 +172,7 @@ def test_ray_workers_join_the_head(stella: Plan) -> None:
 
 
 PUBLIC_SERVICES = {"lb", "batch-api", "grafana"}
+ONE_SHOTS = ("minio-setup", "postgres-setup")
 # Where each service says it listens: command-line flags, two environment variables, haproxy.cfg.
 LISTEN = re.compile(
     r"(?:--bind|--host|--address|--console-address|--web\.listen-address|-a|listen_addresses|--node-ip-address"
@@ -212,7 +214,7 @@ def test_every_compose_service_runs_on_the_host_network_and_publishes_nothing(ov
 def test_internal_services_bind_the_cluster_address_and_public_ones_every_interface_by_default(stella: Plan) -> None:
     for host, ip in (("stella", STELLA_IP), ("nova", NOVA_IP)):
         for name, addresses in _listen_addresses(stella, host).items():
-            if name == "minio-setup":
+            if name in ONE_SHOTS:
                 assert addresses == set(), "a one-shot listens on nothing"
             elif name == "lb":
                 assert addresses == {"0.0.0.0", ip}, "clients on every interface, the stats page internal"
@@ -229,7 +231,7 @@ def test_public_services_bind_the_public_address_and_everything_else_stays_on_th
         for name, addresses in _listen_addresses(plan, host).items():
             if name in ("lb", "batch-api"):  # their stats / keyless metrics stay on the cluster address
                 assert addresses == {public[host], ip}
-            elif name != "minio-setup":
+            elif name not in ONE_SHOTS:
                 assert addresses == ({public[host]} if name in PUBLIC_SERVICES else {ip}), name
     services = compose(plan, "stella")["services"]
     # Others reach a public service where it listens: the worker the load balancer. Prometheus scrapes the
@@ -249,7 +251,7 @@ def test_health_checks_probe_the_address_the_service_listens_on() -> None:
         for name, service in services.items():
             test = " ".join(service.get("healthcheck", {}).get("test", []))
             assert "127.0.0.1" not in test and "localhost" not in test, name
-            if name not in ("lb", "minio-setup"):  # haproxy -c checks its file; the one-shot has none
+            if name not in ("lb", *ONE_SHOTS):  # haproxy -c checks its file; the one-shots have none
                 assert (probe_public if name in PUBLIC_SERVICES else STELLA_IP) in test, name
 
 
@@ -287,7 +289,12 @@ def test_a_changed_mounted_file_changes_exactly_its_services_files_label(stella:
         }
 
     before = labels(stella)
-    assert {k for k, v in before.items() if v} == {("stella", "lb"), ("stella", "prometheus"), ("stella", "grafana")}
+    assert {k for k, v in before.items() if v} == {
+        ("stella", "lb"),
+        ("stella", "prometheus"),
+        ("stella", "grafana"),
+        ("stella", "postgres-setup"),
+    }
     assert all(re.fullmatch(r"[0-9a-f]{64}", v) for v in before.values() if v)
     for overrides, changed in (
         ({"lbBalanceFactor": "200"}, {("stella", "lb")}),
@@ -383,7 +390,7 @@ def test_ssh_connections_pin_the_host_key(stella: Plan) -> None:
     stack = yaml.safe_load(Path("Pulumi.stella.yaml").read_text())["config"]["vllm-gb10:hosts"]
     keys = {h["address"]: h["hostKey"] for h in stack}
     remote = [r for r in stella.resources if r["type"].startswith("command:remote:")]
-    assert len(remote) == 16
+    assert len(remote) == 17
     for r in remote:
         connection = r["inputs"]["connection"]
         assert connection["hostKey"] == keys[connection["host"]], r["name"]
@@ -654,3 +661,24 @@ def test_the_operators_own_certificate_replaces_the_generated_ca() -> None:
         build_plan("stella", overrides={"tlsCertificate": "CERT-PEM"})
     with pytest.raises(ConfigError, match=r"tlsNames.*'bad name!' is not a DNS name or an IP address"):
         build_plan("stella", overrides={"tlsNames": json.dumps(["bad name!"])})
+
+
+def test_the_ray_nodes_hold_the_offload_roles_dsn_made_by_a_set_up_the_head_waits_for(stella: Plan) -> None:
+    """Not the database owner's, a superuser in the official image (COPY ... TO PROGRAM runs a shell)."""
+    services = compose(stella, "stella")["services"]
+    setup = services["postgres-setup"]
+    assert setup["image"] == services["postgres"]["image"], "the server image's own psql"
+    assert setup["entrypoint"] == ["psql"] and setup["command"][-1] == "/setup/offload-role.sql"
+    assert setup["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert "./offload-role.sql:/setup/offload-role.sql:ro" in setup["volumes"]
+    assert services["ray-head"]["depends_on"] == {"postgres-setup": {"condition": "service_completed_successfully"}}
+    secrets = _secrets_env(stella, "stella")
+    env = _interpolate(setup["environment"], secrets)
+    assert env["PGUSER"] == "llm" and env["PGHOST"] == STELLA_IP and env["PGPASSWORD"] == secrets["POSTGRES_PASSWORD"]
+    assert env["OFFLOAD_ROLE_VERIFIER"].startswith("SCRAM-SHA-256$4096:")
+    offload_password = secrets["OFFLOAD_DSN"].split("://offload:", 1)[1].split("@", 1)[0]
+    assert offload_password not in env["OFFLOAD_ROLE_VERIFIER"] and offload_password != secrets["POSTGRES_PASSWORD"]
+    assert secrets["OFFLOAD_DSN"] == f"postgresql://offload:{offload_password}@{STELLA_IP}:5432/llm"
+    for host in ("stella", "nova"):
+        assert _secrets_env(stella, host)["OFFLOAD_DSN"] == secrets["OFFLOAD_DSN"], host
+    assert stella.files["stella/offload-role.sql"] == OFFLOAD_ROLE_SQL.read_text()
