@@ -17,7 +17,7 @@ import pulumi
 
 from infra.components.batch import BatchService
 from infra.components.host import Gb10Host
-from infra.components.image import ContainerImage, ContainerImageArgs
+from infra.components.image import PYTHON_IMAGE, ContainerImage, ContainerImageArgs
 from infra.components.load_balancer import LoadBalancer
 from infra.components.monitoring import Monitoring
 from infra.components.object_store import ObjectStore
@@ -31,7 +31,7 @@ from infra.config import PROJECT, ConfigError, Parallelism, Platform, Role, Stac
 from infra.memory import LIMITS
 from infra.platforms import ServicePlatform
 from infra.platforms.compose import ComposePlatform
-from infra.platforms.image_refs import with_image_refs
+from infra.platforms.image_refs import tag_only, with_image_refs
 from infra.platforms.kubernetes import KubernetesPlatform
 from infra.render.monitoring import ScrapeJob
 from infra.services import Secret
@@ -113,6 +113,8 @@ def _images(cfg: StackConfig, secrets: StackSecrets) -> tuple[ContainerImage, Co
             "registry_username": cfg.image.registry_username,
             "registry_password": secrets.registry_password,
         }
+        if not cfg.image.pull_by_digest:  # the local stand-in carries the tag; no digest can match it
+            build_args = {"PYTHON_IMAGE": tag_only(PYTHON_IMAGE), **build_args}
         if build_args:
             args["build_args"] = build_args
         return args

@@ -11,6 +11,10 @@ from typing import NotRequired, TypedDict
 import pulumi
 import pulumi_docker_build as docker_build
 
+# The base of images/Dockerfile.runtime and Dockerfile.cpu (their `ARG PYTHON_IMAGE` default, which a
+# unit test holds equal to this): python:3.11.14-slim-bookworm by its multi-arch index digest.
+PYTHON_IMAGE = "python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d"
+
 
 class ContainerImageArgs(TypedDict):
     context: str

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 
 import yaml
 
+from infra.components.image import PYTHON_IMAGE
 from infra.plan import PROJECT_DIR, build_plan
 from infra.plan.stackfile import read_stack_file
 
@@ -59,8 +61,6 @@ def test_local_hosts_are_loopback_and_use_the_same_names_and_roles_as_stella() -
 
 def test_every_third_party_image_of_the_local_stack_has_a_stand_in() -> None:
     """What the compose files and our Dockerfiles pull must exist here: each is pulled or stood in."""
-    import re
-
     from infra.local.images import STANDINS
 
     plan = build_plan("local")
@@ -71,13 +71,22 @@ def test_every_third_party_image_of_the_local_stack_has_a_stand_in() -> None:
         if name.endswith("docker-compose.yml")
         for service in yaml.safe_load(text)["services"].values()
     } - ours
-    bases = {
-        match
-        for dockerfile in ("Dockerfile.cpu", "Dockerfile.runtime")
-        for match in re.findall(r"^FROM (\S+)", (PROJECT_DIR / "images" / dockerfile).read_text(), re.M)
-    }
-    assert referenced and bases
+    builds = {r["name"]: r["inputs"] for r in plan.resources if r["type"] == "docker-build:index:Image"}
+    bases = {b["buildArgs"]["PYTHON_IMAGE"] for b in builds.values()}  # what FROM ${PYTHON_IMAGE} takes here
+    assert referenced and bases == {"python:3.11.14-slim-bookworm"}
     assert referenced | bases == {tag for _, tag in STANDINS}
+
+
+def test_our_dockerfiles_build_from_the_pinned_python_base_and_stella_passes_no_other() -> None:
+    """The Dockerfiles' default base is the component's digest-pinned reference; only a stack that runs
+    stand-ins (pullByDigest: false) replaces it, by the tag alone."""
+    for dockerfile in ("Dockerfile.cpu", "Dockerfile.runtime"):
+        text = (PROJECT_DIR / "images" / dockerfile).read_text()
+        assert re.findall(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.M) == [PYTHON_IMAGE], dockerfile
+        assert set(re.findall(r"^FROM (\S+)", text, re.M)) == {"${PYTHON_IMAGE}"}, dockerfile
+    stella = build_plan("stella", overrides={"vllmDockerfile": "images/Dockerfile.cpu", "imagePlatform": ""})
+    for build in (r["inputs"] for r in stella.resources if r["type"] == "docker-build:index:Image"):
+        assert "PYTHON_IMAGE" not in build.get("buildArgs", {})
 
 
 def _third_party_images(plan: object) -> dict[str, str]:
