@@ -316,6 +316,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "settings": cfg.lb,
             "backend_key": vllm.api_key,
             "tls": served_tls,
+            "keys_image": runtime_image_ref,  # kubernetes: the key manager sidecar (runtime.lbkeys)
         },
     )
     batch = BatchService(

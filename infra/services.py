@@ -78,6 +78,22 @@ class HostPath:
 
 
 @dataclass(frozen=True)
+class Sidecar:
+    """A helper container in the service's pod (kubernetes only; compose refuses one): its own image
+    and command, the service's volumes at its own paths (`mounts`: volume name -> path). `init`, if
+    given, runs to completion in the same image before the pod's containers start. The load
+    balancer's key manager is one: `kubectl exec … -c keys -- python -m runtime.lbkeys create NAME`."""
+
+    name: str
+    image: pulumi.Input[str]
+    command: tuple[str, ...]
+    mounts: tuple[tuple[str, str], ...] = ()
+    init: tuple[str, ...] = ()
+    liveness: tuple[str, ...] = ()  # a command the kubelet runs every 30 s; failing, it restarts the sidecar
+    memory_limit: str = "64m"
+
+
+@dataclass(frozen=True)
 class HealthCheck:
     command: tuple[str, ...]
     interval_s: int = 15
@@ -133,6 +149,10 @@ class ServiceSpec:
     shm_size: str | None = None
     one_shot: bool = False  # runs to completion (e.g. bucket setup) instead of staying up
     stateful: bool = False
+    sidecars: tuple[Sidecar, ...] = ()  # kubernetes: helper containers in the pod
+    # kubernetes: the pod's uid/gid and the group of its volumes (fsGroup), so a sidecar shares files
+    # and sockets with the service; None: each image's own user.
+    pod_user: int | None = None
 
     def __post_init__(self) -> None:
         names = [s.env for s in self.secrets]

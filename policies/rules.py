@@ -203,6 +203,7 @@ def pod_specs(resource_type: str, props: Any, name: str) -> list[tuple[str, dict
 
 def pod_workloads(resource_type: str, name: str, spec: dict) -> Iterator[Workload]:
     restart = spec.get("restartPolicy", "Always")
+    init_names = {c.get("name") for c in spec.get("initContainers") or []}
     for container in (spec.get("containers") or []) + (spec.get("initContainers") or []):
         resources = container.get("resources") or {}
         limits, requests = resources.get("limits") or {}, resources.get("requests") or {}
@@ -218,7 +219,8 @@ def pod_workloads(resource_type: str, name: str, spec: dict) -> Iterator[Workloa
             gpu="nvidia.com/gpu" in limits or "nvidia.com/gpu" in requests,
             health_check=bool(container.get("readinessProbe") or container.get("livenessProbe")),
             restart=restart,
-            one_shot=resource_type == "kubernetes:batch/v1:Job",
+            # Init containers run to completion before the pod starts (Kubernetes allows them no probes).
+            one_shot=resource_type == "kubernetes:batch/v1:Job" or container.get("name") in init_names,
         )
 
 

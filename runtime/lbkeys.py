@@ -10,6 +10,11 @@ only, so it runs in any image with Python, e.g. on the load balancer's host:
     docker run --rm --user 0 -v /opt/vllm-gb10/stella/lb-keys:/keys RUNTIME_IMAGE python -m runtime.lbkeys create alice
 
 (as root: HAProxy's admin socket belongs to HAProxy's user, mode 0600, and the map to the deploy user)
+
+On kubernetes the directory is a volume of the load balancer's pod, shared with its sidecar `keys`
+(this image, HAProxy's uid), which `init` seeded with an empty map and which `hold`s for `kubectl exec`:
+
+    kubectl -n NAMESPACE exec deploy/lb -c keys -- python -m runtime.lbkeys create alice
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ import hashlib
 import os
 import re
 import secrets
+import signal
 import socket
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 MAP_FILE = "api-keys.map"
@@ -29,6 +36,7 @@ SOCKET_FILE = "admin.sock"
 # Where HAProxy reads the map: the runtime API names a map by the path in haproxy.cfg.
 HAPROXY_MAP_PATH = "/usr/local/etc/haproxy/keys/" + MAP_FILE
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+DEFAULT_DIR = "/keys"  # where the keys directory is mounted for this CLI (docker run -v, the pod's sidecar)
 
 
 class KeysError(Exception):
@@ -109,15 +117,43 @@ def revoke(directory: Path, name: str, map_path: str) -> str:
     return apply_live(directory, "del", key_digest, map_path)
 
 
+def init(directory: Path) -> str:
+    """An empty map where there is none (HAProxy refuses to start without its map file); an existing
+    one is left as it is."""
+    path = directory / MAP_FILE
+    if path.exists():
+        read_map(path)  # a malformed file is named now, not when HAProxy fails to start on it
+        return f"{path}: kept ({len(read_map(path))} keys)"
+    write_map(path, {})
+    return f"{path}: created, empty"
+
+
+def hold() -> None:
+    """Stay up, doing nothing, until SIGTERM or SIGINT: the sidecar that `kubectl exec` runs this CLI in."""
+    received = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: received.set())
+    print("holding until SIGTERM (kubectl exec runs this CLI here)", file=sys.stderr, flush=True)
+    while not received.wait(3600):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runtime.lbkeys", description=__doc__.splitlines()[0])
-    parser.add_argument("--dir", type=Path, default=Path("/keys"), help="the keys directory (default /keys)")
+    parser.add_argument(
+        "--dir", type=Path, default=Path(DEFAULT_DIR), help=f"the keys directory (default {DEFAULT_DIR})"
+    )
     parser.add_argument("--map-path", default=HAPROXY_MAP_PATH, help="the map's path as haproxy.cfg names it")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("create", help="make a key; printed once").add_argument("name")
     commands.add_parser("list", help="key names (never the keys)")
     commands.add_parser("revoke", help="delete a key by name; refused on the next request").add_argument("name")
+    commands.add_parser("init", help="an empty map file where there is none (before HAProxy starts)")
+    commands.add_parser("hold", help="stay up until SIGTERM (the kubernetes sidecar)")
     args = parser.parse_args(argv)
+    if args.command == "hold":
+        hold()
+        return 0
     if not args.dir.is_dir():
         print(f"error: {args.dir} is not a directory (the load balancer's keys directory)", file=sys.stderr)
         return 2
@@ -129,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "list":
             for name in read_map(args.dir / MAP_FILE):
                 print(name)
+        elif args.command == "init":
+            print(init(args.dir), file=sys.stderr)
         else:
             print(f"revoked {args.name}: {revoke(args.dir, args.name, args.map_path)}", file=sys.stderr)
     except (KeysError, OSError) as exc:

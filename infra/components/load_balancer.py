@@ -1,14 +1,17 @@
 """HAProxy in front of the vLLM servers: sticky sessions with bounded load and failover, API keys.
 
 Clients need a key. The stack's own keys (the operator's, output loadBalancerApiKey, and the batch
-worker's) are in a rendered map of digests; on compose, users' keys live in a keys directory beside
-the project (`lb-keys/api-keys.map`, with HAProxy's admin socket), managed with `python -m
-runtime.lbkeys` and applied at once. vLLM's own key reaches HAProxy as a secret environment variable.
+worker's) are in a rendered map of digests. Users' keys live in a keys directory with HAProxy's
+admin socket, managed with `python -m runtime.lbkeys` and applied at once: on compose a directory
+beside the project (`lb-keys/api-keys.map`); on kubernetes a volume of the pod, shared with the
+sidecar `keys` (our runtime image, as HAProxy's uid), which seeds the map before HAProxy starts
+and in which `kubectl exec` runs the CLI. vLLM's own key reaches HAProxy as a secret variable.
 """
 
 from __future__ import annotations
 
 import hashlib
+import posixpath
 from typing import NotRequired, TypedDict
 
 import pulumi
@@ -18,7 +21,19 @@ from infra.components.tls import TLS_DIR, ServerTls, write_pem_files
 from infra.config import LoadBalancerSettings
 from infra.platforms import ServicePlatform
 from infra.render.haproxy import Backend, LoadBalancerConfig, render_haproxy_cfg
-from infra.services import ConfigFile, Exposure, HealthCheck, HostPath, Port, Secret, ServiceSpec, host_port
+from infra.services import (
+    ConfigFile,
+    Exposure,
+    HealthCheck,
+    HostPath,
+    Port,
+    Secret,
+    ServiceSpec,
+    Sidecar,
+    Volume,
+    host_port,
+)
+from runtime import lbkeys
 
 # HAProxy 3.2 LTS, patch 3.2.24 (Alpine variant); digest as pinned in a public project (one source
 # seen: verify with `docker buildx imagetools inspect haproxy:3.2.24-alpine` when moving it).
@@ -26,9 +41,12 @@ HAPROXY_IMAGE = "haproxy:3.2.24-alpine@sha256:1aca32ee932b96d2a75f1882909325839d
 CONFIG_PATH = "/usr/local/etc/haproxy/haproxy.cfg"
 STACK_KEYS_PATH = "/usr/local/etc/haproxy/stack-keys.map"
 KEYS_DIR = "lb-keys"  # beside the compose project on the load balancer's host
-KEYS_MOUNT = "/usr/local/etc/haproxy/keys"  # runtime.lbkeys.HAPROXY_MAP_PATH lives here
-USER_KEYS_FILE = "api-keys.map"
+KEYS_MOUNT = posixpath.dirname(lbkeys.HAPROXY_MAP_PATH)  # where HAProxy reads users' keys
+USER_KEYS_FILE = lbkeys.MAP_FILE
 BACKEND_KEY_ENV = "VLLM_API_KEY"
+HAPROXY_UID = 99  # the `haproxy` user of the official image, which owns the admin socket it makes
+KEYS_VOLUME = "lb-keys"  # kubernetes: a PVC, so users' keys outlive the pod
+LBKEYS = ("python", "-m", "runtime.lbkeys")  # in the sidecar, whose mount is the CLI's default --dir
 
 
 def key_map_line(key: str, name: str) -> str:
@@ -42,6 +60,9 @@ class LoadBalancerArgs(TypedDict):
     settings: LoadBalancerSettings
     backend_key: pulumi.Output[str]  # vLLM's own API key, sent to the servers
     tls: NotRequired[ServerTls | None]  # compose: HAProxy serves the clients' port over TLS; None: plain HTTP
+    # The runtime image: on a platform without host state directories (kubernetes) the key manager
+    # sidecar runs it; without it, such a platform gets the stack's own keys only.
+    keys_image: NotRequired[pulumi.Input[str]]
 
 
 class LoadBalancer(pulumi.ComponentResource):
@@ -69,13 +90,30 @@ class LoadBalancer(pulumi.ComponentResource):
         )
         maps: tuple[str, ...] = (STACK_KEYS_PATH,)
         host_paths: tuple[HostPath, ...] = ()
+        volumes: tuple[Volume, ...] = ()
+        sidecars: tuple[Sidecar, ...] = ()
         self.keys_dir = None
         if platform.host_state_dirs:
             self.keys_dir = KEYS_DIR
-            maps += (f"{KEYS_MOUNT}/{USER_KEYS_FILE}",)
             host_paths = (
                 HostPath("lb-keys", f"./{KEYS_DIR}", KEYS_MOUNT, writable=True, seed_files=(USER_KEYS_FILE,)),
             )
+        elif "keys_image" in args:
+            volumes = (Volume(KEYS_VOLUME, KEYS_MOUNT, size_gi=1),)
+            mounts = ((KEYS_VOLUME, lbkeys.DEFAULT_DIR),)
+            sidecars = (
+                Sidecar(
+                    "keys",
+                    args["keys_image"],
+                    (*LBKEYS, "hold"),
+                    mounts,
+                    init=(*LBKEYS, "init"),
+                    liveness=(*LBKEYS, "list"),  # the map is still readable and well-formed
+                ),
+            )
+        user_keys = bool(host_paths or sidecars)
+        if user_keys:
+            maps += (f"{KEYS_MOUNT}/{USER_KEYS_FILE}",)
         self.config_text = render_haproxy_cfg(
             LoadBalancerConfig(
                 backends=tuple(Backend(n, a) for n, a in args["backends"]),
@@ -84,7 +122,7 @@ class LoadBalancer(pulumi.ComponentResource):
                 balance_factor=settings.balance_factor,
                 session_header=settings.session_header,
                 api_key_maps=maps,
-                admin_socket=f"{KEYS_MOUNT}/admin.sock" if host_paths else None,
+                admin_socket=f"{KEYS_MOUNT}/{lbkeys.SOCKET_FILE}" if user_keys else None,
                 backend_key_env=BACKEND_KEY_ENV,
                 tls_pem=f"{TLS_DIR}/server.pem" if tls else None,
             )
@@ -99,6 +137,9 @@ class LoadBalancer(pulumi.ComponentResource):
                     ConfigFile("lb-stack-keys.map", STACK_KEYS_PATH, stack_keys),
                 ),
                 host_paths=host_paths,
+                volumes=volumes,
+                sidecars=sidecars,
+                pod_user=HAPROXY_UID if sidecars else None,
                 # The image's own entrypoint (docker-entrypoint.sh) runs `haproxy -W -db -f CONFIG_PATH`.
                 entrypoint=("/bin/sh", "-c") if tls else None,
                 command=(write_pem_files(f"haproxy -W -db -f {CONFIG_PATH}"),) if tls else (),

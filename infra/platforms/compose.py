@@ -265,6 +265,8 @@ class ComposePlatform:
     def deploy(self, spec: ServiceSpec, parent: pulumi.Resource) -> None:
         if spec.host not in self._hosts:
             raise ValueError(f"service {spec.name} placed on unknown host {spec.host!r}")
+        if spec.sidecars:  # compose shares state through host directories (HostPath) instead
+            raise ValueError(f"service {spec.name}: sidecars are for kubernetes pods, not compose")
         self._specs[spec.host].append(spec)
 
     def run_after_deploy(self, spec: ServiceSpec, parent: pulumi.Resource) -> None:

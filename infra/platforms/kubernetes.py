@@ -99,7 +99,11 @@ class KubernetesPlatform:
         return f"{image}@{digest}" if digest else image
 
     def deploy(self, spec: ServiceSpec, parent: pulumi.Resource) -> None:
-        spec = replace(spec, image=self.pin(spec.image))
+        spec = replace(
+            spec,
+            image=self.pin(spec.image),
+            sidecars=tuple(replace(sidecar, image=self.pin(sidecar.image)) for sidecar in spec.sidecars),
+        )
         placement, name = self.placement, spec.name
         opts = self._opts(parent)
         self._secret_env(spec, opts)

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from infra.services import ConfigFile, HealthCheck, ServiceSpec, Volume, files_digest
+from infra.services import ConfigFile, HealthCheck, ServiceSpec, Sidecar, Volume, files_digest
 
 PART_OF = "vllm-gb10"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -142,6 +142,29 @@ def container(spec: ServiceSpec) -> dict[str, Any]:
     return body
 
 
+def sidecar_containers(spec: ServiceSpec, sidecar: Sidecar) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(the sidecar's container, its init container or None)."""
+    known = {v.name for v in spec.volumes}
+    unknown = [name for name, _ in sidecar.mounts if name not in known]
+    if unknown:
+        raise ValueError(f"sidecar {sidecar.name} of {spec.name} mounts volumes the service lacks: {unknown}")
+    memory = quantity(sidecar.memory_limit)
+    body: dict[str, Any] = {
+        "name": sidecar.name,
+        "image": sidecar.image,
+        "command": list(sidecar.command),
+        "resources": {"requests": {"memory": memory, "cpu": "10m"}, "limits": {"memory": memory}},
+    }
+    if sidecar.mounts:
+        body["volumeMounts"] = [{"name": name, "mountPath": path} for name, path in sidecar.mounts]
+    init = None
+    if sidecar.init:
+        init = {**body, "name": f"{sidecar.name}-init", "command": list(sidecar.init)}
+    if sidecar.liveness:
+        body["livenessProbe"] = probe(HealthCheck(command=sidecar.liveness, interval_s=30, timeout_s=10))
+    return body, init
+
+
 def _file_mount(file: ConfigFile) -> dict[str, Any]:
     return {"name": "files", "mountPath": file.mount_path, "subPath": file.filename, "readOnly": True}
 
@@ -156,11 +179,22 @@ def pod_spec(spec: ServiceSpec, placement: Placement, *, claims: bool) -> dict[s
     volumes += [{"name": h.name, "hostPath": {"path": h.host_path, "type": "Directory"}} for h in spec.host_paths]
     if spec.shm_size:
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": quantity(spec.shm_size)}})
+    containers, init_containers = [container(spec)], []
+    for sidecar in spec.sidecars:
+        main, init = sidecar_containers(spec, sidecar)
+        containers.append(main)
+        if init is not None:
+            init_containers.append(init)
     body: dict[str, Any] = {
-        "containers": [container(spec)],
+        "containers": containers,
         "restartPolicy": "OnFailure" if spec.one_shot else "Always",
         "enableServiceLinks": False,  # docker-style *_PORT variables would clash with BATCH_* settings
     }
+    if init_containers:
+        body["initContainers"] = init_containers
+    if spec.pod_user is not None:
+        user = spec.pod_user
+        body["securityContext"] = {"runAsUser": user, "runAsGroup": user, "fsGroup": user, "runAsNonRoot": True}
     if volumes:
         body["volumes"] = volumes
     if spec.gpu or spec.gpu_visible or spec.pin_to_gpu_node:

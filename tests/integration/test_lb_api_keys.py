@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -43,13 +44,22 @@ class Guarded:
         )  # fmt: skip
 
 
+def lbkeys_cli(keys_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runtime.lbkeys", "--dir", str(keys_dir), *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+
+
 @pytest.fixture
 def guarded(tmp_path: Path) -> Iterator[Guarded]:
     require_binary("haproxy")
     backend = BackendProcess("b1", free_port())
     keys_dir = tmp_path / "keys"
     keys_dir.mkdir()
-    (keys_dir / "api-keys.map").touch()
+    # What the kubernetes pod's init container runs (compose's up script seeds the file instead).
+    seeded = lbkeys_cli(keys_dir, "init")
+    assert seeded.returncode == 0 and (keys_dir / "api-keys.map").read_text() == "", seeded.stderr
     stack_key = "sk-stack-operator-key"
     stack_map = tmp_path / "stack-keys.map"  # what Pulumi renders: the stack's own keys, by digest
     stack_map.write_text(f"{hashlib.sha256(stack_key.encode()).hexdigest()} operator\n")
@@ -125,3 +135,33 @@ def test_the_request_log_names_the_key_never_the_key_itself(guarded: Guarded) ->
     entries = wait_for(logged, 10, "a JSON request log line")
     assert entries[-1]["key"] == "operator" and entries[-1]["status"] == 200
     assert guarded.stack_key not in guarded.log_path.read_text()
+
+
+def test_init_keeps_the_keys_a_restarted_pod_finds_and_names_a_broken_map(guarded: Guarded) -> None:
+    """The init container runs at every pod start: it must never empty a map with users' keys in it."""
+    made = guarded.cli("create", "alice")
+    assert made.returncode == 0, made.stderr
+    again = lbkeys_cli(guarded.keys_dir, "init")
+    assert again.returncode == 0 and "kept (1 keys)" in again.stderr, again.stderr
+    assert guarded.chat(made.stdout.strip()).status_code == 200
+    (guarded.keys_dir / "api-keys.map").write_text("not-a-digest alice\n")
+    broken = lbkeys_cli(guarded.keys_dir, "init")
+    assert broken.returncode == 1 and "api-keys.map:1: expected '<sha256 hex> <name>'" in broken.stderr
+
+
+def test_the_sidecars_hold_stops_at_once_on_sigterm(tmp_path: Path) -> None:
+    """The pod's sidecar process: up until the kubelet's SIGTERM, then gone with status 0 (a process
+    that ignored it would hold every rollout for the whole grace period)."""
+    held = subprocess.Popen(
+        [sys.executable, "-m", "runtime.lbkeys", "--dir", str(tmp_path), "hold"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert held.stderr is not None
+        assert "holding until SIGTERM" in held.stderr.readline()  # its handlers are in place
+        assert held.poll() is None
+        held.send_signal(signal.SIGTERM)
+        assert held.wait(timeout=10) == 0
+    finally:
+        held.kill()
+        held.communicate()

@@ -278,9 +278,9 @@ def test_image_digests_are_required_and_must_be_sha256(key: str, value: str, wor
 def test_every_container_has_requests_limits_and_a_restarting_owner(edge: Plan) -> None:
     for kind in ("Deployment", "StatefulSet"):
         for name, workload in objects(edge, kind).items():
-            (container,) = pod(workload)["containers"]
-            assert {"memory", "cpu"} <= set(container["resources"]["requests"]), name
-            assert "memory" in container["resources"]["limits"], name
+            for container in pod(workload)["containers"] + pod(workload).get("initContainers", []):
+                assert {"memory", "cpu"} <= set(container["resources"]["requests"]), name
+                assert "memory" in container["resources"]["limits"], name
             assert pod(workload)["restartPolicy"] == "Always", name
     for name, job in objects(edge, "Job").items():
         assert pod(job)["restartPolicy"] == "OnFailure" and job["spec"]["backoffLimit"] >= 1, name
@@ -374,3 +374,34 @@ def test_a_changed_config_file_rolls_out_exactly_the_workloads_that_mount_it(edg
     assert {name for name, a in before.items() if a} == {"lb", "prometheus", "grafana"}  # the ones with files
     after = annotations(build_plan("edge", overrides={"lbBalanceFactor": "175"}))
     assert {name for name in before if before[name] != after[name]} == {"lb"}
+
+
+def test_users_load_balancer_keys_live_on_a_volume_shared_with_the_key_manager_sidecar(edge: Plan) -> None:
+    """Per-user keys on edge as on compose: the map and HAProxy's admin socket on one volume, which the
+    sidecar `keys` (runtime image, HAProxy's uid) seeds before HAProxy starts and `kubectl exec` uses."""
+    from infra.components.load_balancer import HAPROXY_UID
+    from runtime import lbkeys
+
+    deployment = objects(edge, "Deployment")["lb"]
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}, "one pod at a time on a ReadWriteOnce claim"
+    spec = pod(deployment)
+    haproxy, keys = spec["containers"]
+    (init,) = spec["initContainers"]
+    assert keys["image"] == init["image"] and re.search(r"/vllm-gb10-runtime:[^@]+@sha256:", keys["image"])
+    assert keys["command"] == ["python", "-m", "runtime.lbkeys", "hold"]
+    assert init["command"] == ["python", "-m", "runtime.lbkeys", "init"]
+    assert keys["livenessProbe"]["exec"]["command"] == ["python", "-m", "runtime.lbkeys", "list"]
+    claim = {v["name"]: v for v in spec["volumes"]}["lb-keys"]["persistentVolumeClaim"]["claimName"]
+    assert claim in objects(edge, "PersistentVolumeClaim")
+    haproxy_dir = {m["name"]: m["mountPath"] for m in haproxy["volumeMounts"]}["lb-keys"]
+    for container in (keys, init):  # the CLI's default --dir, so `kubectl exec … -c keys -- … create NAME` needs none
+        assert {m["name"]: m["mountPath"] for m in container["volumeMounts"]} == {"lb-keys": lbkeys.DEFAULT_DIR}
+    # The map and socket haproxy.cfg names are on the shared volume, where the CLI's defaults point.
+    cfg = yaml.safe_load(edge.files["k8s/configmap-lb-files.yaml"])["data"]["haproxy.cfg"]
+    assert lbkeys.HAPROXY_MAP_PATH == f"{haproxy_dir}/{lbkeys.MAP_FILE}"
+    assert f"map({lbkeys.HAPROXY_MAP_PATH})" in cfg
+    assert f"stats socket {haproxy_dir}/{lbkeys.SOCKET_FILE} " in cfg
+    # One uid for both, so the sidecar may use the socket HAProxy makes (mode 0600) and write the map.
+    assert spec["securityContext"] == {
+        "runAsUser": HAPROXY_UID, "runAsGroup": HAPROXY_UID, "fsGroup": HAPROXY_UID, "runAsNonRoot": True
+    }  # fmt: skip

@@ -307,6 +307,14 @@ def test_health_checks() -> None:
     assert violations("health-checks", COPY, compose({"redis": good_service(healthcheck=None)}))
     job = good_service(healthcheck=None, restart="on-failure")
     assert violations("health-checks", COPY, compose({"setup": job})) == [], "one-shot jobs need none"
+    probed = {"name": "lb", "image": "haproxy", "livenessProbe": {"httpGet": {"path": "/", "port": 1}}}
+    init = {"name": "keys-init", "image": "runtime", "command": ["python", "-m", "runtime.lbkeys", "init"]}
+    # Kubernetes allows an init container no probes: it runs to completion before the pod starts.
+    assert violations("health-checks", DEPLOYMENT, deployment(probed, initContainers=[init])) == []
+    sidecar = {"name": "keys", "image": "runtime", "command": ["sleep", "infinity"]}
+    unprobed_pod = deployment(probed)
+    unprobed_pod["spec"]["template"]["spec"]["containers"].append(sidecar)
+    assert violations("health-checks", DEPLOYMENT, unprobed_pod) == ["r/keys: no health check"]
 
 
 def test_restart_policies() -> None:
