@@ -88,7 +88,7 @@ def run_one(n: int, work: Path) -> dict[str, Any]:
         wall = time.perf_counter() - started
         phases = (uploaded - started, validated - uploaded, ran - validated, time.perf_counter() - ran)
         worker_cpu = cpu_seconds(worker.pid) - worker_cpu
-        redis_peak = redis.Redis.from_url(redis_server.url).info("memory")["used_memory_peak"] / 1024**2
+        redis_peak = redis.Redis.from_url(redis_server.admin_url).info("memory")["used_memory_peak"] / 1024**2
         return {
             "n": n, "status_ok": done.status == "completed" and rows == n, "file_mb": size / 1024**2,
             "wall_s": wall, "rate": n / wall, "api_mb": peak_rss_mb(api.pid),

@@ -8,6 +8,7 @@ the batch API and the batch worker.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 import httpx
+
+from runtime.batch.redis_client import BATCH_ACL_RULES, BATCH_ACL_USER
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,26 +127,45 @@ class Process:
 
 
 class RedisServer(Process):
+    """redis-server with the stacks' two users: `url` is the batch services' ACL user (what they run
+    as in the stacks, infra.components.redis), `admin_url` the default user (flushes, INFO)."""
+
     def __init__(self, log_dir: Path, port: int | None = None):
         super().__init__("redis", log_dir)
         self.port = port or free_port()
         self.data_dir = Path(tempfile.mkdtemp(prefix="redis-", dir=log_dir))
+        self.admin_password = "admin-" + os.urandom(8).hex()
+        self.batch_password = "batch-" + os.urandom(8).hex()
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{BATCH_ACL_USER}:{self.batch_password}@127.0.0.1:{self.port}/0"
+
+    @property
+    def admin_url(self) -> str:
+        return f"redis://:{self.admin_password}@127.0.0.1:{self.port}/0"
 
     def command(self) -> list[str]:
+        batch_hash = hashlib.sha256(self.batch_password.encode()).hexdigest()
         return [
             find_binary("redis-server"),
             "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.data_dir),
             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "yes",
+            "--requirepass", self.admin_password, "--user", BATCH_ACL_USER, "on", f"#{batch_hash}", *BATCH_ACL_RULES,
         ]  # fmt: skip
 
     def ready(self) -> bool:
-        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
-            conn.sendall(b"PING\r\n")
-            return conn.recv(16).startswith(b"+PONG")
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        client = redis.Redis.from_url(self.admin_url, socket_timeout=1, retry=Retry(NoBackoff(), 0))
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:  # not listening yet, or still loading its AOF
+            return False
+        finally:
+            client.close()
 
 
 class S3Server(Process):

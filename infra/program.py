@@ -330,7 +330,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "model": cfg.vllm.served_name,
             "vllm_base_url": lb.internal_url,
             "vllm_api_key": lb.worker_key,
-            "redis_url": redis.url,
+            "redis_url": redis.batch_url,  # its ACL user: the batch keys and data commands only
             "s3_endpoint": store.endpoint,
             "s3_bucket": store.bucket,
             "s3_access_key": store.access_key,

@@ -1,14 +1,36 @@
-"""Redis for the batch queue: AOF persistence on, password required, data on a volume."""
+"""Redis for the batch queue: AOF persistence on, password required, data on a volume.
+
+Two users. `default` (its password is output `redisUrl`) is the operator's and the health check's.
+The batch services log in as `batch` (`batch_url`), an ACL user with the rules the runtime states
+it needs (runtime.batch.redis_client.BATCH_ACL_RULES: the batch keys, data commands, RESTORE).
+The server is given the SHA-256 of its password (ACL `#<hex>`), never the password.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from typing import TypedDict
 
 import pulumi
 
 from infra.components.secrets import generated_password
 from infra.platforms import ServicePlatform
-from infra.services import Exposure, HealthCheck, Port, Secret, ServiceSpec, Volume
+from infra.services import Exposure, HealthCheck, Port, Secret, ServiceSpec, Volume, secret_output
+from runtime.batch.redis_client import BATCH_ACL_RULES, BATCH_ACL_USER
+
+BATCH_USER = BATCH_ACL_USER
+BATCH_HASH_ENV = "REDIS_BATCH_PASSWORD_SHA256"
+
+
+def server_command(bind: str, port: int) -> str:
+    """The container's shell command: redis-server with AOF, the default user's password and the
+    batch user, both from the environment (REDIS_PASSWORD; BATCH_HASH_ENV, a SHA-256 in hex)."""
+    rules = " ".join(f"'{rule}'" for rule in BATCH_ACL_RULES)
+    return (
+        f"exec redis-server --bind {bind} --port {port} --appendonly yes --appendfsync everysec "
+        f'--requirepass "$REDIS_PASSWORD" --user {BATCH_USER} on "#${BATCH_HASH_ENV}" {rules}'
+    )
+
 
 # Redis 8.8.3 (Debian-based official image); digest as pinned in a public project's test containers
 # (one source seen: verify with `docker buildx imagetools inspect redis:8.8.3` when moving it).
@@ -26,7 +48,8 @@ class RedisArgs(TypedDict):
 class Redis(pulumi.ComponentResource):
     address: str
     password: pulumi.Output[str]
-    url: pulumi.Output[str]
+    url: pulumi.Output[str]  # the default user's (the operator's)
+    batch_url: pulumi.Output[str]  # the batch services' ACL user
     service: str  # its service's name, for others' depends_on
 
     def __init__(self, name: str, args: RedisArgs, opts: pulumi.ResourceOptions | None = None):
@@ -35,19 +58,16 @@ class Redis(pulumi.ComponentResource):
         exposure = Exposure.PUBLIC if args["public"] else Exposure.INTERNAL
         bind, probe = platform.bind_address(host, exposure), platform.probe_address(host, exposure)
         self.password = generated_password(f"{name}-password", self)
+        batch_password = generated_password(f"{name}-batch-password", self, length=48)
+        batch_hash = secret_output(batch_password.apply(lambda pw: hashlib.sha256(pw.encode()).hexdigest()))
         self.service = name
         platform.deploy(
             ServiceSpec(
                 name=name,
                 host=host,
                 image=REDIS_IMAGE,
-                command=(
-                    "sh",
-                    "-c",
-                    f"exec redis-server --bind {bind} --port {port} --appendonly yes --appendfsync everysec "
-                    '--requirepass "$REDIS_PASSWORD"',
-                ),
-                secrets=(Secret("REDIS_PASSWORD", self.password),),
+                command=("sh", "-c", server_command(bind, port)),
+                secrets=(Secret("REDIS_PASSWORD", self.password), Secret(BATCH_HASH_ENV, batch_hash)),
                 ports=(Port(port, port, exposure, "redis"),),
                 volumes=(Volume("redis-data", "/data", size_gi=20),),
                 healthcheck=HealthCheck(
@@ -66,4 +86,7 @@ class Redis(pulumi.ComponentResource):
         )
         self.address = platform.internal_address(host, port, name, exposure)
         self.url = pulumi.Output.secret(pulumi.Output.concat("redis://:", self.password, "@", self.address, "/0"))
-        self.register_outputs({"address": self.address, "url": self.url})
+        self.batch_url = pulumi.Output.secret(
+            pulumi.Output.concat("redis://", BATCH_USER, ":", batch_password, "@", self.address, "/0")
+        )
+        self.register_outputs({"address": self.address, "url": self.url, "batchUrl": self.batch_url})

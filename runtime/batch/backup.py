@@ -67,11 +67,12 @@ def raw_client(settings: BatchSettings) -> redis.Redis:
 
 
 async def write_snapshot(client: redis.Redis, out: IO[bytes]) -> int:
-    """Every key, its absolute expiry (ms, -1 for none) and its DUMP, as gzip'd JSON lines; returns the count."""
+    """Every key of the batch service (PREFIX: all its Redis user may read), its absolute expiry (ms,
+    -1 for none) and its DUMP, as gzip'd JSON lines; returns the count."""
     count = 0
     seen: set[bytes] = set()  # SCAN may return a key twice while Redis rehashes
     with gzip.GzipFile(fileobj=out, mode="wb") as archive:
-        async for key in client.scan_iter(count=1000):
+        async for key in client.scan_iter(match=PREFIX + "*", count=1000):
             if key in seen:
                 continue
             seen.add(key)

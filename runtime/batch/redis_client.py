@@ -23,6 +23,14 @@ from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception_type, stop_after_delay
 from tenacity import wait_exponential_jitter as jitter
 
+from runtime.batch.keys import PREFIX
+
+# The Redis user the batch services log in as in the stacks (infra.components.redis makes it), and
+# all it may do: the batch keys only, data commands only (no CONFIG, ACL, FLUSHALL, KEYS, DEBUG,
+# MODULE, REPLICAOF, SHUTDOWN: Redis's @admin and @dangerous), but RESTORE for the backup's restore.
+BATCH_ACL_USER = "batch"
+BATCH_ACL_RULES = (f"~{PREFIX}*", "resetchannels", "+@all", "-@admin", "-@dangerous", "+restore")
+
 TRANSIENT = (ConnectionError, TimeoutError, BusyLoadingError)
 BACKOFF_CAP_S = 2.0
 log = logging.getLogger("runtime.batch.redis")

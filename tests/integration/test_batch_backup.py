@@ -27,6 +27,7 @@ from runtime.batch.settings import BatchSettings
 from runtime.batch.storage import ObjectStore
 
 pytestmark = pytest.mark.integration
+ADMIN_URL = "TEST_REDIS_ADMIN_URL"
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +41,15 @@ def servers(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> It
 @pytest.fixture
 def env(servers: tuple[RedisServer, S3Server], request: pytest.FixtureRequest) -> dict[str, str]:
     redis_server, s3 = servers
-    sync_redis.Redis.from_url(redis_server.url).flushall()
+    sync_redis.Redis.from_url(redis_server.admin_url).flushall()
     bucket = "backup-" + request.node.name.replace("_", "-")[:40].strip("-").lower()
-    return batch_env(redis_server, s3, s3_bucket=bucket, backup_keep="2")
+    # The services' Redis user may not flush: the tests lose "the volume" as the operator (wipe).
+    return {**batch_env(redis_server, s3, s3_bucket=bucket, backup_keep="2"), ADMIN_URL: redis_server.admin_url}
+
+
+def wipe(env: dict[str, str]) -> None:
+    """Redis loses its data (the volume is gone), done as its default user."""
+    sync_redis.Redis.from_url(env[ADMIN_URL]).flushall()
 
 
 def settings_of(env: dict[str, str]) -> BatchSettings:
@@ -70,7 +77,7 @@ def seed(client: sync_redis.Redis) -> dict[bytes, tuple[bytes, int]]:
     client.hset("vgb:batch:b1:chunks", "0", '{"index": 0}')
     client.zadd("vgb:queue", {"b2": 1.5, "b3": 2.5})
     client.rpush("vgb:wake", "b2", "b3")
-    client.set("bin\x00key", b"\xff\xfe\x00binary")
+    client.set("vgb:bin\x00key", b"\xff\xfe\x00binary")
     return {k: (client.dump(k), client.pexpiretime(k)) for k in client.scan_iter()}
 
 
@@ -82,14 +89,14 @@ def test_a_snapshot_restored_into_an_empty_redis_brings_back_every_key_and_expir
     assert taken.returncode == 0, taken.stderr
     before = {k: (client.dump(k), client.pexpiretime(k)) for k in client.scan_iter()}  # and the marker
     assert f"{len(before)} keys" in taken.stdout
-    client.set("written-after", "x")  # a key the snapshot does not have
-    client.flushall()  # the volume is lost
+    client.set("vgb:written-after", "x")  # a key the snapshot does not have
+    wipe(env)  # the volume is lost
     restored = cli(env, "restore")
     assert restored.returncode == 0, restored.stderr
     assert f"restored {len(before)} keys" in restored.stdout
     after = {k: (client.dump(k), client.pexpiretime(k)) for k in client.scan_iter()}
     assert after == before  # same values, same absolute expiries (ABSTTL), nothing more
-    assert client.get("written-after") is None
+    assert client.get("vgb:written-after") is None
 
 
 def test_restore_refuses_a_redis_that_holds_keys_unless_told_to_replace(env: dict[str, str]) -> None:
@@ -107,7 +114,7 @@ def test_restore_refuses_a_redis_that_holds_keys_unless_told_to_replace(env: dic
 
 
 def test_only_the_newest_snapshots_are_kept(env: dict[str, str]) -> None:
-    sync_redis.Redis.from_url(env["BATCH_REDIS_URL"]).set("lasting", "1")
+    sync_redis.Redis.from_url(env["BATCH_REDIS_URL"]).set("vgb:lasting", "1")
     objects = objects_of(env)
     for _ in range(3):
         assert cli(env, "snapshot").returncode == 0
@@ -118,16 +125,16 @@ def test_keys_past_their_expiry_when_restored_are_skipped(env: dict[str, str]) -
     async def scenario() -> tuple[tuple[int, int], bool, bool]:
         client = backup.raw_client(settings_of(env))
         try:
-            await client.set("lasting", "1")
-            await client.set("short-lived", "1", px=300)
+            await client.set("vgb:lasting", "1")
+            await client.set("vgb:short-lived", "1", px=300)
             out = io.BytesIO()
             await backup.write_snapshot(client, out)
-            while await client.exists("short-lived"):  # its absolute expiry passes before the restore
+            while await client.exists("vgb:short-lived"):  # its absolute expiry passes before the restore
                 await asyncio.sleep(0.05)
-            await client.flushall()
+            wipe(env)
             out.seek(0)
             counts = await backup.read_snapshot(client, out, replace=False)
-            return counts, bool(await client.exists("lasting")), bool(await client.exists("short-lived"))
+            return counts, bool(await client.exists("vgb:lasting")), bool(await client.exists("vgb:short-lived"))
         finally:
             await client.aclose()
 
@@ -142,15 +149,16 @@ def test_keys_past_their_expiry_when_restored_are_skipped(env: dict[str, str]) -
     ("second_line", "message"),
     [
         (b"not json", "snapshot line 2: not a backup row"),
-        (b'{"key": "YQ==", "expire_ms": -1, "dump": "AAAA"}', "snapshot line 2: key b'a': Redis refused it"),
+        (b'{"key": "dmdiOmE=", "expire_ms": -1, "dump": "AAAA"}', "snapshot line 2: key b'vgb:a': Redis refused it"),
     ],
 )
 def test_a_damaged_snapshot_is_named_with_its_line(env: dict[str, str], second_line: bytes, message: str) -> None:
     objects = objects_of(env)
     client = sync_redis.Redis.from_url(env["BATCH_REDIS_URL"])
-    client.set("good", "1")
-    good = json.dumps({"key": "Z29vZA==", "expire_ms": -1, "dump": base64.b64encode(client.dump("good")).decode()})
-    client.flushall()
+    client.set("vgb:good", "1")
+    dumped = base64.b64encode(client.dump("vgb:good")).decode()
+    good = json.dumps({"key": "dmdiOmdvb2Q=", "expire_ms": -1, "dump": dumped})
+    wipe(env)
     damaged = gzip.compress(good.encode() + b"\n" + second_line + b"\n")
     objects.put(f"{backup.BACKUP_PREFIX}20261204T000000Z-000000000.jsonl.gz", damaged)
     failed = cli(env, "restore")
@@ -165,7 +173,7 @@ def test_no_snapshot_yet_is_a_clear_error(env: dict[str, str]) -> None:
 
 def test_a_worker_takes_the_scheduled_snapshot(env: dict[str, str], tmp_path: Path) -> None:
     objects = objects_of(env)
-    sync_redis.Redis.from_url(env["BATCH_REDIS_URL"]).set("seeded-before", "1")
+    sync_redis.Redis.from_url(env["BATCH_REDIS_URL"]).set("vgb:seeded-before", "1")
     worker = BatchWorker(
         tmp_path, {**env, "BATCH_BACKUP_INTERVAL_SECONDS": "1"}, engine_factory="bench.batch_engines:instant"
     )
@@ -176,7 +184,7 @@ def test_a_worker_takes_the_scheduled_snapshot(env: dict[str, str], tmp_path: Pa
         worker.stop()
     newest = backup.list_snapshots(objects)[0]
     keys = {base64.b64decode(json.loads(row)["key"]) for row in gzip.decompress(objects.get(newest)).splitlines()}
-    assert {b"seeded-before", backup.MARKER.encode()} <= keys
+    assert {b"vgb:seeded-before", backup.MARKER.encode()} <= keys
 
 
 def test_after_redis_lost_its_data_no_scheduled_snapshot_replaces_the_good_ones(env: dict[str, str]) -> None:
@@ -185,7 +193,7 @@ def test_after_redis_lost_its_data_no_scheduled_snapshot_replaces_the_good_ones(
     seed(client)
     assert cli(env, "snapshot").returncode == 0
     good = backup.list_snapshots(objects)
-    client.flushall()  # the volume is lost; workers keep running
+    wipe(env)  # the volume is lost; workers keep running
 
     async def scheduled() -> object:
         redis_client = backup.raw_client(settings_of(env))
@@ -215,7 +223,7 @@ def test_a_restore_requeues_a_job_caught_between_sets_and_fences_out_old_workers
     client.set("vgb:batch:b9:plan", json.dumps({"invalid_lines": 2}))
     client.hset("vgb:batch:b9:chunks", mapping={"0": json.dumps({"completed": 9, "failed": 1})})
     assert cli(env, "snapshot").returncode == 0
-    client.flushall()
+    wipe(env)
     assert cli(env, "restore").returncode == 0
     assert client.zscore("vgb:queue", "b9") == 42  # queued again, at its place
     job = client.hgetall("vgb:batch:b9:job")
@@ -229,10 +237,10 @@ def test_snapshot_reads_every_row_back(env: dict[str, str]) -> None:
     async def roundtrip() -> tuple[int, tuple[int, int]]:
         client = backup.raw_client(settings_of(env))
         try:
-            await client.set("k", "v")
+            await client.set("vgb:k", "v")
             out = io.BytesIO()
             count = await backup.write_snapshot(client, out)
-            await client.flushall()
+            wipe(env)
             out.seek(0)
             return count, await backup.read_snapshot(client, out, replace=False)
         finally:

@@ -35,7 +35,7 @@ def test_http_engine_runs_a_job_and_retries_only_what_is_retryable(
     redis_server, s3_server, vllm_server, tmp_path
 ) -> None:
     vllm_url = vllm_server.url
-    redis.Redis.from_url(redis_server.url).flushdb()
+    redis.Redis.from_url(redis_server.admin_url).flushdb()
     env = batch_env(
         redis_server, s3_server, s3_bucket="batch-http", engine="http", vllm_base_url=f"{vllm_url}/v1",
         chunk_size="10", concurrency="16", request_max_attempts="3",

@@ -72,7 +72,7 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(redis_server, s3_server, tiny_model, tmp_path_factory) -> Iterator[Stack]:
-    redis.Redis.from_url(redis_server.url).flushdb()
+    redis.Redis.from_url(redis_server.admin_url).flushdb()
     log_dir = tmp_path_factory.mktemp("batch-offline")
     env = batch_env(
         redis_server,

@@ -25,8 +25,10 @@ def run(redis_server):
 
     def runner(test) -> None:
         async def body() -> None:
-            client = redis.Redis.from_url(redis_server.url, decode_responses=True)
-            await client.flushdb()
+            admin = redis.Redis.from_url(redis_server.admin_url)  # the batch services' user may not flush
+            await admin.flushdb()
+            await admin.aclose()
+            client = redis.Redis.from_url(redis_server.url, decode_responses=True)  # as the services log in
             try:
                 await test(JobStore(client))
             finally:
@@ -41,6 +43,11 @@ def run(redis_server):
             loop.close()
 
     return runner
+
+
+async def matching(store: JobStore, pattern: str) -> set[str]:
+    """Keys matching `pattern`, by SCAN: the batch services' Redis user may not run KEYS."""
+    return {key async for key in store.redis.scan_iter(match=pattern)}
 
 
 async def add_job(store: JobStore, batch_id: str, priority: Priority = Priority.NORMAL) -> None:
@@ -71,10 +78,10 @@ def test_a_claim_whose_reply_was_lost_is_not_a_second_claim(run, redis_server) -
     from runtime.batch.redis_client import connect
     from tests.integration.faults import TcpProxy
 
-    proxy = TcpProxy(int(redis_server.url.rsplit(":", 1)[1].split("/")[0]))
+    proxy = TcpProxy(redis_server.port)
 
     async def test(store: JobStore) -> None:
-        client = connect(f"redis://127.0.0.1:{proxy.port}/0", outage_seconds=10)
+        client = connect(redis_server.url.replace(f":{redis_server.port}/", f":{proxy.port}/"), outage_seconds=10)
         through_proxy = JobStore(client)
         try:
             assert await through_proxy.claim(30) is None  # loads the script: the lost reply is the claim's
@@ -138,9 +145,9 @@ def test_finish_leaves_only_the_documented_keys(run) -> None:
         await store.commit_chunk(lease, ChunkCheckpoint(index=0, output_key="o", error_key="e", completed=10, failed=0))
         batch = (await store.get("b1")).model_copy(update={"status": BatchStatus.COMPLETED})
         await store.finish(lease, batch, retention_seconds=3600)
-        calls = set(await store.redis.keys(keys.claim_call("*")))
+        calls = await matching(store, keys.claim_call("*"))
         assert len(calls) == 1 and 0 < await store.redis.pttl(calls.pop()) <= 60_000  # the claim's, a minute
-        assert set(await store.redis.keys("*")) - set(await store.redis.keys(keys.claim_call("*"))) == {
+        assert await matching(store, "*") - await matching(store, keys.claim_call("*")) == {
             keys.batch("b1"),
             keys.plan("b1"),
             keys.BATCHES,

@@ -88,7 +88,7 @@ def admin_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[st
 
 @pytest.fixture(scope="module")
 def tenants(redis_server, s3_server, tmp_path_factory) -> Iterator[Tenants]:
-    redis.Redis.from_url(redis_server.url).flushdb()
+    redis.Redis.from_url(redis_server.admin_url).flushdb()
     log_dir = tmp_path_factory.mktemp("batch-tenants")
     env = batch_env(redis_server, s3_server, s3_bucket="batch-tenants", model="instant", engine="http")
     env["BATCH_VLLM_BASE_URL"] = "http://127.0.0.1:9/v1"  # never called: the worker's engine answers at once

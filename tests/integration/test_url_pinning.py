@@ -99,7 +99,7 @@ def test_a_webhook_is_delivered_to_the_checked_address(https_server, redis_serve
     policy, lookups = rebinding_resolver()
 
     async def deliver() -> int:
-        client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+        client = redis.Redis.from_url(redis_server.admin_url, decode_responses=True)
         await client.flushdb()
         sender = webhooks.WebhookSender(client, "s", max_attempts=1, policy=policy)
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import re
@@ -150,7 +151,13 @@ def test_batch_services_are_wired_to_redis_s3_and_the_load_balancer(
         assert str(settings.s3_endpoint_url).rstrip("/") == stella.outputs["minioEndpoint"]
         assert settings.s3_secret_access_key.get_secret_value() == secrets["RUSTFS_SECRET_KEY"]
         assert (settings.redis_url.host, settings.redis_url.port) == (STELLA_IP, 6379)
-        assert settings.redis_url.password == secrets["REDIS_PASSWORD"]
+        # The batch services' ACL user, whose password the server knows only by its SHA-256.
+        assert settings.redis_url.username == "batch"
+        assert settings.redis_url.password != secrets["REDIS_PASSWORD"]
+        assert (
+            hashlib.sha256(str(settings.redis_url.password).encode()).hexdigest()
+            == secrets["REDIS_BATCH_PASSWORD_SHA256"]
+        )
         assert settings.model == "Qwen/Qwen3-4B"
         # The API has no metrics server of its own; the worker's binds the cluster address.
         assert settings.worker_metrics_host == (STELLA_IP if name == "batch-worker" else "0.0.0.0")
