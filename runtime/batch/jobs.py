@@ -416,17 +416,27 @@ class JobStore:
         )
 
     async def finish(self, lease: Lease, batch: Batch, retention_seconds: int) -> None:
-        """Write the terminal batch object and drop the lease and job state in one transaction."""
+        """Write the terminal batch object and drop the lease and job state in one transaction.
+
+        A connection lost after Redis ran the transaction and before its reply arrived looks, on the
+        retry, like a lease taken over (the job state is gone): finding its own terminal record
+        there, finish knows the write was its own and returns."""
         batch_key, job_key = keys.batch(lease.batch_id), keys.job(lease.batch_id)
+        written = batch.model_dump_json()
+
+        async def already_written(client: redis.Redis | Pipeline) -> bool:
+            return await client.get(batch_key) in (written, written.encode())
 
         async def body(pipe: Pipeline) -> None:
             await pipe.watch(job_key)
             if int(await pipe.hget(job_key, "fence") or 0) != lease.fence:
+                if await already_written(pipe):
+                    return
                 raise StaleLeaseError(f"batch {lease.batch_id}: fence {lease.fence} is no longer current")
             plan_raw = await pipe.get(keys.plan(lease.batch_id))
             expire_at = int(time.time()) + retention_seconds
             pipe.multi()
-            pipe.set(batch_key, batch.model_dump_json(), exat=expire_at)
+            pipe.set(batch_key, written, exat=expire_at)
             pipe.expireat(keys.plan(lease.batch_id), expire_at)
             if plan_raw is not None:  # the owner's index lives as long as its newest batch
                 owner = keys.owner_batches(JobPlan.model_validate_json(plan_raw).key_id)
@@ -439,7 +449,9 @@ class JobStore:
             pipe.zrem(keys.ACTIVE, lease.batch_id)
             try:
                 await pipe.execute()
-            except WatchError as exc:
+            except WatchError as exc:  # redis-py also says so when the connection dropped during EXEC
+                if await already_written(self.redis):
+                    return
                 raise StaleLeaseError(f"batch {lease.batch_id}: taken over while finishing") from exc
 
         await self._transaction(body)

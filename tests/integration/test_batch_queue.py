@@ -101,6 +101,47 @@ def test_a_claim_whose_reply_was_lost_is_not_a_second_claim(run, redis_server) -
         proxy.close()
 
 
+def test_a_finish_whose_reply_was_lost_is_not_a_lost_lease(run, redis_server, monkeypatch) -> None:
+    """The connection drops after Redis ran the finishing transaction and before its reply: the retry
+    finds the job state gone. That is the job's own write, not another worker's takeover: finish
+    returns (so the worker goes on to queue the webhook and delete the scratch objects)."""
+    from redis.asyncio.client import Pipeline
+
+    from runtime.batch.redis_client import connect
+    from tests.integration.faults import TcpProxy
+
+    proxy = TcpProxy(redis_server.port)
+    real_execute = Pipeline.execute
+    armed = [True]
+
+    async def execute_losing_the_first_transaction_reply(self: Pipeline, raise_on_error: bool = True) -> list:
+        if self.explicit_transaction and armed[0]:  # MULTI … EXEC: Redis applies it, the reply is lost
+            armed[0] = False
+            proxy.lose_next_reply()
+        return await real_execute(self, raise_on_error)
+
+    async def test(store: JobStore) -> None:
+        await add_job(store, "b1")
+        lease = await store.claim(30)
+        assert lease is not None
+        done = (await store.get("b1")).model_copy(update={"status": BatchStatus.COMPLETED, "completed_at": 1})
+        client = connect(redis_server.url.replace(f":{redis_server.port}/", f":{proxy.port}/"), outage_seconds=10)
+        monkeypatch.setattr(Pipeline, "execute", execute_losing_the_first_transaction_reply)
+        try:
+            await JobStore(client).finish(lease, done, retention_seconds=3600)
+        finally:
+            monkeypatch.setattr(Pipeline, "execute", real_execute)
+            await client.aclose()
+        assert not armed[0], "the transaction's reply was lost"
+        assert (await store.get("b1")).status == BatchStatus.COMPLETED
+        assert not await store.redis.exists(keys.job("b1"))
+
+    try:
+        run(test)
+    finally:
+        proxy.close()
+
+
 def test_priorities_then_first_in_first_out(run) -> None:
     async def test(store: JobStore) -> None:
         for batch_id, priority in [
@@ -156,8 +197,11 @@ def test_finish_leaves_only_the_documented_keys(run) -> None:
         }
         for expiring in (keys.batch("b1"), keys.plan("b1"), keys.owner_batches("k")):
             assert 0 < await store.redis.ttl(expiring) <= 3600, expiring
-        with pytest.raises(StaleLeaseError):
-            await store.finish(lease, batch, retention_seconds=3600)  # the job state is gone: fence no longer matches
+        other = batch.model_copy(update={"status": BatchStatus.FAILED})
+        with pytest.raises(StaleLeaseError):  # the job state is gone: a stale holder writes nothing else
+            await store.finish(lease, other, retention_seconds=3600)
+        assert (await store.get("b1")).status == BatchStatus.COMPLETED
+        await store.finish(lease, batch, retention_seconds=3600)  # its own write again: nothing to do
 
     run(test)
 
