@@ -7,11 +7,13 @@ laptop connection does not end the job (a `ray://` client session ends after 30 
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 _MISMATCH = re.compile(
     r"The cluster was started with:\s*Ray: (?P<cluster_ray>\S+)\s*Python: (?P<cluster_python>\S+)\s*"
@@ -34,10 +36,34 @@ def mismatch_sentence(address: str, cluster_ray: str, cluster_python: str, our_r
     )
 
 
+# A `ray://` session starts a server process for this client on the head; on a busy head that start
+# can fail ("Starting Ray client server failed"), which says nothing about the caller: try again.
+CLIENT_SERVER_START_FAILED = "Starting Ray client server failed"
+CLIENT_TRIES = 3
+CLIENT_RETRY_BASE_S = 2.0
+log = logging.getLogger("runtime.offload")
+
+
 def connect(address: str | None, **init_kwargs) -> None:
-    """ray.init on `address` (None starts a local cluster); a version mismatch becomes one sentence."""
+    """ray.init on `address` (None starts a local cluster); a version mismatch becomes one sentence,
+    and a `ray://` client server that failed to start on the head is tried again (CLIENT_TRIES)."""
     import ray
 
+    for attempt in range(1, CLIENT_TRIES + 1):
+        try:
+            _init(ray, address, init_kwargs)
+            return
+        except ConnectionAbortedError as error:
+            if CLIENT_SERVER_START_FAILED not in str(error) or attempt == CLIENT_TRIES:
+                raise
+            log.warning(
+                "Ray client server did not start on %s (try %d of %d); trying again", address, attempt, CLIENT_TRIES
+            )
+            ray.shutdown()
+            time.sleep(CLIENT_RETRY_BASE_S * attempt)
+
+
+def _init(ray: Any, address: str | None, init_kwargs: dict[str, Any]) -> None:
     try:
         ray.init(address=address, **init_kwargs)
     except RuntimeError as error:
