@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-from collections.abc import Iterator
+import logging
+from collections.abc import Awaitable, Callable, Iterator
 from typing import IO, Any
 
 import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError, IncompleteReadError
+from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception, stop_after_delay
+from tenacity import wait_exponential_jitter as jitter
 
 from runtime.batch.bucket import ensure_bucket
 from runtime.batch.settings import BatchSettings
+
+log = logging.getLogger("runtime.batch.storage")
 
 
 def file_key(file_id: str) -> str:
@@ -115,3 +120,18 @@ class ObjectStore:
 
     async def aget(self, key: str) -> bytes:
         return await asyncio.to_thread(self.get, key)
+
+
+async def with_storage_retry(seconds: float, call: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    """`call(*args)`, tried again for `seconds` on what a retry can cure (connection errors, 5xx,
+    throttling: retryable_storage_error), never on a refused key or a missing object."""
+    async for attempt in AsyncRetrying(
+        stop=stop_after_delay(seconds),
+        wait=jitter(multiplier=0.5, max=10),
+        retry=retry_if_exception(retryable_storage_error),  # not a refused key or a missing object
+        before_sleep=before_sleep_log(log, logging.WARNING),  # an S3 outage shows in the log
+        reraise=True,
+    ):
+        with attempt:
+            return await call(*args)
+    raise AssertionError("unreachable")

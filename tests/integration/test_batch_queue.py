@@ -325,8 +325,8 @@ def test_api_keys_are_stored_hashed_and_rate_limited(run) -> None:
 def test_a_refused_lease_renewal_stops_the_job_but_not_the_worker(run, redis_server) -> None:
     """The race CI hit: the job's final write drops the lease while its clean-up still runs; the
     renewal is then refused and the job task cancelled. The worker must carry on, not die."""
+    from runtime.batch.job_loop import Worker
     from runtime.batch.settings import BatchSettings
-    from runtime.batch.worker import Worker
 
     class JobThatFinishesThenCleansUp(Worker):
         async def process(self, lease) -> None:
@@ -404,10 +404,10 @@ def test_a_webhook_to_a_refused_address_is_dropped_at_delivery_not_sent(run) -> 
 def test_a_job_cancelled_mid_chunk_gives_back_every_permit_of_the_worker(run, redis_server) -> None:
     """The window and open-chunk permits outlive a job: one lost to a cancellation would be lost for good,
     and after a few such leases the worker would stall on its next job."""
+    from runtime.batch.chunk_pipeline import ChunkPipeline
     from runtime.batch.engines import Outcome
     from runtime.batch.settings import BatchSettings
     from runtime.batch.validation import RequestLine
-    from runtime.batch.worker import Worker
 
     class Hanging:
         endpoints = ("/v1/chat/completions",)
@@ -416,7 +416,7 @@ def test_a_job_cancelled_mid_chunk_gives_back_every_permit_of_the_worker(run, re
             await asyncio.Event().wait()  # never answers: the window fills up
             raise AssertionError("unreachable")
 
-    class ChunksFromMemory(Worker):
+    class ChunksFromMemory(ChunkPipeline):
         async def _load_chunk(self, batch_id: str, index: int) -> list[RequestLine]:
             return [
                 RequestLine(line=i, custom_id=f"{index}-{i}", url="/v1/chat/completions", body={}) for i in range(4)
@@ -428,20 +428,19 @@ def test_a_job_cancelled_mid_chunk_gives_back_every_permit_of_the_worker(run, re
             s3_access_key_id="x", s3_secret_access_key="x", model="m", bootstrap_api_key="k", webhook_secret="s",
             concurrency=3, chunk_size=4, commits_in_flight=1,
         )  # fmt: skip
-        worker = ChunksFromMemory(settings, engine=Hanging(), client=store.redis, objects=None)
-        window, chunks = worker.window._value, worker.open_chunks._value
+        pipeline = ChunksFromMemory(settings, engine=Hanging(), store=store, objects=None)
+        window, chunks = pipeline.window._value, pipeline.open_chunks._value
         plan = JobPlan(
             batch_id="b1", model="m", priority=Priority.NORMAL, chunks=5, chunk_size=4, valid_requests=20,
             invalid_lines=0, key_id="k",
         )  # fmt: skip
         batch = Batch(id="b1", endpoint="/v1/chat/completions", input_file_id="f", status="in_progress", created_at=0)
-        job = asyncio.create_task(worker.run_chunks(Lease("b1", 1, 1), plan, batch))
-        while worker.window._value > 0:  # until the window is full: the loop then waits for a slot
+        job = asyncio.create_task(pipeline.run_chunks(Lease("b1", 1, 1), plan, batch))
+        while pipeline.window._value > 0:  # until the window is full: the loop then waits for a slot
             await asyncio.sleep(0.01)
         job.cancel()
         with pytest.raises(asyncio.CancelledError):
             await job
-        assert (worker.window._value, worker.open_chunks._value) == (window, chunks)
-        await worker.backup_client.aclose()
+        assert (pipeline.window._value, pipeline.open_chunks._value) == (window, chunks)
 
     run(test)
