@@ -1,0 +1,160 @@
+"""The seeds' batch API (/v1/batch): a job from an input URL, its status with throughput, its results."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from runtime.batch import keys
+from runtime.batch.api_common import (
+    ApiException,
+    ApiState,
+    Caller,
+    checked_url,
+    estimate_completion,
+    existing_batch,
+    submit,
+)
+from runtime.batch.models import (
+    ApiError,
+    SeedJobCreated,
+    SeedJobRequest,
+    SeedJobStatus,
+    SeedProgress,
+    SeedResults,
+    SeedStats,
+    SeedThroughput,
+)
+from runtime.batch.sources import open_lines
+from runtime.batch.storage import file_key
+
+router = APIRouter()
+
+
+@router.post("/v1/batch")
+async def create_seed_job(state: ApiState, principal: Caller, body: SeedJobRequest) -> SeedJobCreated:
+    settings = state.settings
+    if body.model != settings.model:
+        raise ApiException(
+            400, ApiError(message=f"model {body.model!r} is not served here", code="model_not_found", param="model")
+        )
+    if body.webhook_url is not None:
+        checked_url(state, body.webhook_url, "webhook_url")
+    lines = await asyncio.to_thread(
+        open_lines,
+        state.objects,
+        body.input_file_url,
+        settings.max_file_bytes,
+        bucket=settings.s3_bucket,
+        policy=state.url_policy,
+    )
+    file_id = f"file-{uuid.uuid4().hex}"
+    spool = tempfile.SpooledTemporaryFile(max_size=16 * 1024 * 1024)
+    try:
+        metadata = {k: str(v) for k, v in body.metadata.model_dump(mode="json").items() if v is not None}
+        batch = await submit(
+            state,
+            principal.key_id,
+            input_file_id=file_id,
+            lines=_tee(lines, spool),
+            endpoint=None,
+            metadata=metadata,
+            priority=body.metadata.priority,
+            webhook_url=body.webhook_url,
+            invalid_lines=settings.invalid_lines,
+        )
+        size = spool.tell()
+        spool.seek(0)
+        await asyncio.to_thread(state.objects.upload, file_key(file_id), spool)
+    finally:
+        spool.close()
+    await state.store.record_file(
+        file_id,
+        owner=principal.key_id,
+        size=size,
+        filename=body.input_file_url.rsplit("/", 1)[-1] or "input.jsonl",
+        purpose="batch",
+        retention_seconds=settings.retention_seconds,
+    )
+    return SeedJobCreated(
+        job_id=batch.id,
+        status=batch.status,
+        created_at=batch.created_at,
+        estimated_completion=await estimate_completion(state, batch),
+    )
+
+
+@router.get("/v1/batch/{job_id}")
+async def seed_job_status(state: ApiState, principal: Caller, job_id: str) -> SeedJobStatus:
+    batch = await existing_batch(state, job_id, principal)
+    counts = batch.request_counts
+    done = counts.completed + counts.failed
+    ended = batch.completed_at or batch.cancelled_at or batch.expired_at or batch.failed_at or time.time()
+    # OpenAI timestamps are whole seconds: a job shorter than one counts as one second long
+    elapsed = max(ended - batch.in_progress_at, 1.0) if batch.in_progress_at else 0.0
+    rate = done / elapsed if elapsed else 0.0
+    remaining = counts.total - done
+    return SeedJobStatus(
+        job_id=batch.id,
+        status=batch.status,
+        created_at=batch.created_at,
+        progress=SeedProgress(
+            completed=done, total=counts.total, percent=round(100 * done / counts.total, 2) if counts.total else 0
+        ),
+        throughput=SeedThroughput(
+            req_per_sec=round(rate, 3), estimated_remaining=int(remaining / rate) if rate > 0 else None
+        ),
+        estimated_completion=None if batch.status.terminal else await estimate_completion(state, batch),
+        metadata=batch.metadata,
+    )
+
+
+@router.get("/v1/batch/{job_id}/results")
+async def seed_job_results(state: ApiState, principal: Caller, job_id: str, request: Request) -> SeedResults:
+    """The result files as URLs of this API (`/v1/files/{id}/content`, fetched with the caller's key):
+    a URL presigned for the S3 server would name its internal address, which users cannot reach."""
+    batch = await existing_batch(state, job_id, principal)
+    if not batch.status.terminal:
+        raise ApiException(
+            409,
+            ApiError(message=f"job {job_id} is {batch.status.value}; results come when it ends", code="not_ready"),
+        )
+    if batch.output_file_id is None and batch.error_file_id is None:
+        raise ApiException(404, ApiError(message=f"job {job_id} produced no results", code="no_results"))
+    stats = json.loads(await state.redis.get(keys.stats(job_id)) or "{}")
+    ends = [
+        f.expires_at
+        for f in [await state.store.get_file(i) for i in (batch.output_file_id, batch.error_file_id) if i]
+        if f
+    ]
+    expires_at = min(e for e in ends if e) if ends else int(time.time())
+    base = str(request.base_url).rstrip("/")  # the address the caller reached this API at
+
+    def url(file_id: str | None) -> str | None:
+        return f"{base}/v1/files/{file_id}/content" if file_id else None
+
+    return SeedResults(
+        job_id=job_id,
+        results_url=url(batch.output_file_id or batch.error_file_id),
+        errors_url=url(batch.error_file_id),
+        expires_at=expires_at,
+        stats=SeedStats(
+            total=batch.request_counts.total,
+            successful=batch.request_counts.completed,
+            failed=batch.request_counts.failed,
+            avg_response_time=stats.get("avg_response_time"),
+        ),
+    )
+
+
+def _tee(lines: Iterator[bytes], spool: Any) -> Iterator[bytes]:
+    for line in lines:
+        spool.write(line + b"\n")
+        yield line
