@@ -232,10 +232,18 @@ def test_a_dead_backend_leaves_rotation_on_its_first_failed_request(pool_factory
             sender.result()
         replies += [s.result() for s in slow]
     assert all(r.status == 200 for r in replies), [r for r in replies if r.status != 200][:3]
-    pool.haproxy.stop()  # flushes the request log
+
+    def logged() -> dict[str, dict]:
+        text = log.read_text()
+        return {x["request_id"]: x for x in map(json.loads, (x for x in text.splitlines() if x.startswith("{")))}
+
+    # HAProxy logs a request when its stream closes, which may come just after the client has its reply.
+    wanted = {*sent_after_kill, "slow-0", "slow-1"}
+    wait_for(lambda: wanted <= logged().keys(), 10, "every request in HAProxy's log")
+    pool.haproxy.stop()
     text = log.read_text()
     assert f"Server vllm/{victim_name} is DOWN, reason: Health analyze" in text
-    lines = {x["request_id"]: x for x in map(json.loads, (x for x in text.splitlines() if x.startswith("{")))}
+    lines = logged()
     in_flight = [lines[f"slow-{i}"] for i in (0, 1)]  # on the victim when it died: replayed elsewhere
     assert all(x["retries"] != "0" and x["backend"] != victim_name for x in in_flight), in_flight
     tried = [i for i in sent_after_kill if lines[i]["retries"] != "0"]  # only the dead backend fails
