@@ -5,10 +5,9 @@ does that for `pulumi preview --policy-pack policies`, and `python -m infra.plan
 call the policies here directly.
 
 Rules read what actually reaches the hosts or the cluster: the docker-compose.yml that a
-`command:remote:CopyToRemote` ships, Kubernetes workload specs, image builds and SSH connections.
-Compose services run on the host network, so what a data service exposes is the address it
-listens on, read from its command line and judged against the host's cluster address (which the
-compose file records under `x-vllm-gb10`).
+`command:remote:CopyToRemote` ships and Kubernetes workload specs, both as Workloads (parsed in
+policies/workloads.py), image builds and SSH connections. What a compose data service exposes is the
+address it listens on, judged against the host's cluster address.
 Policies see secret values unwrapped, so "no plain-text secret" is judged on those artefacts: a
 secret-named variable must be filled from the secrets env file (`${VAR:?}`) or a Kubernetes
 Secret, never written as a literal.
@@ -18,10 +17,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
 from pulumi_policy import (
     EnforcementLevel,
     Policy,
@@ -33,15 +30,18 @@ from pulumi_policy import (
     StackValidationPolicy,
 )
 
-COMPOSE_FILE = "docker-compose.yml"
-K8S_WORKLOADS = {
-    "kubernetes:apps/v1:Deployment": ("spec", "template", "spec"),
-    "kubernetes:apps/v1:StatefulSet": ("spec", "template", "spec"),
-    "kubernetes:apps/v1:DaemonSet": ("spec", "template", "spec"),
-    "kubernetes:batch/v1:Job": ("spec", "template", "spec"),
-    "kubernetes:core/v1:Pod": ("spec",),
-}
-RAY_CLUSTER = "kubernetes:ray.io/v1:RayCluster"
+from policies.workloads import (
+    DATA_SERVICE,
+    RAY_CLUSTER,
+    Workload,
+    compose_document,
+    compose_workloads,
+    dig,
+    pod_specs,
+    pod_workloads,
+    workloads,
+)
+
 # An access key ID is an identifier, not a secret (AWS and MinIO treat it so).
 SECRET_NAME = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|ACCESS_?KEY(?!_?ID)|PRIVATE_?KEY|CREDENTIAL)", re.I)
 # Names that hold an access key ID under another name: RustFS's root access key is the S3 user name
@@ -49,7 +49,6 @@ SECRET_NAME = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|ACCESS_?KEY(?!
 ACCESS_KEY_ID_NAMES = frozenset({"RUSTFS_ACCESS_KEY"})
 INTERPOLATION = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*(:?[?-][^}]*)?\}$")
 URL_WITH_PASSWORD = re.compile(r"://[^/@\s:]*:[^/@\s$]+@")
-DATA_SERVICE = re.compile(r"(^|[/-])(redis|postgres|pgvector|minio|rustfs|ray)([:/-]|$)")
 # The S3 servers the stacks have run: RustFS now, MinIO before (its images left Docker Hub in 2026).
 S3_SERVER_IMAGE = re.compile(r"(^|/)(rustfs/rustfs|minio/minio)[:@]")
 # Secrets by their shape, wherever they appear on a command line (raw vLLM args, scripts).
@@ -60,177 +59,6 @@ SECRET_LITERALS = (
 )
 VLLM_SERVER = re.compile(r"vllm\.entrypoints\.openai\.api_server|\bvllm serve\b")
 ANY_ADDRESS = {"", "0.0.0.0", "::", "[::]", "*"}
-# Flags that set where a data service listens: redis --bind, postgres listen_addresses, the S3
-# server's (RustFS, as MinIO) --address/--console-address, Ray --node-ip-address/--dashboard-host
-# (and --host of other servers).
-LISTEN_FLAG = re.compile(
-    r"(?<![\w-])(--bind|--host|--address|--console-address|--node-ip-address|--dashboard-host|listen_addresses)"
-    r"[= ](\S+)"
-)
-COMPOSE_EXTENSION = "x-vllm-gb10"
-
-
-@dataclass
-class Workload:
-    """One container, from a compose service or a Kubernetes pod spec."""
-
-    name: str
-    image: str
-    command: list[str]
-    env: dict[str, str | None]  # None: filled from a Kubernetes Secret reference
-    memory_limit: str | None
-    gpu: bool
-    health_check: bool
-    restart: str | None
-    published: list[tuple[str, str]] = field(default_factory=list)  # (host ip, port)
-    host_network: bool = False
-    one_shot: bool = False
-    cluster_address: str | None = None  # compose: the host's cluster address, from the file's x-vllm-gb10
-
-    @property
-    def command_text(self) -> str:
-        return " ".join(self.command)
-
-    @property
-    def is_data_service(self) -> bool:
-        if re.search(r"minio/mc|(^|/)mc:", self.image):
-            return False  # the bucket set-up job publishes nothing
-        return bool(DATA_SERVICE.search(self.name) or DATA_SERVICE.search(self.image.split("@")[0]))
-
-    @property
-    def listen_addresses(self) -> list[str]:
-        """The addresses the command line tells the service to listen on (no port)."""
-        found = []
-        for match in LISTEN_FLAG.finditer(self.command_text):
-            if match.group(1) == "--address" and "ray start" in self.command_text:
-                continue  # `ray start --address` names the head to join, not an address to listen on
-            found += [_address_only(a) for a in match.group(2).strip("'\"").split(",")]
-        return found
-
-
-def _address_only(value: str) -> str:
-    """`10.0.0.1:9000` -> `10.0.0.1`, `[::]:9000` -> `::`, `:9000` -> `` (any); a bare address stays."""
-    if value.startswith("["):
-        return value[1 : value.find("]")]
-    if value.count(":") == 1:
-        return value.split(":")[0]
-    return value
-
-
-def compose_document(resource_type: str, props: Any) -> dict | None:
-    if resource_type != "command:remote:CopyToRemote" or not str(props.get("remotePath", "")).endswith(COMPOSE_FILE):
-        return None
-    text = getattr(props.get("source"), "text", None)
-    if not isinstance(text, str):
-        return None
-    document = yaml.safe_load(text)
-    return document if isinstance(document, dict) else None
-
-
-def _as_list(value: Any) -> list[str]:
-    if value is None:
-        return []
-    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
-
-
-def _compose_ports(ports: Any) -> list[tuple[str, str]]:
-    published = []
-    for port in ports or []:
-        if isinstance(port, dict):
-            if port.get("published") is not None:
-                published.append((str(port.get("host_ip", "")), str(port["published"])))
-            continue
-        parts = str(port).rsplit(":", 2)
-        if len(parts) == 3:
-            published.append((parts[0], parts[1]))
-        elif len(parts) == 2:
-            published.append(("", parts[0]))
-    return published
-
-
-def compose_workloads(document: dict) -> Iterator[Workload]:
-    cluster_address = (document.get(COMPOSE_EXTENSION) or {}).get("clusterAddress")
-    for name, service in (document.get("services") or {}).items():
-        deploy = (service.get("deploy") or {}).get("resources") or {}
-        devices = ((deploy.get("reservations") or {}).get("devices")) or []
-        env = service.get("environment") or {}
-        if isinstance(env, list):
-            env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
-        restart = service.get("restart")
-        yield Workload(
-            name=name,
-            image=str(service.get("image", "")),
-            command=_as_list(service.get("entrypoint")) + _as_list(service.get("command")),
-            env={k: "" if v is None else str(v) for k, v in env.items()},
-            memory_limit=(deploy.get("limits") or {}).get("memory") or service.get("mem_limit"),
-            gpu=any("gpu" in (d.get("capabilities") or []) for d in devices) or service.get("runtime") == "nvidia",
-            health_check=bool(service.get("healthcheck")) and not service["healthcheck"].get("disable"),
-            restart=restart,
-            published=_compose_ports(service.get("ports")),
-            host_network=service.get("network_mode") == "host",
-            one_shot=restart == "on-failure",
-            cluster_address=None if cluster_address is None else str(cluster_address),
-        )
-
-
-def _dig(value: Any, path: tuple[str, ...]) -> Any:
-    for key in path:
-        if not isinstance(value, dict):
-            return None
-        value = value.get(key)
-    return value
-
-
-def pod_spec(resource_type: str, props: Any) -> dict | None:
-    path = K8S_WORKLOADS.get(resource_type)
-    spec = _dig(props, path) if path else None
-    return spec if isinstance(spec, dict) else None
-
-
-def pod_specs(resource_type: str, props: Any, name: str) -> list[tuple[str, dict]]:
-    """(name, pod spec) of every pod template: one for a workload, head and groups for a RayCluster."""
-    if resource_type == RAY_CLUSTER:
-        spec = props.get("spec") or {}
-        found = [(f"{name}/head", _dig(spec, ("headGroupSpec", "template", "spec")))]
-        found += [
-            (f"{name}/{group.get('groupName', 'workers')}", _dig(group, ("template", "spec")))
-            for group in spec.get("workerGroupSpecs") or []
-        ]
-        return [(n, s) for n, s in found if isinstance(s, dict)]
-    spec = pod_spec(resource_type, props)
-    return [(name, spec)] if spec is not None else []
-
-
-def pod_workloads(resource_type: str, name: str, spec: dict) -> Iterator[Workload]:
-    restart = spec.get("restartPolicy", "Always")
-    init_names = {c.get("name") for c in spec.get("initContainers") or []}
-    for container in (spec.get("containers") or []) + (spec.get("initContainers") or []):
-        resources = container.get("resources") or {}
-        limits, requests = resources.get("limits") or {}, resources.get("requests") or {}
-        env = {}
-        for item in container.get("env") or []:
-            env[item.get("name", "")] = None if item.get("valueFrom") else str(item.get("value", ""))
-        yield Workload(
-            name=f"{name}/{container.get('name', '')}",
-            image=str(container.get("image", "")),
-            command=_as_list(container.get("command")) + _as_list(container.get("args")),
-            env=env,
-            memory_limit=limits.get("memory"),
-            gpu="nvidia.com/gpu" in limits or "nvidia.com/gpu" in requests,
-            health_check=bool(container.get("readinessProbe") or container.get("livenessProbe")),
-            restart=restart,
-            # Init containers run to completion before the pod starts (Kubernetes allows them no probes).
-            one_shot=resource_type == "kubernetes:batch/v1:Job" or container.get("name") in init_names,
-        )
-
-
-def workloads(resource_type: str, props: Any, name: str) -> list[Workload]:
-    document = compose_document(resource_type, props)
-    if document is not None:
-        return list(compose_workloads(document))
-    return [
-        w for where, spec in pod_specs(resource_type, props, name) for w in pod_workloads(resource_type, where, spec)
-    ]
 
 
 def _config(args: Any, key: str, default: Any) -> Any:
@@ -290,7 +118,7 @@ def validate_no_plaintext_secrets(args: ResourceValidationArgs, report: ReportVi
 def validate_ray_token_auth(args: ResourceValidationArgs, report: ReportViolation) -> None:
     """A Ray cluster without token auth runs code for anyone who reaches its dashboard port."""
     if args.resource_type == RAY_CLUSTER:
-        mode = _dig(args.props, ("spec", "authOptions", "mode"))
+        mode = dig(args.props, ("spec", "authOptions", "mode"))
         if mode != "token":
             report(f"RayCluster {args.name}: spec.authOptions.mode is {mode!r}, not 'token' (KubeRay 1.5.1+)", None)
         return
@@ -318,8 +146,8 @@ def validate_data_services_private(args: ResourceValidationArgs, report: ReportV
         elif w.host_network and not w.one_shot:
             _check_listen_addresses(w, report)
     if args.resource_type == "kubernetes:core/v1:Service":
-        kind = _dig(args.props, ("spec", "type")) or "ClusterIP"
-        name = str(_dig(args.props, ("metadata", "name")) or args.name)
+        kind = dig(args.props, ("spec", "type")) or "ClusterIP"
+        name = str(dig(args.props, ("metadata", "name")) or args.name)
         if kind in {"LoadBalancer", "NodePort"} and DATA_SERVICE.search(name):
             report(f"Service {name} of a data service is of type {kind}; keep it ClusterIP", None)
 
@@ -403,7 +231,7 @@ def validate_gpu_on_gb10(args: StackValidationArgs, report: ReportViolation) -> 
 def _pinned_to_node(spec: dict, key: str, values: set[str]) -> bool:
     if str((spec.get("nodeSelector") or {}).get(key)) in values:
         return True
-    terms = _dig(
+    terms = dig(
         spec, ("affinity", "nodeAffinity", "requiredDuringSchedulingIgnoredDuringExecution", "nodeSelectorTerms")
     )
     for term in terms or []:
