@@ -121,8 +121,7 @@ def init(directory: Path) -> str:
     """An empty map where there is none (HAProxy refuses to start without its map file); an existing
     one is left as it is."""
     path = directory / MAP_FILE
-    if path.exists():
-        read_map(path)  # a malformed file is named now, not when HAProxy fails to start on it
+    if path.exists():  # read, so a malformed file is named now, not when HAProxy fails to start on it
         return f"{path}: kept ({len(read_map(path))} keys)"
     write_map(path, {})
     return f"{path}: created, empty"

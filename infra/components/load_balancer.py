@@ -10,7 +10,6 @@ and in which `kubectl exec` runs the CLI. vLLM's own key reaches HAProxy as a se
 
 from __future__ import annotations
 
-import hashlib
 import posixpath
 from typing import NotRequired, TypedDict
 
@@ -50,7 +49,7 @@ LBKEYS = ("python", "-m", "runtime.lbkeys")  # in the sidecar, whose mount is th
 
 
 def key_map_line(key: str, name: str) -> str:
-    return f"{hashlib.sha256(key.encode()).hexdigest()} {name}\n"
+    return f"{lbkeys.digest(key)} {name}\n"
 
 
 class LoadBalancerArgs(TypedDict):

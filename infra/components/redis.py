@@ -18,7 +18,6 @@ from infra.platforms import ServicePlatform
 from infra.services import Exposure, HealthCheck, Port, Secret, ServiceSpec, Volume, secret_output
 from runtime.batch.redis_client import BATCH_ACL_RULES, BATCH_ACL_USER
 
-BATCH_USER = BATCH_ACL_USER
 BATCH_HASH_ENV = "REDIS_BATCH_PASSWORD_SHA256"
 
 
@@ -28,7 +27,7 @@ def server_command(bind: str, port: int) -> str:
     rules = " ".join(f"'{rule}'" for rule in BATCH_ACL_RULES)
     return (
         f"exec redis-server --bind {bind} --port {port} --appendonly yes --appendfsync everysec "
-        f'--requirepass "$REDIS_PASSWORD" --user {BATCH_USER} on "#${BATCH_HASH_ENV}" {rules}'
+        f'--requirepass "$REDIS_PASSWORD" --user {BATCH_ACL_USER} on "#${BATCH_HASH_ENV}" {rules}'
     )
 
 
@@ -87,6 +86,6 @@ class Redis(pulumi.ComponentResource):
         self.address = platform.internal_address(host, port, name, exposure)
         self.url = pulumi.Output.secret(pulumi.Output.concat("redis://:", self.password, "@", self.address, "/0"))
         self.batch_url = pulumi.Output.secret(
-            pulumi.Output.concat("redis://", BATCH_USER, ":", batch_password, "@", self.address, "/0")
+            pulumi.Output.concat("redis://", BATCH_ACL_USER, ":", batch_password, "@", self.address, "/0")
         )
         self.register_outputs({"address": self.address, "url": self.url, "batchUrl": self.batch_url})

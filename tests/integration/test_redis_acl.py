@@ -16,8 +16,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from harness.servers import Process, find_binary, free_port
-from infra.components.redis import BATCH_HASH_ENV, BATCH_USER, server_command
+from infra.components.redis import BATCH_HASH_ENV, server_command
 from runtime.batch.keys import PREFIX
+from runtime.batch.redis_client import BATCH_ACL_USER
 
 ADMIN_PASSWORD = secrets.token_hex(16)
 BATCH_PASSWORD = secrets.token_hex(24)
@@ -55,7 +56,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackRedis]:
 
 @pytest.fixture
 def batch(server: StackRedis) -> Iterator[redis.Redis]:
-    client = redis.Redis(port=server.port, username=BATCH_USER, password=BATCH_PASSWORD, decode_responses=True)
+    client = redis.Redis(port=server.port, username=BATCH_ACL_USER, password=BATCH_PASSWORD, decode_responses=True)
     yield client
     client.close()
 
@@ -66,13 +67,13 @@ def test_the_batch_user_logs_in_with_its_password_only(server: StackRedis) -> No
 
     digest = hashlib.sha256(BATCH_PASSWORD.encode()).hexdigest()
     for credentials in (
-        {"username": BATCH_USER, "password": ADMIN_PASSWORD},
-        {"username": BATCH_USER, "password": digest},  # the hash is what the server holds, not a password
+        {"username": BATCH_ACL_USER, "password": ADMIN_PASSWORD},
+        {"username": BATCH_ACL_USER, "password": digest},  # the hash is what the server holds, not a password
         {},
     ):
         with pytest.raises(redis.AuthenticationError):
             login(**credentials)
-    login(username=BATCH_USER, password=BATCH_PASSWORD)
+    login(username=BATCH_ACL_USER, password=BATCH_PASSWORD)
 
 
 def test_the_batch_user_does_what_the_batch_service_does_on_its_keys(batch: redis.Redis) -> None:
