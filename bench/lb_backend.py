@@ -30,7 +30,11 @@ class Backend(ThreadingHTTPServer):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body go out in two writes; no 40 ms delayed-ACK stall
+    # One write per response (handle_one_request flushes the buffer once the handler returns): a backend
+    # killed mid-response could otherwise leave the client its headers without the body, which no
+    # balancer can retry; a vLLM server killed mid-generation is another test's subject.
+    wbufsize = 64 * 1024
+    disable_nagle_algorithm = True
     server: Backend
 
     def log_message(self, format: str, *args: object) -> None:

@@ -239,7 +239,11 @@ def test_a_dead_backend_leaves_rotation_on_its_first_failed_request(pool_factory
 
     # HAProxy logs a request when its stream closes, which may come just after the client has its reply.
     wanted = {*sent_after_kill, "slow-0", "slow-1"}
-    wait_for(lambda: wanted <= logged().keys(), 10, "every request in HAProxy's log")
+    try:
+        wait_for(lambda: wanted <= logged().keys(), 10, "every request in HAProxy's log")
+    except TimeoutError:
+        missing = sorted(wanted - logged().keys())
+        raise AssertionError(f"no log line for {missing}; the log ends:\n{log.read_text()[-4000:]}") from None
     pool.haproxy.stop()
     text = log.read_text()
     assert f"Server vllm/{victim_name} is DOWN, reason: Health analyze" in text
