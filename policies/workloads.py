@@ -83,7 +83,7 @@ def _address_only(value: str) -> str:
     return value
 
 
-def compose_document(resource_type: str, props: Any) -> dict | None:
+def compose_document(resource_type: str, props: Any) -> dict[str, Any] | None:
     if resource_type != "command:remote:CopyToRemote" or not str(props.get("remotePath", "")).endswith(COMPOSE_FILE):
         return None
     text = getattr(props.get("source"), "text", None)
@@ -114,7 +114,7 @@ def _compose_ports(ports: Any) -> list[tuple[str, str]]:
     return published
 
 
-def compose_workloads(document: dict) -> Iterator[Workload]:
+def compose_workloads(document: dict[str, Any]) -> Iterator[Workload]:
     cluster_address = (document.get(COMPOSE_EXTENSION) or {}).get("clusterAddress")
     for name, service in (document.get("services") or {}).items():
         deploy = (service.get("deploy") or {}).get("resources") or {}
@@ -147,13 +147,13 @@ def dig(value: Any, path: tuple[str, ...]) -> Any:
     return value
 
 
-def pod_spec(resource_type: str, props: Any) -> dict | None:
+def pod_spec(resource_type: str, props: Any) -> dict[str, Any] | None:
     path = K8S_WORKLOADS.get(resource_type)
     spec = dig(props, path) if path else None
     return spec if isinstance(spec, dict) else None
 
 
-def pod_specs(resource_type: str, props: Any, name: str) -> list[tuple[str, dict]]:
+def pod_specs(resource_type: str, props: Any, name: str) -> list[tuple[str, dict[str, Any]]]:
     """(name, pod spec) of every pod template: one for a workload, head and groups for a RayCluster."""
     if resource_type == RAY_CLUSTER:
         spec = props.get("spec") or {}
@@ -167,7 +167,7 @@ def pod_specs(resource_type: str, props: Any, name: str) -> list[tuple[str, dict
     return [(name, spec)] if spec is not None else []
 
 
-def pod_workloads(resource_type: str, name: str, spec: dict) -> Iterator[Workload]:
+def pod_workloads(resource_type: str, name: str, spec: dict[str, Any]) -> Iterator[Workload]:
     restart = spec.get("restartPolicy", "Always")
     init_names = {c.get("name") for c in spec.get("initContainers") or []}
     for container in (spec.get("containers") or []) + (spec.get("initContainers") or []):

@@ -32,16 +32,15 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
-from pulumi.runtime import rpc, settings
-from pulumi.runtime.stack import run_pulumi_func
-from pulumi.runtime.sync_await import _sync_await
 
 from infra.components.host import pinned_run_stamp
 from infra.config import PROJECT
 from infra.local import tls as local_tls
 from infra.local.ssh import Connection, RemoteError, copy_text, run_script
 from infra.local.state import State, digest, plain
-from infra.plan.recorder import Recording, RecordingMonitor, collect_stack_outputs, reset_program_state
+from infra.plan import pulumi_sdk
+from infra.plan.pulumi_sdk import is_secret, unwrap_secret
+from infra.plan.recorder import Recording, RecordingMonitor, collect_stack_outputs
 
 COMMAND = "command:remote:Command"
 COPY = "command:remote:CopyToRemote"
@@ -49,6 +48,7 @@ IMAGE = "docker-build:index:Image"
 PASSWORD = "random:index/randomPassword:RandomPassword"
 
 Log = Callable[[str], None]
+Inputs = dict[str, Any]
 
 
 class ApplyError(RuntimeError):
@@ -74,7 +74,7 @@ class Providers(pulumi.runtime.Mocks):
     def __post_init__(self) -> None:
         self._idle = threading.Condition(self._lock)
 
-    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         inputs = unsecret(dict(args.inputs))
         actions = {COMMAND: self._command, COPY: self._copy, IMAGE: self._image, PASSWORD: self._password}
         action = actions.get(args.typ) or (
@@ -102,8 +102,8 @@ class Providers(pulumi.runtime.Mocks):
             self._idle.wait_for(lambda: self._in_flight == 0)
 
     def _act(
-        self, action: Callable[[str, dict[str, Any]], tuple[str, dict[str, Any]]], typ: str, name: str, inputs: dict
-    ) -> tuple[str, dict]:
+        self, action: Callable[[str, Inputs], tuple[str, Inputs]], typ: str, name: str, inputs: Inputs
+    ) -> tuple[str, Inputs]:
         started = time.monotonic()
         try:
             verb, outputs = action(name, inputs)
@@ -118,7 +118,7 @@ class Providers(pulumi.runtime.Mocks):
         self.state.put(typ, name, inputs, outputs)
         return f"{name}-id", outputs
 
-    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, None]:
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], None]:
         return {}, None
 
     def _previous(self, type_: str, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -202,8 +202,8 @@ class Providers(pulumi.runtime.Mocks):
 
 def unsecret(value: Any) -> Any:
     """Inputs as the provider receives them: secret markers removed at every depth."""
-    if rpc.is_rpc_secret(value):
-        return unsecret(rpc.unwrap_rpc_secret(value))
+    if is_secret(value):
+        return unsecret(unwrap_secret(value))
     if isinstance(value, dict):
         return {k: unsecret(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -228,16 +228,14 @@ def apply(
     """`pulumi up`: run the program, acting on each resource; then destroy what it no longer declares."""
     from infra.program import main
 
-    reset_program_state()
     recording = Recording()
     providers = Providers(state, recording, docker_env, project_dir, log)
-    settings.ROOT.set(None)
     monitor = RecordingMonitor(providers, recording)
-    pulumi.runtime.set_mocks(providers, project=PROJECT, stack=stack, preview=False, monitor=monitor)
-    pulumi.runtime.set_all_config(config, secret_keys)
     try:
         with pinned_run_stamp(datetime.now(UTC).isoformat()):  # this run's: the preflights run again
-            _sync_await(run_pulumi_func(main))
+            pulumi_sdk.run_program(
+                main, providers, monitor, project=PROJECT, stack=stack, config=config, secret_keys=secret_keys
+            )
     except Exception as err:  # the SDK re-raises a provider's failure wrapped in its own types
         providers.wait_idle()  # the SDK returns at the first failure; operations in other threads go on
         if not providers.failures:

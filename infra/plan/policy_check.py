@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pulumi.runtime import rpc
 from pulumi_policy import (
     EnforcementLevel,
     PolicyCustomTimeouts,
@@ -23,6 +22,7 @@ from pulumi_policy import (
     StackValidationPolicy,
 )
 
+from infra.plan.pulumi_sdk import is_secret, unwrap_secret
 from infra.plan.recorder import Recording
 from policies.rules import POLICIES, default_config
 
@@ -39,8 +39,8 @@ class Violation:
 
 
 def _plain(value: Any) -> Any:
-    if rpc.is_rpc_secret(value):
-        return _plain(rpc.unwrap_rpc_secret(value))
+    if is_secret(value):
+        return _plain(unwrap_secret(value))
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list):

@@ -12,13 +12,11 @@ from typing import Any
 
 import pulumi
 import yaml
-from pulumi.runtime import mocks as pulumi_mocks
-from pulumi.runtime import rpc, settings
-from pulumi.runtime.stack import run_pulumi_func
-from pulumi.runtime.sync_await import _sync_await
 
 from infra.config import PROJECT
 from infra.local import tls as local_tls
+from infra.plan import pulumi_sdk
+from infra.plan.pulumi_sdk import is_secret, sync_await, unwrap_secret
 
 MASK = "[secret]"
 COMPOSE_SUFFIX = "-compose"
@@ -65,7 +63,7 @@ class PlanMocks(pulumi.runtime.Mocks):
     def __init__(self, recording: Recording):
         self.recording = recording
 
-    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         outputs = dict(args.inputs)
         if args.typ == "random:index/randomPassword:RandomPassword":
             value = mock_secret(args.name)[: int(args.inputs.get("length", 32))]
@@ -84,16 +82,16 @@ class PlanMocks(pulumi.runtime.Mocks):
                 self.recording.generated_secrets.add(outputs["privateKeyPem"])
         return f"{args.name}-id", outputs
 
-    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, None]:
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], None]:
         return {}, None
 
 
-class RecordingMonitor(pulumi_mocks.MockMonitor):
+class RecordingMonitor(pulumi_sdk.MockMonitor):
     def __init__(self, mocks: pulumi.runtime.Mocks, recording: Recording):
         super().__init__(mocks)
         self.recording = recording
 
-    def RegisterResource(self, request):  # noqa: N802 - gRPC method name
+    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
         response = super().RegisterResource(request)
         if request.type != "pulumi:pulumi:Stack":
             top_level = not request.parent or "::pulumi:pulumi:Stack::" in request.parent
@@ -103,36 +101,11 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                     type=request.type,
                     name=request.name,
                     parent=parent,
-                    inputs=rpc.deserialize_properties(request.object),
+                    inputs=pulumi_sdk.deserialize_properties(request.object),
                     depends_on=sorted(urn.split("::")[-1] for urn in request.dependencies),
                 )
             )
         return response
-
-
-def reset_program_state() -> None:
-    """Forget what a failed earlier run of a program in this process left behind, before the next run.
-
-    After a failed run, the SDK's process-wide SETTINGS.outputs still holds that run's Output tasks and
-    the event loop its pending tasks: the next run's `wait_for_rpcs` awaits them and re-raises the old
-    failure (seen: the stack test's failing image build failed the next `up`). This cancels the loop's
-    leftover tasks and empties the RPC manager and the outputs set. It reaches into pulumi's private
-    runtime state (`_get_rpc_manager`, `SETTINGS.outputs`); tests/unit/test_program_runs.py fails when
-    the SDK changes them.
-    """
-    import asyncio
-
-    from pulumi.runtime.settings import SETTINGS, _get_rpc_manager
-
-    loop = asyncio.get_event_loop()
-    leftover = [task for task in asyncio.all_tasks(loop) if not task.done()]
-    for task in leftover:
-        task.cancel()
-    if leftover:
-        loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
-    _get_rpc_manager().clear()
-    with SETTINGS.lock:
-        SETTINGS.outputs.clear()
 
 
 def run_program(stack: str, config: dict[str, str], secret_keys: list[str]) -> Recording:
@@ -140,27 +113,23 @@ def run_program(stack: str, config: dict[str, str], secret_keys: list[str]) -> R
     from infra.components.host import pinned_run_stamp
     from infra.program import main  # the program imports pulumi resources; keep this import late
 
-    reset_program_state()
     recording = Recording()
     mocks = PlanMocks(recording)
-    settings.ROOT.set(None)
     monitor = RecordingMonitor(mocks, recording)
-    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
-    pulumi.runtime.set_all_config(config, secret_keys)
     with pinned_run_stamp("offline-plan"):  # a plan is a pure function of code and config
-        _sync_await(run_pulumi_func(main))
+        pulumi_sdk.run_program(
+            main, mocks, monitor, project=PROJECT, stack=stack, config=config, secret_keys=secret_keys
+        )
     collect_stack_outputs(recording)
     return recording
 
 
 def collect_stack_outputs(recording: Recording) -> None:
-    """The program's exports, resolved, into `recording`. They live on the SDK's root Stack resource
-    (`settings.get_root_resource().outputs`, not a public API); every plan test reads them."""
-    root: Any = settings.get_root_resource()
-    for name, value in (root.outputs if root is not None else {}).items():
+    """The program's exports, resolved, into `recording`; every plan test reads them."""
+    for name, value in pulumi_sdk.root_outputs().items():
         output = pulumi.Output.from_input(value)
-        recording.outputs[name] = _sync_await(output.future())
-        if _sync_await(output.is_secret()):
+        recording.outputs[name] = sync_await(output.future())
+        if sync_await(output.is_secret()):
             recording.secret_outputs.add(name)
 
 
@@ -171,8 +140,8 @@ def masked(value: Any, known_secrets: set[str], inside_secret: bool = False) -> 
     because of its key). Inside such an object the plan masks only the leaves that hold a secret
     value, so the host, user and pinned host key of a connection stay readable.
     """
-    if rpc.is_rpc_secret(value):
-        inner = rpc.unwrap_rpc_secret(value)
+    if is_secret(value):
+        inner = unwrap_secret(value)
         return masked(inner, known_secrets, True) if isinstance(inner, dict | list) else MASK
     if isinstance(value, pulumi.StringAsset):
         if inside_secret:
@@ -204,7 +173,7 @@ def masked_inputs(res: RecordedResource, known_secrets: set[str]) -> dict[str, A
 
 def unmarked_secrets(value: Any, known_secrets: set[str], path: str = "") -> list[str]:
     """Paths of strings holding a known secret that no secret marker covers (a leak to state)."""
-    if rpc.is_rpc_secret(value):
+    if is_secret(value):
         return []
     if isinstance(value, pulumi.StringAsset):
         value = value.text
@@ -262,7 +231,7 @@ def generated_files(recording: Recording, known_secrets: set[str]) -> dict[str, 
             continue
         if res.type != "command:remote:CopyToRemote":
             continue
-        source = rpc.unwrap_rpc_secret(res.inputs["source"])
+        source = unwrap_secret(res.inputs["source"])
         if not isinstance(source, pulumi.StringAsset):
             continue
         host = (res.parent or "").removesuffix(COMPOSE_SUFFIX)

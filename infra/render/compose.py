@@ -11,6 +11,8 @@ for the policy pack to judge those addresses against.
 
 from __future__ import annotations
 
+from typing import Any
+
 import yaml
 
 from infra.services import ServiceSpec, files_digest
@@ -30,8 +32,8 @@ def _escape(value: str) -> str:
     return value.replace("$", "$$")
 
 
-def _service(spec: ServiceSpec) -> dict:
-    out: dict = {"image": spec.image, "container_name": f"{PROJECT_NAME}-{spec.name}", "network_mode": "host"}
+def _service(spec: ServiceSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {"image": spec.image, "container_name": f"{PROJECT_NAME}-{spec.name}", "network_mode": "host"}
     if spec.entrypoint is not None:
         out["entrypoint"] = [_escape(a) for a in spec.entrypoint]
     if spec.command:
@@ -58,10 +60,10 @@ def _service(spec: ServiceSpec) -> dict:
     if spec.depends_on:
         out["depends_on"] = {name: {"condition": "service_healthy"} for name in spec.depends_on}
     out["restart"] = "on-failure" if spec.one_shot else "unless-stopped"
-    limits: dict = {"memory": spec.memory_limit}
+    limits: dict[str, Any] = {"memory": spec.memory_limit}
     if spec.cpu_limit is not None:
         limits["cpus"] = str(spec.cpu_limit)
-    resources: dict = {"limits": limits}
+    resources: dict[str, Any] = {"limits": limits}
     if spec.gpu or spec.gpu_visible:  # docker does not hand a GPU out exclusively: both are a reservation
         resources["reservations"] = {"devices": [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]}
     out["deploy"] = {"resources": resources}
@@ -74,7 +76,7 @@ def _service(spec: ServiceSpec) -> dict:
     return out
 
 
-def compose_document(specs: list[ServiceSpec], host: str, cluster_address: str) -> dict:
+def compose_document(specs: list[ServiceSpec], host: str, cluster_address: str) -> dict[str, Any]:
     """The compose document for the specs placed on `host`."""
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
@@ -96,7 +98,7 @@ def compose_document(specs: list[ServiceSpec], host: str, cluster_address: str) 
     for name in sorted(one_shots - awaited):
         raise ValueError(f"one-shot {name} on host {host}: no service on this host depends on it")
     volumes = sorted({v.name for s in specs for v in s.volumes})
-    doc: dict = {"name": project_name(host), EXTENSION: {"host": host, "clusterAddress": cluster_address}}
+    doc: dict[str, Any] = {"name": project_name(host), EXTENSION: {"host": host, "clusterAddress": cluster_address}}
     doc["services"] = services
     if volumes:
         doc["volumes"] = {name: {} for name in volumes}
@@ -106,4 +108,4 @@ def compose_document(specs: list[ServiceSpec], host: str, cluster_address: str) 
 def render_compose(specs: list[ServiceSpec], host: str, cluster_address: str) -> str:
     doc = compose_document(specs, host, cluster_address)
     header = "# Rendered by infra/render/compose.py - do not edit by hand.\n"
-    return header + yaml.safe_dump(doc, sort_keys=False, width=120)
+    return header + str(yaml.safe_dump(doc, sort_keys=False, width=120))

@@ -34,7 +34,8 @@ def render_prometheus_config(jobs: list[ScrapeJob], *, scrape_interval_s: int, r
             if job.targets
         ],
     }
-    return "# Rendered by infra/render/monitoring.py - do not edit by hand.\n" + yaml.safe_dump(config, sort_keys=False)
+    header = "# Rendered by infra/render/monitoring.py - do not edit by hand.\n"
+    return header + str(yaml.safe_dump(config, sort_keys=False))
 
 
 def render_grafana_datasource(prometheus_url: str) -> str:
@@ -52,7 +53,7 @@ def render_grafana_datasource(prometheus_url: str) -> str:
             }
         ],
     }
-    return yaml.safe_dump(datasource, sort_keys=False)
+    return str(yaml.safe_dump(datasource, sort_keys=False))
 
 
 def render_grafana_dashboards(dashboards_dir: str) -> str:
@@ -68,4 +69,4 @@ def render_grafana_dashboards(dashboards_dir: str) -> str:
             }
         ],
     }
-    return yaml.safe_dump(provider, sort_keys=False)
+    return str(yaml.safe_dump(provider, sort_keys=False))

@@ -37,7 +37,7 @@ def ensure_bucket(client: Any, bucket: str, expire_days: int) -> dict[str, Any]:
         },
     )
     rules = client.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
-    rule = next((r for r in rules if r.get("ID") == RULE_ID), None)
+    rule: dict[str, Any] | None = next((r for r in rules if r.get("ID") == RULE_ID), None)
     if rule is None or rule.get("Expiration", {}).get("Days") != expire_days:
         raise RuntimeError(f"bucket {bucket}: the expiry rule did not stick (read back: {rules})")
     return rule

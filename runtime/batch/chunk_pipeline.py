@@ -171,7 +171,12 @@ class ChunkPipeline:
         return await retrying(again)
 
     async def _commit(
-        self, lease: Lease, plan: JobPlan, index: int, lines: list[RequestLine], requests: list[asyncio.Task]
+        self,
+        lease: Lease,
+        plan: JobPlan,
+        index: int,
+        lines: list[RequestLine],
+        requests: list[asyncio.Task[tuple[Outcome, float]]],
     ) -> None:
         results = [await task for task in requests]
         logs.chunk.set(index)

@@ -54,7 +54,7 @@ def split_input(
     chunks = valid = 0
 
     pool = ThreadPoolExecutor(UPLOADS_IN_FLIGHT)  # chunk uploads overlap with validating the next lines
-    uploads: deque[Future] = deque()
+    uploads: deque[Future[None]] = deque()
 
     def flush() -> None:
         nonlocal chunks

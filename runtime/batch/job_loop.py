@@ -45,7 +45,7 @@ class Worker:
         self.ready = False
         self.last_beat = time.monotonic()
         self.backup_client = backup.raw_client(settings)  # DUMP payloads are binary
-        self._backup: asyncio.Task | None = None
+        self._backup: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.pipeline = ChunkPipeline(settings, engine, self.store, objects)
         self.finisher = JobFinisher(settings, self.store, objects, client)
@@ -150,7 +150,7 @@ class Worker:
             logs.job_id.reset(token_job)
             logs.chunk.reset(token_chunk)
 
-    async def _keep_lease(self, lease: Lease, work: asyncio.Task) -> None:
+    async def _keep_lease(self, lease: Lease, work: asyncio.Task[None]) -> None:
         while not work.done():
             await asyncio.sleep(self.settings.lease_seconds / 3)
             try:

@@ -36,7 +36,8 @@ def open_lines(objects: ObjectStore, url: str, max_bytes: int, *, bucket: str, p
             raise SourceError(f"input_file_url {url!r}: cannot read the object ({exc})") from exc
         if size > max_bytes:
             raise SourceError(f"input_file_url {url!r}: {size} bytes is over the {max_bytes}-byte limit")
-        return objects.open(key, bucket=bucket).iter_lines(keepends=False)
+        lines: Iterator[bytes] = objects.open(key, bucket=bucket).iter_lines(keepends=False)
+        return lines
     if parsed.scheme in ("http", "https"):
         return _http_lines(url, max_bytes, policy, _check(policy, url))
     raise SourceError(f"input_file_url {url!r}: use s3://bucket/key or an http(s) URL")

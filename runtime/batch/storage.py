@@ -93,7 +93,8 @@ class ObjectStore:
         self.client.upload_fileobj(fileobj, self.bucket, key, Config=UPLOAD_CONFIG)
 
     def get(self, key: str) -> bytes:
-        return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        data: bytes = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        return data
 
     def open(self, key: str, bucket: str | None = None) -> Any:
         """A streaming body (iter_lines / iter_chunks) of the object."""
@@ -103,7 +104,8 @@ class ObjectStore:
         yield from self.open(key).iter_lines(keepends=False)
 
     def size(self, key: str, bucket: str | None = None) -> int:
-        return self.client.head_object(Bucket=bucket or self.bucket, Key=key)["ContentLength"]
+        size: int = self.client.head_object(Bucket=bucket or self.bucket, Key=key)["ContentLength"]
+        return size
 
     def delete_prefix(self, prefix: str) -> None:
         paginator = self.client.get_paginator("list_objects_v2")

@@ -49,7 +49,8 @@ def make_engine(settings: BatchSettings) -> Engine:
 
 def load_factory(path: str) -> Callable[[BatchSettings], Engine]:
     module, _, attr = path.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    factory: Callable[[BatchSettings], Engine] = getattr(importlib.import_module(module), attr)
+    return factory
 
 
 async def serve(settings: BatchSettings, engine: Engine) -> None:

@@ -10,6 +10,7 @@ from typing import Protocol
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -23,13 +24,13 @@ class WorkerState(Protocol):
 
 
 def health_app(worker: WorkerState) -> Starlette:
-    async def health(_request) -> JSONResponse:
+    async def health(_request: Request) -> JSONResponse:
         beat_age = time.monotonic() - worker.last_beat
         healthy = worker.ready and beat_age < 30
         body = {"ready": worker.ready, "worker_id": worker.worker_id, "heartbeat_age_s": round(beat_age, 1)}
         return JSONResponse(body, status_code=200 if healthy else 503)
 
-    async def metrics_endpoint(_request) -> Response:
+    async def metrics_endpoint(_request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(routes=[Route("/health", health), Route("/metrics", metrics_endpoint)])

@@ -76,9 +76,9 @@ def _estimate_weights(
     config: dict[str, Any], layers: int, heads: int, kv_heads: int, head_dim: int, dtype_bytes: int
 ) -> int:
     """Dense decoder parameters: embeddings, attention and gated MLP per layer (no MoE)."""
-    hidden = config["hidden_size"]
-    vocab = config.get("vocab_size", 32000)
-    intermediate = config.get("intermediate_size", 4 * hidden)
+    hidden: int = config["hidden_size"]
+    vocab: int = config.get("vocab_size", 32000)
+    intermediate: int = config.get("intermediate_size", 4 * hidden)
     attention = hidden * heads * head_dim * 2 + hidden * kv_heads * head_dim * 2
     mlp = 3 * hidden * intermediate
     embeddings = vocab * hidden * (1 if config.get("tie_word_embeddings") else 2)

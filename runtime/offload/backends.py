@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -93,7 +94,7 @@ def cluster(backend: Backend, coordinates: np.ndarray, params: HdbscanParams) ->
     return labels, probabilities
 
 
-def _to_host(array):
+def _to_host(array: Any) -> Any:
     """cuML may hand back device arrays; bring them to host memory."""
     getter = getattr(array, "get", None)
     return getter() if callable(getter) else array

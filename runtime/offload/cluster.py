@@ -44,7 +44,7 @@ CLIENT_RETRY_BASE_S = 2.0
 log = logging.getLogger("runtime.offload")
 
 
-def connect(address: str | None, **init_kwargs) -> None:
+def connect(address: str | None, **init_kwargs: Any) -> None:
     """ray.init on `address` (None starts a local cluster); a version mismatch becomes one sentence,
     and a `ray://` client server that failed to start on the head is tried again (CLIENT_TRIES)."""
     import ray
@@ -125,7 +125,7 @@ def submit_and_follow(
         raise
 
 
-def check_jobs_api_version(address: str, client) -> None:
+def check_jobs_api_version(address: str, client: Any) -> None:
     """The Jobs API tolerates a different client Ray, but the user should hear about it once.
 
     The client read the cluster's Ray version while connecting (with the auth token, which a plain

@@ -9,6 +9,7 @@ Every refusal names the row (1-based, in query order) and its id.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,7 +164,7 @@ def _join(blocks: list[np.ndarray], rows: int) -> np.ndarray:
     return vectors
 
 
-def _numbered_rows(copy: psycopg.Copy):
+def _numbered_rows(copy: psycopg.Copy) -> Iterator[tuple[int, tuple[Any, ...]]]:
     """(row number, row) of a COPY; a loader's refusal gets the row number it happened at."""
     row_number = 0
     while True:

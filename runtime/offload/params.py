@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -69,6 +69,6 @@ class TopographyParams(BaseModel):
         """The table of run records, beside the results table."""
         return f"{self.results_table}_runs"
 
-    def stored(self) -> dict:
+    def stored(self) -> dict[str, Any]:
         """What goes into the run record: everything but the DSN."""
         return self.model_dump(exclude={"dsn"})

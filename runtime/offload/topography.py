@@ -111,4 +111,5 @@ def topography_on_ray(params: TopographyParams) -> dict[str, Any]:
             f"the cluster's {total:g} GPU(s) were all held by other work (e.g. vLLM's placement group): ran on the CPU"
         )
     task = ray.remote(num_gpus=1 if gpu_requested else 0, max_calls=1, max_retries=0)(_remote_entry)
-    return ray.get(task.remote(params.model_dump(), gpu_requested, note))
+    record: dict[str, Any] = ray.get(task.remote(params.model_dump(), gpu_requested, note))
+    return record

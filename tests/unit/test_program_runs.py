@@ -6,11 +6,8 @@ from __future__ import annotations
 import pulumi
 import pulumi_random as random
 import pytest
-from pulumi.runtime import settings
-from pulumi.runtime.stack import run_pulumi_func
-from pulumi.runtime.sync_await import _sync_await
 
-from infra.plan.recorder import reset_program_state
+from infra.plan import pulumi_sdk
 
 
 class Mocks(pulumi.runtime.Mocks):
@@ -32,10 +29,9 @@ def program() -> None:
 
 
 def run(fail: bool) -> None:
-    reset_program_state()
-    settings.ROOT.set(None)
-    pulumi.runtime.set_mocks(Mocks(fail), project="p", stack="s", preview=False)
-    _sync_await(run_pulumi_func(program))
+    mocks = Mocks(fail)
+    monitor = pulumi_sdk.MockMonitor(mocks)
+    pulumi_sdk.run_program(program, mocks, monitor, project="p", stack="s", config={}, secret_keys=[])
 
 
 def test_a_failed_run_does_not_fail_the_next_one() -> None:
