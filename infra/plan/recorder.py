@@ -19,7 +19,6 @@ from infra.plan import pulumi_sdk
 from infra.plan.pulumi_sdk import is_secret, sync_await, unwrap_secret
 
 MASK = "[secret]"
-COMPOSE_SUFFIX = "-compose"
 
 
 @dataclass
@@ -234,7 +233,7 @@ def generated_files(recording: Recording, known_secrets: set[str]) -> dict[str, 
         source = unwrap_secret(res.inputs["source"])
         if not isinstance(source, pulumi.StringAsset):
             continue
-        host = (res.parent or "").removesuffix(COMPOSE_SUFFIX)
-        filename = str(res.inputs["remotePath"]).rsplit("/", 1)[-1]
+        # <remoteDir>/<host>/<file>: the host's compose project directory (infra.components.host)
+        host, filename = str(res.inputs["remotePath"]).rsplit("/", 2)[-2:]
         files[f"{host}/{filename}"] = source.text
     return dict(sorted(files.items()))

@@ -23,7 +23,7 @@ from pulumi_command import remote
 from infra.components.host import Gb10Host
 from infra.config import RaySettings
 from infra.memory import check_host_budgets
-from infra.render.compose import project_name, render_compose
+from infra.render.compose import PROJECT_NAME, project_name, render_compose
 from infra.services import Exposure, HostPath, ServiceSpec, host_port, secret_output
 
 COMPOSE_FILE = "docker-compose.yml"
@@ -147,14 +147,52 @@ def down_script(project_dir: str, host: str) -> str:
     return f"if [ -f {compose_file} ]; then {_compose(project_dir, host, 'down --remove-orphans')}; fi"
 
 
+class ComposeServiceArgs(TypedDict):
+    host: Gb10Host
+    spec: ServiceSpec
+    project: str  # the name of the host's ComposeProject: the files' names start with it
+
+
+class ComposeService(pulumi.ComponentResource):
+    """One service of a host's compose project, as a child of the component that declared it (the
+    load balancer, a vLLM server, the Ray head, ...), with the copies of its mounted files (haproxy.cfg,
+    prometheus.yml, ...) as its own children. The host's ComposeProject renders and starts it."""
+
+    TYPE = "vllm-gb10:compose:Service"
+    copies: list[remote.CopyToRemote]
+
+    def __init__(self, name: str, args: ComposeServiceArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__(self.TYPE, name, None, opts)
+        host, spec, project = args["host"], args["spec"], args["project"]
+        # These copies were children of the host's project before: the alias keeps an existing stack's
+        # copies as they are instead of replacing them on the first `up` after the upgrade.
+        old_parent = pulumi.create_urn(project, ComposeProject.TYPE, parent=host)
+        self.copies = [
+            remote.CopyToRemote(
+                f"{project}-{f.filename}",
+                connection=host.connection,
+                source=pulumi.Output.from_input(f.content).apply(pulumi.StringAsset),
+                remote_path=f"{host.project_dir}/{f.filename}",
+                opts=pulumi.ResourceOptions(
+                    parent=self, depends_on=[host.ready], aliases=[pulumi.Alias(parent=old_parent)]
+                ),
+            )
+            for f in sorted(spec.files, key=lambda f: f.filename)
+        ]
+        self.register_outputs({"host": host.host_name, "container": f"{PROJECT_NAME}-{spec.name}"})
+
+
 class ComposeProjectArgs(TypedDict):
     host: Gb10Host
     specs: list[ServiceSpec]
+    file_copies: list[remote.CopyToRemote]  # the services' mounted files, copied by their ComposeService
     after: list[pulumi.Resource]  # other hosts' `up` commands that must have finished first
 
 
 class ComposeProject(pulumi.ComponentResource):
-    """The services of one host as a docker compose project."""
+    """The services of one host as a docker compose project: the compose file, `up` and the teardown."""
+
+    TYPE = "vllm-gb10:compose:ComposeProject"
 
     compose_file: pulumi.Output[str]
     content_hash: pulumi.Output[str]
@@ -162,7 +200,7 @@ class ComposeProject(pulumi.ComponentResource):
     up: remote.Command
 
     def __init__(self, name: str, args: ComposeProjectArgs, opts: pulumi.ResourceOptions | None = None):
-        super().__init__("vllm-gb10:compose:ComposeProject", name, None, opts)
+        super().__init__(self.TYPE, name, None, opts)
         host, specs = args["host"], args["specs"]
         project_dir, host_name = host.project_dir, host.host_name
         child = pulumi.ResourceOptions(parent=self, depends_on=[host.ready])
@@ -178,18 +216,9 @@ class ComposeProject(pulumi.ComponentResource):
                 source=self.compose_file.apply(pulumi.StringAsset),
                 remote_path=f"{project_dir}/{COMPOSE_FILE}",
                 opts=child,
-            )
+            ),
+            *args["file_copies"],
         ]
-        for filename, content in sorted(self.files.items()):
-            copies.append(
-                remote.CopyToRemote(
-                    f"{name}-{filename}",
-                    connection=host.connection,
-                    source=content.apply(pulumi.StringAsset),
-                    remote_path=f"{project_dir}/{filename}",
-                    opts=child,
-                )
-            )
         teardown = remote.Command(
             f"{name}-teardown",
             connection=host.connection,
@@ -260,7 +289,9 @@ class ComposePlatform:
         self._memory_gib = memory_gib or {}
         self._specs: dict[str, list[ServiceSpec]] = {name: [] for name in hosts}
         self._checks: list[tuple[ServiceSpec, pulumi.Resource]] = []
+        self._parents: dict[str, pulumi.Resource] = {}  # service name -> the component that declared it
         self.projects: dict[str, ComposeProject] = {}
+        self.services: dict[str, ComposeService] = {}
 
     def deploy(self, spec: ServiceSpec, parent: pulumi.Resource) -> None:
         if spec.host not in self._hosts:
@@ -268,6 +299,7 @@ class ComposePlatform:
         if spec.sidecars:  # compose shares state through host directories (HostPath) instead
             raise ValueError(f"service {spec.name}: sidecars are for kubernetes pods, not compose")
         self._specs[spec.host].append(spec)
+        self._parents[spec.name] = parent
 
     def run_after_deploy(self, spec: ServiceSpec, parent: pulumi.Resource) -> None:
         """Run the one-shot `spec` with `docker run` on its host once every host's `up` has returned; a
@@ -318,10 +350,21 @@ class ComposePlatform:
                 local[host].append(replace(spec, depends_on=tuple(d for d in spec.depends_on if d not in elsewhere)))
         for name in graphlib.TopologicalSorter(after).static_order():  # CycleError: hosts waiting for each other
             if local[name]:
-                box = self._hosts[name]
+                box, project = self._hosts[name], f"{name}-compose"
+                for spec in local[name]:
+                    self.services[spec.name] = ComposeService(
+                        spec.name,
+                        {"host": box, "spec": spec, "project": project},
+                        opts=pulumi.ResourceOptions(parent=self._parents[spec.name]),
+                    )
                 self.projects[name] = ComposeProject(
-                    f"{name}-compose",
-                    {"host": box, "specs": local[name], "after": [self.projects[h].up for h in sorted(after[name])]},
+                    project,
+                    {
+                        "host": box,
+                        "specs": local[name],
+                        "file_copies": [c for spec in local[name] for c in self.services[spec.name].copies],
+                        "after": [self.projects[h].up for h in sorted(after[name])],
+                    },
                     opts=pulumi.ResourceOptions(parent=box),
                 )
         ups = [project.up for project in self.projects.values()]

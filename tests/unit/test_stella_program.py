@@ -325,7 +325,7 @@ def test_each_host_is_its_own_compose_project_in_its_own_directory(stella: Plan)
         copies = [
             r
             for r in stella.resources
-            if r["type"] == "command:remote:CopyToRemote" and r["parent"] == f"{host}-compose"
+            if r["type"] == "command:remote:CopyToRemote" and r["name"].startswith(f"{host}-compose-")
         ]
         assert copies and {r["inputs"]["remotePath"].rsplit("/", 1)[0] for r in copies} == {f"/opt/vllm-gb10/{host}"}
         project = f"docker compose --project-name vllm-gb10-{host} --env-file .secrets.env -f docker-compose.yml "
@@ -335,6 +335,39 @@ def test_each_host_is_its_own_compose_project_in_its_own_directory(stella: Plan)
         teardown = resource(stella, "command:remote:Command", f"{host}-compose-teardown")["inputs"]["delete"]
         assert f"cd /opt/vllm-gb10/{host} && {project}down" in teardown
     assert not names[0] & names[1], "container names are unique across the hosts"
+
+
+HOSTS = ("stella", "nova")
+
+
+def test_each_component_owns_its_compose_services_and_their_files(stella: Plan) -> None:
+    """Pulumi's component guidelines: what a component causes is its child. On compose a service is a
+    ComposeService under the component that declared it, and its mounted files are copied as that
+    service's children; the host's ComposeProject keeps only the compose file, `up` and the teardown."""
+    services = {r["name"]: r["parent"] for r in stella.resources if r["type"] == "vllm-gb10:compose:Service"}
+    assert services == {
+        "batch-api": "batch",
+        "batch-worker": "batch",
+        "grafana": "monitoring",
+        "prometheus": "monitoring",
+        **{f"{exporter}-{host}": "monitoring" for exporter in ("dcgm-exporter", "node-exporter") for host in HOSTS},
+        "lb": "lb",
+        "minio": "minio",
+        "minio-setup": "minio",
+        "postgres": "postgres",
+        "postgres-setup": "postgres",
+        "ray-head": "ray",
+        **{f"ray-worker-{host}": "ray" for host in HOSTS},
+        "redis": "redis",
+        **{f"vllm-{host}": "vllm" for host in HOSTS},
+    }
+    copies = {r["name"]: r["parent"] for r in stella.resources if r["type"] == "command:remote:CopyToRemote"}
+    assert copies["stella-compose-haproxy.cfg"] == "lb"
+    assert copies["stella-compose-prometheus.yml"] == "prometheus"
+    assert copies["stella-compose-offload-role.sql"] == "postgres-setup"
+    assert {copies[f"{host}-compose-docker-compose.yml"] for host in HOSTS} == {f"{host}-compose" for host in HOSTS}
+    owners = {r["parent"] for r in stella.resources if r["type"].startswith("command:remote:CopyToRemote")}
+    assert owners - {f"{host}-compose" for host in HOSTS} <= services.keys()
 
 
 def test_the_bucket_set_up_runs_our_runtime_image_and_the_batch_service_waits_for_it(
