@@ -61,9 +61,13 @@ VLLM_SERVER = re.compile(r"vllm\.entrypoints\.openai\.api_server|\bvllm serve\b"
 ANY_ADDRESS = {"", "0.0.0.0", "::", "[::]", "*"}
 
 
-def _config(args: Any, key: str, default: Any) -> Any:
-    value = args.get_config().get(key)
-    return default if value is None else value
+def _config(args: Any, key: str) -> Any:
+    """A policy's config value. The engine fills in each key's schema default (default_config()), so
+    the defaults live in the schemas below and nowhere else."""
+    config = args.get_config()
+    if key not in config:
+        raise KeyError(f"policy config has no {key!r}; its schema default should have been applied")
+    return config[key]
 
 
 # --- mandatory -------------------------------------------------------------------------------------
@@ -133,7 +137,7 @@ def validate_ray_token_auth(args: ResourceValidationArgs, report: ReportViolatio
 
 
 def validate_data_services_private(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    if _config(args, "allowPublicDataServices", False):
+    if _config(args, "allowPublicDataServices"):
         return
     for w in workloads(args.resource_type, args.props, args.name):
         if not w.is_data_service:
@@ -165,7 +169,7 @@ def _check_listen_addresses(w: Workload, report: ReportViolation) -> None:
 
 
 def validate_vllm_memory_utilization(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    ceiling = float(_config(args, "maxGpuMemoryUtilization", 0.85))
+    ceiling = float(_config(args, "maxGpuMemoryUtilization"))
     for w in workloads(args.resource_type, args.props, args.name):
         if not VLLM_SERVER.search(w.command_text):
             continue
@@ -198,14 +202,16 @@ def validate_memory_limits(args: ResourceValidationArgs, report: ReportViolation
 
 def validate_redis_persistence(args: ResourceValidationArgs, report: ReportViolation) -> None:
     for w in workloads(args.resource_type, args.props, args.name):
-        if re.search(r"(^|/)redis[:@]", w.image) and not re.search(r"--appendonly\s+yes", w.command_text):
+        # redis-server takes the last of a repeated option: `--appendonly yes ... --appendonly no` is no AOF.
+        settings = re.findall(r"--appendonly\s+(\S+)", w.command_text)
+        if re.search(r"(^|/)redis[:@]", w.image) and (not settings or settings[-1].strip("'\"") != "yes"):
             report(f"{w.name}: Redis runs without AOF persistence (--appendonly yes); queued jobs would be lost", None)
 
 
 def validate_gpu_on_gb10(args: StackValidationArgs, report: ReportViolation) -> None:
-    pattern = str(_config(args, "gpuPattern", "GB10"))
-    label_key = str(_config(args, "nodeLabelKey", "kubernetes.io/hostname"))
-    label_values = set(_config(args, "nodeLabelValues", ["hw-brain-01"]))
+    pattern = str(_config(args, "gpuPattern"))
+    label_key = str(_config(args, "nodeLabelKey"))
+    label_values = set(_config(args, "nodeLabelValues"))
     gb10_hosts = {
         str((r.props.get("connection") or {}).get("host"))
         for r in args.resources
@@ -263,7 +269,7 @@ def validate_result_lifecycle(args: StackValidationArgs, report: ReportViolation
     (`python -m runtime.batch.bucket`, which puts the rule and reads it back) whose --expire-days is
     within the limit. A stack that still uses MinIO's `mc ilm rule add --expire-days N` is judged by N.
     """
-    limit = int(_config(args, "maxDays", 7))
+    limit = int(_config(args, "maxDays"))
     services = [w for r in args.resources for w in workloads(r.resource_type, r.props, r.name)]
     servers = [w for w in services if S3_SERVER_IMAGE.search(w.image)]
     if not servers:

@@ -77,13 +77,18 @@ def violations(policy: str, resource_type: str, props: dict, **config: Any) -> l
 
 
 def stack_violations(policy: str, resources: list[tuple[str, dict]], **config: Any) -> list[str]:
+    """`<name of the resource reported>: <message>` for each violation of a stack policy."""
     found: list[str] = []
     items = [
         PolicyResource(t, props, f"urn:{t}::r{i}", f"r{i}", resource_options(), None, None, [], {})
         for i, (t, props) in enumerate(resources)
     ]
     args = StackValidationArgs(items, {**default_config()[policy], **config})
-    BY_NAME[policy].validate(args, lambda message, urn=None: found.append(message))
+
+    def report(message: str, urn: str | None = None) -> None:
+        found.append(f"{urn.split('::')[-1] if urn else 'stack'}: {message}")
+
+    BY_NAME[policy].validate(args, report)
     return found
 
 
@@ -198,6 +203,50 @@ def test_gpu_on_gb10() -> None:
     assert stack_violations("gpu-on-gb10", [(DEPLOYMENT, deployment(container, affinity=affinity))]) == []
 
 
+def test_gpu_on_gb10_names_what_it_found_and_takes_its_config() -> None:
+    policy = "gpu-on-gb10"
+    gpu = good_service(deploy={"resources": {"limits": {"memory": "100g"}, "reservations": {
+        "devices": [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]}}})  # fmt: skip
+    files = ("command:remote:CopyToRemote", compose({"vllm": gpu, "redis": good_service()}, host="10.0.0.1"))
+
+    def preflight(create: str) -> tuple[str, dict]:
+        return "command:remote:Command", {"connection": {"host": "10.0.0.1"}, "create": create}
+
+    unchecked = "r0: GPU services ['vllm'] on 10.0.0.1, which no preflight checks for a GB10 GPU"
+    assert stack_violations(policy, [files]) == [unchecked]
+    # Half a preflight is none: a GPU not required, or required without the pattern.
+    assert stack_violations(policy, [files, preflight("REQUIRE_GPU=0\nGPU_PATTERN=GB10\n")]) == [unchecked]
+    assert stack_violations(policy, [files, preflight("REQUIRE_GPU=1\nGPU_PATTERN=H100\n")]) == [unchecked]
+    h100 = [files, preflight("REQUIRE_GPU=1\nGPU_PATTERN=H100\n")]
+    assert stack_violations(policy, h100, gpuPattern="H100") == []
+    copy_to_command = [files, ("command:remote:CopyToRemote", preflight("REQUIRE_GPU=1\nGPU_PATTERN=GB10\n")[1])]
+    assert stack_violations(policy, copy_to_command) == [unchecked], "only a Command runs a preflight"
+
+    container = {"name": "vllm", "image": "v:1", "resources": {"limits": {"nvidia.com/gpu": 1, "memory": "100Gi"}}}
+    elsewhere = deployment(container, nodeSelector={"gpu": "spark"})
+    assert stack_violations(policy, [(DEPLOYMENT, elsewhere)]) == [
+        "r0: r0: GPU pod not pinned to the GB10 node (kubernetes.io/hostname in ['hw-brain-01'])"
+    ]
+    assert stack_violations(policy, [(DEPLOYMENT, elsewhere)], nodeLabelKey="gpu", nodeLabelValues=["spark"]) == []
+    expression = {"key": "gpu", "operator": "In", "values": ["other", "spark"]}
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [expression]}]}}}  # fmt: skip
+    by_affinity = deployment(container, affinity=affinity)
+    assert stack_violations(policy, [(DEPLOYMENT, by_affinity)], nodeLabelKey="gpu", nodeLabelValues=["spark"]) == []
+    not_in = deployment(container, affinity={"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [{**expression, "operator": "NotIn"}]}]}}})  # fmt: skip
+    assert stack_violations(policy, [(DEPLOYMENT, not_in)], nodeLabelKey="gpu", nodeLabelValues=["spark"])
+    cpu_only = deployment({"name": "c", "image": "x:1", "resources": {"limits": {"memory": "1Gi"}}})
+    assert stack_violations(policy, [(DEPLOYMENT, cpu_only)]) == []
+
+
+def test_a_policy_without_its_config_fails_by_name_not_with_a_default_of_its_own() -> None:
+    """The engine fills each key's schema default (default_config): a rule has no second default."""
+    args = StackValidationArgs([], {"nodeLabelKey": "k", "nodeLabelValues": []})
+    with pytest.raises(KeyError, match="gpuPattern"):
+        BY_NAME["gpu-on-gb10"].validate(args, lambda message, urn=None: None)
+
+
 # --- vllm-memory-utilization
 
 
@@ -240,8 +289,15 @@ def test_memory_limits() -> None:
 
 def test_redis_persistence() -> None:
     assert violations("redis-persistence", COPY, compose({"redis": good_service()})) == []
-    volatile = good_service(command=["redis-server", "--save", ""])
-    assert violations("redis-persistence", COPY, compose({"redis": volatile}))
+    for command in (
+        ["redis-server", "--save", ""],
+        ["redis-server", "--appendonly", "no"],
+        ["sh", "-c", "exec redis-server --appendonly yes --port 6379 --appendonly no"],  # the last one counts
+    ):
+        volatile = good_service(command=command)
+        assert violations("redis-persistence", COPY, compose({"redis": volatile})), command
+    quoted = good_service(command=["sh", "-c", "exec redis-server --appendonly 'yes'"])
+    assert violations("redis-persistence", COPY, compose({"redis": quoted})) == []
 
 
 # --- advisory
@@ -279,7 +335,7 @@ def test_result_lifecycle_is_judged_on_the_bucket_the_results_go_to() -> None:
     right = ["--endpoint", "http://10.0.0.1:9000", "--bucket", "batch", "--expire-days", "7"]
     assert stack_violations("result-lifecycle", [(COPY, _batch_stack(right))]) == []
     assert stack_violations("result-lifecycle", [(COPY, _batch_stack(right, bucket="results"))]) == [
-        "batch results go to bucket 'results' at http://10.0.0.1:9000, which no set-up gives a lifecycle rule "
+        "stack: batch results go to bucket 'results' at http://10.0.0.1:9000, which no set-up gives a lifecycle rule "
         "(set-ups: 'batch' at http://10.0.0.1:9000)"
     ]
     other_server = stack_violations("result-lifecycle", [(COPY, _batch_stack(right, endpoint="http://10.0.0.2:9000"))])
@@ -287,10 +343,10 @@ def test_result_lifecycle_is_judged_on_the_bucket_the_results_go_to() -> None:
     no_rule = stack_violations("result-lifecycle", [(COPY, _batch_stack(right[:4]))])
     assert (
         no_rule[0]
-        == "minio-setup: the bucket set-up puts no lifecycle rule (--expire-days): batch results never expire"
+        == "stack: minio-setup: the bucket set-up puts no lifecycle rule (--expire-days): batch results never expire"
     )
     assert stack_violations("result-lifecycle", [(COPY, _batch_stack([*right[:4], "--expire-days=30"]))])[0] == (
-        "minio-setup: S3 results expire after 30 days, more than 7"
+        "stack: minio-setup: S3 results expire after 30 days, more than 7"
     )
 
 
