@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from fastapi import Depends, Request
 from pydantic import BaseModel, Field, StringConstraints
 
-from runtime.batch import auth, keys, logs, redis_client
+from runtime.batch import auth, logs, redis_client
 from runtime.batch.intake import InputRefusedError, create_job
 from runtime.batch.jobs import JobStore, priority_of
 from runtime.batch.models import ENDPOINTS, ApiError, Batch, BatchStatus, FileObject, Priority
@@ -197,8 +197,7 @@ async def estimate_completion(state: State, batch: Batch) -> int | None:
     rate = await state.store.throughput()
     if not rate:
         return None
-    ahead = list(await state.redis.zrange(keys.QUEUE, 0, -1))
-    queued_before = set(ahead[: ahead.index(batch.id)] if batch.id in ahead else [])
+    queued_before = await state.store.queued_before(batch.id)
     work = 0
     for other in await state.store.active():
         counts = other.request_counts

@@ -124,7 +124,8 @@ class ChunkPipeline:
         current = await self.store.get(batch_id)
         if current is not None and current.status == BatchStatus.CANCELLING:
             return BatchStatus.CANCELLED
-        if batch.expires_at is not None and time.time() >= batch.expires_at:
+        expires_at = (current or batch).expires_at  # the record's window, as it is now
+        if expires_at is not None and time.time() >= expires_at:
             return BatchStatus.EXPIRED
         return None
 

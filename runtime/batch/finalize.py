@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import tempfile
 import time
@@ -14,7 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import redis.asyncio as redis
 
-from runtime.batch import keys, metrics, webhooks
+from runtime.batch import metrics, webhooks
 from runtime.batch.jobs import JobStore, Lease
 from runtime.batch.models import BatchError, BatchErrors, BatchStatus, BatchUsage, FileObject, JobPlan, RequestCounts
 from runtime.batch.settings import BatchSettings
@@ -90,7 +89,7 @@ class JobFinisher:
             "prompt_tokens": sum(c.prompt_tokens for c in checkpoints),
             "completion_tokens": sum(c.completion_tokens for c in checkpoints),
         }
-        await self.redis.set(keys.stats(batch_id), json.dumps(stats), ex=self.settings.retention_seconds)
+        await self.store.save_stats(batch_id, stats, self.settings.retention_seconds)
         await self.store.finish(lease, batch, self.settings.retention_seconds)
         metrics.jobs_finished.labels(status.value).inc()
         if plan.webhook_url:

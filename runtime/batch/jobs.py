@@ -10,6 +10,7 @@ Guarantees (tested against a real redis-server):
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -240,30 +241,38 @@ class JobStore:
 
         Every key written here expires: a job no worker ever ends is gone `retention_seconds` after
         its completion window, like a finished one. The listing indexes drop ids older than that.
+        A batch id already recorded changes nothing: a replayed create (redis-py retrying a transaction
+        whose reply was lost) must not queue a job again that a worker holds or has finished.
         """
-        created = now_ms()
-        score = plan.priority.rank * PRIORITY_SPAN + created
-        expire_at = (batch.expires_at or batch.created_at) + retention_seconds
-        horizon = created - (expire_at - batch.created_at) * 1000  # ids created before this have expired
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(keys.batch(batch.id), batch.model_dump_json(), nx=True, exat=expire_at)
-            pipe.set(keys.plan(batch.id), plan.model_dump_json(), nx=True, exat=expire_at)
-            pipe.hsetnx(keys.job(batch.id), "score", score)
-            pipe.hsetnx(keys.job(batch.id), "completed", 0)
-            pipe.hsetnx(keys.job(batch.id), "failed", plan.invalid_lines)  # bad lines count from the start
-            pipe.expireat(keys.job(batch.id), expire_at)
-            pipe.zadd(keys.BATCHES, {batch.id: created}, nx=True)
+        batch_key = keys.batch(batch.id)
+
+        async def body(pipe: Pipeline) -> None:
+            await pipe.watch(batch_key)
+            if await pipe.exists(batch_key):
+                return
+            created = now_ms()
+            score = plan.priority.rank * PRIORITY_SPAN + created
+            expire_at = (batch.expires_at or batch.created_at) + retention_seconds
+            horizon = created - (expire_at - batch.created_at) * 1000  # ids created before this have expired
+            pipe.multi()
+            pipe.set(batch_key, batch.model_dump_json(), exat=expire_at)
+            pipe.set(keys.plan(batch.id), plan.model_dump_json(), exat=expire_at)
+            pipe.hset(keys.job(batch.id), mapping={"score": score, "completed": 0, "failed": plan.invalid_lines})
+            pipe.expireat(keys.job(batch.id), expire_at)  # bad lines count as failed from the start
+            pipe.zadd(keys.BATCHES, {batch.id: created})
             pipe.zremrangebyscore(keys.BATCHES, "-inf", f"({horizon}")
-            pipe.zadd(keys.ACTIVE, {batch.id: created}, nx=True)
+            pipe.zadd(keys.ACTIVE, {batch.id: created})
             owner = keys.owner_batches(plan.key_id)
-            pipe.zadd(owner, {batch.id: created}, nx=True)
+            pipe.zadd(owner, {batch.id: created})
             pipe.zremrangebyscore(owner, "-inf", f"({horizon}")
             pipe.expireat(owner, expire_at, nx=True)  # a new index (GT alone treats "no expiry" as infinite)
             pipe.expireat(owner, expire_at, gt=True)
-            pipe.zadd(keys.QUEUE, {batch.id: score}, nx=True)
+            pipe.zadd(keys.QUEUE, {batch.id: score})
             pipe.rpush(keys.WAKE, batch.id)
             pipe.ltrim(keys.WAKE, -100, -1)
             await pipe.execute()
+
+        await self._transaction(body)
 
     async def get(self, batch_id: str) -> Batch | None:
         found = await self._batches([batch_id])
@@ -479,6 +488,22 @@ class JobStore:
     async def queued_ahead(self, batch_id: str) -> int | None:
         rank = await self.redis.zrank(keys.QUEUE, batch_id)
         return None if rank is None else int(rank)  # type: ignore[arg-type]  # no WITHSCORE: an int
+
+    async def queued_before(self, batch_id: str) -> set[str]:
+        """The jobs that will be claimed before this queued one (none when it is not queued)."""
+        queue = _texts(await self.redis.zrange(keys.QUEUE, 0, -1))
+        return set(queue[: queue.index(batch_id)]) if batch_id in queue else set()
+
+    # --- a finished job's figures --------------------------------------------------------
+
+    async def save_stats(self, batch_id: str, stats: dict[str, Any], retention_seconds: int) -> None:
+        """The seeds' results figures (latency, tokens), kept as long as the job's record."""
+        await self.redis.set(keys.stats(batch_id), json.dumps(stats), ex=retention_seconds)
+
+    async def stats(self, batch_id: str) -> dict[str, Any]:
+        raw = await self.redis.get(keys.stats(batch_id))
+        stats: dict[str, Any] = json.loads(raw) if raw else {}
+        return stats
 
     # --- checkpoints ---------------------------------------------------------------------
 

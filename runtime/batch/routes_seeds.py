@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import tempfile
 import time
 import uuid
@@ -12,7 +11,6 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from runtime.batch import keys
 from runtime.batch.api_common import (
     ApiException,
     ApiState,
@@ -128,7 +126,7 @@ async def seed_job_results(state: ApiState, principal: Caller, job_id: str, requ
         )
     if batch.output_file_id is None and batch.error_file_id is None:
         raise ApiException(404, ApiError(message=f"job {job_id} produced no results", code="no_results"))
-    stats = json.loads(await state.redis.get(keys.stats(job_id)) or "{}")
+    stats = await state.store.stats(job_id)
     ends = [
         f.expires_at
         for f in [await state.store.get_file(i) for i in (batch.output_file_id, batch.error_file_id) if i]

@@ -12,6 +12,7 @@ import openai
 import pytest
 import redis
 
+from harness.metrics import sample_value
 from harness.servers import BatchApi, BatchWorker, VllmServer, batch_env, wait_for
 from tests.integration.batch_fixtures import chat_lines
 
@@ -67,7 +68,7 @@ def test_http_engine_runs_a_job_and_retries_only_what_is_retryable(
         assert retries(worker) == 0  # a 400 is final: not retried
 
         completions = httpx.get(f"{vllm_url}/metrics").text
-        assert "vllm:request_success_total" in completions
+        assert (sample_value(completions, "vllm:request_success_total") or 0) >= 45  # served by vLLM itself
 
         vllm_server.kill()  # the server and its engine process (one process group)
         wait_for(lambda: _down(vllm_url), 30, "vLLM to stop")

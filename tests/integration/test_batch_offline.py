@@ -5,6 +5,7 @@ The official `openai` client drives the OpenAI endpoints; httpx drives the seeds
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import io
@@ -19,8 +20,11 @@ import httpx
 import openai
 import pytest
 import redis
+import redis.asyncio as redis_async
 
+from harness.metrics import sample_value
 from harness.servers import BatchApi, BatchWorker, batch_env, tiny_model_args, wait_for
+from runtime.batch.jobs import JobStore
 from tests.integration.batch_fixtures import WebhookReceiver, chat_lines
 
 pytestmark = pytest.mark.integration
@@ -255,11 +259,21 @@ def test_seeds_api_from_s3_and_http(stack: Stack, tmp_path) -> None:
 
 
 def test_metrics_health_and_bucket_lifecycle(stack: Stack) -> None:
+    def worker_counts() -> tuple[float, float]:
+        text = httpx.get(f"{stack.worker.url}/metrics").text
+        requests = sample_value(text, "batch_requests_total") or 0.0
+        return requests, sample_value(text, "batch_tokens_total", kind="completion") or 0.0
+
+    requests_before, tokens_before = worker_counts()
+    assert stack.wait(stack.submit(chat_lines(5, prefix="metrics")).id).status == "completed"
+    requests_after, tokens_after = worker_counts()
+    assert requests_after - requests_before == 5 and tokens_after > tokens_before  # this job's, counted
     with stack.http() as http:  # the bootstrap key is an admin key
         text = http.get("/metrics").text
-    assert "batch_queue_depth" in text and 'batch_jobs{status="in_progress"}' in text  # ended: not a gauge
-    worker_metrics = httpx.get(f"{stack.worker.url}/metrics").text
-    assert "batch_requests_total" in worker_metrics and 'batch_tokens_total{kind="completion"}' in worker_metrics
+    # Gauges set at scrape time (other tests' jobs share this stack, so their values are not asserted).
+    assert sample_value(text, "batch_queue_depth") is not None
+    assert sample_value(text, "batch_jobs", status="in_progress") is not None  # a gauge of the jobs not yet ended
+    assert sample_value(text, "batch_jobs", status="completed") is None  # ended jobs are no gauge
     assert httpx.get(f"{stack.worker.url}/health").json()["ready"] is True
     assert httpx.get(f"{stack.api.url}/health").json()["workers"] >= 1
     s3 = boto3.client("s3", endpoint_url=stack.env["BATCH_S3_ENDPOINT_URL"], aws_access_key_id="x",
@@ -286,7 +300,8 @@ def test_kill_9_mid_job_then_restart_completes_exactly_once(stack: Stack) -> Non
     batch = stack.submit(chat_lines(600, max_tokens=32))
     wait_for(lambda: stack.client.batches.retrieve(batch.id).request_counts.completed >= 60, 120, "three chunks")
     stack.worker.kill()
-    killed_at = stack.client.batches.retrieve(batch.id).request_counts.completed
+    at_kill = stack.client.batches.retrieve(batch.id).request_counts
+    killed_at = at_kill.completed + at_kill.failed  # the requests of the chunks committed before the kill
     assert killed_at < 600, "the job finished before the kill; make it longer"
 
     poisoned = stack.submit(chat_lines(5, prefix="p"))
@@ -301,13 +316,18 @@ def test_kill_9_mid_job_then_restart_completes_exactly_once(stack: Stack) -> Non
     counts = Counter(ids)
     assert set(counts) == {f"r{i}" for i in range(600)} and max(counts.values()) == 1
     assert done.request_counts.completed + done.request_counts.failed == 600
+    # Exactly once is not enough: the restarted worker (fresh counters) must not have redone a chunk that
+    # was committed before the kill, only run the others.
+    restarted = httpx.get(f"{stack.worker.url}/metrics").text
+    assert sample_value(restarted, "batch_requests_total") == 600 - killed_at
 
     failed = stack.wait(poisoned.id, timeout=120)
     assert failed.status == "failed"
     assert failed.errors.data[-1].code == "job_attempts_exhausted"
 
 
-def test_a_job_past_its_window_expires_with_partial_results(stack: Stack, tmp_path) -> None:
+def test_a_job_past_its_window_expires(stack: Stack, tmp_path) -> None:
+    """BATCH_COMPLETION_WINDOW_SECONDS sets when a job expires: its results are what it finished by then."""
     short = BatchApi(tmp_path, {**stack.env, "BATCH_COMPLETION_WINDOW_SECONDS": "2"})
     short.start()
     try:
@@ -319,8 +339,36 @@ def test_a_job_past_its_window_expires_with_partial_results(stack: Stack, tmp_pa
                                       metadata={"webhook_url": f"{stack.webhooks.url}/hook"})  # fmt: skip
     finally:
         short.stop()
+    assert batch.expires_at - batch.created_at <= 3
     done = stack.wait(batch.id)
     assert done.status == "expired" and done.expired_at
-    rows = stack.rows(done.output_file_id)
-    assert len(rows) == done.request_counts.completed < 1000
+    assert len(stack.rows(done.output_file_id)) == done.request_counts.completed < 1000
     wait_for(lambda: any(b'"batch.expired"' in d["body"] for d in stack.webhooks.deliveries), 30, "expired webhook")
+
+
+def test_an_expired_job_keeps_the_results_of_its_finished_chunks(stack: Stack) -> None:
+    batch = stack.submit(chat_lines(1000, max_tokens=64))
+    wait_for(lambda: stack.client.batches.retrieve(batch.id).request_counts.completed >= 40, 60, "two chunks")
+    end_window_now(stack, batch.id)  # as if its window ended here: no clock to race
+    done = stack.wait(batch.id)
+    assert done.status == "expired"
+    ids = [r["custom_id"] for r in stack.rows(done.output_file_id)]
+    assert 40 <= len(ids) < 1000 and len(ids) == len(set(ids)) == done.request_counts.completed
+    assert set(ids) <= {f"r{i}" for i in range(1000)}
+
+
+def end_window_now(stack: Stack, batch_id: str) -> None:
+    """Move the job's expires_at to now through the job store, as the services' Redis user."""
+
+    async def change() -> None:
+        client = redis_async.Redis.from_url(stack.env["BATCH_REDIS_URL"], decode_responses=True)
+        try:
+            await JobStore(client).update(batch_id, lambda b: b.model_copy(update={"expires_at": int(time.time())}))
+        finally:
+            await client.aclose()
+
+    loop = asyncio.new_event_loop()  # a private loop: asyncio.run would unset the one Pulumi's tests use
+    try:
+        loop.run_until_complete(change())
+    finally:
+        loop.close()

@@ -152,9 +152,25 @@ def test_priorities_then_first_in_first_out(run) -> None:
         ]:
             await add_job(store, batch_id, priority)
             await asyncio.sleep(0.002)  # distinct enqueue milliseconds
+        # What the API's estimate counts as ahead of a queued job, and its place in the line.
+        assert await store.queued_before("n2") == {"high", "n1"}
+        assert (await store.queued_ahead("n2"), await store.queued_ahead("high")) == (2, 0)
+        assert await store.queued_before("high") == set()
+        assert await store.queued_before("unknown") == set()
         order = [(await store.claim(30)).batch_id for _ in range(4)]
         assert order == ["high", "n1", "n2", "low"]
         assert await store.claim(30) is None
+        assert await store.queued_before("low") == set() and await store.queued_ahead("low") is None
+
+    run(test)
+
+
+def test_a_finished_jobs_figures_are_kept_as_long_as_its_record(run) -> None:
+    async def test(store: JobStore) -> None:
+        assert await store.stats("b1") == {}
+        await store.save_stats("b1", {"prompt_tokens": 7, "avg_response_time": None}, RETENTION_S)
+        assert await store.stats("b1") == {"prompt_tokens": 7, "avg_response_time": None}
+        assert 0 < await store.redis.ttl(keys.stats("b1")) <= RETENTION_S
 
     run(test)
 
@@ -208,14 +224,22 @@ def test_finish_leaves_only_the_documented_keys(run) -> None:
 
 def test_cancel_of_a_queued_job_removes_it_from_the_queue(run) -> None:
     async def test(store: JobStore) -> None:
-        await add_job(store, "queued")
         await add_job(store, "running")
+        await asyncio.sleep(0.002)  # distinct enqueue milliseconds: "running" is claimed first
+        await add_job(store, "queued")
         lease = await store.claim(30)
-        assert lease.batch_id == "queued"
-        assert (await store.cancel("running", retention_seconds=RETENTION_S)).status == BatchStatus.CANCELLED
-        cancelling = await store.cancel("queued", retention_seconds=RETENTION_S)
-        assert cancelling.status == BatchStatus.CANCELLING  # the worker ends it
-        assert await store.queue_depth() == 0
+        assert lease.batch_id == "running"
+        # A queued job ends at once: out of the queue and the active index, its job state gone.
+        assert (await store.cancel("queued", retention_seconds=RETENTION_S)).status == BatchStatus.CANCELLED
+        assert await store.queue_depth() == 0 and await store.queued_ahead("queued") is None
+        assert not await store.redis.exists(keys.job("queued"), keys.chunks("queued"))
+        assert await store.redis.zscore(keys.ACTIVE, "queued") is None
+        # A running job is only marked: its worker sees it at the next chunk and ends it.
+        cancelling = await store.cancel("running", retention_seconds=RETENTION_S)
+        assert cancelling.status == BatchStatus.CANCELLING
+        assert await store.redis.zscore(keys.LEASES, "running") is not None  # still leased to its worker
+        assert await store.redis.zscore(keys.ACTIVE, "running") is not None
+        assert (await store.get("running")).status == BatchStatus.CANCELLING
 
     run(test)
 
@@ -442,5 +466,106 @@ def test_a_job_cancelled_mid_chunk_gives_back_every_permit_of_the_worker(run, re
         with pytest.raises(asyncio.CancelledError):
             await job
         assert (pipeline.window._value, pipeline.open_chunks._value) == (window, chunks)
+
+    run(test)
+
+
+def test_create_is_idempotent_and_a_second_create_changes_nothing(run) -> None:
+    """A retried submission (the API's request replayed) must not reset a job that has started."""
+
+    async def test(store: JobStore) -> None:
+        await add_job(store, "b1")
+        first_score = await store.redis.zscore(keys.QUEUE, "b1")
+        first_created = await store.redis.zscore(keys.BATCHES, "b1")
+        lease = await store.claim(30)
+        await store.commit_chunk(lease, ChunkCheckpoint(index=0, output_key="o", error_key="e", completed=7, failed=1))
+        await store.update("b1", lambda b: b.model_copy(update={"status": BatchStatus.IN_PROGRESS}))
+        await asyncio.sleep(0.002)  # a later millisecond: a second write would show
+        now = int(time.time())
+        again = Batch(id="b1", endpoint="/v1/completions", input_file_id="g", status="validating", created_at=now)
+        plan = JobPlan(batch_id="b1", model="other", priority=Priority.HIGH, chunks=9, chunk_size=1,
+                       valid_requests=9, invalid_lines=5, key_id="k")  # fmt: skip
+        await store.create(again, plan, retention_seconds=RETENTION_S)
+        batch = await store.get("b1")
+        assert (batch.status, batch.endpoint, batch.input_file_id) == (
+            BatchStatus.IN_PROGRESS,
+            "/v1/chat/completions",
+            "f",
+        )
+        assert (batch.request_counts.completed, batch.request_counts.failed) == (7, 1)
+        assert (await store.plan("b1")).model == "m"
+        assert await store.redis.zscore(keys.BATCHES, "b1") == first_created
+        assert await store.redis.zscore(keys.ACTIVE, "b1") == first_created
+        assert await store.redis.zscore(keys.owner_batches("k"), "b1") == first_created
+        assert first_score is not None and await store.redis.zscore(keys.QUEUE, "b1") is None  # leased, not requeued
+
+    run(test)
+
+
+def test_a_new_job_counts_its_invalid_lines_as_failed_from_the_start(run) -> None:
+    async def test(store: JobStore) -> None:
+        now = int(time.time())
+        batch = Batch(id="b1", endpoint="/v1/chat/completions", input_file_id="f", status="validating", created_at=now)
+        plan = JobPlan(batch_id="b1", model="m", priority=Priority.NORMAL, chunks=1, chunk_size=10,
+                       valid_requests=10, invalid_lines=3, key_id="k")  # fmt: skip
+        await store.create(batch, plan, retention_seconds=RETENTION_S)
+        assert await store.redis.hget(keys.job("b1"), "completed") == "0"
+        assert await store.redis.hget(keys.job("b1"), "failed") == "3"
+        counts = (await store.get("b1")).request_counts
+        assert (counts.completed, counts.failed) == (0, 3)
+
+    run(test)
+
+
+def test_the_wake_list_holds_at_most_a_hundred_tokens(run) -> None:
+    async def test(store: JobStore) -> None:
+        for i in range(105):
+            await add_job(store, f"b{i}")
+        tokens = await store.redis.lrange(keys.WAKE, 0, -1)
+        assert tokens == [f"b{i}" for i in range(5, 105)]  # the newest hundred
+
+    run(test)
+
+
+def test_a_cancelled_job_records_when_and_keeps_its_records_for_the_retention(run) -> None:
+    async def test(store: JobStore) -> None:
+        await add_job(store, "running")
+        await asyncio.sleep(0.002)
+        await add_job(store, "queued")
+        lease = await store.claim(30)
+        await store.commit_chunk(lease, ChunkCheckpoint(index=0, output_key="o", error_key="e", completed=2, failed=0))
+        before = int(time.time())
+        cancelling = await store.cancel("running", retention_seconds=60)
+        assert cancelling.cancelling_at >= before and cancelling.cancelled_at is None
+        stored = await store.get("running")
+        assert stored.status == BatchStatus.CANCELLING and stored.cancelling_at == cancelling.cancelling_at
+        assert await store.redis.ttl(keys.batch("running")) > 60  # its TTL kept, not the cancel's
+        assert await store.redis.hlen(keys.chunks("running")) == 1  # the finished chunk stays for the output
+        again = await store.cancel("running", retention_seconds=60)
+        assert again.cancelling_at == cancelling.cancelling_at  # a second cancel changes nothing
+
+        cancelled = await store.cancel("queued", retention_seconds=60)
+        assert cancelled.cancelling_at == cancelled.cancelled_at >= before
+        assert 0 < await store.redis.ttl(keys.batch("queued")) <= 60
+        assert 0 < await store.redis.ttl(keys.plan("queued")) <= 60
+        assert (await store.get("queued")).cancelled_at == cancelled.cancelled_at
+        assert await store.cancel("unknown", retention_seconds=60) is None
+
+    run(test)
+
+
+def test_forget_drops_a_job_with_nothing_left_to_do_and_only_that_one(run) -> None:
+    async def test(store: JobStore) -> None:
+        await add_job(store, "b1")
+        await add_job(store, "b2")
+        first, second = await store.claim(30), await store.claim(30)
+        await store.commit_chunk(first, ChunkCheckpoint(index=0, output_key="o", error_key="e", completed=1, failed=0))
+        await store.commit_chunk(second, ChunkCheckpoint(index=0, output_key="o", error_key="e", completed=1, failed=0))
+        await store.forget(first)
+        b1, b2 = first.batch_id, second.batch_id
+        assert await store.redis.zscore(keys.LEASES, b1) is None and await store.redis.zscore(keys.ACTIVE, b1) is None
+        assert not await store.redis.exists(keys.job(b1), keys.chunks(b1))
+        assert await store.redis.zscore(keys.LEASES, b2) is not None and await store.redis.zscore(keys.ACTIVE, b2)
+        assert await store.redis.exists(keys.job(b2), keys.chunks(b2)) == 2
 
     run(test)

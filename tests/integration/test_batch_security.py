@@ -24,6 +24,7 @@ import openai
 import pytest
 import redis
 
+from harness.metrics import sample_value
 from harness.servers import BatchApi, BatchWorker, batch_env, free_port, wait_for
 from tests.integration.batch_fixtures import LoopbackServer, chat_lines
 
@@ -215,9 +216,9 @@ def test_metrics_need_an_admin_key_on_the_public_listener_and_none_on_the_intern
     with tenants.http("alice") as http:
         assert http.get("/metrics").status_code == 403
     with tenants.http("admin") as http:
-        assert "batch_queue_depth" in http.get("/metrics").text
+        assert sample_value(http.get("/metrics").text, "batch_queue_depth") is not None  # a sample, not HELP
     internal = httpx.get(f"{tenants.internal_url}/metrics", timeout=10)
-    assert internal.status_code == 200 and "batch_queue_depth" in internal.text
+    assert internal.status_code == 200 and sample_value(internal.text, "batch_queue_depth") is not None
     assert httpx.get(f"{tenants.internal_url}/health", timeout=10).json()["status"] == "ok"
     # the internal listener serves nothing else: no files, no batches
     assert httpx.get(f"{tenants.internal_url}/v1/batches", timeout=10).status_code == 404

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from bench.lb_harness import BackendProcess, Client, Haproxy, Reply, render_config
+from harness.metrics import sample_value
 from harness.servers import free_port, wait_for
 from tests.conftest import require_binary
 
@@ -287,8 +288,8 @@ def test_stats_page_and_prometheus_metrics_are_served(pool_factory) -> None:
     pool.round(SESSIONS[:4])
     with urllib.request.urlopen(f"http://127.0.0.1:{pool.stats_port}/metrics", timeout=5) as response:
         metrics = response.read().decode()
-    assert 'haproxy_server_status{proxy="vllm",server="vllm1"' in metrics
-    assert "haproxy_backend_http_requests_total" in metrics
+    assert sample_value(metrics, "haproxy_server_status", proxy="vllm", server="vllm1", state="UP") == 1
+    assert sample_value(metrics, "haproxy_backend_http_requests_total", proxy="vllm") == 4  # the round's
     with urllib.request.urlopen(f"http://127.0.0.1:{pool.stats_port}/stats", timeout=5) as response:
         assert "Statistics Report" in response.read().decode()
 
