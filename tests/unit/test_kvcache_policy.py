@@ -15,6 +15,7 @@ from runtime.kvcache import (
     ModelConfigError,
     PlanError,
     Target,
+    engine_args_to_flags,
     load_model_shape,
     plan,
     tokens_for_budget,
@@ -204,3 +205,94 @@ def test_cli_custom_host_profiles_and_errors(tmp_path: Path) -> None:
 def test_gb10_profile_never_exceeds_085() -> None:
     assert PROFILES["gb10"].unified and PROFILES["gb10"].max_gpu_memory_utilization <= 0.85
     assert PROFILES["gb10"].gpu_memory_gib * GIB > 100 * GIB
+
+
+# --- exact arithmetic (mutation testing found these unpinned) -------------------------------------
+
+
+def test_unified_memory_sizes_kv_to_the_target_plus_the_prefix_cache_headroom() -> None:
+    qwen = load_model_shape(QWEN3_4B)
+    result = plan(qwen, PROFILES["gb10"], Target(8192, 16))
+    demand = 16 * sequence_bytes(qwen, 8192, 2, 16)
+    assert result.kv_cache_memory_bytes == int(demand * 1.25) < result.kv_budget_bytes  # 25% for prefix reuse
+    crowded = plan(qwen, PROFILES["gb10"], Target(8192, 64))
+    assert crowded.kv_cache_memory_bytes == crowded.kv_budget_bytes  # never past the budget
+
+
+def test_capacity_counts_only_full_attention_layers_of_a_sliding_window_model(tmp_path: Path) -> None:
+    types = ["sliding_attention"] * 3 + ["full_attention"]
+    shape = load_model_shape(write_config(tmp_path, sliding_window=256, layer_types=types))
+    block = 16 * shape.layer_bytes_per_token(2)  # one full layer's block
+    assert tokens_for_budget(shape, 10 * block, 2, 16) == 160
+    everything_slides = load_model_shape(
+        write_config(tmp_path, sliding_window=256, layer_types=["sliding_attention"] * 4)
+    )
+    assert everything_slides.full_layers == 0
+    assert tokens_for_budget(everything_slides, 10 * block, 2, 16) == 160  # at least one layer's worth per block
+
+
+def test_engine_args_become_vllm_flags() -> None:
+    args = {"enable_prefix_caching": True, "enforce_eager": False, "gpu_memory_utilization": 0.8,
+            "max_num_seqs": 4, "kv_cache_dtype": "fp8"}  # fmt: skip
+    assert engine_args_to_flags(args) == [
+        "--enable-prefix-caching",
+        "--no-enforce-eager",
+        "--gpu-memory-utilization",
+        "0.80",
+        "--max-num-seqs",
+        "4",
+        "--kv-cache-dtype",
+        "fp8",
+    ]
+
+
+def test_refusals_name_what_to_change() -> None:
+    qwen = load_model_shape(QWEN3_4B)
+    with pytest.raises(PlanError, match=r"^concurrency must be at least 1, not 0$") as caught:
+        plan(qwen, PROFILES["gb10"], Target(8192, 0))
+    assert caught.value.target == "concurrency"
+    with pytest.raises(PlanError) as caught:
+        plan(qwen, PROFILES["gb10"], Target(65536, 1))
+    assert caught.value.target == "max_model_len"
+    small = HostProfile("small", gpu_memory_gib=12, unified=False, max_gpu_memory_utilization=0.9, overhead_gib=1)
+    with pytest.raises(PlanError) as caught:
+        plan(qwen, small, Target(40960, 1))
+    fits = (int(12 * 0.9 * GIB) - qwen.weights_bytes - GIB) // (16 * qwen.kv_bytes_per_token(1)) * 16
+    assert caught.value.target == "max_model_len"
+    message = str(caught.value)
+    assert f"one sequence of 40960 tokens needs {sequence_bytes(qwen, 40960, 1, 16) / GIB:.1f} GiB of KV" in message
+    assert f"max_model_len up to {fits} fits with fp8 ({fits // 2 // 16 * 16} with auto)" in message
+    assert "left on small after the weights" in message
+
+
+def test_services_beside_vllm_come_out_of_its_share_on_unified_memory_only() -> None:
+    qwen, gb10 = load_model_shape(QWEN3_4B), PROFILES["gb10"]
+    alone = plan(qwen, gb10, Target(8192, 8))
+    assert alone.gpu_memory_utilization == 0.85 and not any("reserved" in n for n in alone.notes)
+    beside = plan(qwen, gb10, Target(8192, 8), reserved_gib=0.6)
+    assert beside.gpu_memory_utilization == 0.84  # floor((0.85 - 0.6/119.7) * 100) / 100
+    assert any(n.startswith("0.6 GiB reserved for the services beside vLLM") for n in beside.notes)
+    h100 = plan(qwen, PROFILES["h100"], Target(8192, 8), reserved_gib=20)
+    assert h100.gpu_memory_utilization == 0.90  # a discrete GPU's memory is vLLM's alone
+    with pytest.raises(PlanError) as caught:
+        plan(qwen, gb10, Target(8192, 8), reserved_gib=102)
+    assert caught.value.target == "reserved" and "reserve 102.0 GiB of gb10's 119.7 GiB" in str(caught.value)
+
+
+def test_a_model_split_over_gpus_holds_its_share_on_each(tmp_path: Path) -> None:
+    types = ["sliding_attention"] * 3 + ["full_attention"]
+    config = write_config(tmp_path, sliding_window=256, layer_types=types, num_key_value_heads=4)
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": 1001}}))
+    shape = load_model_shape(config)
+    assert shape.per_gpu(1, "tensor") is shape
+    tensor = shape.per_gpu(2, "tensor")
+    assert (tensor.num_kv_heads, tensor.num_layers, tensor.sliding_layers, tensor.weights_bytes) == (2, 4, 3, 501)
+    pipeline = shape.per_gpu(2, "pipeline")
+    assert (pipeline.num_kv_heads, pipeline.num_layers, pipeline.sliding_layers, pipeline.weights_bytes) == (
+        4,
+        2,
+        2,
+        501,
+    )
+    with pytest.raises(ValueError, match="unknown parallelism 'data'"):
+        shape.per_gpu(2, "data")
