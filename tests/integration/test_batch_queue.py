@@ -569,3 +569,109 @@ def test_forget_drops_a_job_with_nothing_left_to_do_and_only_that_one(run) -> No
         assert await store.redis.exists(keys.job(b2), keys.chunks(b2)) == 2
 
     run(test)
+
+
+def test_files_are_listed_by_owner_and_purpose_in_pages_and_deleted_by_their_owner(run) -> None:
+    async def test(store: JobStore) -> None:
+        for i, (owner, purpose) in enumerate([("alice", "batch"), ("bob", "batch"), ("alice", "batch_output"),
+                                              ("alice", "batch"), ("alice", "batch")]):  # fmt: skip
+            await store.record_file(f"f{i}", owner=owner, size=i, filename=f"{i}.jsonl", purpose=purpose,
+                                    retention_seconds=3600)  # fmt: skip
+            await asyncio.sleep(0.002)  # distinct creation milliseconds: the listing's order
+        record = await store.get_file("f1")
+        assert (record.owner, record.bytes, record.filename, record.purpose) == ("bob", 1, "1.jsonl", "batch")
+        assert record.expires_at - record.created_at == 3600
+        assert 0 < await store.redis.ttl(keys.file("f1")) <= 3600
+
+        async def ids(**query) -> tuple[list[str], bool]:
+            files, more = await store.list_files(**{"owner": "alice", "purpose": None, "after": None, **query})
+            return [f.id for f in files], more
+
+        assert await ids(limit=10, newest_first=False) == (["f0", "f2", "f3", "f4"], False)
+        assert await ids(limit=2, newest_first=True) == (["f4", "f3"], True)
+        assert await ids(limit=2, newest_first=True, after="f3") == (["f2", "f0"], False)
+        assert await ids(limit=2, newest_first=False, purpose="batch") == (["f0", "f3"], True)
+        assert await ids(limit=10, newest_first=False, after="gone") == ([], False)
+        assert await ids(limit=10, newest_first=False, owner=None) == (["f0", "f1", "f2", "f3", "f4"], False)
+
+        assert await store.delete_file("f0", "alice") is True
+        assert await store.get_file("f0") is None and await store.delete_file("f0", "alice") is False
+        assert await store.redis.zscore(keys.FILES, "f0") is None
+        assert await store.redis.zscore(keys.owner_files("alice"), "f0") is None
+        await store.redis.delete(keys.file("f3"))  # a record past its expiry: its id is pruned on read
+        assert await ids(limit=10, newest_first=False) == (["f2", "f4"], False)
+        assert await store.redis.zscore(keys.owner_files("alice"), "f3") is None
+
+    run(test)
+
+
+def test_batches_are_listed_newest_first_per_owner_with_their_plan_and_progress(run) -> None:
+    async def test(store: JobStore) -> None:
+        for i in range(4):
+            await add_job(store, f"b{i}")
+            await asyncio.sleep(0.002)
+        other = Batch(id="x", endpoint="/v1/chat/completions", input_file_id="f", status="validating",
+                      created_at=int(time.time()))  # fmt: skip
+        await store.create(other, JobPlan(batch_id="x", model="m", priority=Priority.NORMAL, chunks=1, chunk_size=1,
+                                          valid_requests=1, invalid_lines=0, key_id="other"),
+                           retention_seconds=RETENTION_S)  # fmt: skip
+
+        async def ids(**query) -> tuple[list[str], bool]:
+            batches, more = await store.list_batches(**{"after": None, "owner": "k", **query})
+            return [b.id for b in batches], more
+
+        assert await ids(limit=2) == (["b3", "b2"], True)
+        assert await ids(limit=2, after="b2") == (["b1", "b0"], False)
+        assert await ids(limit=10, after="unknown") == ([], False)
+        assert (await ids(limit=10, owner=None))[0] == ["x", "b3", "b2", "b1", "b0"]
+        assert (await store.owner("b1"), await store.owner("x"), await store.owner("unknown")) == ("k", "other", None)
+        assert (await store.plan("b1")).key_id == "k"
+        with pytest.raises(KeyError, match="batch unknown has no plan"):
+            await store.plan("unknown")
+
+        lease = await store.claim(30)
+        assert await store.progress_at(lease.batch_id) is None
+        before = time.time()
+        await store.commit_chunk(lease, ChunkCheckpoint(index=0, output_key="o", error_key="e", completed=3, failed=2))
+        assert before - 1 <= await store.progress_at(lease.batch_id) <= time.time() + 1
+        running = await store.get(lease.batch_id)
+        assert (running.request_counts.completed, running.request_counts.failed) == (3, 2)  # from the totals
+        await store.redis.delete(keys.batch("b1"))  # a record past its retention
+        assert await ids(limit=10) == (["b3", "b2", "b0"], False)
+        assert await store.redis.zscore(keys.owner_batches("k"), "b1") is None  # pruned on read
+
+    run(test)
+
+
+def test_an_update_under_a_stale_fence_writes_nothing(run) -> None:
+    async def test(store: JobStore) -> None:
+        await add_job(store, "b1")
+        lease = await store.claim(30)
+        ttl_before = await store.redis.ttl(keys.batch("b1"))
+        started = await store.update(
+            "b1", lambda b: b.model_copy(update={"status": BatchStatus.IN_PROGRESS}), fence=lease.fence
+        )
+        assert started.status == BatchStatus.IN_PROGRESS == (await store.get("b1")).status
+        assert ttl_before - 2 <= await store.redis.ttl(keys.batch("b1")) <= ttl_before  # its expiry kept
+        with pytest.raises(StaleLeaseError):
+            await store.update("b1", lambda b: b.model_copy(update={"status": BatchStatus.FAILED}),
+                               fence=lease.fence + 1)  # fmt: skip
+        assert (await store.get("b1")).status == BatchStatus.IN_PROGRESS
+        with pytest.raises(KeyError, match="batch nope not found"):
+            await store.update("nope", lambda b: b)
+
+    run(test)
+
+
+def test_fleet_figures_throughput_and_live_workers(run) -> None:
+    async def test(store: JobStore) -> None:
+        assert await store.throughput() is None
+        await store.record_throughput(123.4567)
+        assert await store.throughput() == 123.457
+        assert 0 < await store.redis.ttl(keys.THROUGHPUT) <= 3600
+        await store.heartbeat("w1")
+        await store.redis.hset(keys.WORKERS, "w2", int(time.time() * 1000) - 120_000)  # silent two minutes
+        assert await store.live_workers(60) == ["w1"]
+        assert sorted(await store.live_workers(600)) == ["w1", "w2"]
+
+    run(test)
