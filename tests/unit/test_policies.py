@@ -72,7 +72,12 @@ def violations(policy: str, resource_type: str, props: dict, **config: Any) -> l
         None,
         {**default_config()[policy], **config},
     )
-    BY_NAME[policy].validate(args, lambda message, urn=None: found.append(message))
+
+    def report(message: str, urn: str | None = None) -> None:
+        assert isinstance(message, str) and message, f"{policy} reported {message!r}: a violation must say what"
+        found.append(message)
+
+    BY_NAME[policy].validate(args, report)
     return found
 
 
@@ -86,6 +91,7 @@ def stack_violations(policy: str, resources: list[tuple[str, dict]], **config: A
     args = StackValidationArgs(items, {**default_config()[policy], **config})
 
     def report(message: str, urn: str | None = None) -> None:
+        assert isinstance(message, str) and message, f"{policy} reported {message!r}: a violation must say what"
         found.append(f"{urn.split('::')[-1] if urn else 'stack'}: {message}")
 
     BY_NAME[policy].validate(args, report)
@@ -492,3 +498,72 @@ def test_default_config_is_a_fresh_copy() -> None:
     again = default_config()
     assert again["result-lifecycle"]["maxDays"] == 7
     assert again["data-services-private"] == {"allowPublicDataServices": False}
+
+
+# --- every rule's words: which service, what is wrong, what to do
+
+
+REDIS_URL = "redis://:hunter2@10.0.0.1:6379/0"
+MESSAGES = [
+    ("images-pinned", COPY, compose({"x": good_service(image="redis:latest")}),
+     "x: image 'redis:latest' is not pinned (use a version tag or a digest, never latest)"),
+    ("images-pinned", "docker-build:index:Image", {"tags": []},
+     "image build has no tag: push a versioned tag, never an untagged or latest image"),
+    ("images-pinned", DEPLOYMENT, deployment({"name": "c", "image": "nginx"}),
+     "r/c: image 'nginx' is not pinned (use a version tag or a digest, never latest)"),
+    ("no-plaintext-secrets", COPY, compose({"db": good_service(environment={"POSTGRES_PASSWORD": "hunter2"})}),
+     "db: environment POSTGRES_PASSWORD holds a literal secret; take it from the secrets file or a Secret"),
+    ("no-plaintext-secrets", COPY, compose({"redis": good_service(command=["redis-server", "--requirepass", "x"])}),
+     "redis: --requirepass is given a literal password"),
+    ("no-plaintext-secrets", COPY, compose({"api": good_service(environment={"BATCH_REDIS_URL": REDIS_URL})}),
+     "api: environment BATCH_REDIS_URL holds a literal secret; take it from the secrets file or a Secret"),
+    ("no-plaintext-secrets", "kubernetes:core/v1:ConfigMap", {"data": {"API_KEY": "x"}},
+     "ConfigMap key API_KEY looks like a secret; use a Secret"),
+    ("no-plaintext-secrets", "docker-build:index:Image", {"buildArgs": {"HF_TOKEN": "x"}},
+     "build arg HF_TOKEN looks like a secret; build args stay in the image history (use secrets)"),
+    ("data-services-private", COPY, compose({"redis": good_service(ports=["6379:6379"])}),
+     "redis: port 6379 is published on every interface; bind it to the cluster address"),
+    ("ssh-host-key-pinned", "command:remote:Command", {"connection": {"host": "stella.lan"}, "create": "true"},
+     "SSH connection to stella.lan does not pin a host key (hostKey)"),
+    ("memory-limits", COPY, compose({"redis": good_service(deploy={})}), "redis: no memory limit"),
+    ("memory-limits", DEPLOYMENT, deployment({"name": "c", "image": "x:1"}), "r/c: no memory limit"),
+    ("vllm-memory-utilization", COPY, compose({"vllm": vllm_service("--gpu-memory-utilization", "0.90")}),
+     "vllm: --gpu-memory-utilization 0.90 is above 0.85 (GB10 unified memory)"),
+    ("vllm-memory-utilization", COPY, compose({"vllm": vllm_service()}),
+     "vllm: --gpu-memory-utilization not set; vLLM's default (0.92) runs out of memory on GB10"),
+    ("redis-persistence", COPY, compose({"redis": good_service(command=["redis-server", "--appendonly", "no"])}),
+     "redis: Redis runs without AOF persistence (--appendonly yes); queued jobs would be lost"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("policy", "resource_type", "props", "message"), MESSAGES, ids=lambda v: str(v)[:40])
+def test_each_violation_names_the_service_what_is_wrong_and_what_to_do(
+    policy: str, resource_type: str, props: dict, message: str
+) -> None:
+    assert violations(policy, resource_type, props) == [message]
+
+
+def test_rules_judge_every_service_and_variable_not_just_the_first() -> None:
+    """A service or variable a rule skips must not end its look at the others."""
+    env = {"EMPTY_PASSWORD": "", "FROM_FILE_PASSWORD": "${P:?x}", "POSTGRES_PASSWORD": "hunter2"}
+    assert violations("no-plaintext-secrets", COPY, compose({"db": good_service(environment=env)})) == [
+        "db: environment POSTGRES_PASSWORD holds a literal secret; take it from the secrets file or a Secret"
+    ]
+    web = good_service(image="reg/web:1.0", ports=["8080:8080"])  # not a data service: skipped
+    redis = good_service(ports=["6379:6379"])
+    assert violations("data-services-private", COPY, compose({"web": web, "redis": redis})) == [
+        "redis: port 6379 is published on every interface; bind it to the cluster address"
+    ]
+    worker = good_service(image="reg/vllm-gb10-runtime:0.1.0", command=["python", "-m", "runtime.batch.worker"])
+    head = good_service(image="reg/vllm-gb10:0.1.0", command=["ray", "start", "--head"], environment={})
+    assert violations("ray-token-auth", COPY, compose({"worker": worker, "ray-head": head})) == [
+        "ray-head: a Ray node without RAY_AUTH_MODE=token runs code for anyone on the network",
+        "ray-head: RAY_AUTH_TOKEN must come from the secrets file (${RAY_AUTH_TOKEN:?…})",
+    ]
+    literal = good_service(image="reg/vllm-gb10:0.1.0", command=["ray", "start", "--head"],
+                           environment={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "hunter2"})  # fmt: skip
+    assert violations("ray-token-auth", COPY, compose({"ray-head": literal})) == [
+        "ray-head: RAY_AUTH_TOKEN must come from the secrets file (${RAY_AUTH_TOKEN:?…})"
+    ]
+    public = violations("data-services-private", COPY, compose({"redis": redis}), allowPublicDataServices=True)
+    assert public == [], "the stack file's exemption"
