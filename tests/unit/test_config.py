@@ -107,6 +107,13 @@ def test_pulumi_yaml_declares_every_key_with_the_code_default() -> None:
             "two or more 'gpu' hosts",
         ),
         ({"registryUsername": "ci"}, "registryPassword", "required when registryUsername is set"),
+        ({"hosts": []}, "hosts", "the compose platform needs at least one host"),
+        ({"platform": "kubernetes"}, "hosts", "the kubernetes platform places services itself; remove hosts"),
+        (
+            {"platform": "kubernetes", "hosts": [], "parallelism": "tensor"},
+            "parallelism",
+            "the kubernetes platform runs one vLLM replica on the GB10 node; use 'replica'",
+        ),
     ],
 )
 def test_bad_values_name_the_stack_file_and_the_key(values: dict, key: str, words: str) -> None:
@@ -137,6 +144,7 @@ def test_readme_documents_every_key() -> None:
     [
         (["--enforce-eager", "--api-key", "abc"], "[1] --api-key takes a secret"),
         (["--api-key=abc"], "[0] --api-key takes a secret"),
+        (["--api-key=abc=def"], "[0] --api-key takes a secret"),  # the value may hold '=' too
         (["--hf-token", "x"], "pulumi config set --secret hfToken"),
         (["--served-model-name", "hf_" + "a1B2" * 8], "looks like a Hugging Face token"),
         (["--something=sk-" + "x" * 30], "looks like an API key"),
