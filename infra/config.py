@@ -287,7 +287,7 @@ class RaySettings(_Frozen):
     metrics_port: int = _key("rayMetricsPort", 8090, "Prometheus metrics port of each Ray node.", ge=1, le=65535)
 
 
-class BatchSettings(_Frozen):
+class BatchServiceSettings(_Frozen):
     api_port: int = _key("batchApiPort", 8100, "Batch API port.", ge=1, le=65535)
     engine: Literal["http", "offline"] = _key(
         "batchEngine", "http", "http: vLLM pool via the load balancer; offline: in-process vLLM."
@@ -403,7 +403,7 @@ GROUPS: dict[str, type[_Frozen]] = {
     "data": DataSettings,
     "lb": LoadBalancerSettings,
     "ray": RaySettings,
-    "batch": BatchSettings,
+    "batch": BatchServiceSettings,
     "monitoring": MonitoringSettings,
     "k8s": KubernetesSettings,
     "ops": HostOpsSettings,
@@ -430,7 +430,7 @@ class StackConfig(_Frozen):
     data: DataSettings
     lb: LoadBalancerSettings
     ray: RaySettings
-    batch: BatchSettings
+    batch: BatchServiceSettings
     monitoring: MonitoringSettings
     k8s: KubernetesSettings
     ops: HostOpsSettings

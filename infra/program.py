@@ -20,7 +20,7 @@ from infra.components.host import Gb10Host
 from infra.components.image import PYTHON_IMAGE, ContainerImage, ContainerImageArgs
 from infra.components.load_balancer import LoadBalancer
 from infra.components.monitoring import Monitoring
-from infra.components.object_store import ObjectStore
+from infra.components.object_store import ObjectStoreServer
 from infra.components.post_deploy_check import PostDeployCheck
 from infra.components.postgres import Postgres
 from infra.components.ray_cluster import RayCluster
@@ -136,7 +136,7 @@ def _images(cfg: StackConfig, secrets: StackSecrets) -> tuple[ContainerImage, Co
 
 
 @dataclass(frozen=True)
-class Placement:
+class RolePlacement:
     """Which host (compose) or placement name (kubernetes) runs each role."""
 
     data: str
@@ -147,7 +147,7 @@ class Placement:
     nodes: list[str]  # every host (compose) or the GB10 node (kubernetes): node exporters
 
 
-def _compose(cfg: StackConfig, secrets: StackSecrets) -> tuple[ComposePlatform, Any, Any, Placement]:
+def _compose(cfg: StackConfig, secrets: StackSecrets) -> tuple[ComposePlatform, Any, Any, RolePlacement]:
     """GB10 hosts over SSH; the images are built here and pushed to the registry."""
     vllm_image, runtime_image = _images(cfg, secrets)  # first: it checks vllmDockerfile
     hosts = {
@@ -163,7 +163,7 @@ def _compose(cfg: StackConfig, secrets: StackSecrets) -> tuple[ComposePlatform, 
         )
         for h in cfg.hosts
     }
-    placement = Placement(
+    placement = RolePlacement(
         data=cfg.host_with(Role.DATA).name,
         lb=cfg.host_with(Role.LB).name,
         batch=cfg.host_with(Role.BATCH).name,
@@ -179,7 +179,7 @@ def _compose(cfg: StackConfig, secrets: StackSecrets) -> tuple[ComposePlatform, 
 K8S_GPU_PLACEMENT = "gb10"  # names the GB10 node's pods (vllm-gb10, ray-worker-gb10) whatever its label
 
 
-def _kubernetes(cfg: StackConfig, secrets: StackSecrets) -> tuple[KubernetesPlatform, str, str, Placement]:
+def _kubernetes(cfg: StackConfig, secrets: StackSecrets) -> tuple[KubernetesPlatform, str, str, RolePlacement]:
     """Objects in the cluster's namespace; the images are pulled from the registry (built by stella)."""
     pull_secret = None
     if cfg.image.registry_username and secrets.registry_password is not None:
@@ -188,7 +188,7 @@ def _kubernetes(cfg: StackConfig, secrets: StackSecrets) -> tuple[KubernetesPlat
         )
     platform = KubernetesPlatform(cfg.k8s, image_pull_secret=pull_secret)
     registry, tag = cfg.image.registry, cfg.image.image_tag
-    placement = Placement(
+    placement = RolePlacement(
         data="cluster",
         lb="cluster",
         batch="cluster",
@@ -244,7 +244,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "memory_limit": LIMITS["redis"],
         },
     )
-    store = ObjectStore(
+    store = ObjectStoreServer(
         "minio",
         {
             "platform": platform,

@@ -1,6 +1,6 @@
 """The batch service: OpenAI Batch API (FastAPI) and its worker, wired to Redis, S3 and vLLM.
 
-Variable names follow runtime.batch.settings.BatchSettings (prefix BATCH_).
+Variable names follow runtime.batch.settings.BatchServiceSettings (prefix BATCH_).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pulumi
 
 from infra.components.secrets import generated_password
 from infra.components.tls import CA_ENV, ServerTls
-from infra.config import BatchSettings
+from infra.config import BatchServiceSettings
 from infra.platforms import ServicePlatform
 from infra.services import Exposure, Port, Secret, ServiceSpec, http_health_check, secret_output
 
@@ -25,7 +25,7 @@ class BatchServiceArgs(TypedDict):
     host: str
     api_image: pulumi.Input[str]
     worker_image: pulumi.Input[str]  # runtime image (http engine) or GB10 vLLM image (offline)
-    settings: BatchSettings
+    settings: BatchServiceSettings
     model: str
     vllm_base_url: str  # the load balancer's internal URL (http engine)
     vllm_api_key: pulumi.Output[str]  # the worker's key for the load balancer (http engine)

@@ -26,7 +26,7 @@ S3_SERVER_IMAGE = "rustfs/rustfs:1.0.0@sha256:8cc9801755448b71a786705ce76692c77e
 ACCESS_KEY = "vllm-gb10"
 
 
-class ObjectStoreArgs(TypedDict):
+class ObjectStoreServerArgs(TypedDict):
     platform: ServicePlatform
     host: str
     port: int
@@ -41,7 +41,7 @@ class ObjectStoreArgs(TypedDict):
     setup_host: NotRequired[str]
 
 
-class ObjectStore(pulumi.ComponentResource):
+class ObjectStoreServer(pulumi.ComponentResource):
     """Outputs `setup_service`: the one-shot bucket set-up, which the batch service waits for."""
 
     endpoint: str
@@ -50,7 +50,7 @@ class ObjectStore(pulumi.ComponentResource):
     secret_key: pulumi.Output[str]
     setup_service: str
 
-    def __init__(self, name: str, args: ObjectStoreArgs, opts: pulumi.ResourceOptions | None = None):
+    def __init__(self, name: str, args: ObjectStoreServerArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("vllm-gb10:data:ObjectStore", name, None, opts)
         platform, host, port = args["platform"], args["host"], args["port"]
         exposure = Exposure.PUBLIC if args["public"] else Exposure.INTERNAL

@@ -71,7 +71,7 @@ class KubernetesPlatform:
                 string_data={".dockerconfigjson": pulumi.Output.secret(image_pull_secret)},
                 opts=self._opts(None),
             )
-        self.placement = render.Placement(
+        self.placement = render.ClusterPlacement(
             namespace=settings.namespace,
             gpu_label_key=settings.gpu_node_label_key,
             gpu_label_value=settings.gpu_node_label_value,
@@ -328,7 +328,7 @@ class KubernetesPlatform:
         )
 
 
-def _ray_container(spec: ServiceSpec, placement: render.Placement, *, ports: dict[str, int]) -> dict[str, Any]:
+def _ray_container(spec: ServiceSpec, placement: render.ClusterPlacement, *, ports: dict[str, int]) -> dict[str, Any]:
     body = render.container(spec)
     body.pop("args", None)  # KubeRay builds the `ray start` command line from rayStartParams
     body.pop("command", None)
@@ -348,7 +348,7 @@ def _ray_container(spec: ServiceSpec, placement: render.Placement, *, ports: dic
     return body
 
 
-def _ray_pod(spec: ServiceSpec, placement: render.Placement, container: dict[str, Any]) -> dict[str, Any]:
+def _ray_pod(spec: ServiceSpec, placement: render.ClusterPlacement, container: dict[str, Any]) -> dict[str, Any]:
     pod = render.pod_spec(spec, placement, claims=True)
     pod["containers"] = [container]
     return pod

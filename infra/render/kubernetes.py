@@ -24,7 +24,7 @@ MIN_STARTUP_BUDGET_S = 300
 
 
 @dataclass(frozen=True)
-class Placement:
+class ClusterPlacement:
     """Where GPU pods go: the GB10 node's label, and the pull secret for the registry, if any."""
 
     namespace: str
@@ -46,7 +46,7 @@ def labels(name: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": PART_OF}
 
 
-def metadata(name: str, placement: Placement) -> dict[str, Any]:
+def metadata(name: str, placement: ClusterPlacement) -> dict[str, Any]:
     return {"name": name, "namespace": placement.namespace, "labels": labels(name)}
 
 
@@ -62,7 +62,7 @@ def claim_name(spec: ServiceSpec, volume: Volume) -> str:
     return f"{spec.name}-{volume.name}"
 
 
-def gpu_affinity(placement: Placement) -> dict[str, Any]:
+def gpu_affinity(placement: ClusterPlacement) -> dict[str, Any]:
     term = {"key": placement.gpu_label_key, "operator": "In", "values": [placement.gpu_label_value]}
     return {
         "nodeAffinity": {
@@ -169,7 +169,7 @@ def _file_mount(file: ConfigFile) -> dict[str, Any]:
     return {"name": "files", "mountPath": file.mount_path, "subPath": file.filename, "readOnly": True}
 
 
-def pod_spec(spec: ServiceSpec, placement: Placement, *, claims: bool) -> dict[str, Any]:
+def pod_spec(spec: ServiceSpec, placement: ClusterPlacement, *, claims: bool) -> dict[str, Any]:
     """The pod's spec; `claims`: volumes come from PVC objects (Deployment), not claim templates."""
     volumes: list[dict[str, Any]] = []
     if claims:
@@ -205,7 +205,7 @@ def pod_spec(spec: ServiceSpec, placement: Placement, *, claims: bool) -> dict[s
     return body
 
 
-def claim_spec(volume: Volume, placement: Placement) -> dict[str, Any]:
+def claim_spec(volume: Volume, placement: ClusterPlacement) -> dict[str, Any]:
     body: dict[str, Any] = {
         "accessModes": ["ReadWriteOnce"],
         "resources": {"requests": {"storage": f"{volume.size_gi}Gi"}},
@@ -228,7 +228,7 @@ def template_metadata(spec: ServiceSpec) -> dict[str, Any]:
     return meta
 
 
-def workload(spec: ServiceSpec, placement: Placement) -> tuple[str, dict[str, Any]]:
+def workload(spec: ServiceSpec, placement: ClusterPlacement) -> tuple[str, dict[str, Any]]:
     """(kind, spec) of the workload that runs `spec`: Job, StatefulSet or Deployment."""
     selector = {"matchLabels": labels(spec.name)}
     if spec.one_shot:
