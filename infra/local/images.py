@@ -131,11 +131,6 @@ def _inspect(docker_env: Mapping[str, str], ref: str) -> dict[str, object] | Non
     return data
 
 
-def image_exists(docker_env: Mapping[str, str], ref: str) -> bool:
-    """Whether the daemon has `ref` locally (nothing can be pulled here, so that is all there is)."""
-    return _inspect(docker_env, ref) is not None
-
-
 def _label(docker_env: Mapping[str, str], ref: str, key: str) -> str | None:
     data = _inspect(docker_env, ref)
     config = data.get("Config") if data else None

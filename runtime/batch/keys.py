@@ -70,10 +70,6 @@ def rate_limit(key_id: str, minute: int) -> str:
     return f"{PREFIX}ratelimit:{key_id}:{minute}"
 
 
-def per_batch(batch_id: str) -> list[str]:
-    return [batch(batch_id), plan(batch_id), job(batch_id), chunks(batch_id)]
-
-
 def stats(batch_id: str) -> str:
     """JSON {avg_response_time, prompt_tokens, completion_tokens} written when a job finishes."""
     return f"{PREFIX}batch:{batch_id}:stats"
