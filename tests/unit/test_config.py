@@ -96,6 +96,7 @@ def test_pulumi_yaml_declares_every_key_with_the_code_default() -> None:
         ({"hosts": [*TWO_HOSTS, host("stella", ["gpu"])]}, "hosts[2].name", "duplicate host name 'stella'"),
         ({"hosts": [TWO_HOSTS[0], host("nova", ["gpu", "data"])]}, "hosts", "exactly one host must have role 'data'"),
         ({"hosts": [host("box", ["ray-head", "data", "lb", "batch"])]}, "hosts", "role 'gpu'"),
+        ({"hosts": [host("box", ["gpu", "ray-head", "data", "batch"])]}, "hosts", "role 'lb' (found 0)"),
         (
             {"hosts": [host("box", ["gpu", "ray-head", "data", "lb", "batch"], privateKeySecret="keyA")]},
             "hosts[0].privateKeySecret",

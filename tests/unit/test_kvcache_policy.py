@@ -88,6 +88,14 @@ def test_weights_come_from_the_safetensors_index_else_are_estimated(tmp_path: Pa
         ({"num_attention_heads": 0}, "'num_attention_heads' must be a positive integer"),
         ({"torch_dtype": "int4"}, "unknown dtype 'int4'"),
         ({"max_position_embeddings": "lots"}, "'max_position_embeddings' must be a positive integer"),
+        ({"num_hidden_layers": -1}, "'num_hidden_layers' must be a positive integer"),
+        ({"num_key_value_heads": "8"}, "'num_key_value_heads' must be a positive integer"),
+        ({"head_dim": 1.5}, "'head_dim' must be a positive integer"),
+        ({"hidden_size": True}, "'hidden_size' must be a positive integer"),
+        ({"hidden_size": None}, "missing 'hidden_size'"),
+        ({"max_position_embeddings": None}, "missing 'max_position_embeddings'"),
+        ({"num_attention_heads": None}, "missing 'num_attention_heads'"),
+        ({"torch_dtype": None, "dtype": "int4"}, "unknown dtype 'int4' (known: "),
     ],
 )
 def test_bad_model_configs_name_the_file_and_key(tmp_path: Path, fields: dict, words: str) -> None:
@@ -296,3 +304,28 @@ def test_a_model_split_over_gpus_holds_its_share_on_each(tmp_path: Path) -> None
     )
     with pytest.raises(ValueError, match="unknown parallelism 'data'"):
         shape.per_gpu(2, "data")
+
+
+def test_shapes_read_where_each_model_family_keeps_them(tmp_path: Path) -> None:
+    """Multimodal configs nest the text model (Gemma 3); newer transformers write `dtype`; Qwen2 slides the
+    layers from max_window_layers on; a single model.safetensors gives the exact weights."""
+    nested = tmp_path / "config.json"
+    text = {"num_hidden_layers": 6, "num_attention_heads": 4, "hidden_size": 256, "max_position_embeddings": 2048}
+    nested.write_text(json.dumps({"architectures": ["Gemma3ForConditionalGeneration"], "text_config": text}))
+    shape = load_model_shape(nested)
+    assert (shape.num_layers, shape.head_dim, shape.dtype_bytes) == (6, 64, 2)  # bf16 when no dtype is given
+    assert load_model_shape(write_config(tmp_path, torch_dtype=None, dtype="float32")).dtype_bytes == 4
+    qwen2 = load_model_shape(write_config(tmp_path, sliding_window=512, use_sliding_window=True, max_window_layers=3))
+    assert (qwen2.sliding_layers, qwen2.sliding_window) == (1, 512)
+    mistral = load_model_shape(write_config(tmp_path, sliding_window=512))
+    assert mistral.sliding_layers == 4
+    none_slide = load_model_shape(write_config(tmp_path, sliding_window=512, max_window_layers=9))
+    assert (none_slide.sliding_layers, none_slide.sliding_window) == (0, None)
+    mla = load_model_shape(write_config(tmp_path, kv_lora_rank=512))
+    assert mla.kv_bytes_per_token() == 4 * 512 * 2  # no rope part given: none
+    (tmp_path / "model.safetensors").write_bytes(b"x" * 4321)
+    single = load_model_shape(write_config(tmp_path))
+    assert (single.weights_bytes, single.weights_estimated) == (4321, False)
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}}))
+    with pytest.raises(ModelConfigError, match=r"model.safetensors.index.json: no metadata.total_size"):
+        load_model_shape(write_config(tmp_path))

@@ -12,7 +12,7 @@ import yaml
 
 from infra.config import ConfigError
 from infra.memory import LIMITS, gib
-from infra.plan import build_plan
+from infra.plan import PROJECT_DIR, build_plan
 from runtime.kvcache import PROFILES, Target, plan
 from runtime.kvcache.model import ModelShape
 from runtime.kvcache.policy import PlanError
@@ -73,7 +73,7 @@ def test_the_kv_policy_subtracts_what_the_neighbours_reserve() -> None:
 def test_an_offline_engine_beside_a_vllm_server_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"batchEngine: offline runs a second vLLM engine on host stella"):
         build_plan("stella", overrides={"batchEngine": "offline"})
-    hosts = yaml.safe_load(open("Pulumi.stella.yaml"))["config"]["vllm-gb10:hosts"]
+    hosts = yaml.safe_load((PROJECT_DIR / "Pulumi.stella.yaml").read_text())["config"]["vllm-gb10:hosts"]
     hosts[0]["roles"] = ["gpu", "ray-head", "data", "lb"]
     hosts.append(
         {**hosts[1], "name": "batchbox", "address": "10.10.10.3", "clusterAddress": "10.10.10.3", "roles": ["batch"]}

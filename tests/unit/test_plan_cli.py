@@ -103,12 +103,19 @@ def test_unreadable_diff_file_is_an_error(tmp_path: Path) -> None:
     assert result.returncode == 2 and f"--diff {bad}" in result.stderr
 
 
-def test_make_preview_plans_every_stack() -> None:
+def test_make_preview_plans_every_stack(tmp_path: Path) -> None:
+    """`make preview` plans each Pulumi.<stack>.yaml. Its recipe is read with `make -n`, which runs nothing
+    (a real `make preview` may reinstall the venv first), and each plan it names is run here."""
     if shutil.which("make") is None:
         pytest.fail("make is required")
-    result = subprocess.run(["make", "-s", "preview"], cwd=ROOT, capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stderr
-    assert "stack stella:" in result.stdout
+    dry = subprocess.run(["make", "-s", "-n", "preview"], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert dry.returncode == 0, dry.stderr
+    stacks = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in ROOT.glob("Pulumi.*.yaml"))
+    assert f"for s in {' '.join(stacks)}; do" in dry.stdout and "-m infra.plan --stack $s" in dry.stdout
+    for stack in stacks:
+        result = plan_cli("--stack", stack, "--out", str(tmp_path))
+        assert result.returncode == 0, result.stderr
+        assert f"stack {stack}:" in result.stdout
 
 
 def test_plan_evaluates_the_policy_pack_and_stella_has_no_mandatory_violation(stella_out) -> None:

@@ -33,7 +33,7 @@ DATA_SERVICES = ("redis", "postgres", "minio")
 
 def _offline_apart() -> dict[str, str]:
     """The offline batch engine needs a host without a vLLM server: a third box with the batch role."""
-    hosts = yaml.safe_load(Path("Pulumi.stella.yaml").read_text())["config"]["vllm-gb10:hosts"]
+    hosts = yaml.safe_load((PROJECT_DIR / "Pulumi.stella.yaml").read_text())["config"]["vllm-gb10:hosts"]
     hosts[0]["roles"] = [r for r in hosts[0]["roles"] if r != "batch"]
     box = {**hosts[1], "name": "batchbox", "address": "10.10.10.3", "clusterAddress": "10.10.10.3", "roles": ["batch"]}
     return {"batchEngine": "offline", "hosts": json.dumps([*hosts, box])}
@@ -427,7 +427,7 @@ def test_every_secret_value_is_marked_secret_where_pulumi_stores_it(stella: Plan
 
 
 def test_ssh_connections_pin_the_host_key(stella: Plan) -> None:
-    stack = yaml.safe_load(Path("Pulumi.stella.yaml").read_text())["config"]["vllm-gb10:hosts"]
+    stack = yaml.safe_load((PROJECT_DIR / "Pulumi.stella.yaml").read_text())["config"]["vllm-gb10:hosts"]
     keys = {h["address"]: h["hostKey"] for h in stack}
     remote = [r for r in stella.resources if r["type"].startswith("command:remote:")]
     assert len(remote) == 17
