@@ -9,7 +9,7 @@ APT_PACKAGES := redis-server postgresql haproxy prometheus docker.io openssh-ser
 STACKS := $(patsubst Pulumi.%.yaml,%,$(wildcard Pulumi.*.yaml))
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test setup system-deps install pip-check lint preview snapshot lock clean demo bench stack-up stack-down smoke
+.PHONY: test setup system-deps install pip-check lint preview snapshot lock clean demo bench stack-up stack-down smoke mutation
 
 test: setup lint ## set up everything, lint, run the whole test suite
 	$(PY) -m pytest
@@ -77,6 +77,11 @@ bench: install ## benchmarks: load balancer, batch service against vLLM run_batc
 	$(PY) -m bench.lb
 	$(PY) -m bench.batch
 	$(PY) -m bench.offload
+
+mutation: install ## mutation testing (mutmut) of the policy rules, config validation, KV policy and job store; prints the score
+	rm -rf mutants
+	$(VENV)/bin/mutmut run || true
+	$(PY) -m bench.mutation
 
 lock: install ## re-freeze requirements-dev.txt from the virtualenv (keeps the comment header)
 	{ grep '^#' requirements-dev.txt; $(PY) -m pip freeze --all --exclude-editable --exclude pip; } > requirements.lock.tmp
