@@ -1,6 +1,6 @@
 """The batch service: OpenAI Batch API (FastAPI) and its worker, wired to Redis, S3 and vLLM.
 
-Variable names follow runtime.batch.settings.BatchServiceSettings (prefix BATCH_).
+Variable names follow runtime.batch.settings.BatchSettings (prefix BATCH_).
 """
 
 from __future__ import annotations
