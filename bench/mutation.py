@@ -36,6 +36,16 @@ def score(counts: Counter[str]) -> tuple[float, float]:
     return (100 * caught / reached if reached else 0.0), (100 * caught / total if total else 0.0)
 
 
+def row(name: str, counts: Counter[str]) -> str:
+    """One line of the table: the file (or "all"), its mutants by outcome, and both scores."""
+    reached, overall = score(counts)
+    caught = sum(counts[s] for s in CAUGHT)
+    return (
+        f"{name:32} {sum(counts.values()):8} {caught:7} {counts['survived']:9} {counts['no tests']:8}"
+        f" {reached:6.1f}% {overall:6.1f}%"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mutants", type=Path, default=Path("mutants"))
@@ -51,20 +61,9 @@ def main() -> None:
         found = statuses(meta)
         counts = Counter(found.values())
         total += counts
-        reached, overall = score(counts)
-        name = str(meta.relative_to(args.mutants)).removesuffix(".meta")
-        caught = sum(counts[s] for s in CAUGHT)
-        print(
-            f"{name:32} {sum(counts.values()):8} {caught:7} {counts['survived']:9} {counts['no tests']:8}"
-            f" {reached:6.1f}% {overall:6.1f}%"
-        )
+        print(row(str(meta.relative_to(args.mutants)).removesuffix(".meta"), counts))
         survivors += sorted(m for m, s in found.items() if s == "survived")
-    reached, overall = score(total)
-    caught = sum(total[s] for s in CAUGHT)
-    print(
-        f"{'all':32} {sum(total.values()):8} {caught:7} {total['survived']:9} {total['no tests']:8}"
-        f" {reached:6.1f}% {overall:6.1f}%"
-    )
+    print(row("all", total))
     if args.survivors:
         print("\nsurvived (mutmut show <name>):", *survivors, sep="\n  ")
 
