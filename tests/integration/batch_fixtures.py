@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -14,6 +16,19 @@ from harness.requests import chat_lines
 from harness.servers import RedisServer, S3Server, free_port
 
 __all__ = ["chat_lines"]  # the tests import it from here too
+
+T = TypeVar("T")
+
+
+def run_private(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run `coroutine` to its end in a fresh event loop that is never installed as the current one:
+    asyncio.run would leave "no current event loop" behind, which breaks the Pulumi mock tests that run
+    later in the same process (no async plugin is needed either)."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coroutine)
+    finally:
+        loop.close()
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,7 @@ from harness.servers import ROOT, BatchWorker, RedisServer, S3Server, batch_env,
 from runtime.batch import backup
 from runtime.batch.settings import BatchSettings
 from runtime.batch.storage import ObjectStore
+from tests.integration.batch_fixtures import run_private
 
 pytestmark = pytest.mark.integration
 ADMIN_URL = "TEST_REDIS_ADMIN_URL"
@@ -138,11 +139,7 @@ def test_keys_past_their_expiry_when_restored_are_skipped(env: dict[str, str]) -
         finally:
             await client.aclose()
 
-    loop = asyncio.new_event_loop()
-    try:
-        assert loop.run_until_complete(scenario()) == ((1, 1), True, False)
-    finally:
-        loop.close()
+    assert run_private(scenario()) == ((1, 1), True, False)
 
 
 @pytest.mark.parametrize(
@@ -204,11 +201,7 @@ def test_after_redis_lost_its_data_no_scheduled_snapshot_replaces_the_good_ones(
         finally:
             await redis_client.aclose()
 
-    loop = asyncio.new_event_loop()
-    try:
-        assert loop.run_until_complete(scheduled()) is None
-    finally:
-        loop.close()
+    assert run_private(scheduled()) is None
     assert backup.list_snapshots(objects) == good  # the newest is still the good one
     assert cli(env, "restore", "--replace").returncode == 0  # the schedule's lock is in Redis now
     assert client.exists(backup.MARKER)  # restored: scheduled snapshots resume
@@ -246,8 +239,4 @@ def test_snapshot_reads_every_row_back(env: dict[str, str]) -> None:
         finally:
             await client.aclose()
 
-    loop = asyncio.new_event_loop()
-    try:
-        assert loop.run_until_complete(roundtrip()) == (1, (1, 0))
-    finally:
-        loop.close()
+    assert run_private(roundtrip()) == (1, (1, 0))

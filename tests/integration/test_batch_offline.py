@@ -5,7 +5,6 @@ The official `openai` client drives the OpenAI endpoints; httpx drives the seeds
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import io
@@ -25,7 +24,7 @@ import redis.asyncio as redis_async
 from harness.metrics import sample_value
 from harness.servers import BatchApi, BatchWorker, batch_env, tiny_model_args, wait_for
 from runtime.batch.jobs import JobStore
-from tests.integration.batch_fixtures import WebhookReceiver, chat_lines
+from tests.integration.batch_fixtures import WebhookReceiver, chat_lines, run_private
 
 pytestmark = pytest.mark.integration
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
@@ -367,8 +366,4 @@ def end_window_now(stack: Stack, batch_id: str) -> None:
         finally:
             await client.aclose()
 
-    loop = asyncio.new_event_loop()  # a private loop: asyncio.run would unset the one Pulumi's tests use
-    try:
-        loop.run_until_complete(change())
-    finally:
-        loop.close()
+    run_private(change())

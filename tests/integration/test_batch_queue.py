@@ -14,6 +14,7 @@ from runtime.batch import auth, keys, webhooks
 from runtime.batch.jobs import JobStore, Lease, StaleLeaseError
 from runtime.batch.models import Batch, BatchStatus, ChunkCheckpoint, JobPlan, Priority, RequestCounts
 from runtime.batch.urls import UrlPolicy
+from tests.integration.batch_fixtures import run_private
 
 pytestmark = pytest.mark.integration
 RETENTION_S = 3600
@@ -34,13 +35,7 @@ def run(redis_server):
             finally:
                 await client.aclose()
 
-        # a private loop, never installed as the current one: asyncio.run would leave "no current event
-        # loop" behind, which breaks the Pulumi mock tests that run later in the same process
-        loop = asyncio.new_event_loop()
-        try:
-            loop.run_until_complete(body())
-        finally:
-            loop.close()
+        run_private(body())
 
     return runner
 

@@ -5,7 +5,6 @@ The name exists in no DNS: a client that looked it up again could not connect at
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 import threading
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from harness.certs import lan_certificate
 from harness.servers import free_port
 from runtime.batch import sources
 from runtime.batch.urls import UrlPolicy
+from tests.integration.batch_fixtures import run_private
 
 pytestmark = pytest.mark.integration
 NAME = "files.rebind.test"
@@ -110,9 +110,5 @@ def test_a_webhook_is_delivered_to_the_checked_address(https_server, redis_serve
             await sender.close()
             await client.aclose()
 
-    loop = asyncio.new_event_loop()  # never installed as the current loop (the Pulumi tests need none)
-    try:
-        assert loop.run_until_complete(deliver()) == 1
-    finally:
-        loop.close()
+    assert run_private(deliver()) == 1
     assert seen.posts == [f"{NAME}:{port}"] and seen.server_names == [NAME] and lookups == [NAME]
