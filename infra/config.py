@@ -176,6 +176,22 @@ class ImageSettings(_Frozen):
         return value
 
 
+class OfferedModel(_Frozen):
+    """One more model the stack offers besides the default `model` (an entry of `models`)."""
+
+    model: str = _key("model", ..., "Hugging Face model id (or path) of the weights.", min_length=1)
+    served_model_name: str = _key("servedModelName", "", "Model name clients send; empty: the model id.")
+    model_config_file: str = _key(
+        "modelConfigFile",
+        "",
+        "The model's config.json (path from the project root) for KV sizing; empty: the bundled catalog.",
+    )
+
+    @property
+    def served_name(self) -> str:
+        return self.served_model_name or self.model
+
+
 class VllmSettings(_Frozen):
     model: str = _key("model", "Qwen/Qwen3-4B", "Hugging Face model id served by vLLM.", min_length=1)
     served_model_name: str = _key("servedModelName", "", "Model name clients send; empty: the model id.")
@@ -236,9 +252,24 @@ class VllmSettings(_Frozen):
         pattern=r"^(\d+[kmg])?$",
     )
 
+    models: list[OfferedModel] = _key(
+        "models",
+        [],
+        "Extra models the stack offers besides model (offered: model first, then these), each "
+        "{model, servedModelName?, modelConfigFile?}; more than one needs batchEngine offline.",
+    )
+
     @property
     def served_name(self) -> str:
         return self.served_model_name or self.model
+
+    @property
+    def offered(self) -> tuple[OfferedModel, ...]:
+        """Every model the stack offers: the default (`model`) first, then `models`."""
+        default = OfferedModel(
+            model=self.model, served_model_name=self.served_model_name, model_config_file=self.model_config_file
+        )
+        return (default, *self.models)
 
 
 class DataSettings(_Frozen):
@@ -453,6 +484,8 @@ def schema_entries() -> Iterator[tuple[str, str, Any, str, bool]]:
     yield "platform", "string", Platform.COMPOSE.value, "compose (GB10 hosts over SSH) or kubernetes.", False
     for model in GROUPS.values():
         for field in model.model_fields.values():
+            if _is_object_list(field.annotation):
+                continue  # Pulumi.yaml cannot type a list of objects (like hosts): see object_keys()
             yield _alias(field), _pulumi_type(field.annotation), _plain(field.default), field.description or "", False
     for key, description in SECRET_KEYS.items():
         yield key, "string", None, description, True
@@ -487,8 +520,28 @@ def _is_structured(annotation: Any) -> bool:
     return get_origin(annotation) in (list, dict) or any(get_origin(a) in (list, dict) for a in get_args(annotation))
 
 
+def _is_object_list(annotation: Any) -> bool:
+    args = get_args(annotation)
+    return (
+        get_origin(annotation) is list
+        and len(args) == 1
+        and isinstance(args[0], type)
+        and issubclass(args[0], BaseModel)
+    )
+
+
+def object_keys() -> dict[str, FieldInfo]:
+    """Keys whose value is a list of objects (besides hosts): typed here, not in Pulumi.yaml."""
+    return {
+        _alias(field): field
+        for model in GROUPS.values()
+        for field in model.model_fields.values()
+        if _is_object_list(field.annotation)
+    }
+
+
 def known_keys() -> set[str]:
-    return {key for key, *_ in schema_entries()} | {"hosts"}
+    return {key for key, *_ in schema_entries()} | {"hosts"} | set(object_keys())
 
 
 def load(read: RawReader, stack: str, present_keys: Iterable[str] = ()) -> StackConfig:
@@ -558,6 +611,7 @@ def _check_topology(config: StackConfig, where: str, read: RawReader) -> None:
     def fail(key: str, message: str) -> None:
         raise ConfigError(f"{where}: {PROJECT}:{key}: {message}")
 
+    _check_offered_models(config, fail)
     if config.platform is Platform.COMPOSE and not config.hosts:
         fail("hosts", "the compose platform needs at least one host")
     if config.platform is Platform.KUBERNETES:
@@ -597,3 +651,24 @@ def _check_topology(config: StackConfig, where: str, read: RawReader) -> None:
         fail("registryPassword", "required when registryUsername is set")
     if (read("tlsCertificate") is None) != (read("tlsPrivateKey") is None):
         fail("tlsCertificate", "tlsCertificate and tlsPrivateKey go together: set both, or neither for a generated CA")
+
+
+def _check_offered_models(config: StackConfig, fail: Callable[[str, str], None]) -> None:
+    """Served names are unique over every offered model; more than one needs the offline batch engine."""
+    offered = config.vllm.offered
+    for i, entry in enumerate(config.vllm.models):
+        earlier = [m.served_name for m in offered[: i + 1]]  # the default, then models[0..i-1]
+        if entry.served_name in earlier:
+            first = earlier.index(entry.served_name)
+            owner = "the default model's (model/servedModelName)" if first == 0 else f"that of models[{first - 1}]"
+            fail(
+                f"models[{i}].servedModelName",
+                f"served model name {entry.served_name!r} is already {owner}; give each offered model its own",
+            )
+    if len(offered) > 1 and config.batch.engine != "offline":
+        fail(
+            "models",
+            f"{len(offered)} offered models need {PROJECT}:batchEngine offline (it is {config.batch.engine!r}): "
+            f"the batch worker's in-process vLLM switches between them, while the vLLM servers behind the load "
+            f"balancer serve the default model ({config.vllm.served_name!r}) only",
+        )

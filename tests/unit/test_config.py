@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.config import PROJECT, ConfigError, Parallelism, Role, load, schema_entries
+from infra.config import PROJECT, ConfigError, Parallelism, Role, known_keys, load, schema_entries
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDZCdjWjVb9EHw8Qr0tp4/Y5r7rwUVz3cO333wUBrp4B"
@@ -179,3 +179,68 @@ def test_one_balance_factor_rule_for_the_stack_and_the_cli(factor: int, ok: bool
             load_with(lbBalanceFactor=factor)
         with pytest.raises(SystemExit):
             parse_args(cli)
+
+
+OFFLINE_HOSTS = [host("stella", ["gpu", "ray-head", "data", "lb"]), host("batchbox", ["batch"], address="10.0.0.3")]
+LLAMA = {"model": "meta-llama/Llama-3.1-8B-Instruct", "servedModelName": "llama-8b"}
+
+
+def test_offered_models_are_the_default_first_then_the_models_list() -> None:
+    cfg = load_with(hosts=OFFLINE_HOSTS, batchEngine="offline", models=[LLAMA, {"model": "org/local-model"}])
+    assert [(m.served_name, m.model) for m in cfg.vllm.offered] == [
+        ("Qwen/Qwen3-4B", "Qwen/Qwen3-4B"),
+        ("llama-8b", "meta-llama/Llama-3.1-8B-Instruct"),
+        ("org/local-model", "org/local-model"),
+    ]
+    assert load_with().vllm.offered == (load_with().vllm.offered[0],), "by default: the default model only"
+    # A list of objects, like hosts: typed in infra/config.py, not in Pulumi.yaml; still a known key.
+    assert "models" not in {k for k, *_ in schema_entries()} and "models" in known_keys()
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"models": [{"model": "org/other", "servedModelName": "Qwen/Qwen3-4B"}]},
+            "vllm-gb10:models[0].servedModelName: served model name 'Qwen/Qwen3-4B' is already the default model's "
+            "(model/servedModelName); give each offered model its own",
+        ),
+        (
+            {"servedModelName": "chat", "models": [LLAMA, {"model": "org/chat-v2", "servedModelName": "chat"}]},
+            "vllm-gb10:models[1].servedModelName: served model name 'chat' is already the default model's "
+            "(model/servedModelName); give each offered model its own",
+        ),
+        (
+            {"models": [LLAMA, {"model": "meta-llama/Llama-3.1-8B-Instruct", "servedModelName": "llama-8b"}]},
+            "vllm-gb10:models[1].servedModelName: served model name 'llama-8b' is already that of models[0]; "
+            "give each offered model its own",
+        ),
+        (
+            {"models": [{"model": "llama-8b"}, LLAMA]},  # no servedModelName: the model id is the served name
+            "vllm-gb10:models[1].servedModelName: served model name 'llama-8b' is already that of models[0]; "
+            "give each offered model its own",
+        ),
+        ({"models": [LLAMA, {"model": "org/x", "servedName": "x"}]}, "vllm-gb10:models[1].servedName: Extra inputs"),
+        ({"models": [LLAMA, {"servedModelName": "x"}]}, "vllm-gb10:models[1].model: Field required"),
+        ({"models": [LLAMA, {"model": ""}]}, "vllm-gb10:models[1].model: String should have at least 1 character"),
+        ({"models": {"model": "org/x"}}, "vllm-gb10:models: Input should be a valid list"),
+        ({"models": "[{model: org/x"}, "vllm-gb10:models: not valid JSON/YAML structure"),
+    ],
+)
+def test_a_bad_offered_model_is_named_by_its_index(values: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_with(stack="stella", hosts=OFFLINE_HOSTS, batchEngine="offline", **values)
+    assert str(caught.value).startswith(f"Pulumi.stella.yaml: {message}"), str(caught.value)
+
+
+@pytest.mark.parametrize("platform", ["compose", "kubernetes"])
+def test_several_offered_models_need_the_offline_batch_engine(platform: str) -> None:
+    hosts = TWO_HOSTS if platform == "compose" else []
+    with pytest.raises(ConfigError) as caught:
+        load_with(stack="stella", platform=platform, hosts=hosts, batchEngine="http", models=[LLAMA])
+    assert str(caught.value) == (
+        "Pulumi.stella.yaml: vllm-gb10:models: 2 offered models need vllm-gb10:batchEngine offline (it is 'http'): "
+        "the batch worker's in-process vLLM switches between them, while the vLLM servers behind the load balancer "
+        "serve the default model ('Qwen/Qwen3-4B') only"
+    )
+    assert load_with(platform=platform, hosts=hosts, batchEngine="http", models=[]).vllm.models == []
