@@ -35,7 +35,7 @@ from infra.platforms.image_refs import tag_only, with_image_refs
 from infra.platforms.kubernetes import KubernetesPlatform
 from infra.render.monitoring import ScrapeJob
 from infra.services import Secret
-from infra.vllm_sizing import engine_args, size_vllm, vllm_memory_limit
+from infra.vllm_sizing import engine_args, size_offered_models, size_vllm, vllm_memory_limit
 from runtime.kvcache import PROFILES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -212,6 +212,9 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
     """Declare every resource of the stack; return the stack outputs."""
     kv_plan = size_vllm(cfg, REPO_ROOT)
     vllm_engine_args = engine_args(cfg, kv_plan)
+    offered = cfg.vllm.offered
+    # The offline batch engine loads each offered model in turn, each sized on its own (the default's is kv_plan).
+    offline_plans = size_offered_models(cfg, REPO_ROOT, kv_plan) if cfg.batch.engine == "offline" else {}
     platform: ServicePlatform
     if cfg.platform is Platform.COMPOSE:
         platform, vllm_image_ref, runtime_image_ref, placement = _compose(cfg, secrets)
@@ -328,6 +331,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "worker_image": vllm_image_ref if cfg.batch.engine == "offline" else runtime_image_ref,
             "settings": cfg.batch,
             "model": cfg.vllm.served_name,
+            "models": [m.served_name for m in offered],
             "vllm_base_url": lb.internal_url,
             "vllm_api_key": lb.worker_key,
             "redis_url": redis.batch_url,  # its ACL user: the batch keys and data commands only
@@ -338,6 +342,8 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "retention_days": cfg.data.result_retention_days,
             "model_path": cfg.vllm.model,
             "engine_args": vllm_engine_args,
+            "model_paths": {m.served_name: m.model for m in offered},
+            "model_engine_args": {name: engine_args(cfg, p) for name, p in offline_plans.items()},
             "hf_token": secrets.hf_token,
             # Both fail their health checks while Redis is down: on its host they start once it is healthy.
             "depends_on": (store.setup_service, redis.service),

@@ -9,10 +9,20 @@ fails with the stack file and key named.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from infra.config import PROJECT, ConfigError, Parallelism, Platform, Role, StackConfig, stack_file
+from infra.config import (
+    PROJECT,
+    ConfigError,
+    OfferedModel,
+    Parallelism,
+    Platform,
+    Role,
+    StackConfig,
+    stack_file,
+)
 from infra.memory import gpu_node_reserved_gib, reserved_gib
 from runtime.kvcache import PROFILES, KvPlan, ModelConfigError, PlanError, Target, load_model_shape, plan
 from runtime.kvcache.catalog import catalog_config, catalog_models
@@ -23,38 +33,83 @@ PROCESS_HEADROOM_GIB = 4
 
 
 def size_vllm(cfg: StackConfig, project_dir: Path) -> KvPlan:
-    where = stack_file(cfg.stack)
+    """The vLLM servers' plan: the default model on each GPU host, with that host's neighbours reserved."""
     vllm = cfg.vllm
-
-    def fail(key: str, message: str) -> ConfigError:
-        return ConfigError(f"{where}: {PROJECT}:{key}: {message}")
-
-    if vllm.model_config_file:
-        config_path = project_dir / vllm.model_config_file
-        if not config_path.is_file():
-            raise fail("modelConfigFile", f"no file {vllm.model_config_file!r} under the project directory")
-    else:
-        found = catalog_config(vllm.model)
-        if found is None:
-            raise fail(
-                "modelConfigFile",
-                f"no bundled config.json for model {vllm.model!r} (bundled: {', '.join(catalog_models())}); "
-                f"download it (huggingface-cli download {vllm.model} config.json) and set modelConfigFile",
-            )
-        config_path = found
+    fail = _failing(cfg)
+    config_path = model_config_path(vllm.offered[0], project_dir, fail, key_prefix="")
     if vllm.host_profile not in PROFILES:
         raise fail("hostProfile", f"{vllm.host_profile!r} is not one of {', '.join(sorted(PROFILES))}")
-    gpus = 1 if vllm.parallelism is Parallelism.REPLICA else len(cfg.hosts_with(Role.GPU))
     _refuse_two_engines(cfg)
-    reserved = reserved_gib(cfg) if cfg.platform is Platform.COMPOSE else gpu_node_reserved_gib()
     try:
-        shape = load_model_shape(config_path).per_gpu(gpus, vllm.parallelism.value)
-        target = Target(vllm.max_model_len, vllm.max_num_seqs)
-        return plan(shape, PROFILES[vllm.host_profile], target, reserved_gib=reserved)
+        return _plan(cfg, config_path)
     except ModelConfigError as err:
         raise fail("modelConfigFile", str(err)) from None
     except PlanError as err:
         raise fail(POLICY_KEYS[err.target], str(err)) from None
+
+
+def size_offered_models(cfg: StackConfig, project_dir: Path, default_plan: KvPlan) -> dict[str, KvPlan]:
+    """The offline batch engine's plan per offered model (served name -> plan, the default first).
+
+    The engine loads one model at a time, so each is sized on its own, exactly as the default model is
+    (same host profile, target and reserved memory: `default_plan` is reused for the default model);
+    one that cannot work is refused naming its `models` entry and what the policy says.
+    """
+    fail = _failing(cfg)
+    plans = {cfg.vllm.served_name: default_plan}
+    for i, entry in enumerate(cfg.vllm.models):
+        config_path = model_config_path(entry, project_dir, fail, key_prefix=f"models[{i}].")
+        try:
+            plans[entry.served_name] = _plan(cfg, config_path)
+        except ModelConfigError as err:
+            raise fail(f"models[{i}].modelConfigFile", str(err)) from None
+        except PlanError as err:
+            raise fail(
+                f"models[{i}]",
+                f"offered model {entry.served_name!r} ({entry.model}) cannot be sized for the offline batch engine "
+                f"(maxModelLen {cfg.vllm.max_model_len}, maxNumSeqs {cfg.vllm.max_num_seqs}, hostProfile "
+                f"{cfg.vllm.host_profile}): {err}",
+            ) from None
+    return plans
+
+
+def model_config_path(
+    offered: OfferedModel, project_dir: Path, fail: Callable[[str, str], ConfigError], key_prefix: str
+) -> Path:
+    """An offered model's config.json: its modelConfigFile, else the bundled catalog's."""
+    key = f"{key_prefix}modelConfigFile"
+    if offered.model_config_file:
+        config_path = project_dir / offered.model_config_file
+        if not config_path.is_file():
+            raise fail(key, f"no file {offered.model_config_file!r} under the project directory")
+        return config_path
+    found = catalog_config(offered.model)
+    if found is None:
+        raise fail(
+            key,
+            f"no bundled config.json for model {offered.model!r} (bundled: {', '.join(catalog_models())}); "
+            f"download it (huggingface-cli download {offered.model} config.json) and set {key}",
+        )
+    return found
+
+
+def _failing(cfg: StackConfig) -> Callable[[str, str], ConfigError]:
+    where = stack_file(cfg.stack)
+
+    def fail(key: str, message: str) -> ConfigError:
+        return ConfigError(f"{where}: {PROJECT}:{key}: {message}")
+
+    return fail
+
+
+def _plan(cfg: StackConfig, config_path: Path) -> KvPlan:
+    """One model on the stack's GPU hosts: the stack's target and host profile, the neighbours reserved."""
+    vllm = cfg.vllm
+    gpus = 1 if vllm.parallelism is Parallelism.REPLICA else len(cfg.hosts_with(Role.GPU))
+    reserved = reserved_gib(cfg) if cfg.platform is Platform.COMPOSE else gpu_node_reserved_gib()
+    shape = load_model_shape(config_path).per_gpu(gpus, vllm.parallelism.value)
+    target = Target(vllm.max_model_len, vllm.max_num_seqs)
+    return plan(shape, PROFILES[vllm.host_profile], target, reserved_gib=reserved)
 
 
 def _refuse_two_engines(cfg: StackConfig) -> None:

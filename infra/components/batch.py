@@ -26,7 +26,8 @@ class BatchServiceArgs(TypedDict):
     api_image: pulumi.Input[str]
     worker_image: pulumi.Input[str]  # runtime image (http engine) or GB10 vLLM image (offline)
     settings: BatchServiceSettings
-    model: str
+    model: str  # the default model's served name
+    models: list[str]  # every offered model's served name, the default first
     vllm_base_url: str  # the load balancer's internal URL (http engine)
     vllm_api_key: pulumi.Output[str]  # the worker's key for the load balancer (http engine)
     redis_url: pulumi.Output[str]
@@ -37,6 +38,8 @@ class BatchServiceArgs(TypedDict):
     retention_days: int
     model_path: str  # offline engine: the weights the worker loads (HF id or path)
     engine_args: dict[str, Any]  # offline engine: the same sized vLLM arguments as the servers
+    model_paths: dict[str, str]  # offline engine: served name -> weights (HF id or path), per offered model
+    model_engine_args: dict[str, dict[str, Any]]  # offline engine: served name -> its sized vLLM arguments
     hf_token: pulumi.Input[str] | None
     depends_on: NotRequired[tuple[str, ...]]  # services to wait for first: the bucket set-up, Redis
     tls: NotRequired[ServerTls | None]  # compose: the API serves TLS itself, the worker trusts its CA
@@ -60,6 +63,7 @@ class BatchService(pulumi.ComponentResource):
             "BATCH_ENGINE": settings.engine,
             "BATCH_VLLM_BASE_URL": args["vllm_base_url"],
             "BATCH_MODEL": args["model"],
+            "BATCH_MODELS": json.dumps(args["models"], sort_keys=True),
             "BATCH_CHUNK_SIZE": str(settings.chunk_size),
             "BATCH_CONCURRENCY": str(settings.concurrency),
             "BATCH_RESULT_RETENTION_DAYS": str(args["retention_days"]),
@@ -116,6 +120,8 @@ class BatchService(pulumi.ComponentResource):
         if offline:
             worker_env["BATCH_MODEL_PATH"] = args["model_path"]
             worker_env["BATCH_VLLM_ARGS"] = json.dumps(args["engine_args"], sort_keys=True)
+            worker_env["BATCH_MODEL_PATHS"] = json.dumps(args["model_paths"], sort_keys=True)
+            worker_env["BATCH_MODEL_VLLM_ARGS"] = json.dumps(args["model_engine_args"], sort_keys=True)
             if args["hf_token"] is not None:
                 worker_secrets = (*worker_secrets, Secret("HF_TOKEN", secret_output(args["hf_token"])))
         platform.deploy(
