@@ -66,6 +66,7 @@ def test_two_offered_models_reach_the_batch_services(two_models: Plan) -> None:
     )
     assert worker["BATCH_VLLM_ARGS"] == qwen, "the default model's, as before"
     assert worker["BATCH_MODEL_VLLM_ARGS"] == f'{{"Qwen/Qwen3-4B": {qwen}, "llama-8b": {llama}}}'
+    assert not two_models.violations, "the policy pack passes the two-model stack"
 
 
 def test_each_offered_model_is_sized_on_its_own_like_the_default(two_models: Plan) -> None:
