@@ -137,8 +137,10 @@ async def submit(
     webhook_url: str | None,
     invalid_lines: InvalidLines,
     output_retention_seconds: int | None = None,
+    model: str | None = None,
 ) -> Batch:
-    """A new job from checked input lines (OpenAI's batches and the seeds' jobs alike)."""
+    """A new job from checked input lines (OpenAI's batches and the seeds' jobs alike); `model`, when given,
+    is the one every line must name."""
     try:
         batch = await create_job(
             state.store,
@@ -154,6 +156,7 @@ async def submit(
             key_id=key_id,
             invalid_lines=invalid_lines,
             output_retention_seconds=output_retention_seconds,
+            model=model,
         )
     except InputRefusedError as refused:
         error = refused.error

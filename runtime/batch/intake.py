@@ -40,15 +40,17 @@ def split_input(
     lines: Iterable[bytes],
     *,
     batch_id: str,
-    model: str,
     endpoint: str | None,
     endpoints: tuple[str, ...],
     settings: BatchSettings,
     invalid_lines: InvalidLines,
-) -> tuple[int, int, int, str]:
-    """Write batches/<id>/in/<n>.jsonl; returns (valid, invalid, chunks, endpoint). Blocking."""
+    model: str | None = None,
+) -> tuple[int, int, int, str, str]:
+    """Write batches/<id>/in/<n>.jsonl; returns (valid, invalid, chunks, endpoint, model). Blocking."""
     limit = settings.max_requests_per_job
-    validator = LineValidator(model=model, endpoint=endpoint, endpoints=endpoints, max_lines=limit)
+    validator = LineValidator(
+        models=settings.offered_models, endpoint=endpoint, model=model, endpoints=endpoints, max_lines=limit
+    )
     buffer: list[RequestLine] = []
     errors: list[BatchError] = []
     chunks = valid = 0
@@ -95,7 +97,13 @@ def split_input(
         raise
     finally:
         pool.shutdown(wait=True)
-    return valid, len(errors), chunks, validator.endpoint or (endpoint or endpoints[0])
+    return (
+        valid,
+        len(errors),
+        chunks,
+        validator.endpoint or (endpoint or endpoints[0]),
+        validator.model or settings.model,
+    )
 
 
 def _error_lines(errors: list[BatchError]) -> bytes:
@@ -126,18 +134,19 @@ async def create_job(
     key_id: str,
     invalid_lines: InvalidLines,
     output_retention_seconds: int | None = None,
+    model: str | None = None,
 ) -> Batch:
     batch_id = new_batch_id()
-    valid, invalid, chunks, endpoint = await asyncio.to_thread(
+    valid, invalid, chunks, endpoint, model = await asyncio.to_thread(
         split_input,
         objects,
         lines,
         batch_id=batch_id,
-        model=settings.model,
         endpoint=endpoint,
         endpoints=endpoints,
         settings=settings,
         invalid_lines=invalid_lines,
+        model=model,
     )
     now = int(time.time())
     batch = Batch(
@@ -149,7 +158,7 @@ async def create_job(
         expires_at=now + settings.completion_window_seconds,
         request_counts=RequestCounts(total=valid + invalid, failed=invalid),
         metadata=metadata,
-        model=settings.model,
+        model=model,
         errors=None,
     )
     if invalid:
@@ -158,7 +167,7 @@ async def create_job(
         )
     plan = JobPlan(
         batch_id=batch_id,
-        model=settings.model,
+        model=model,
         priority=priority,
         chunks=chunks,
         chunk_size=settings.chunk_size,

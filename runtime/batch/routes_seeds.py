@@ -39,9 +39,15 @@ router = APIRouter()
 @router.post("/v1/batch")
 async def create_seed_job(state: ApiState, principal: Caller, body: SeedJobRequest) -> SeedJobCreated:
     settings = state.settings
-    if body.model != settings.model:
+    if body.model not in settings.offered_models:
+        offered = ", ".join(repr(m) for m in settings.offered_models)
         raise ApiException(
-            400, ApiError(message=f"model {body.model!r} is not served here", code="model_not_found", param="model")
+            400,
+            ApiError(
+                message=f"model {body.model!r} is not offered here (offered: {offered})",
+                code="model_not_found",
+                param="model",
+            ),
         )
     if body.webhook_url is not None:
         checked_url(state, body.webhook_url, "webhook_url")
@@ -67,6 +73,7 @@ async def create_seed_job(state: ApiState, principal: Caller, body: SeedJobReque
             priority=body.metadata.priority,
             webhook_url=body.webhook_url,
             invalid_lines=settings.invalid_lines,
+            model=body.model,
         )
         size = spool.tell()
         spool.seek(0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Literal
 
-from pydantic import AnyHttpUrl, Field, RedisDsn, SecretStr, field_validator
+from pydantic import AnyHttpUrl, Field, RedisDsn, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from runtime.batch.urls import UrlPolicy
@@ -36,10 +36,27 @@ class BatchSettings(BaseSettings):
         description="http engine: vLLM `priority` sent with each request (higher runs later); needs the "
         "servers started with --scheduling-policy priority. 0 sends none.",
     )
-    model: str = Field(min_length=1, description="Model id jobs must name (OpenAI 'model').")
+    model: str = Field(min_length=1, description="The default model (OpenAI 'model'); loaded first.")
     model_path: str | None = Field(default=None, description="offline engine: weights to load (default: model).")
     vllm_args: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="offline engine: extra vLLM engine arguments, JSON object."
+    )
+    models: list[str] = Field(
+        default_factory=list,
+        description="Every model a batch may name, JSON list (the default model among them); empty: the default only.",
+    )
+    model_paths: dict[str, str] = Field(
+        default_factory=dict, description="offline engine: weights per offered model, JSON object (default: its name)."
+    )
+    model_vllm_args: dict[str, dict[str, str | int | float | bool]] = Field(
+        default_factory=dict,
+        description="offline engine: vLLM engine arguments per offered model, JSON object (default: vllm_args).",
+    )
+    model_switch_after_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description="Jobs for the loaded model go first; a job for another model waits at most this long "
+        "behind them before the worker switches (0: strict queue order).",
     )
     chunk_size: int = Field(default=100, ge=1)
     concurrency: int = Field(default=64, ge=1, description="Requests in flight per worker (the window).")
@@ -92,12 +109,38 @@ class BatchSettings(BaseSettings):
         description="Address the worker's /health and /metrics listen on (compose: the host's cluster address).",
     )
 
-    @field_validator("vllm_args", mode="before")
+    @field_validator("vllm_args", "model_paths", "model_vllm_args", mode="before")
     @classmethod
     def _json_object(cls, value: object) -> object:
         if isinstance(value, str):
             return json.loads(value) if value.strip() else {}
         return value
+
+    @model_validator(mode="after")
+    def _models_known(self) -> BatchSettings:
+        offered = set(self.offered_models)
+        if len(offered) != len(self.offered_models):
+            raise ValueError(f"BATCH_MODELS names a model twice: {self.models}")
+        for name, mapping in (("BATCH_MODEL_PATHS", self.model_paths), ("BATCH_MODEL_VLLM_ARGS", self.model_vllm_args)):
+            unknown = sorted(set(mapping) - offered)
+            if unknown:
+                raise ValueError(f"{name} names {unknown}, which BATCH_MODELS does not offer ({sorted(offered)})")
+        return self
+
+    @property
+    def offered_models(self) -> tuple[str, ...]:
+        """The models a batch may name, the default first."""
+        return (self.model, *(m for m in self.models if m != self.model))
+
+    def weights_of(self, model: str) -> str:
+        """offline engine: what vLLM loads for this offered model."""
+        if model == self.model:
+            return self.model_paths.get(model) or self.model_path or model
+        return self.model_paths.get(model, model)
+
+    def engine_args_of(self, model: str) -> dict[str, str | int | float | bool]:
+        """offline engine: the sized vLLM arguments of this offered model."""
+        return self.model_vllm_args.get(model, self.vllm_args)
 
     @field_validator("url_allowlist")
     @classmethod

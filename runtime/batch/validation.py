@@ -42,10 +42,12 @@ class FileRejectedError(ValueError):
 
 @dataclass
 class LineValidator:
-    """Checks lines in order; remembers custom_ids and the endpoint so duplicates are caught."""
+    """Checks lines in order; remembers custom_ids, the endpoint and the model, so duplicates and a second
+    endpoint or model are caught (a batch runs one model, as OpenAI's do)."""
 
-    model: str
+    models: tuple[str, ...]  # the offered models
     endpoint: str | None = None
+    model: str | None = None  # the batch's model: the first valid line's
     endpoints: tuple[str, ...] = ENDPOINTS
     max_lines: int = 50_000
     seen: set[int] = field(default_factory=set)  # 64-bit digests of custom_ids: 1M lines in ~60 MB, not ~150
@@ -112,8 +114,14 @@ class LineValidator:
             return "missing_required_parameter", "body is missing or not an object", "body"
         if body.get("stream"):
             return "streaming_unsupported", "stream=true is not supported in a batch", "body.stream"
-        if body.get("model") != self.model:
-            return "model_not_found", f"model {body.get('model')!r} is not served here (use {self.model!r})", None
+        model = body.get("model")
+        if model not in self.models:
+            offered = ", ".join(repr(m) for m in self.models)
+            return "model_not_found", f"model {model!r} is not offered here (offered: {offered})", "body.model"
+        if self.model is None:
+            self.model = model
+        elif model != self.model:
+            return "mismatched_model", f"model {model!r} differs from the batch's {self.model!r}", "body.model"
         return None
 
 

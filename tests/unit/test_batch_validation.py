@@ -33,7 +33,7 @@ def line(custom_id="a", url="/v1/chat/completions", model="m", **extra) -> str:
     ],
 )
 def test_bad_line_is_named_with_its_number(raw: str, code: str) -> None:
-    validator = LineValidator(model="m")
+    validator = LineValidator(models=("m",))
     assert isinstance(validator.check(1, line("first")), RequestLine)
     error = validator.check(2, raw)
     assert isinstance(error, BatchError)
@@ -42,7 +42,7 @@ def test_bad_line_is_named_with_its_number(raw: str, code: str) -> None:
 
 
 def test_duplicate_custom_id_and_mixed_endpoints() -> None:
-    validator = LineValidator(model="m")
+    validator = LineValidator(models=("m",))
     assert isinstance(validator.check(1, line("x")), RequestLine)
     assert validator.check(2, line("x")).code == "duplicate_custom_id"
     assert validator.check(3, line("y", url="/v1/embeddings")).code == "mismatched_endpoint"
@@ -50,8 +50,33 @@ def test_duplicate_custom_id_and_mixed_endpoints() -> None:
     assert validator.check(5, line("z")).line == 5
 
 
+def test_a_batch_names_one_offered_model_and_a_refusal_names_the_offered_ones() -> None:
+    validator = LineValidator(models=("a", "b"))
+    assert isinstance(validator.check(1, line("x", model="b")), RequestLine)
+    assert validator.model == "b"  # the batch's model is its first line's
+    mixed = validator.check(2, line("y", model="a"))
+    assert isinstance(mixed, BatchError)
+    assert (mixed.code, mixed.param, mixed.message) == (
+        "mismatched_model",
+        "body.model",
+        "line 2: model 'a' differs from the batch's 'b'",
+    )
+    unknown = validator.check(3, line("z", model="gpt-4o"))
+    assert isinstance(unknown, BatchError)
+    assert (unknown.code, unknown.message) == (
+        "model_not_found",
+        "line 3: model 'gpt-4o' is not offered here (offered: 'a', 'b')",
+    )
+
+
+def test_a_model_given_up_front_binds_every_line() -> None:
+    validator = LineValidator(models=("a", "b"), model="a")
+    error = validator.check(1, line("x", model="b"))
+    assert isinstance(error, BatchError) and error.code == "mismatched_model"
+
+
 def test_invalid_utf8_is_refused_with_its_line_not_replaced() -> None:
-    validator = LineValidator(model="m")
+    validator = LineValidator(models=("m",))
     assert isinstance(validator.check(1, line("first").encode()), RequestLine)
     # "caf\xe9" in Latin-1: replacing the byte would turn the custom_id into "caf\ufffd", silently
     latin1 = line("first").replace('"first"', '"caf\u00e9"').encode("latin-1")
@@ -63,26 +88,26 @@ def test_invalid_utf8_is_refused_with_its_line_not_replaced() -> None:
 
 
 def test_a_lone_surrogate_custom_id_is_a_request_not_a_crash() -> None:
-    validator = LineValidator(model="m")
+    validator = LineValidator(models=("m",))
     escaped = line("first").replace('"first"', '"\\ud800"')  # valid JSON, not encodable as UTF-8
     assert isinstance(validator.check(1, escaped), RequestLine)
     assert validator.check(2, escaped).code == "duplicate_custom_id"
 
 
 def test_an_error_keeps_the_custom_id_it_could_read_for_the_error_file() -> None:
-    validator = LineValidator(model="m")
+    validator = LineValidator(models=("m",))
     assert validator.check(1, line("mine", model="other")).custom_id == "mine"
     assert validator.check(2, "{not json").custom_id is None
     assert "custom_id" not in validator.check(3, line("x", method="GET")).model_dump()  # not in OpenAI's object
 
 
 def test_endpoint_not_served_by_the_engine_is_refused() -> None:
-    validator = LineValidator(model="m", endpoints=("/v1/chat/completions",))
+    validator = LineValidator(models=("m",), endpoints=("/v1/chat/completions",))
     assert validator.check(1, line(url="/v1/completions")).code == "invalid_url"
 
 
 def test_too_many_lines_rejects_the_file() -> None:
-    validator = LineValidator(model="m", max_lines=2)
+    validator = LineValidator(models=("m",), max_lines=2)
     validator.check(1, line("a"))
     validator.check(2, line("b"))
     with pytest.raises(FileRejectedError, match="line 3: a batch holds at most 2 requests"):
