@@ -73,11 +73,27 @@ for _, id in ipairs(due) do
   local score = redis.call('HGET', ARGV[3] .. id .. ':job', 'score')
   if score then redis.call('ZADD', KEYS[1], score, id) end
 end
+-- Jobs for the worker's loaded model (ARGV[5]; '' for none) go first within the head's priority rank,
+-- so models are not switched back and forth; the head goes first once it has waited ARGV[6] ms.
+local span = tonumber(ARGV[7])
+local function next_id()
+  local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  if #head == 0 then return nil end
+  if ARGV[5] == '' then return head[1] end
+  local score = tonumber(head[2])
+  local rank = math.floor(score / span)
+  if now - (score - rank * span) >= tonumber(ARGV[6]) then return head[1] end
+  local same_rank = redis.call('ZRANGEBYSCORE', KEYS[1], score, '(' .. ((rank + 1) * span), 'LIMIT', 0, 1000)
+  for _, candidate in ipairs(same_rank) do
+    if redis.call('HGET', ARGV[3] .. candidate .. ':job', 'model') == ARGV[5] then return candidate end
+  end
+  return head[1]
+end
 local id, job
 repeat  -- a queued id whose job state expired is dropped, not claimed (HINCRBY would recreate it, TTL-less)
-  local popped = redis.call('ZPOPMIN', KEYS[1])
-  if #popped == 0 then return false end
-  id = popped[1]
+  id = next_id()
+  if not id then return false end
+  redis.call('ZREM', KEYS[1], id)
   job = ARGV[3] .. id .. ':job'
 until redis.call('EXISTS', job) == 1
 -- attempts counts leases in a row without a committed chunk: a job that made progress under its last
@@ -120,9 +136,13 @@ return {tonumber(totals[1] or '0'), tonumber(totals[2] or '0')}
 
 _HEARTBEAT = """
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[4] == '' then redis.call('HDEL', KEYS[2], ARGV[1]) else redis.call('HSET', KEYS[2], ARGV[1], ARGV[4]) end
 local beats = redis.call('HGETALL', KEYS[1])
 for i = 1, #beats, 2 do
-  if tonumber(beats[i + 1]) < tonumber(ARGV[3]) then redis.call('HDEL', KEYS[1], beats[i]) end
+  if tonumber(beats[i + 1]) < tonumber(ARGV[3]) then
+    redis.call('HDEL', KEYS[1], beats[i])
+    redis.call('HDEL', KEYS[2], beats[i])
+  end
 end
 return 1
 """
@@ -257,8 +277,11 @@ class JobStore:
             pipe.multi()
             pipe.set(batch_key, batch.model_dump_json(), exat=expire_at)
             pipe.set(keys.plan(batch.id), plan.model_dump_json(), exat=expire_at)
-            pipe.hset(keys.job(batch.id), mapping={"score": score, "completed": 0, "failed": plan.invalid_lines})
-            pipe.expireat(keys.job(batch.id), expire_at)  # bad lines count as failed from the start
+            pipe.hset(  # bad lines count as failed from the start; the model groups claims
+                keys.job(batch.id),
+                mapping={"score": score, "completed": 0, "failed": plan.invalid_lines, "model": plan.model},
+            )
+            pipe.expireat(keys.job(batch.id), expire_at)
             pipe.zadd(keys.BATCHES, {batch.id: created})
             pipe.zremrangebyscore(keys.BATCHES, "-inf", f"({horizon}")
             pipe.zadd(keys.ACTIVE, {batch.id: created})
@@ -395,11 +418,23 @@ class JobStore:
 
     # --- queue and leases ----------------------------------------------------------------
 
-    async def claim(self, lease_seconds: float) -> Lease | None:
+    async def claim(
+        self, lease_seconds: float, *, loaded_model: str | None = None, switch_after_seconds: float = 0.0
+    ) -> Lease | None:
+        """The next job: the queue's head, or (given the worker's loaded model) the first job of that model
+        in the head's priority rank, unless the head has waited `switch_after_seconds` already."""
         call = keys.claim_call(uuid.uuid4().hex)  # this call's name: a retry of it is not a new claim
         result = await self._claim(
             keys=[keys.QUEUE, keys.LEASES, keys.DELAYED],
-            args=[now_ms(), int(lease_seconds * 1000), keys.PREFIX + "batch:", call],
+            args=[
+                now_ms(),
+                int(lease_seconds * 1000),
+                keys.PREFIX + "batch:",
+                call,
+                loaded_model or "",
+                int(switch_after_seconds * 1000),
+                PRIORITY_SPAN,
+            ],
         )
         if not result:
             return None
@@ -539,10 +574,20 @@ class JobStore:
         raw = await self.redis.get(keys.THROUGHPUT)
         return float(raw) if raw else None
 
-    async def heartbeat(self, worker_id: str) -> None:
-        """Beat for this worker, and forget workers silent for a day (the hash stays the size of the fleet)."""
+    async def heartbeat(self, worker_id: str, loaded_model: str | None = None) -> None:
+        """Beat for this worker with the model it has loaded, and forget workers silent for a day (the
+        hashes stay the size of the fleet)."""
         now = now_ms()
-        await self._heartbeat(keys=[keys.WORKERS], args=[worker_id, now, now - WORKER_FORGOTTEN_AFTER_MS])
+        await self._heartbeat(
+            keys=[keys.WORKERS, keys.WORKER_MODELS],
+            args=[worker_id, now, now - WORKER_FORGOTTEN_AFTER_MS, loaded_model or ""],
+        )
+
+    async def loaded_models(self, within_seconds: float) -> set[str]:
+        """The models live workers have loaded now (a worker whose engine serves any model names none)."""
+        live = set(await self.live_workers(within_seconds))
+        models = await self.redis.hgetall(keys.WORKER_MODELS)
+        return {_text(model) for worker, model in models.items() if _text(worker) in live}
 
     async def live_workers(self, within_seconds: float) -> list[str]:
         cutoff = now_ms() - within_seconds * 1000

@@ -16,6 +16,7 @@ ACTIVE = PREFIX + "active"  # zset batch_id -> created ms: batches not yet ended
 WEBHOOKS = PREFIX + "webhooks"  # zset delivery_id -> ms when due (SQS-style visibility timeout)
 API_KEYS = PREFIX + "apikeys"  # hash sha256(key) -> JSON {name, created_at}
 WORKERS = PREFIX + "workers"  # hash worker_id -> last heartbeat ms (silent for a day: removed)
+WORKER_MODELS = PREFIX + "workers:models"  # hash worker_id -> the model its engine has loaded (pruned with WORKERS)
 WAKE = PREFIX + "wake"  # list: a token per new job, so idle workers wake at once (BLPOP)
 THROUGHPUT = PREFIX + "throughput"  # string: recent requests/s of the fleet (estimates)
 
@@ -33,7 +34,7 @@ def plan(batch_id: str) -> str:
 def job(batch_id: str) -> str:
     """Hash: score (queue position), fence (increments per lease), attempts (leases in a row without
     progress), progress_at (ms) and progress_fence (the lease of the last commit), completed and failed
-    (running totals of the chunks)."""
+    (running totals of the chunks), model (the one its requests name: claims group jobs by model)."""
     return f"{PREFIX}batch:{batch_id}:job"
 
 

@@ -45,12 +45,12 @@ async def matching(store: JobStore, pattern: str) -> set[str]:
     return {key async for key in store.redis.scan_iter(match=pattern)}
 
 
-async def add_job(store: JobStore, batch_id: str, priority: Priority = Priority.NORMAL) -> None:
+async def add_job(store: JobStore, batch_id: str, priority: Priority = Priority.NORMAL, model: str = "m") -> None:
     now = int(time.time())
     batch = Batch(id=batch_id, endpoint="/v1/chat/completions", input_file_id="f", status="validating", created_at=now)
     plan = JobPlan(
-        batch_id=batch_id, model="m", priority=priority, chunks=2, chunk_size=10, valid_requests=20, invalid_lines=0,
-        key_id="k",
+        batch_id=batch_id, model=model, priority=priority, chunks=2, chunk_size=10, valid_requests=20,
+        invalid_lines=0, key_id="k",
     )  # fmt: skip
     await store.create(batch, plan, retention_seconds=RETENTION_S)
 
@@ -314,6 +314,60 @@ def test_a_queued_id_whose_job_state_expired_is_dropped_not_claimed(run) -> None
         assert lease.batch_id == "b2"
         assert not await store.redis.exists(keys.job("gone"))  # not recreated without a TTL
         assert await store.claim(30) is None
+
+    run(test)
+
+
+def test_claims_group_jobs_by_the_loaded_model_within_a_priority(run) -> None:
+    """A worker with model a loaded takes a's jobs first (no switching back and forth), but never ahead of a
+    higher priority, and the head goes first once it has waited the switch bound."""
+
+    async def test(store: JobStore) -> None:
+        for batch_id, model, priority in [
+            ("a1", "a", Priority.NORMAL),
+            ("b1", "b", Priority.NORMAL),
+            ("a2", "a", Priority.NORMAL),
+            ("b2", "b", Priority.LOW),
+            ("a3", "a", Priority.LOW),
+        ]:
+            await add_job(store, batch_id, priority, model)
+            await asyncio.sleep(0.002)  # distinct enqueue milliseconds
+
+        async def claim(loaded: str | None, after: float = 600) -> str:
+            lease = await store.claim(30, loaded_model=loaded, switch_after_seconds=after)
+            assert lease is not None
+            return lease.batch_id
+
+        assert await claim("b") == "b1"  # b's job jumps a1 within the normal rank
+        assert await claim("b") == "a1"  # no b left in the normal rank: the head, not the low-priority b2
+        assert await claim("a") == "a2"
+        assert await claim("a") == "a3"  # within the low rank, a's job before b2, which came first
+        assert await claim("a") == "b2"
+        assert await store.claim(30, loaded_model="a") is None
+
+        await add_job(store, "old-b", model="b")
+        await asyncio.sleep(0.05)
+        await add_job(store, "new-a", model="a")
+        assert await claim("a", after=0.01) == "old-b"  # waited past the bound: the switch happens
+        assert await claim("a", after=0.01) == "new-a"
+
+    run(test)
+
+
+def test_heartbeats_say_which_model_each_live_worker_has_loaded(run) -> None:
+    async def test(store: JobStore) -> None:
+        await store.heartbeat("w1", "a")
+        await store.heartbeat("w2", None)  # serves every model (http engine): names none
+        await store.heartbeat("w3", "b")
+        assert await store.loaded_models(60) == {"a", "b"}
+        await store.heartbeat("w3", "a")  # switched
+        assert await store.loaded_models(60) == {"a"}
+        await store.redis.hset(keys.WORKERS, "w1", int((time.time() - 2 * 86400) * 1000))
+        await store.redis.hset(keys.WORKER_MODELS, "w1", "old")
+        await store.heartbeat("w3", "b")  # the day-old worker is forgotten in both hashes
+        assert set(await store.redis.hkeys(keys.WORKER_MODELS)) == {"w3"}
+        await store.redis.hset(keys.WORKERS, "w3", int(time.time() * 1000) - 120_000)  # silent two minutes
+        assert await store.loaded_models(60) == set()
 
     run(test)
 
