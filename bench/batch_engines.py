@@ -18,6 +18,10 @@ BODY: dict[str, Any] = {
 
 class InstantEngine:
     endpoints = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+    loaded_model: str | None = None  # every offered model: nothing to switch
+
+    async def switch(self, model: str) -> str:
+        return "none"
 
     async def start(self) -> None:
         pass

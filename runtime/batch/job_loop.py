@@ -9,15 +9,16 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Callable
 
 import redis.asyncio as redis
 
-from runtime.batch import backup, logs, redis_client, webhooks
+from runtime.batch import backup, logs, metrics, redis_client, webhooks
 from runtime.batch.chunk_pipeline import ChunkPipeline, JobStopError
-from runtime.batch.engines import Engine
+from runtime.batch.engines import Engine, serves
 from runtime.batch.finalize import JobFinisher
 from runtime.batch.jobs import JobStore, Lease, StaleLeaseError
-from runtime.batch.models import BatchError, BatchStatus
+from runtime.batch.models import Batch, BatchError, BatchStatus
 from runtime.batch.settings import BatchSettings
 from runtime.batch.storage import ObjectStore, retryable_storage_error
 
@@ -26,9 +27,14 @@ IDLE_POLL_S = 0.5  # also picks up delayed retries and expired leases
 QUEUE_RETRY_MAX_S = 10.0  # longest wait between tries while Redis is unreachable
 
 
+class ModelSwitchError(RuntimeError):
+    """The engine could not load a job's model (the job is not at fault: it waits and is tried again)."""
+
+
 def is_infrastructure_fault(error: BaseException) -> bool:
-    """Redis or S3 out of reach: the job is not at fault, so the attempt does not count against it."""
-    return isinstance(error, redis_client.TRANSIENT) or retryable_storage_error(error)
+    """Redis or S3 out of reach, or the job's model failed to load: the job is not at fault, so the
+    attempt does not count against it."""
+    return isinstance(error, (*redis_client.TRANSIENT, ModelSwitchError)) or retryable_storage_error(error)
 
 
 class Worker:
@@ -54,6 +60,8 @@ class Worker:
 
     async def run(self) -> None:
         await self.engine.start()
+        if self.engine.loaded_model is not None:
+            metrics.model_loaded.labels(self.engine.loaded_model).set(1)
         self.ready = True
         log.info("worker %s ready (engine %s)", self.worker_id, type(self.engine).__name__)
         background = asyncio.create_task(self._background())
@@ -61,7 +69,11 @@ class Worker:
         try:
             while not self._stopping.is_set():
                 try:
-                    lease = await self.store.claim(self.settings.lease_seconds)
+                    lease = await self.store.claim(
+                        self.settings.lease_seconds,
+                        loaded_model=self.engine.loaded_model,
+                        switch_after_seconds=self.settings.model_switch_after_seconds,
+                    )
                     if lease is None:
                         await self.store.wait_for_work(IDLE_POLL_S)
                     else:
@@ -91,7 +103,7 @@ class Worker:
         """Heartbeat for the fleet view and webhook delivery, independent of job work."""
         while True:
             try:
-                await self.store.heartbeat(self.worker_id)
+                await self.store.heartbeat(self.worker_id, self.engine.loaded_model)
                 self.last_beat = time.monotonic()
                 await self.webhooks.deliver_due()
                 if self._backup is None or self._backup.done():  # off the heartbeat's path: it may take a while
@@ -163,6 +175,32 @@ class Worker:
 
     # --- one job -------------------------------------------------------------------------
 
+    async def switch_model(self, lease: Lease, model: str) -> None:
+        """Load the job's model in place of the engine's (the lease is renewed meanwhile); the job's record
+        says so while it happens, and a failed switch gives the job back without counting an attempt."""
+        loaded = self.engine.loaded_model
+
+        def reason(text: str | None) -> Callable[[Batch], Batch]:
+            return lambda b: b.model_copy(update={"status_reason": text})
+
+        await self.store.update(
+            lease.batch_id, reason(f"loading model {model!r} (replacing {loaded!r})"), fence=lease.fence
+        )
+        started = time.monotonic()
+        try:
+            how = await self.engine.switch(model)
+        except Exception as exc:
+            raise ModelSwitchError(f"could not load model {model!r}: {exc!r}") from exc
+        elapsed = time.monotonic() - started
+        metrics.model_switches.labels(how).inc()
+        metrics.model_switch_seconds.observe(elapsed)
+        if loaded is not None:
+            metrics.model_loaded.labels(loaded).set(0)
+        metrics.model_loaded.labels(model).set(1)
+        log.info("model %r loaded in %.1fs (%s, replacing %r)", model, elapsed, how, loaded)
+        await self.store.update(lease.batch_id, reason(None), fence=lease.fence)
+        await self.store.heartbeat(self.worker_id, self.engine.loaded_model)  # claims see the new model at once
+
     async def process(self, lease: Lease) -> None:
         batch = await self.store.get(lease.batch_id)
         if batch is None or batch.status.terminal:  # expired from Redis, or ended by the API meanwhile
@@ -184,6 +222,8 @@ class Worker:
         if batch.expires_at is not None and now >= batch.expires_at:
             await self.finisher.finalize(lease, plan, BatchStatus.EXPIRED)
             return
+        if not serves(self.engine, plan.model):
+            await self.switch_model(lease, plan.model)
         if batch.status == BatchStatus.VALIDATING:
             batch = await self.store.update(
                 lease.batch_id,

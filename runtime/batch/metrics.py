@@ -30,6 +30,21 @@ job_last_progress = Gauge(
     ["batch_id"],
     registry=registry,
 )
+model_switches = Counter(
+    "batch_model_switches",
+    "Model switches of the worker's engine, by method (sleep, restart).",
+    ["method"],
+    registry=registry,
+)
+model_switch_seconds = Histogram(
+    "batch_model_switch_duration_seconds",
+    "Time to switch the engine's model (the unload and the load).",
+    buckets=(1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 300),
+    registry=registry,
+)
+model_loaded = Gauge(
+    "batch_model_loaded", "1 for the model the worker's engine has loaded.", ["model"], registry=registry
+)
 api_requests = Counter(
     "batch_api_requests", "API requests by route and status.", ["route", "status"], registry=registry
 )

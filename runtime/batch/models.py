@@ -119,6 +119,7 @@ class Batch(BaseModel):
     metadata: dict[str, str] | None = None
     model: str | None = None
     usage: BatchUsage | None = None
+    status_reason: str | None = None  # ours, not OpenAI's: why a job waits (its model is not loaded yet)
 
 
 class JobPlan(BaseModel):
@@ -162,6 +163,7 @@ class Model(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "vllm-gb10"
+    loaded: bool | None = None  # ours: a worker has it loaded now (None: no worker reports one)
 
 
 class ModelList(BaseModel):

@@ -37,10 +37,30 @@ class CreateBatch(BaseModel):
     output_expires_after: ExpiresAfter | None = None
 
 
+LIVE_WORKER_SECONDS = 30  # a worker whose heartbeat is older than this is not counted as loading anything
+
+
 @router.get("/v1/models")
 async def list_models(state: ApiState, _principal: Caller) -> ModelList:
-    """The model a batch may name (each request's body.model)."""
-    return ModelList(data=[Model(id=state.settings.model, created=state.started_at)])
+    """The models a batch may name (each request's body.model), the default first, and which are loaded."""
+    loaded = await state.store.loaded_models(LIVE_WORKER_SECONDS)
+    return ModelList(
+        data=[
+            Model(id=model, created=state.started_at, loaded=(model in loaded) if loaded else None)
+            for model in state.settings.offered_models
+        ]
+    )
+
+
+async def with_wait_reason(state: ApiState, batch: Batch) -> Batch:
+    """A queued job whose model no live worker has loaded says so (it waits for a switch, it does not fail)."""
+    if batch.status != BatchStatus.VALIDATING or batch.status_reason or batch.model is None:
+        return batch
+    loaded = await state.store.loaded_models(LIVE_WORKER_SECONDS)
+    if not loaded or batch.model in loaded:
+        return batch
+    reason = f"waiting for model {batch.model!r} to be loaded (loaded now: {', '.join(sorted(map(repr, loaded)))})"
+    return batch.model_copy(update={"status_reason": reason})
 
 
 @router.post("/v1/batches")
@@ -74,7 +94,7 @@ async def create_batch(state: ApiState, principal: Caller, body: CreateBatch) ->
 
 @router.get("/v1/batches/{batch_id}")
 async def get_batch(state: ApiState, principal: Caller, batch_id: str) -> Batch:
-    return await existing_batch(state, batch_id, principal)
+    return await with_wait_reason(state, await existing_batch(state, batch_id, principal))
 
 
 @router.post("/v1/batches/{batch_id}/cancel")

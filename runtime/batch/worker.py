@@ -31,9 +31,11 @@ from runtime.batch.worker_http import SignalFreeServer, health_app
 
 def make_engine(settings: BatchSettings) -> Engine:
     if settings.engine == "offline":
-        from runtime.batch.engines.offline import OfflineEngine
+        from runtime.batch.engines.offline import ModelSpec, OfflineEngine
 
-        return OfflineEngine(settings.model_path or settings.model, settings.model, settings.vllm_args)
+        return OfflineEngine(
+            [ModelSpec(m, settings.weights_of(m), settings.engine_args_of(m)) for m in settings.offered_models]
+        )
     from runtime.batch.engines.http import HttpEngine
 
     if settings.vllm_base_url is None:

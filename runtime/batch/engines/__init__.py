@@ -40,11 +40,25 @@ class Engine(Protocol):
     @property
     def endpoints(self) -> tuple[str, ...]: ...
 
+    @property
+    def loaded_model(self) -> str | None:
+        """The model this engine runs now; None: any offered model (the load balancer routes by model)."""
+        ...
+
+    async def switch(self, model: str) -> str:
+        """Load `model` instead; returns how ("sleep", "restart"; "none" when nothing changed)."""
+        ...
+
     async def start(self) -> None: ...
 
     async def run(self, request: RequestLine) -> Outcome: ...
 
     async def close(self) -> None: ...
+
+
+def serves(engine: Engine, model: str) -> bool:
+    """Whether a job for `model` runs on this engine without a switch."""
+    return engine.loaded_model is None or engine.loaded_model == model
 
 
 def usage_of(body: dict[str, Any] | None) -> dict[str, Any]:

@@ -31,6 +31,10 @@ def request_body(request: RequestLine, priority: int) -> dict[str, Any]:
 
 class HttpEngine:
     endpoints = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+    loaded_model: str | None = None  # every offered model: nothing to switch
+
+    async def switch(self, model: str) -> str:
+        return "none"
 
     def __init__(
         self,

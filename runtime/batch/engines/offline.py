@@ -3,16 +3,26 @@
 The request handlers come from `vllm.entrypoints.launchers.run_batch.build_endpoint_registry`
 and each request runs through its `run_request`, so each response is what run_batch
 would write. The difference is the lifetime: the engine starts once and stays warm across jobs.
+
+With several offered models one is loaded at a time, and `switch` changes it the fastest way the
+platform allows: where vLLM has sleep mode (CUDA), the loaded model sleeps at level 2 (weights and
+KV cache freed; level 1 would keep the weights in host memory, which on unified memory is the same
+memory) and a model that slept before wakes and reloads its weights; elsewhere (vLLM CPU) the engine
+restarts with the other model.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.batch.engines import Outcome, usage_of
 from runtime.batch.validation import RequestLine
 from runtime.kvcache import engine_args_to_flags
+
+LOG = logging.getLogger(__name__)
 
 
 def model_flags(model_path: str, served_model: str, vllm_args: dict[str, Any]) -> list[str]:
@@ -25,15 +35,56 @@ def engine_argv(model_path: str, served_model: str, vllm_args: dict[str, Any]) -
     return ["-i", "unused.jsonl", "-o", "unused.jsonl", *model_flags(model_path, served_model, vllm_args)]
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """One offered model: the name jobs send, the weights vLLM loads and its sized engine arguments."""
+
+    name: str
+    path: str
+    vllm_args: dict[str, Any]
+
+
+@dataclass
+class _Loaded:
+    """A started vLLM engine for one model (awake or, with sleep mode, asleep)."""
+
+    stack: contextlib.AsyncExitStack
+    client: Any
+    registry: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def sleep_mode_available() -> bool:
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_sleep_mode_available())
+
+
 class OfflineEngine:
     endpoints = ("/v1/chat/completions", "/v1/embeddings")
 
-    def __init__(self, model_path: str, served_model: str, vllm_args: dict[str, Any]):
-        self.argv = engine_argv(model_path, served_model, vllm_args)
-        self._stack = contextlib.AsyncExitStack()
-        self._registry: dict[str, dict[str, Any]] = {}
+    def __init__(self, models: list[ModelSpec], *, use_sleep_mode: bool | None = None):
+        if not models:
+            raise ValueError("the offline engine needs at least one model")
+        self.models = {m.name: m for m in models}
+        self.loaded_model: str = models[0].name
+        self._use_sleep = use_sleep_mode
+        self._engines: dict[str, _Loaded] = {}  # awake: loaded_model's; the others asleep (sleep mode only)
+
+    @property
+    def uses_sleep_mode(self) -> bool:
+        if self._use_sleep is None:
+            self._use_sleep = len(self.models) > 1 and sleep_mode_available()
+        return self._use_sleep
+
+    def argv(self, name: str) -> list[str]:
+        spec = self.models[name]
+        args = {**spec.vllm_args, **({"enable_sleep_mode": True} if self.uses_sleep_mode else {})}
+        return engine_argv(spec.path, spec.name, args)
 
     async def start(self) -> None:
+        self._engines[self.loaded_model] = await self._start(self.loaded_model)
+
+    async def _start(self, name: str) -> _Loaded:
         from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
         from vllm.entrypoints.launchers.run_batch import (
             BatchProgressTracker,
@@ -43,12 +94,48 @@ class OfflineEngine:
         from vllm.usage.usage_lib import UsageContext
         from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-        args = make_arg_parser(FlexibleArgumentParser()).parse_args(self.argv)
-        client = await self._stack.enter_async_context(
-            build_async_engine_client(args, usage_context=UsageContext.OPENAI_BATCH_RUNNER)
-        )
-        self._registry = await build_endpoint_registry(engine_client=client, args=args)
+        args = make_arg_parser(FlexibleArgumentParser()).parse_args(self.argv(name))
+        stack = contextlib.AsyncExitStack()
+        try:
+            client = await stack.enter_async_context(
+                build_async_engine_client(args, usage_context=UsageContext.OPENAI_BATCH_RUNNER)
+            )
+            registry = await build_endpoint_registry(engine_client=client, args=args)
+        except BaseException:
+            await stack.aclose()
+            raise
         self._tracker = BatchProgressTracker()
+        return _Loaded(stack, client, registry)
+
+    async def switch(self, model: str) -> str:
+        """Load `model` in place of the loaded one; returns how: "sleep" (sleep mode) or "restart"."""
+        if model not in self.models:
+            raise ValueError(f"model {model!r} is not offered (offered: {', '.join(self.models)})")
+        if model == self.loaded_model:
+            return "none"
+        current = self._engines[self.loaded_model]
+        if self.uses_sleep_mode:
+            await current.client.sleep(level=2)  # frees weights and KV cache; the engine stays up
+            asleep = self._engines.get(model)
+            if asleep is None:
+                self._engines[model] = await self._start(model)
+            else:
+                await asleep.client.wake_up(tags=["weights"])
+                await asleep.client.collective_rpc("reload_weights")  # level 2 discarded them
+                await asleep.client.wake_up(tags=["kv_cache"])
+            how = "sleep"
+        else:
+            del self._engines[self.loaded_model]
+            await current.stack.aclose()  # the engine core exits and its memory is freed
+            try:
+                self._engines[model] = await self._start(model)
+            except BaseException:  # keep serving what was loaded; the job that asked is retried later
+                self._engines[self.loaded_model] = await self._start(self.loaded_model)
+                raise
+            how = "restart"
+        LOG.info("model switched: %s -> %s (%s)", self.loaded_model, model, how)
+        self.loaded_model = model
+        return how
 
     async def run(self, request: RequestLine) -> Outcome:
         from vllm.entrypoints.launchers.run_batch import BatchRequestInput, handle_endpoint_request
@@ -59,7 +146,7 @@ class OfflineEngine:
             )
         except ValueError as exc:
             return Outcome(status_code=400, error={"code": "invalid_request", "message": str(exc)[:1000]})
-        config = self._registry.get(request.url.split("/")[-1])
+        config = self._engines[self.loaded_model].registry.get(request.url.split("/")[-1])
         pending = (
             handle_endpoint_request(
                 parsed,
@@ -89,4 +176,6 @@ class OfflineEngine:
         )
 
     async def close(self) -> None:
-        await self._stack.aclose()
+        engines, self._engines = list(self._engines.values()), {}
+        for engine in engines:
+            await engine.stack.aclose()
