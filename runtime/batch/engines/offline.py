@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +70,7 @@ class OfflineEngine:
         self.loaded_model: str = models[0].name
         self._use_sleep = use_sleep_mode
         self._engines: dict[str, _Loaded] = {}  # awake: loaded_model's; the others asleep (sleep mode only)
+        self.last_switch: dict[str, float] = {}  # seconds of the last switch's unload and load
 
     @property
     def uses_sleep_mode(self) -> bool:
@@ -114,8 +116,10 @@ class OfflineEngine:
         if model == self.loaded_model:
             return "none"
         current = self._engines[self.loaded_model]
+        started = time.perf_counter()
         if self.uses_sleep_mode:
             await current.client.sleep(level=2)  # frees weights and KV cache; the engine stays up
+            unloaded = time.perf_counter()
             asleep = self._engines.get(model)
             if asleep is None:
                 self._engines[model] = await self._start(model)
@@ -127,13 +131,15 @@ class OfflineEngine:
         else:
             del self._engines[self.loaded_model]
             await current.stack.aclose()  # the engine core exits and its memory is freed
+            unloaded = time.perf_counter()
             try:
                 self._engines[model] = await self._start(model)
             except BaseException:  # keep serving what was loaded; the job that asked is retried later
                 self._engines[self.loaded_model] = await self._start(self.loaded_model)
                 raise
             how = "restart"
-        LOG.info("model switched: %s -> %s (%s)", self.loaded_model, model, how)
+        self.last_switch = {"unload_s": unloaded - started, "load_s": time.perf_counter() - unloaded}
+        LOG.info("model switched: %s -> %s (%s: %s)", self.loaded_model, model, how, self.last_switch)
         self.loaded_model = model
         return how
 
