@@ -256,7 +256,8 @@ class VllmSettings(_Frozen):
         "models",
         [],
         "Extra models the stack offers besides model (offered: model first, then these), each "
-        "{model, servedModelName?, modelConfigFile?}; more than one needs batchEngine offline.",
+        "{model, servedModelName?, modelConfigFile?}; compose and parallelism replica only: each gets its own vLLM "
+        "server on every gpu host, at vllmPort + its position (1, 2, ...), sized together with the others.",
     )
 
     @property
@@ -653,8 +654,16 @@ def _check_topology(config: StackConfig, where: str, read: RawReader) -> None:
         fail("tlsCertificate", "tlsCertificate and tlsPrivateKey go together: set both, or neither for a generated CA")
 
 
+# What a served model name may hold when several are offered: the load balancer matches it in its
+# routing rules and Lua service, where spaces, quotes and backslashes would need escaping.
+SERVED_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
+
+
 def _check_offered_models(config: StackConfig, fail: Callable[[str, str], None]) -> None:
-    """Served names are unique over every offered model; more than one needs the offline batch engine."""
+    """Served names are unique over every offered model. Several offered models are served by one vLLM
+    server each on every gpu host (compose, parallelism replica), behind the load balancer's routing on
+    the request's `model`; kubernetes and tensor/pipeline parallelism run one vLLM server, so they are
+    refused there."""
     offered = config.vllm.offered
     for i, entry in enumerate(config.vllm.models):
         earlier = [m.served_name for m in offered[: i + 1]]  # the default, then models[0..i-1]
@@ -665,10 +674,27 @@ def _check_offered_models(config: StackConfig, fail: Callable[[str, str], None])
                 f"models[{i}].servedModelName",
                 f"served model name {entry.served_name!r} is already {owner}; give each offered model its own",
             )
-    if len(offered) > 1 and config.batch.engine != "offline":
+    if len(offered) < 2:
+        return
+    if config.platform is Platform.KUBERNETES:
         fail(
             "models",
-            f"{len(offered)} offered models need {PROJECT}:batchEngine offline (it is {config.batch.engine!r}): "
-            f"the batch worker's in-process vLLM switches between them, while the vLLM servers behind the load "
-            f"balancer serve the default model ({config.vllm.served_name!r}) only",
+            f"{len(offered)} offered models: the kubernetes platform runs one vLLM Deployment, for the default "
+            f"model ({config.vllm.served_name!r}), on the GB10 node; several offered models need the compose "
+            f"platform (one vLLM server per model on each gpu host); remove {PROJECT}:models",
         )
+    if config.vllm.parallelism is not Parallelism.REPLICA:
+        fail(
+            "models",
+            f"{len(offered)} offered models with {PROJECT}:parallelism {config.vllm.parallelism.value}: one vLLM "
+            f"server spans every gpu host, for the default model ({config.vllm.served_name!r}) only; several "
+            f"offered models need parallelism replica (one server per model on each gpu host)",
+        )
+    for i, entry in enumerate(offered):
+        if not SERVED_NAME_PATTERN.match(entry.served_name):
+            key = "servedModelName" if i == 0 else f"models[{i - 1}].servedModelName"
+            fail(
+                key,
+                f"served model name {entry.served_name!r}: with several offered models the load balancer routes "
+                f"on it, so it may hold only letters, digits and . _ : / @ + - (set servedModelName)",
+            )

@@ -233,14 +233,53 @@ def test_a_bad_offered_model_is_named_by_its_index(values: dict, message: str) -
     assert str(caught.value).startswith(f"Pulumi.stella.yaml: {message}"), str(caught.value)
 
 
-@pytest.mark.parametrize("platform", ["compose", "kubernetes"])
-def test_several_offered_models_need_the_offline_batch_engine(platform: str) -> None:
-    hosts = TWO_HOSTS if platform == "compose" else []
+@pytest.mark.parametrize("engine", ["http", "offline"])
+def test_several_offered_models_work_on_compose_with_replicas_and_either_batch_engine(engine: str) -> None:
+    hosts = TWO_HOSTS if engine == "http" else OFFLINE_HOSTS
+    cfg = load_with(stack="stella", hosts=hosts, batchEngine=engine, models=[LLAMA])
+    assert [m.served_name for m in cfg.vllm.offered] == ["Qwen/Qwen3-4B", "llama-8b"]
+
+
+@pytest.mark.parametrize("engine", ["http", "offline"])
+def test_several_offered_models_are_refused_on_kubernetes(engine: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        load_with(stack="stella", platform=platform, hosts=hosts, batchEngine="http", models=[LLAMA])
+        load_with(stack="edge", platform="kubernetes", hosts=[], batchEngine=engine, models=[LLAMA])
     assert str(caught.value) == (
-        "Pulumi.stella.yaml: vllm-gb10:models: 2 offered models need vllm-gb10:batchEngine offline (it is 'http'): "
-        "the batch worker's in-process vLLM switches between them, while the vLLM servers behind the load balancer "
-        "serve the default model ('Qwen/Qwen3-4B') only"
+        "Pulumi.edge.yaml: vllm-gb10:models: 2 offered models: the kubernetes platform runs one vLLM Deployment, "
+        "for the default model ('Qwen/Qwen3-4B'), on the GB10 node; several offered models need the compose "
+        "platform (one vLLM server per model on each gpu host); remove vllm-gb10:models"
     )
-    assert load_with(platform=platform, hosts=hosts, batchEngine="http", models=[]).vllm.models == []
+    assert load_with(platform="kubernetes", hosts=[], batchEngine=engine, models=[]).vllm.models == []
+
+
+@pytest.mark.parametrize("parallelism", ["tensor", "pipeline"])
+def test_several_offered_models_are_refused_with_one_server_over_every_host(parallelism: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_with(stack="stella", parallelism=parallelism, models=[LLAMA])
+    assert str(caught.value) == (
+        f"Pulumi.stella.yaml: vllm-gb10:models: 2 offered models with vllm-gb10:parallelism {parallelism}: one "
+        "vLLM server spans every gpu host, for the default model ('Qwen/Qwen3-4B') only; several offered models "
+        "need parallelism replica (one server per model on each gpu host)"
+    )
+    assert load_with(parallelism=parallelism).vllm.parallelism.value == parallelism
+
+
+@pytest.mark.parametrize(
+    ("values", "key", "name"),
+    [
+        ({"models": [{"model": "org/x", "servedModelName": "my model"}]}, "models[0].servedModelName", "my model"),
+        ({"servedModelName": "a'b", "models": [LLAMA]}, "servedModelName", "a'b"),
+        ({"models": [LLAMA, {"model": 'org/"quoted"'}]}, "models[1].servedModelName", 'org/"quoted"'),
+    ],
+)
+def test_with_several_offered_models_a_served_name_the_balancer_cannot_match_is_refused(
+    values: dict, key: str, name: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_with(stack="stella", **values)
+    assert str(caught.value) == (
+        f"Pulumi.stella.yaml: vllm-gb10:{key}: served model name {name!r}: with several offered models the load "
+        "balancer routes on it, so it may hold only letters, digits and . _ : / @ + - (set servedModelName)"
+    )
+    single = {k: v for k, v in values.items() if k != "models"}
+    load_with(stack="stella", **single)  # one offered model: no routing, any name as before

@@ -149,12 +149,7 @@ def test_the_default_models_config_json_is_looked_up_as_before() -> None:
     )
 
 
-def test_the_kubernetes_platform_renders_the_same_environment() -> None:
-    edge = build_plan("edge", overrides={"batchEngine": "offline", "models": json.dumps([LLAMA])})
-    for service in ("batch-api", "batch-worker"):
-        document = yaml.safe_load(edge.files[f"k8s/deployment-{service}.yaml"])
-        env = {e["name"]: e.get("value") for e in document["spec"]["template"]["spec"]["containers"][0]["env"]}
-        assert env["BATCH_MODELS"] == '["Qwen/Qwen3-4B", "llama-8b"]'
-        if service == "batch-worker":
-            assert set(json.loads(env["BATCH_MODEL_VLLM_ARGS"])) == {"Qwen/Qwen3-4B", "llama-8b"}
-            assert json.loads(env["BATCH_MODEL_PATHS"])["llama-8b"] == LLAMA["model"]
+def test_the_kubernetes_platform_refuses_several_offered_models() -> None:
+    """Its vLLM Deployment serves the default model only (the refusal's text: tests/unit/test_config.py)."""
+    with pytest.raises(ConfigError, match="the kubernetes platform runs one vLLM Deployment"):
+        build_plan("edge", overrides={"batchEngine": "offline", "models": json.dumps([LLAMA])})
