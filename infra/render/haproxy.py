@@ -15,10 +15,19 @@ the key's SHA-256 and looks it up in map files of `<sha256 hex> <name>` lines, s
 clear. Unknown or missing keys get OpenAI's 401 error; `/health` stays open. Keys are added and
 revoked at run time through the admin socket (`python -m runtime.lbkeys`), without a reload. The
 backends get vLLM's own key from HAProxy's environment (`${VLLM_API_KEY}`), never from this file.
+
+Several offered models (issue 20): one backend per model (its servers: that model's vLLM server on each
+gpu host), each with the same stickiness, health checks, retries and key as the single backend. The
+request body's `model` (JSON, read from the buffered body with `json_query`) picks the backend; a model
+that is offered but has no usable server now gets 503 with Retry-After at once (never a queue), one not
+offered gets 404 naming the offered models, both in OpenAI's error envelope. A request without a JSON
+`model` goes to the default model's backend, as with one model. `GET /v1/models` is answered by a Lua
+service (render_models_lua): every offered model, `loaded` when its backend has a usable server.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -26,6 +35,14 @@ from dataclasses import dataclass
 class Backend:
     name: str
     address: str  # host:port
+
+
+@dataclass(frozen=True)
+class ModelRoute:
+    """An offered model's backend: requests whose body names `served_name` go to `servers`."""
+
+    served_name: str
+    servers: tuple[Backend, ...]
 
 
 @dataclass(frozen=True)
@@ -51,6 +68,13 @@ class LoadBalancerConfig:
     backend_key_env: str | None = None
     # Certificate and key in one PEM file: the client frontend speaks TLS (1.2 and up) with it.
     tls_pem: str | None = None
+    # Several offered models: each one's backend, the default model's first (its servers are `backends`);
+    # `models_lua` is where the Lua file that answers GET /v1/models lies (render_models_lua).
+    models: tuple[ModelRoute, ...] = ()
+    models_lua: str | None = None
+    # A request's model is read from its body's first tune.bufsize bytes; a longer body whose model lies
+    # beyond them goes to the default model's backend (which refuses another model with vLLM's 404).
+    model_bufsize: int = 262144
 
 
 # HAProxy puts weight x 16 points per server on the consistent ring. At the default weight 1 the arcs
@@ -92,7 +116,7 @@ def render_haproxy_cfg(cfg: LoadBalancerConfig) -> str:
     if len(set(names)) != len(names):
         raise ValueError(f"backend names must be unique: {names}")
     check_balance_factor(cfg.balance_factor)
-    servers = "\n".join(f"    server {b.name} {b.address} check" for b in cfg.backends)
+    routes = _model_routes(cfg)
     if cfg.sticky:
         balance = (
             f"balance hash var(txn.session_key)\n    hash-type consistent\n    hash-balance-factor {cfg.balance_factor}"
@@ -107,12 +131,38 @@ def render_haproxy_cfg(cfg: LoadBalancerConfig) -> str:
     backend_key = ""
     if cfg.backend_key_env:
         backend_key = f'\n    http-request set-header Authorization "Bearer ${{{cfg.backend_key_env}}}"'
+    lua = ""
+    routing = ""
+    if len(routes) > 1:
+        lua = f"\n    tune.bufsize {cfg.model_bufsize}"
+        if cfg.models_lua:
+            lua += f"\n    lua-load {cfg.models_lua}"
+        routing = _routing(routes, cfg.models_lua is not None)
+
+    def backend(name: str, members: tuple[Backend, ...], model: str | None) -> str:
+        servers = "\n".join(f"    server {b.name} {b.address} check" for b in members)
+        comment = f"\n# offered model {model}" if model is not None else ""
+        return f"""{comment}
+backend {name}
+    {balance}
+    option httpchk GET {cfg.health_path}
+    http-check expect status 200
+    # A failed request (refused connection, reset, 5xx other than 501/505) marks its server down at once.
+    default-server {health} weight {RING_WEIGHT}{backend_key}
+{servers}
+"""
+
+    if len(routes) > 1:
+        blocks = [backend(name, r.servers, r.served_name) for name, r in routes]
+    else:
+        blocks = [backend("vllm", cfg.backends, None)]
+    backend_blocks = "".join(blocks)
 
     return f"""\
 # Rendered by infra/render/haproxy.py - do not edit by hand.
 global
     log stdout format raw local0
-    maxconn {cfg.maxconn}{socket}{tls_floor}
+    maxconn {cfg.maxconn}{socket}{tls_floor}{lua}
 
 defaults
     mode http
@@ -141,16 +191,8 @@ frontend openai
     http-request set-var(txn.session_key) src,ipmask(32) if !{{ var(txn.session_key) -m found }}
     http-response set-header X-LB-Session %[var(txn.session_key)]
     http-response set-header X-LB-Backend %s
-    default_backend vllm
-
-backend vllm
-    {balance}
-    option httpchk GET {cfg.health_path}
-    http-check expect status 200
-    # A failed request (refused connection, reset, 5xx other than 501/505) marks its server down at once.
-    default-server {health} weight {RING_WEIGHT}{backend_key}
-{servers}
-
+{routing}    default_backend vllm
+{backend_blocks}
 frontend stats
     bind {cfg.stats_bind}
     http-request use-service prometheus-exporter if {{ path /metrics }}
@@ -185,3 +227,108 @@ def _auth(maps: tuple[str, ...], health_path: str) -> str:
         f"string '{UNAUTHORIZED}' if !{{ path {health_path} }} !{{ var(txn.key_name) -m found }}"
     )
     return "\n".join(lines)
+
+
+MODEL_NOT_LOADED_RETRY_AFTER_S = 10
+
+
+def backend_name(index: int) -> str:
+    """The default model's backend keeps the name `vllm` (dashboards, alerts); the others are vllm-2, vllm-3..."""
+    return "vllm" if index == 0 else f"vllm-{index + 1}"
+
+
+def _model_routes(cfg: LoadBalancerConfig) -> list[tuple[str, ModelRoute]]:
+    """(backend name, route) per offered model; one route (the default's) when no models are given."""
+    if len(cfg.models) <= 1:
+        return [("vllm", ModelRoute("", cfg.backends))]
+    if cfg.models[0].servers != cfg.backends:
+        raise ValueError("the first model route is the default model's: its servers are `backends`")
+    names = [m.served_name for m in cfg.models]
+    if len(set(names)) != len(names):
+        raise ValueError(f"offered model names must be unique: {names}")
+    for route in cfg.models:
+        if not route.servers:
+            raise ValueError(f"offered model {route.served_name!r} has no servers")
+        if not _SAFE_NAME.match(route.served_name):
+            raise ValueError(f"offered model name {route.served_name!r} cannot be matched safely by HAProxy")
+    return [(backend_name(i), m) for i, m in enumerate(cfg.models)]
+
+
+def _error_envelope(message: str, type_: str, param: str, code: str) -> str:
+    """OpenAI's error envelope as an HAProxy log-format string: `message` may hold %[...] expressions."""
+    return f'{{"error":{{"message":"{message}","type":"{type_}","param":"{param}","code":"{code}"}}}}'
+
+
+def _routing(routes: list[tuple[str, ModelRoute]], lua: bool) -> str:
+    """Frontend rules that pick a model's backend by the request body's `model`."""
+    names = [r.served_name for _, r in routes]
+    offered = ", ".join(names)
+    asked = "%[var(txn.model),json(utf8s)]"
+    not_offered = _error_envelope(
+        f"The model `{asked}` does not exist. Offered models: {offered}.",
+        "invalid_request_error",
+        "model",
+        "model_not_found",
+    )
+    lines = [
+        '    # Offered models: the request body\'s "model" picks its backend (the body is buffered).',
+        "    http-request set-var(txn.model) req.body,json_query('$.model') if METH_POST",
+        f"    http-request return status 404 content-type application/json lf-string '{not_offered}' "
+        f"if {{ var(txn.model) -m found }} !{{ var(txn.model) -m str {' '.join(names)} }}",
+    ]
+    for backend, route in routes:
+        not_loaded = _error_envelope(
+            f"The model `{route.served_name}` is offered but no server has it loaded now; retry later.",
+            "server_error",
+            "model",
+            "model_not_loaded",
+        )
+        lines.append(
+            f"    http-request return status 503 content-type application/json "
+            f"hdr Retry-After {MODEL_NOT_LOADED_RETRY_AFTER_S} string '{not_loaded}' "
+            f"if {{ var(txn.model) -m str {route.served_name} }} {{ nbsrv({backend}) eq 0 }}"
+        )
+    if lua:
+        lines.append(f"    http-request use-service lua.{MODELS_SERVICE} if METH_GET {{ path /v1/models }}")
+    for backend, route in routes[1:]:
+        lines.append(f"    use_backend {backend} if {{ var(txn.model) -m str {route.served_name} }}")
+    return "\n".join(lines) + "\n"
+
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")  # infra.config.SERVED_NAME_PATTERN
+MODELS_SERVICE = "vllm_gb10_models"
+MODELS_OWNER = "vllm-gb10"
+
+
+def render_models_lua(models: tuple[ModelRoute, ...]) -> str:
+    """The Lua service behind `GET /v1/models`: OpenAI's model list of every offered model, each with
+    `loaded` (its backend has at least one usable server now: HAProxy's nbsrv)."""
+    names = [m.served_name for m in models]
+    if len(names) < 2 or any(not _SAFE_NAME.match(n) for n in names):
+        raise ValueError(f"the models service is for several safely named offered models, not {names}")
+    entries = "\n".join(f'    {{id = "{m.served_name}", backend = "{backend_name(i)}"}},' for i, m in enumerate(models))
+    return f"""\
+-- Rendered by infra/render/haproxy.py - do not edit by hand.
+-- GET /v1/models through the load balancer: every offered model, loaded when its backend has a usable server.
+local models = {{
+{entries}
+}}
+
+core.register_service("{MODELS_SERVICE}", "http", function(applet)
+    local created = core.now().sec
+    local items = {{}}
+    for _, model in ipairs(models) do
+        local usable = tonumber(applet.f:nbsrv(model.backend)) or 0
+        items[#items + 1] = string.format(
+            '{{"id":"%s","object":"model","created":%d,"owned_by":"{MODELS_OWNER}","loaded":%s}}',
+            model.id, created, tostring(usable > 0))
+    end
+    local body = '{{"object":"list","data":[' .. table.concat(items, ",") .. ']}}'
+    applet:set_status(200)
+    applet:add_header("content-type", "application/json")
+    applet:add_header("content-length", tostring(string.len(body)))
+    applet:add_header("cache-control", "no-store")
+    applet:start_response()
+    applet:send(body)
+end)
+"""
