@@ -26,7 +26,7 @@ from infra.components.postgres import Postgres
 from infra.components.ray_cluster import RayCluster
 from infra.components.redis import Redis
 from infra.components.tls import PublicTls
-from infra.components.vllm import VllmService, vllm_node
+from infra.components.vllm import ModelServer, VllmService, vllm_node
 from infra.config import PROJECT, ConfigError, Parallelism, Platform, Role, StackConfig, load, stack_file
 from infra.memory import LIMITS
 from infra.platforms import ServicePlatform
@@ -35,7 +35,7 @@ from infra.platforms.image_refs import tag_only, with_image_refs
 from infra.platforms.kubernetes import KubernetesPlatform
 from infra.render.monitoring import ScrapeJob
 from infra.services import Secret
-from infra.vllm_sizing import engine_args, size_offered_models, size_vllm, vllm_memory_limit
+from infra.vllm_sizing import engine_args, size_model_servers, size_offered_models, size_vllm
 from runtime.kvcache import PROFILES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -212,6 +212,8 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
     """Declare every resource of the stack; return the stack outputs."""
     kv_plan = size_vllm(cfg, REPO_ROOT)
     vllm_engine_args = engine_args(cfg, kv_plan)
+    # The vLLM servers on each gpu host: one per offered model, sized together when there are several.
+    model_servers = size_model_servers(cfg, REPO_ROOT, kv_plan)
     offered = cfg.vllm.offered
     # The offline batch engine loads each offered model in turn, each sized on its own (the default's is kv_plan).
     offline_plans = size_offered_models(cfg, REPO_ROOT, kv_plan) if cfg.batch.engine == "offline" else {}
@@ -278,7 +280,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
 
     gpu_hosts = placement.gpu
     distributed = cfg.vllm.parallelism is not Parallelism.REPLICA
-    vllm_limit = vllm_memory_limit(cfg, kv_plan, vllm_engine_args)
+    vllm_limit = model_servers[0].memory_limit
     ray = RayCluster(
         "ray",
         {
@@ -302,12 +304,15 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "image": vllm_image_ref,
             "hosts": gpu_hosts,
             "settings": cfg.vllm,
-            "engine_args": vllm_engine_args,
+            "engine_args": model_servers[0].engine_args,
             "hf_token": secrets.hf_token,
             "ray_gcs_address": ray.gcs_address,
             "ray_client_environment": ray.client_environment,
             "ray_client_secrets": ray.client_secrets,
             "memory_limit": vllm_limit,
+            "more_models": [
+                ModelServer(s.served_name, s.model, s.port, s.engine_args, s.memory_limit) for s in model_servers[1:]
+            ],
         },
     )
     lb = LoadBalancer(
@@ -316,6 +321,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "platform": platform,
             "host": placement.lb,
             "backends": vllm.backends,
+            "model_backends": vllm.model_backends,
             "settings": cfg.lb,
             "backend_key": vllm.api_key,
             "tls": served_tls,
@@ -358,7 +364,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "gpu_hosts": gpu_hosts,
             "node_hosts": placement.nodes,
             "jobs": [
-                ScrapeJob("vllm", tuple(address for _, address in vllm.backends)),
+                ScrapeJob("vllm", tuple(a for backends in vllm.model_backends.values() for _, a in backends)),
                 ScrapeJob("haproxy", (lb.stats_address,)),
                 ScrapeJob("batch-api", (batch.metrics_targets["batch-api"],)),
                 ScrapeJob("batch-worker", (batch.metrics_targets["batch-worker"],)),

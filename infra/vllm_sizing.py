@@ -8,8 +8,10 @@ fails with the stack file and key named.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +25,20 @@ from infra.config import (
     StackConfig,
     stack_file,
 )
-from infra.memory import gpu_node_reserved_gib, reserved_gib
-from runtime.kvcache import PROFILES, KvPlan, ModelConfigError, PlanError, Target, load_model_shape, plan
+from infra.memory import colocated, gpu_node_reserved_gib, reserved_gib
+from runtime.kvcache import (
+    PROFILES,
+    HostProfile,
+    KvPlan,
+    ModelConfigError,
+    ModelShape,
+    PlanError,
+    Target,
+    load_model_shape,
+    plan,
+)
 from runtime.kvcache.catalog import catalog_config, catalog_models
+from runtime.kvcache.policy import FP8_BYTES, PREFIX_CACHE_HEADROOM, sequence_bytes
 
 POLICY_KEYS = {"model": "model", "max_model_len": "maxModelLen", "concurrency": "maxNumSeqs", "reserved": "hosts"}
 # Beyond what vLLM allocates for weights, KV and its overhead: the API server, tokenizers, Python.
@@ -40,6 +53,7 @@ def size_vllm(cfg: StackConfig, project_dir: Path) -> KvPlan:
     if vllm.host_profile not in PROFILES:
         raise fail("hostProfile", f"{vllm.host_profile!r} is not one of {', '.join(sorted(PROFILES))}")
     _refuse_two_engines(cfg)
+    check_model_ports(cfg)
     try:
         return _plan(cfg, config_path)
     except ModelConfigError as err:
@@ -145,3 +159,195 @@ def engine_args(cfg: StackConfig, kv_plan: KvPlan) -> dict[str, Any]:
     if vllm.kv_cache_memory_bytes:
         args["kv_cache_memory_bytes"] = vllm.kv_cache_memory_bytes
     return args
+
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class ModelServerPlan:
+    """One offered model's vLLM server on each gpu host: its port, its KV plan and its engine arguments."""
+
+    served_name: str
+    model: str
+    port: int
+    kv_plan: KvPlan
+    engine_args: dict[str, Any]
+    memory_limit: str
+
+
+def model_port(cfg: StackConfig, index: int) -> int:
+    """The port of the offered model at `index` (0: the default model, on vllmPort; then vllmPort + index)."""
+    return cfg.vllm.port + index
+
+
+def check_model_ports(cfg: StackConfig) -> None:
+    """Each offered model's server port (vllmPort, vllmPort + 1, ...) must be free of the stack's other ports:
+    a configured one (named by its key) or one the components fix (the batch services' internal ports, the
+    exporters', the Ray agents'). Compose only: kubernetes gives each service its own address."""
+    if cfg.platform is not Platform.COMPOSE:
+        return
+    from infra.components.batch import API_INTERNAL_PORT, WORKER_METRICS_PORT
+    from infra.components.monitoring import DCGM_PORT, NODE_PORT
+    from infra.components.ray_cluster import WORKER_AGENT_PORT
+    from infra.components.vllm import RAY_AGENT_PORT
+
+    taken: dict[int, str] = {
+        WORKER_METRICS_PORT: "the batch worker's /metrics port",
+        API_INTERNAL_PORT: "the batch API's internal port",
+        DCGM_PORT: "the DCGM exporter's port",
+        NODE_PORT: "the node exporter's port",
+        52365: "the Ray head's dashboard agent port",
+        WORKER_AGENT_PORT: "the Ray workers' dashboard agent port",
+        RAY_AGENT_PORT: "vLLM's Ray agent port",
+    }
+    keyed = {
+        "lbPort": cfg.lb.port,
+        "lbStatsPort": cfg.lb.stats_port,
+        "redisPort": cfg.data.redis_port,
+        "postgresPort": cfg.data.postgres_port,
+        "minioPort": cfg.data.minio_port,
+        "minioConsolePort": cfg.data.minio_console_port,
+        "rayGcsPort": cfg.ray.gcs_port,
+        "rayDashboardPort": cfg.ray.dashboard_port,
+        "rayClientPort": cfg.ray.client_port,
+        "rayMetricsPort": cfg.ray.metrics_port,
+        "batchApiPort": cfg.batch.api_port,
+        "prometheusPort": cfg.monitoring.prometheus_port,
+        "grafanaPort": cfg.monitoring.grafana_port,
+    }
+    taken |= {port: f"{PROJECT}:{key}" for key, port in keyed.items()}
+    for i, host in enumerate(cfg.hosts):
+        if Role.GPU in host.roles:
+            taken.setdefault(host.ssh_port, f"{PROJECT}:hosts[{i}].sshPort (host {host.name})")
+    fail = _failing(cfg)
+    for index, offered in enumerate(cfg.vllm.offered):
+        port = model_port(cfg, index)
+        owner = taken.get(port)
+        if owner is None:
+            continue
+        if index == 0:
+            raise fail("vllmPort", f"port {port} of the default model's vLLM servers is also {owner}; choose another")
+        raise fail(
+            f"models[{index - 1}]",
+            f"offered model {offered.served_name!r} gets port {port} (vllmPort {cfg.vllm.port} + {index}) for its "
+            f"vLLM servers, which is also {owner}; move vllmPort or that port so that vllmPort.."
+            f"vllmPort+{len(cfg.vllm.offered) - 1} are free",
+        )
+
+
+def size_model_servers(cfg: StackConfig, project_dir: Path, default_plan: KvPlan) -> list[ModelServerPlan]:
+    """The vLLM servers on each gpu host, one per offered model, the default first.
+
+    One offered model: the default's plan as it always was (`default_plan`, the host's whole share).
+    Several (compose, replica): they share each gpu host's memory, so they are sized together. Every
+    model needs at least its weights, vLLM's overhead and one full-context sequence of KV in fp8; if
+    those add up to more than the host's usable memory (the profile's utilisation ceiling less what the
+    services beside vLLM reserve) the stack is refused naming the models and the figures. Otherwise each
+    model gets that minimum plus a part of the rest in proportion to what its target (maxNumSeqs full
+    contexts in auto KV, plus 25% for prefix caching) still wants, in whole percent of the host; the KV
+    policy then sizes each model within its share (auto or fp8 KV, kv_cache_memory_bytes). An explicit
+    gpuMemoryUtilization is each server's share, and they must add up to no more than the usable memory.
+    """
+    offered = cfg.vllm.offered
+    default = offered[0]
+    if len(offered) == 1:
+        args = engine_args(cfg, default_plan)
+        return [
+            ModelServerPlan(
+                default.served_name,
+                default.model,
+                model_port(cfg, 0),
+                default_plan,
+                args,
+                vllm_memory_limit(cfg, default_plan, args),
+            )
+        ]
+    vllm, fail = cfg.vllm, _failing(cfg)
+    profile = PROFILES[vllm.host_profile]
+    keys = ["", *(f"models[{i}]." for i in range(len(vllm.models)))]
+    shapes: list[ModelShape] = []
+    for entry, prefix in zip(offered, keys, strict=True):
+        try:
+            config_path = model_config_path(entry, project_dir, fail, key_prefix=prefix)
+            shapes.append(load_model_shape(config_path).per_gpu(1, vllm.parallelism.value))
+        except ModelConfigError as err:
+            raise fail(f"{prefix}modelConfigFile", str(err)) from None
+    reserved = reserved_gib(cfg) if profile.unified else 0.0
+    pool = math.floor((profile.max_gpu_memory_utilization - reserved / profile.gpu_memory_gib) * 100 + 1e-9)
+    total_bytes = profile.gpu_memory_gib * GIB
+
+    def percent(nbytes: float) -> int:
+        return max(1, math.ceil((nbytes + 4096) / total_bytes * 100 - 1e-9))
+
+    overhead = profile.overhead_gib * GIB
+    minimum, wanted, parts = [], [], []
+    block = Target().block_size
+    for shape in shapes:
+        one_fp8 = sequence_bytes(shape, vllm.max_model_len, FP8_BYTES, block)
+        target = sequence_bytes(shape, vllm.max_model_len, shape.dtype_bytes, block) * vllm.max_num_seqs
+        minimum.append(percent(shape.weights_bytes + overhead + one_fp8))
+        wanted.append(max(minimum[-1], percent(shape.weights_bytes + overhead + target * PREFIX_CACHE_HEADROOM)))
+        parts.append((shape.weights_bytes / GIB, one_fp8 / GIB))
+    if vllm.gpu_memory_utilization:
+        shares = [round(vllm.gpu_memory_utilization * 100)] * len(offered)
+        if sum(shares) > pool:
+            each = ", ".join(f"{m.served_name!r}" for m in offered)
+            gib = vllm.gpu_memory_utilization * profile.gpu_memory_gib
+            raise fail(
+                "gpuMemoryUtilization",
+                f"the offered models {each} get gpuMemoryUtilization {vllm.gpu_memory_utilization:.2f} each "
+                f"({gib:.1f} GiB) on every gpu host: together {len(offered) * gib:.1f} GiB, but only "
+                f"{_usable(cfg, profile, reserved, pool)}; lower gpuMemoryUtilization or offer fewer models",
+            )
+    elif sum(minimum) > pool:
+        each = ", ".join(
+            f"{m.served_name!r} ({m.model}) at least {need * profile.gpu_memory_gib / 100:.1f} GiB ("
+            f"{weights:.1f} GiB weights + {profile.overhead_gib:g} GiB vLLM overhead + {kv:.2f} GiB KV for one "
+            f"{vllm.max_model_len}-token sequence in fp8)"
+            for m, need, (weights, kv) in zip(offered, minimum, parts, strict=True)
+        )
+        raise fail(
+            "models",
+            f"the offered models share each gpu host's memory and cannot fit together: {each}; together "
+            f"{sum(minimum) * profile.gpu_memory_gib / 100:.1f} GiB, but only {_usable(cfg, profile, reserved, pool)}; "
+            f"offer fewer or smaller models, lower maxModelLen, or move roles off the gpu hosts",
+        )
+    elif sum(wanted) <= pool:
+        spare = pool - sum(wanted)
+        shares = [w + spare * w // sum(wanted) for w in wanted]
+    else:
+        spare, extra = pool - sum(minimum), [w - m for w, m in zip(wanted, minimum, strict=True)]
+        shares = [m + spare * e // sum(extra) for m, e in zip(minimum, extra, strict=True)]
+    servers = []
+    for index, (entry, shape, share) in enumerate(zip(offered, shapes, shares, strict=True)):
+        own = dataclasses.replace(profile, max_gpu_memory_utilization=share / 100)
+        try:
+            kv_plan = plan(shape, own, Target(vllm.max_model_len, vllm.max_num_seqs))
+        except PlanError as err:
+            key = POLICY_KEYS[err.target] if index == 0 else f"models[{index - 1}]"
+            raise fail(
+                key,
+                f"offered model {entry.served_name!r} ({entry.model}) within its share of each gpu host "
+                f"(gpu_memory_utilization {share / 100:.2f}, beside {len(offered) - 1} more offered model(s)): {err}",
+            ) from None
+        kv_plan.notes.insert(
+            0,
+            f"{len(offered)} offered models share each gpu host: this one gets gpu_memory_utilization "
+            f"{share / 100:.2f} of the {pool / 100:.2f} left beside the other services",
+        )
+        args = engine_args(cfg, kv_plan)
+        limit = vllm_memory_limit(cfg, kv_plan, args)
+        servers.append(ModelServerPlan(entry.served_name, entry.model, model_port(cfg, index), kv_plan, args, limit))
+    return servers
+
+
+def _usable(cfg: StackConfig, profile: HostProfile, reserved: float, pool: int) -> str:
+    """`N GiB is usable for vLLM on <host> (...)`: the gpu host whose neighbours reserve the most."""
+    gpu_hosts = cfg.hosts_with(Role.GPU)
+    crowded = max(gpu_hosts, key=lambda h: sum(colocated(cfg, h.name).values())).name if gpu_hosts else "?"
+    return (
+        f"{pool * profile.gpu_memory_gib / 100:.1f} GiB is usable for vLLM on gpu host {crowded} "
+        f"(gpu_memory_utilization {profile.max_gpu_memory_utilization:.2f} of {profile.gpu_memory_gib:g} GiB, "
+        f"less {reserved:.1f} GiB reserved for the services beside vLLM)"
+    )

@@ -19,7 +19,7 @@ from infra.components.secrets import generated_password
 from infra.components.tls import TLS_DIR, ServerTls, write_pem_files
 from infra.config import LoadBalancerSettings
 from infra.platforms import ServicePlatform
-from infra.render.haproxy import Backend, LoadBalancerConfig, render_haproxy_cfg
+from infra.render.haproxy import Backend, LoadBalancerConfig, ModelRoute, render_haproxy_cfg, render_models_lua
 from infra.services import (
     ConfigFile,
     Exposure,
@@ -39,6 +39,7 @@ from runtime import lbkeys
 HAPROXY_IMAGE = "haproxy:3.2.24-alpine@sha256:1aca32ee932b96d2a75f1882909325839dd23c138ba9c6fd26e4d88179f30f13"
 CONFIG_PATH = "/usr/local/etc/haproxy/haproxy.cfg"
 STACK_KEYS_PATH = "/usr/local/etc/haproxy/stack-keys.map"
+MODELS_LUA_PATH = "/usr/local/etc/haproxy/models.lua"  # several offered models: GET /v1/models
 KEYS_DIR = "lb-keys"  # beside the compose project on the load balancer's host
 KEYS_MOUNT = posixpath.dirname(lbkeys.HAPROXY_MAP_PATH)  # where HAProxy reads users' keys
 USER_KEYS_FILE = lbkeys.MAP_FILE
@@ -56,6 +57,9 @@ class LoadBalancerArgs(TypedDict):
     platform: ServicePlatform
     host: str
     backends: list[tuple[str, str]]  # (name, host:port)
+    # Several offered models: served name -> its servers' (name, host:port), the default model's first
+    # (its servers are `backends`). Each gets a backend; the request body's model picks it.
+    model_backends: NotRequired[dict[str, list[tuple[str, str]]]]
     settings: LoadBalancerSettings
     backend_key: pulumi.Output[str]  # vLLM's own API key, sent to the servers
     tls: NotRequired[ServerTls | None]  # compose: HAProxy serves the clients' port over TLS; None: plain HTTP
@@ -110,6 +114,11 @@ class LoadBalancer(pulumi.ComponentResource):
                     liveness=(*LBKEYS, "list"),  # the map is still readable and well-formed
                 ),
             )
+        routes = tuple(
+            ModelRoute(model, tuple(Backend(n, a) for n, a in servers))
+            for model, servers in args.get("model_backends", {}).items()
+        )
+        several = len(routes) > 1
         user_keys = bool(host_paths or sidecars)
         if user_keys:
             maps += (f"{KEYS_MOUNT}/{USER_KEYS_FILE}",)
@@ -124,17 +133,22 @@ class LoadBalancer(pulumi.ComponentResource):
                 admin_socket=f"{KEYS_MOUNT}/{lbkeys.SOCKET_FILE}" if user_keys else None,
                 backend_key_env=BACKEND_KEY_ENV,
                 tls_pem=f"{TLS_DIR}/server.pem" if tls else None,
+                models=routes if several else (),
+                models_lua=MODELS_LUA_PATH if several else None,
             )
         )
+        files = [
+            ConfigFile("haproxy.cfg", CONFIG_PATH, self.config_text),
+            ConfigFile("lb-stack-keys.map", STACK_KEYS_PATH, stack_keys),
+        ]
+        if several:  # a changed list reaches the container as a changed mounted file (recreated)
+            files.append(ConfigFile("haproxy-models.lua", MODELS_LUA_PATH, render_models_lua(routes)))
         platform.deploy(
             ServiceSpec(
                 name=name,
                 host=host,
                 image=HAPROXY_IMAGE,
-                files=(
-                    ConfigFile("haproxy.cfg", CONFIG_PATH, self.config_text),
-                    ConfigFile("lb-stack-keys.map", STACK_KEYS_PATH, stack_keys),
-                ),
+                files=tuple(files),
                 host_paths=host_paths,
                 volumes=volumes,
                 sidecars=sidecars,

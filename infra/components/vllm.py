@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NotRequired, TypedDict
@@ -21,9 +22,28 @@ API_SERVER = ("python3", "-m", "vllm.entrypoints.openai.api_server")
 RAY_AGENT_PORT = 52367  # distinct from the Ray worker's default agent port on the same host
 
 
-def server_flags(settings: VllmSettings, host: str, port: int, engine_args: dict[str, Any]) -> list[str]:
-    """vLLM server flags: model, address and port, the sized engine arguments, then raw extra flags."""
-    head = ["--model", settings.model, "--served-model-name", settings.served_name, "--host", host]
+@dataclass(frozen=True)
+class ModelServer:
+    """One offered model's server on each gpu host (several offered models: compose, replica)."""
+
+    served_name: str
+    model: str
+    port: int
+    engine_args: dict[str, Any]
+    memory_limit: str
+
+
+def server_flags(
+    settings: VllmSettings,
+    host: str,
+    port: int,
+    engine_args: dict[str, Any],
+    model: tuple[str, str] | None = None,
+) -> list[str]:
+    """vLLM server flags: model, address and port, the sized engine arguments, then raw extra flags.
+    `model`: (weights, served name) of an offered model other than the default."""
+    weights, served = model if model is not None else (settings.model, settings.served_name)
+    head = ["--model", weights, "--served-model-name", served, "--host", host]
     # priority scheduling: the batch worker sends a higher `priority` value, so interactive requests go first
     head += ["--port", str(port), "--scheduling-policy", "priority"]
     return [*head, *engine_args_to_flags(engine_args), *settings.extra_args]
@@ -67,12 +87,17 @@ class VllmServiceArgs(TypedDict):
     ray_client_environment: NotRequired[dict[str, str]]
     ray_client_secrets: NotRequired[tuple[Secret, ...]]
     memory_limit: str  # from infra.vllm_sizing: what the engine may use on the host, plus headroom
+    # Several offered models (replica): the offered models after the default, each with its own server on
+    # every host, started after the previous model's server there is healthy (vLLM issue 35920).
+    more_models: NotRequired[list[ModelServer]]
 
 
 class VllmService(pulumi.ComponentResource):
-    """Outputs `backends`: (name, host:port) per server, for the load balancer."""
+    """Outputs `backends`: (name, host:port) per server of the default model, for the load balancer;
+    `model_backends`: the same per offered model (served name), the default first."""
 
     backends: list[tuple[str, str]]
+    model_backends: dict[str, list[tuple[str, str]]]
     urls: list[str]
     api_key: pulumi.Output[str]  # vLLM's own key (VLLM_API_KEY): only the load balancer holds it
 
@@ -90,7 +115,7 @@ class VllmService(pulumi.ComponentResource):
         server_secrets = (*node.secrets, Secret("VLLM_API_KEY", self.api_key))
         internal = Exposure.INTERNAL  # clients reach vLLM through the load balancer
 
-        def health(host: str) -> HealthCheck:
+        def health(host: str, port: int = port) -> HealthCheck:
             probe = platform.probe_address(host, internal)
             return http_health_check(port, host=probe, interval_s=15, start_period_s=STARTUP_GRACE_S)
 
@@ -122,10 +147,35 @@ class VllmService(pulumi.ComponentResource):
         def flags(host: str) -> list[str]:
             return server_flags(settings, platform.bind_address(host, internal), port, args["engine_args"])
 
+        more = args.get("more_models", [])
+        if more and settings.parallelism is not Parallelism.REPLICA:
+            raise ValueError(f"{name}: several offered models need parallelism replica")
         if settings.parallelism is Parallelism.REPLICA:
             servers = args["hosts"]
             for host in servers:
                 platform.deploy(server(host, (*API_SERVER, *flags(host))), parent=self)
+            for host in servers:
+                previous = f"{name}-{host}"
+                for extra in more:
+                    bind = platform.bind_address(host, internal)
+                    model_flags = server_flags(
+                        settings, bind, extra.port, extra.engine_args, model=(extra.model, extra.served_name)
+                    )
+                    own = f"{name}-{host}-{extra.port}"
+                    platform.deploy(
+                        dataclasses.replace(
+                            server(host, (*API_SERVER, *model_flags)),
+                            name=own,
+                            ports=(Port(extra.port, extra.port),),
+                            healthcheck=health(host, extra.port),
+                            memory_limit=extra.memory_limit,
+                            # One after another on a host: vLLMs starting at once race in memory profiling
+                            # (vLLM issue 35920), so each waits for the previous model's server to be healthy.
+                            depends_on=(previous,),
+                        ),
+                        parent=self,
+                    )
+                    previous = own
         else:
             leader = args["hosts"][0]
             servers = [leader]
@@ -159,5 +209,10 @@ class VllmService(pulumi.ComponentResource):
                 parent=self,
             )
         self.backends = [(h, platform.internal_address(h, port, f"{name}-{h}")) for h in servers]
-        self.urls = [f"http://{address}/v1" for _, address in self.backends]
+        self.model_backends = {settings.served_name: self.backends}
+        for extra in more:
+            self.model_backends[extra.served_name] = [
+                (h, platform.internal_address(h, extra.port, f"{name}-{h}-{extra.port}")) for h in servers
+            ]
+        self.urls = [f"http://{address}/v1" for backends in self.model_backends.values() for _, address in backends]
         self.register_outputs({"urls": self.urls})
