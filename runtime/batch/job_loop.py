@@ -224,6 +224,11 @@ class Worker:
             return
         if not serves(self.engine, plan.model):
             await self.switch_model(lease, plan.model)
+            if not serves(self.engine, plan.model):
+                loaded = self.engine.loaded_model
+                raise ModelSwitchError(f"the engine has {loaded!r} loaded after a switch to {plan.model!r}")
+            await self.process(lease)  # from the record again: the job may have been cancelled during the switch
+            return
         if batch.status == BatchStatus.VALIDATING:
             batch = await self.store.update(
                 lease.batch_id,

@@ -153,3 +153,20 @@ def test_a_model_not_offered_is_refused_naming_the_offered_ones(models: Models) 
     with pytest.raises(openai.BadRequestError) as refused:
         models.client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
     assert refused.value.body["code"] == "mismatched_model"
+
+
+def test_a_job_cancelled_while_its_model_loads_ends_cancelled_without_running(models: Models) -> None:
+    now_loaded = next(m.id for m in models.client.models.list().data if m.model_extra["loaded"])
+    other = MODEL_B if now_loaded == MODEL_A else MODEL_A
+    batch_id = models.submit(other, 5, prefix="cancel-")
+    wait_for(
+        lambda: (models.client.batches.retrieve(batch_id).model_extra.get("status_reason") or "").startswith(
+            f"loading model {other!r}"
+        ),
+        60,
+        "the worker to start loading the job's model",
+        interval=0.1,
+    )
+    assert models.client.batches.cancel(batch_id).status == "cancelling"
+    done = models.finished(batch_id)
+    assert done.status == "cancelled" and done.request_counts.completed == 0
