@@ -126,7 +126,8 @@ class OfflineEngine:
             else:
                 await asleep.client.wake_up(tags=["weights"])
                 await asleep.client.collective_rpc("reload_weights")  # level 2 discarded them
-                await asleep.client.wake_up(tags=["kv_cache"])
+                if not await asleep.client.wake_up(tags=["kv_cache"]):
+                    raise RuntimeError(f"vLLM did not wake fully for {model!r} (weights and KV cache)")
             how = "sleep"
         else:
             del self._engines[self.loaded_model]
