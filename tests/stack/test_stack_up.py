@@ -186,6 +186,32 @@ def test_chat_through_the_load_balancer_reaches_both_hosts(stack: RunningStack) 
     assert backends == {"stella", "nova"}
 
 
+OFFERED = ("tiny-llama", "tiny-llama-b")  # Pulumi.local.yaml: model, then models[0]
+
+
+def test_each_offered_model_is_answered_by_its_own_servers_through_the_load_balancer(stack: RunningStack) -> None:
+    base = stack.outputs["loadBalancerUrl"]
+    key = {"Authorization": f"Bearer {stack.outputs['loadBalancerApiKey']}"}
+    with httpx.Client(timeout=60, headers=key, verify=stack.trust) as http:
+        listed = http.get(f"{base}/models")
+        assert listed.status_code == 200, listed.text
+        models = listed.json()
+        assert models["object"] == "list"
+        assert [(m["id"], m["object"], m["owned_by"], m["loaded"]) for m in models["data"]] == [
+            (name, "model", "vllm-gb10", True) for name in OFFERED
+        ]
+        for name in OFFERED:
+            chat = {"model": name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+            response = http.post(f"{base}/chat/completions", json=chat)
+            assert response.status_code == 200, response.text
+            # vLLM answers 404 for a model it does not serve: this one came from that model's own server.
+            assert response.json()["model"] == name
+        missing = http.post(f"{base}/chat/completions", json={"model": "gpt-4o", "messages": []})
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+        assert "tiny-llama, tiny-llama-b" in missing.json()["error"]["message"]
+        assert http.get(f"{base}/models", headers={"Authorization": "Bearer sk-guess"}).status_code == 401
+
+
 def test_the_load_balancer_serves_only_keys_it_knows_and_revokes_them_at_once(stack: RunningStack) -> None:
     url = stack.outputs["loadBalancerUrl"] + "/chat/completions"
     body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
@@ -285,7 +311,9 @@ def test_the_post_deploy_check_passes_from_the_outputs_as_make_smoke_runs_it(sta
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.count("ok: vLLM") == 2 and "ok: chat completion through the load balancer" in done.stdout
+    # Every vLLM server: two hosts times two offered models.
+    assert done.stdout.count("ok: vLLM") == len(stack.outputs["vllmUrls"]) == 4
+    assert "ok: chat completion through the load balancer" in done.stdout
 
 
 def test_prometheus_scrapes_every_target_and_loaded_the_rules(stack: RunningStack) -> None:

@@ -22,6 +22,7 @@ EXPECTED_DIFFERENT_KEYS = {
     "model",
     "servedModelName",
     "modelConfigFile",
+    "models",  # a second tiny model (issue 20), so that the stack test routes by model
     "maxModelLen",
     "maxNumSeqs",
     "gpuMemoryUtilization",
