@@ -26,7 +26,7 @@ from infra.components.postgres import Postgres
 from infra.components.ray_cluster import RayCluster
 from infra.components.redis import Redis
 from infra.components.tls import PublicTls
-from infra.components.vllm import ModelServer, VllmService, vllm_node
+from infra.components.vllm import ModelServer, VllmService, replica_server_names, vllm_node
 from infra.config import PROJECT, ConfigError, Parallelism, Platform, Role, StackConfig, load, stack_file
 from infra.memory import LIMITS
 from infra.platforms import ServicePlatform
@@ -39,6 +39,7 @@ from infra.vllm_sizing import engine_args, size_model_servers, size_offered_mode
 from runtime.kvcache import PROFILES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+VLLM = "vllm"  # the vLLM component: its services are vllm-<host>[-<port>], which the Ray workers wait for
 
 
 @dataclass(frozen=True)
@@ -295,10 +296,13 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             # The offload job's own role, not the database owner (a superuser).
             "job_secrets": (Secret("OFFLOAD_DSN", postgres.offload_url),),
             "head_depends_on": (postgres.setup_service,),
+            "worker_depends_on": {}
+            if distributed
+            else {host: replica_server_names(VLLM, host, [s.port for s in model_servers[1:]]) for host in gpu_hosts},
         },
     )
     vllm = VllmService(
-        "vllm",
+        VLLM,
         {
             "platform": platform,
             "image": vllm_image_ref,

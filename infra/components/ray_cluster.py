@@ -45,6 +45,10 @@ class RayClusterArgs(TypedDict):
     job_secrets: NotRequired[tuple[Secret, ...]]
     # Services the head waits for (the Postgres set-up that makes the offload role in OFFLOAD_DSN).
     head_depends_on: NotRequired[tuple[str, ...]]
+    # Services a worker's host must have healthy before the worker starts (replica: that host's vLLM
+    # servers; a vLLM starting up profiles memory and takes every core it can, and a raylet starting beside
+    # it may miss Ray's fixed 30 s to register with the head).
+    worker_depends_on: NotRequired[dict[str, tuple[str, ...]]]
 
 
 class RayCluster(pulumi.ComponentResource):
@@ -125,6 +129,7 @@ class RayCluster(pulumi.ComponentResource):
                     memory_limit=node.memory_limit if node else WORKER_MEMORY,
                     memory_request=WORKER_MEMORY_REQUEST,
                     shm_size="16g",
+                    depends_on=args.get("worker_depends_on", {}).get(host, ()),
                 )
             )
         platform.deploy_ray(name, head_spec, worker_specs, settings, parent=self)

@@ -49,6 +49,11 @@ def server_flags(
     return [*head, *engine_args_to_flags(engine_args), *settings.extra_args]
 
 
+def replica_server_names(name: str, host: str, extra_ports: list[int]) -> tuple[str, ...]:
+    """The services of one host's replica servers: the default model's, then each other model's by port."""
+    return (f"{name}-{host}", *(f"{name}-{host}-{port}" for port in extra_ports))
+
+
 @dataclass(frozen=True)
 class VllmNode:
     """What a container running vLLM's engine or its workers needs: in tensor/pipeline mode the Ray
@@ -155,13 +160,12 @@ class VllmService(pulumi.ComponentResource):
             for host in servers:
                 platform.deploy(server(host, (*API_SERVER, *flags(host))), parent=self)
             for host in servers:
-                previous = f"{name}-{host}"
-                for extra in more:
+                names = replica_server_names(name, host, [extra.port for extra in more])
+                for previous, own, extra in zip(names[:-1], names[1:], more, strict=True):
                     bind = platform.bind_address(host, internal)
                     model_flags = server_flags(
                         settings, bind, extra.port, extra.engine_args, model=(extra.model, extra.served_name)
                     )
-                    own = f"{name}-{host}-{extra.port}"
                     platform.deploy(
                         dataclasses.replace(
                             server(host, (*API_SERVER, *model_flags)),
@@ -175,7 +179,6 @@ class VllmService(pulumi.ComponentResource):
                         ),
                         parent=self,
                     )
-                    previous = own
         else:
             leader = args["hosts"][0]
             servers = [leader]

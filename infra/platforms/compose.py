@@ -62,8 +62,17 @@ def _compose(project_dir: str, host: str, *args: str) -> str:
 
 
 def wait_timeout_s(specs: list[ServiceSpec]) -> int:
-    """Seconds `up --wait` may take: the slowest start period (vLLM loading a model) plus a margin."""
-    return max((s.healthcheck.start_period_s for s in specs if s.healthcheck), default=0) + WAIT_MARGIN_S
+    """Seconds `up --wait` may take: the slowest chain of start periods plus a margin. A service starts once
+    its depends_on are healthy, so the servers of several models on one host (one after another) add up."""
+    by_name = {spec.name: spec for spec in specs}
+
+    @functools.cache
+    def ready_by(name: str) -> int:
+        spec = by_name[name]
+        own = spec.healthcheck.start_period_s if spec.healthcheck else 0
+        return own + max((ready_by(d) for d in spec.depends_on if d in by_name), default=0)
+
+    return max((ready_by(spec.name) for spec in specs), default=0) + WAIT_MARGIN_S
 
 
 def up_script(

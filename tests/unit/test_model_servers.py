@@ -69,6 +69,30 @@ def test_every_gpu_host_runs_one_server_per_offered_model_one_after_another(two_
     assert not two_models.violations, "the policy pack passes the two-model stack"
 
 
+def test_each_ray_worker_starts_after_its_hosts_vllm_servers_and_up_waits_for_the_whole_chain(
+    two_models: Plan,
+) -> None:
+    """A raylet starting beside a vLLM that is loading misses Ray's fixed 30 s to register (seen on the
+    2-core stack test), and the servers of one host start one after another: `up --wait` must allow the
+    sum of their start periods, not only the longest."""
+    for host in ("stella", "nova"):
+        worker = _services(two_models, host)[f"ray-worker-{host}"]
+        assert worker["depends_on"] == {
+            f"vllm-{host}": {"condition": "service_healthy"},
+            f"vllm-{host}-8001": {"condition": "service_healthy"},
+        }
+        up = next(r["inputs"]["create"] for r in two_models.resources if r["name"] == f"{host}-compose-up")
+        # 900 s per vLLM server, one after another, then the Ray worker's 60 s, plus the 300 s margin.
+        assert "--wait --wait-timeout 2160" in up
+
+
+def test_tensor_parallel_ray_workers_wait_for_no_vllm_server() -> None:
+    """In tensor/pipeline mode vLLM's leader needs the Ray workers: they must not wait for it."""
+    plan = build_plan("stella", overrides={"parallelism": "tensor"})
+    worker = _services(plan, "nova")["ray-worker-nova"]
+    assert "depends_on" not in worker
+
+
 def test_the_servers_are_sized_together_within_what_one_server_had(two_models: Plan) -> None:
     alone = _services(build_plan("stella"), "stella")["vllm-stella"]["command"]
     services = _services(two_models, "stella")
