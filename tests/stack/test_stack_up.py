@@ -168,6 +168,55 @@ def test_batch_through_the_api_with_the_openai_client(stack: RunningStack, tmp_p
     assert all(r["response"]["status_code"] == 200 for r in rows)
 
 
+def test_a_lost_redis_comes_back_from_its_s3_backup_with_the_documented_commands(stack: RunningStack) -> None:
+    """Disaster recovery as the README tells an operator: a snapshot to S3, Redis loses everything (FLUSHALL
+    with the operator's redisUrl output), `restore --replace` from the worker's container brings the finished
+    batch and its API keys back, and its output file is served again."""
+    import redis
+    from openai import AuthenticationError, OpenAI
+
+    client = OpenAI(
+        base_url=stack.outputs["batchApiUrl"],
+        api_key=stack.outputs["batchApiKey"],
+        timeout=60,
+        http_client=httpx.Client(verify=stack.trust),
+    )
+    line = {
+        "custom_id": "dr-0",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+    }
+    uploaded = client.files.create(file=("dr.jsonl", (json.dumps(line) + "\n").encode()), purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    done = wait_for(
+        lambda: (b := client.batches.retrieve(batch.id)).status in {"completed", "failed"} and b,
+        TIMEOUT_S,
+        f"batch {batch.id} to finish",
+        interval=0.5,
+    )
+    assert done.status == "completed", done
+    output = client.files.content(done.output_file_id).text
+
+    taken = stack.docker("exec", "vllm-gb10-batch-worker", "python", "-m", "runtime.batch.backup", "snapshot")
+    assert re.match(r"s3://\S+/backups/redis/\S+: \d+ keys, \d+ bytes$", taken.strip()), taken
+    redis.Redis.from_url(stack.outputs["redisUrl"]).flushall()
+    with pytest.raises(AuthenticationError):  # the API keys were in Redis too: the loss is total
+        client.batches.retrieve(batch.id)
+
+    restored = stack.docker(
+        "exec", "vllm-gb10-batch-worker", "python", "-m", "runtime.batch.backup", "restore", "--replace"
+    )
+    assert restored.startswith("restored "), restored
+    back = client.batches.retrieve(batch.id)
+    assert (back.status, back.request_counts.completed, back.output_file_id) == (
+        "completed",
+        1,
+        done.output_file_id,
+    )
+    assert client.files.content(back.output_file_id).text == output
+
+
 def test_chat_through_the_load_balancer_reaches_both_hosts(stack: RunningStack) -> None:
     url = stack.outputs["loadBalancerUrl"] + "/chat/completions"
     backends: set[str] = set()
