@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
@@ -13,11 +13,30 @@ from typing import Any, TypeVar
 import pytest
 
 from harness.requests import chat_lines
-from harness.servers import RedisServer, S3Server, free_port
+from harness.servers import RedisServer, S3Server, free_port, wait_for
 
 __all__ = ["chat_lines"]  # the tests import it from here too
 
 T = TypeVar("T")
+TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+
+
+def wait_batch(client: Any, batch_id: str, timeout: float = 240, statuses: Iterable[str] = TERMINAL) -> Any:
+    """The batch once the API reports one of `statuses` (an `openai.OpenAI` client's view)."""
+    wanted = frozenset(statuses)
+    return wait_for(
+        lambda: (b := client.batches.retrieve(batch_id)).status in wanted and b,
+        timeout,
+        f"batch {batch_id} to reach {sorted(wanted)}",
+        interval=0.2,
+    )
+
+
+def file_rows(client: Any, file_id: str | None) -> list[dict[str, Any]]:
+    """The JSONL rows of an output or error file; none when the batch has no such file."""
+    if file_id is None:
+        return []
+    return [json.loads(line) for line in client.files.content(file_id).text.splitlines() if line]
 
 
 def run_private(coroutine: Coroutine[Any, Any, T]) -> T:

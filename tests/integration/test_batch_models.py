@@ -20,10 +20,9 @@ import redis
 
 from harness.metrics import sample_value
 from harness.servers import TINY_MODEL_VLLM_ARGS, BatchApi, BatchWorker, batch_env, wait_for
-from tests.integration.batch_fixtures import chat_lines
+from tests.integration.batch_fixtures import chat_lines, file_rows, wait_batch
 
 pytestmark = pytest.mark.integration
-TERMINAL = {"completed", "failed", "expired", "cancelled"}
 MODEL_A, MODEL_B = "tiny-a", "tiny-b"
 
 
@@ -42,17 +41,10 @@ class Models:
         ).id
 
     def finished(self, batch_id: str):
-        return wait_for(
-            lambda: (b := self.client.batches.retrieve(batch_id)).status in TERMINAL and b,
-            300,
-            f"batch {batch_id} to end",
-            interval=0.2,
-        )
+        return wait_batch(self.client, batch_id, timeout=300)
 
     def rows(self, file_id: str | None) -> list[dict]:
-        if file_id is None:
-            return []
-        return [json.loads(line) for line in self.client.files.content(file_id).text.splitlines() if line]
+        return file_rows(self.client, file_id)
 
     def switches(self) -> float:
         text = httpx.get(f"{self.worker.url}/metrics").text

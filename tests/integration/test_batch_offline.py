@@ -24,10 +24,16 @@ import redis.asyncio as redis_async
 from harness.metrics import sample_value
 from harness.servers import BatchApi, BatchWorker, batch_env, tiny_model_args, wait_for
 from runtime.batch.jobs import JobStore
-from tests.integration.batch_fixtures import WebhookReceiver, chat_lines, run_private
+from tests.integration.batch_fixtures import (
+    TERMINAL,
+    WebhookReceiver,
+    chat_lines,
+    file_rows,
+    run_private,
+    wait_batch,
+)
 
 pytestmark = pytest.mark.integration
-TERMINAL = {"completed", "failed", "expired", "cancelled"}
 
 
 @dataclass
@@ -60,17 +66,10 @@ class Stack:
         )
 
     def wait(self, batch_id: str, timeout: float = 240, statuses=TERMINAL):
-        return wait_for(
-            lambda: (b := self.client.batches.retrieve(batch_id)).status in statuses and b,
-            timeout,
-            f"batch {batch_id} to reach {statuses}",
-            interval=0.2,
-        )
+        return wait_batch(self.client, batch_id, timeout, statuses)
 
     def rows(self, file_id: str | None) -> list[dict]:
-        if file_id is None:
-            return []
-        return [json.loads(line) for line in self.client.files.content(file_id).text.splitlines() if line]
+        return file_rows(self.client, file_id)
 
 
 @pytest.fixture(scope="module")
