@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime.batch.engines import Outcome
+from runtime.batch.engines import Outcome, ServesEveryModel
 from runtime.batch.settings import BatchSettings
 from runtime.batch.validation import RequestLine
 
@@ -16,12 +16,8 @@ BODY: dict[str, Any] = {
 }
 
 
-class InstantEngine:
+class InstantEngine(ServesEveryModel):
     endpoints = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
-    loaded_model: str | None = None  # every offered model: nothing to switch
-
-    async def switch(self, model: str) -> str:
-        return "none"
 
     async def start(self) -> None:
         pass

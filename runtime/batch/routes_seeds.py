@@ -32,6 +32,7 @@ from runtime.batch.models import (
 )
 from runtime.batch.sources import open_lines
 from runtime.batch.storage import file_key
+from runtime.batch.validation import not_offered
 
 router = APIRouter()
 
@@ -40,15 +41,8 @@ router = APIRouter()
 async def create_seed_job(state: ApiState, principal: Caller, body: SeedJobRequest) -> SeedJobCreated:
     settings = state.settings
     if body.model not in settings.offered_models:
-        offered = ", ".join(repr(m) for m in settings.offered_models)
-        raise ApiException(
-            400,
-            ApiError(
-                message=f"model {body.model!r} is not offered here (offered: {offered})",
-                code="model_not_found",
-                param="model",
-            ),
-        )
+        message = not_offered(body.model, settings.offered_models)
+        raise ApiException(400, ApiError(message=message, code="model_not_found", param="model"))
     if body.webhook_url is not None:
         checked_url(state, body.webhook_url, "webhook_url")
     lines = await asyncio.to_thread(

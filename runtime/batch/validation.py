@@ -116,13 +116,17 @@ class LineValidator:
             return "streaming_unsupported", "stream=true is not supported in a batch", "body.stream"
         model = body.get("model")
         if model not in self.models:
-            offered = ", ".join(repr(m) for m in self.models)
-            return "model_not_found", f"model {model!r} is not offered here (offered: {offered})", "body.model"
+            return "model_not_found", not_offered(model, self.models), "body.model"
         if self.model is None:
             self.model = model
         elif model != self.model:
             return "mismatched_model", f"model {model!r} differs from the batch's {self.model!r}", "body.model"
         return None
+
+
+def not_offered(model: object, offered: tuple[str, ...]) -> str:
+    """What a refusal of a model says: the one asked for and the ones a batch may name."""
+    return f"model {model!r} is not offered here (offered: {', '.join(repr(m) for m in offered)})"
 
 
 def _digest(custom_id: str) -> int:

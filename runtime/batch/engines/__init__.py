@@ -56,6 +56,15 @@ class Engine(Protocol):
     async def close(self) -> None: ...
 
 
+class ServesEveryModel:
+    """For engines that hold no model themselves (the http engine: the load balancer routes by model)."""
+
+    loaded_model: str | None = None
+
+    async def switch(self, model: str) -> str:
+        return "none"
+
+
 def serves(engine: Engine, model: str) -> bool:
     """Whether a job for `model` runs on this engine without a switch."""
     return engine.loaded_model is None or engine.loaded_model == model

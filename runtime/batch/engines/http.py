@@ -15,7 +15,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from runtime import tlsfiles
 from runtime.batch import logs
-from runtime.batch.engines import Outcome, request_id, usage_of
+from runtime.batch.engines import Outcome, ServesEveryModel, request_id, usage_of
 from runtime.batch.validation import RequestLine
 
 LOG = logging.getLogger(__name__)
@@ -29,12 +29,8 @@ def request_body(request: RequestLine, priority: int) -> dict[str, Any]:
     return body
 
 
-class HttpEngine:
+class HttpEngine(ServesEveryModel):
     endpoints = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
-    loaded_model: str | None = None  # every offered model: nothing to switch
-
-    async def switch(self, model: str) -> str:
-        return "none"
 
     def __init__(
         self,
