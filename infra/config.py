@@ -324,7 +324,13 @@ class BatchServiceSettings(_Frozen):
     engine: Literal["http", "offline"] = _key(
         "batchEngine", "http", "http: vLLM pool via the load balancer; offline: in-process vLLM."
     )
-    chunk_size: int = _key("batchChunkSize", 100, "Requests per checkpointed chunk.", ge=1, le=10000)
+    chunk_size: int = _key(
+        "batchChunkSize", 100, "Requests per checkpointed chunk at a job's start (chunks then grow).", ge=1, le=10000
+    )
+    chunk_size_max: int = _key(
+        "batchChunkSizeMax", 1000, "Largest chunk: chunks grow to 2% of the requests before them, up to this.",
+        ge=1, le=10000,
+    )  # fmt: skip
     concurrency: int = _key("batchConcurrency", 64, "In-flight requests the worker keeps at the engine.", ge=1)
     request_priority: int = _key(
         "batchRequestPriority", 10, "http engine: vLLM priority of batch requests (interactive traffic is 0).", ge=0

@@ -65,6 +65,7 @@ class BatchService(pulumi.ComponentResource):
             "BATCH_MODEL": args["model"],
             "BATCH_MODELS": json.dumps(args["models"], sort_keys=True),
             "BATCH_CHUNK_SIZE": str(settings.chunk_size),
+            "BATCH_CHUNK_SIZE_MAX": str(settings.chunk_size_max),
             "BATCH_CONCURRENCY": str(settings.concurrency),
             "BATCH_RESULT_RETENTION_DAYS": str(args["retention_days"]),
             "BATCH_VLLM_REQUEST_PRIORITY": str(settings.request_priority),

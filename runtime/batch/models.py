@@ -129,7 +129,7 @@ class JobPlan(BaseModel):
     model: str
     priority: Priority
     chunks: int
-    chunk_size: int
+    chunk_size: int  # the first chunks' size; later ones grow (intake.chunk_size_after)
     valid_requests: int
     invalid_lines: int
     webhook_url: str | None = None

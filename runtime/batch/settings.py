@@ -58,7 +58,12 @@ class BatchSettings(BaseSettings):
         description="Jobs for the loaded model go first; a job for another model waits at most this long "
         "behind them before the worker switches (0: strict queue order).",
     )
-    chunk_size: int = Field(default=100, ge=1)
+    chunk_size: int = Field(
+        default=100, ge=1, description="Requests in a job's first chunks; later chunks grow (intake.chunk_size_after)."
+    )
+    chunk_size_max: int = Field(
+        default=1000, ge=1, description="Chunks grow with the job up to this many requests (fewer S3 objects)."
+    )
     concurrency: int = Field(default=64, ge=1, description="Requests in flight per worker (the window).")
     request_max_attempts: int = Field(default=3, ge=1, description="Tries per request on retryable errors.")
     job_max_attempts: int = Field(default=5, ge=1, description="Leases of one job before it is failed.")
