@@ -46,12 +46,13 @@ class JobStopError(Exception):
 
 def output_row(batch_id: str, request: RequestLine, outcome: Outcome) -> dict[str, Any]:
     """One line of OpenAI's batch output (or error) file."""
+    ours = request_id(batch_id, request.custom_id)
     return {
-        "id": request_id(batch_id, request.custom_id),
+        "id": ours,
         "custom_id": request.custom_id,
         "response": {
             "status_code": outcome.status_code,
-            "request_id": outcome.request_id or request_id(batch_id, request.custom_id),
+            "request_id": outcome.request_id or ours,
             "body": outcome.body,
         },
         "error": None if outcome.ok else {**(outcome.error or {}), "line": request.line},
