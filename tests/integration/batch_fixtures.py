@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Coroutine, Iterable, Iterator
+from collections.abc import Coroutine, Iterable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,6 +14,7 @@ import pytest
 
 from harness.requests import chat_lines
 from harness.servers import RedisServer, S3Server, free_port, wait_for
+from runtime.batch.settings import BatchSettings
 
 __all__ = ["chat_lines"]  # the tests import it from here too
 
@@ -37,6 +38,11 @@ def file_rows(client: Any, file_id: str | None) -> list[dict[str, Any]]:
     if file_id is None:
         return []
     return [json.loads(line) for line in client.files.content(file_id).text.splitlines() if line]
+
+
+def settings_of(env: Mapping[str, str]) -> BatchSettings:
+    """The services' settings from a batch_env() environment, as the API and worker would read them."""
+    return BatchSettings(**{k.removeprefix("BATCH_").lower(): v for k, v in env.items() if k.startswith("BATCH_")})
 
 
 def run_private(coroutine: Coroutine[Any, Any, T]) -> T:

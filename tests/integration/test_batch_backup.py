@@ -23,9 +23,8 @@ import redis as sync_redis
 
 from harness.servers import ROOT, BatchWorker, RedisServer, S3Server, batch_env, wait_for
 from runtime.batch import backup
-from runtime.batch.settings import BatchSettings
 from runtime.batch.storage import ObjectStore
-from tests.integration.batch_fixtures import run_private
+from tests.integration.batch_fixtures import run_private, settings_of
 
 pytestmark = pytest.mark.integration
 ADMIN_URL = "TEST_REDIS_ADMIN_URL"
@@ -51,10 +50,6 @@ def env(servers: tuple[RedisServer, S3Server], request: pytest.FixtureRequest) -
 def wipe(env: dict[str, str]) -> None:
     """Redis loses its data (the volume is gone), done as its default user."""
     sync_redis.Redis.from_url(env[ADMIN_URL]).flushall()
-
-
-def settings_of(env: dict[str, str]) -> BatchSettings:
-    return BatchSettings(**{k.removeprefix("BATCH_").lower(): v for k, v in env.items() if k.startswith("BATCH_")})
 
 
 def objects_of(env: dict[str, str]) -> ObjectStore:

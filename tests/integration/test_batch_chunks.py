@@ -12,21 +12,18 @@ from harness.requests import chat_lines
 from harness.servers import RedisServer, S3Server, batch_env
 from runtime.batch.intake import chunk_size_after, split_input
 from runtime.batch.models import ENDPOINTS
-from runtime.batch.settings import BatchSettings
 from runtime.batch.storage import ObjectStore, chunk_input_key
+from tests.integration.batch_fixtures import settings_of
 
 pytestmark = pytest.mark.integration
-
-
-def settings_for(redis_server: RedisServer, s3_server: S3Server, **overrides: str) -> BatchSettings:
-    env = batch_env(redis_server, s3_server, s3_bucket="batch-chunks", **overrides)
-    return BatchSettings(**{k.removeprefix("BATCH_").lower(): v for k, v in env.items() if k.startswith("BATCH_")})
 
 
 def test_chunks_start_small_then_grow_with_the_job_up_to_the_maximum(
     redis_server: RedisServer, s3_server: S3Server
 ) -> None:
-    settings = settings_for(redis_server, s3_server, chunk_size="10", chunk_size_max="40")
+    settings = settings_of(
+        batch_env(redis_server, s3_server, s3_bucket="batch-chunks", chunk_size="10", chunk_size_max="40")
+    )
     objects = ObjectStore(settings)
     objects.ensure_bucket()
     lines = chat_lines(3000, max_tokens=1, prefix="g")
