@@ -61,7 +61,7 @@ def split_input(
     validator = LineValidator(
         models=settings.offered_models, endpoint=endpoint, model=model, endpoints=endpoints, max_lines=limit
     )
-    buffer: list[RequestLine] = []
+    buffer: list[bytes] = []  # the chunk's lines (RequestLine.chunk_line)
     errors: list[BatchError] = []
     chunks = valid = 0
 
@@ -70,7 +70,7 @@ def split_input(
 
     def flush() -> None:
         nonlocal chunks
-        data = "\n".join(r.to_json() for r in buffer).encode()
+        data = b"\n".join(buffer)
         while len(uploads) >= UPLOADS_IN_FLIGHT:  # memory holds a few chunks, however slow S3 is
             uploads.popleft().result()
         uploads.append(pool.submit(objects.put, chunk_input_key(batch_id, chunks), data))
@@ -88,7 +88,7 @@ def split_input(
                     raise InputRefusedError(checked)
                 errors.append(checked)
                 continue
-            buffer.append(checked)
+            buffer.append(RequestLine.chunk_line(number, raw))
             valid += 1
             if len(buffer) >= target:
                 flush()
@@ -109,6 +109,7 @@ def split_input(
         raise
     finally:
         pool.shutdown(wait=True)
+        validator.close()
     return (
         valid,
         len(errors),

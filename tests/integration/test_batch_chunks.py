@@ -4,8 +4,6 @@ BATCH_CHUNK_SIZE_MAX), so a big job is a few hundred S3 objects, not thousands."
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from harness.requests import chat_lines
@@ -13,6 +11,7 @@ from harness.servers import RedisServer, S3Server, batch_env
 from runtime.batch.intake import chunk_size_after, split_input
 from runtime.batch.models import ENDPOINTS
 from runtime.batch.storage import ObjectStore, chunk_input_key
+from runtime.batch.validation import RequestLine
 from tests.integration.batch_fixtures import settings_of
 
 pytestmark = pytest.mark.integration
@@ -39,9 +38,9 @@ def test_chunks_start_small_then_grow_with_the_job_up_to_the_maximum(
     assert (valid, invalid) == (3000, 0)
     sizes, custom_ids = [], []
     for index in range(chunks):
-        rows = [json.loads(row) for row in objects.get(chunk_input_key("batch_chunks", index)).splitlines()]
+        rows = [RequestLine.from_json(row) for row in objects.get(chunk_input_key("batch_chunks", index)).splitlines()]
         sizes.append(len(rows))
-        custom_ids += [row["custom_id"] for row in rows]
+        custom_ids += [row.custom_id for row in rows]
     assert custom_ids == [f"g{i}" for i in range(3000)], "every request once, in file order"
     assert sizes[:50] == [10] * 50, "the first 500 requests (50 x the minimum) go in chunks of the minimum"
     assert sizes[50] == 10 and sizes[51] == 10 and max(sizes) == 40

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from runtime.batch.custom_ids import SeenCustomIds
 from runtime.batch.models import BatchError
 from runtime.batch.validation import FileRejectedError, LineValidator, RequestLine
 from runtime.batch.webhooks import sign, verify
@@ -99,6 +100,38 @@ def test_an_error_keeps_the_custom_id_it_could_read_for_the_error_file() -> None
     assert validator.check(1, line("mine", model="other")).custom_id == "mine"
     assert validator.check(2, "{not json").custom_id is None
     assert "custom_id" not in validator.check(3, line("x", method="GET")).model_dump()  # not in OpenAI's object
+
+
+def test_a_refused_line_does_not_claim_its_custom_id() -> None:
+    validator = LineValidator(models=("m",))
+    assert validator.check(1, line("x", method="GET")).code == "invalid_method"  # goes to the error file
+    assert isinstance(validator.check(2, line("x")), RequestLine)  # so the id is still free
+    assert validator.check(3, line("x", method="GET")).code == "invalid_method"  # its own fault comes first
+    assert validator.check(4, line("x")).code == "duplicate_custom_id"
+
+
+def test_duplicates_are_found_after_the_ids_outgrow_sqlite_page_cache() -> None:
+    seen = SeenCustomIds(page_cache_kib=64)
+    try:
+        count = 40_000  # 8 bytes each and the B-tree's room: several times a 64 KiB cache, so most pages spilled
+        assert all(seen.add(f"req-{i}") for i in range(count))
+        assert not seen.add("req-0") and not seen.add(f"req-{count - 1}") and not seen.add(f"req-{count // 2}")
+        assert seen.add(f"req-{count}")
+        assert seen.add("\ud800") and not seen.add("\ud800")  # a lone surrogate neither crashes nor repeats
+    finally:
+        seen.close()
+
+
+def test_a_chunk_line_carries_the_input_line_as_uploaded() -> None:
+    raw = line("c-1", body={"max_tokens": 7, "seed": 2**70}).encode() + b"\r"  # an int no float can hold
+    request = RequestLine.from_json(RequestLine.chunk_line(12, raw))
+    assert (request.line, request.custom_id, request.url) == (12, "c-1", "/v1/chat/completions")
+    assert request.body == json.loads(raw)["body"] and request.body["seed"] == 2**70
+
+
+def test_a_chunk_line_written_before_the_upgrade_still_reads() -> None:
+    old = json.dumps({"line": 3, "custom_id": "a", "url": "/v1/embeddings", "body": {"model": "m", "input": "x"}})
+    assert RequestLine.from_json(old) == RequestLine(3, "a", "/v1/embeddings", {"model": "m", "input": "x"})
 
 
 def test_endpoint_not_served_by_the_engine_is_refused() -> None:
