@@ -186,6 +186,9 @@ class S3Server(Process):
         return httpx.get(f"{self.url}/moto-api/", timeout=1).status_code < 500
 
 
+RUNTIME_IMAGE_ENV = {"MALLOC_ARENA_MAX": "2"}  # what images/Dockerfile.runtime sets for the API's process
+
+
 class BatchApi(Process):
     def __init__(
         self, log_dir: Path, env: Mapping[str, str], port: int | None = None, *, internal_port: int | None = None
@@ -193,7 +196,7 @@ class BatchApi(Process):
         super().__init__("batch-api", log_dir)
         self.port = port or free_port()
         self.internal_port = internal_port
-        self.env = dict(env)
+        self.env = {**RUNTIME_IMAGE_ENV, **env}
 
     @property
     def url(self) -> str:
