@@ -134,7 +134,7 @@ class ChunkPipeline:
         raw = await with_storage_retry(
             self.settings.storage_retry_seconds, self.objects.aget, chunk_input_key(batch_id, index)
         )
-        return [RequestLine.from_json(line) for line in raw.splitlines() if line.strip()]
+        return RequestLine.from_chunk(raw)
 
     async def _run_request(self, request: RequestLine) -> tuple[Outcome, float]:
         metrics.in_flight.inc()

@@ -7,7 +7,7 @@ from urllib.parse import urljoin, urlparse
 
 import httpx
 
-from runtime.batch.storage import ObjectStore
+from runtime.batch.storage import LINE_READ_BYTES, ObjectStore
 from runtime.batch.urls import Pinned, UrlPolicy, UrlRefusedError
 
 MAX_REDIRECTS = 5
@@ -36,7 +36,7 @@ def open_lines(objects: ObjectStore, url: str, max_bytes: int, *, bucket: str, p
             raise SourceError(f"input_file_url {url!r}: cannot read the object ({exc})") from exc
         if size > max_bytes:
             raise SourceError(f"input_file_url {url!r}: {size} bytes is over the {max_bytes}-byte limit")
-        lines: Iterator[bytes] = objects.open(key, bucket=bucket).iter_lines(keepends=False)
+        lines: Iterator[bytes] = objects.open(key, bucket=bucket).iter_lines(chunk_size=LINE_READ_BYTES, keepends=False)
         return lines
     if parsed.scheme in ("http", "https"):
         return _http_lines(url, max_bytes, policy, _check(policy, url))

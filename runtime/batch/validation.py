@@ -13,6 +13,10 @@ from typing import Any
 from runtime.batch.custom_ids import SeenCustomIds
 from runtime.batch.models import ENDPOINTS, BatchError
 
+# Deeper lines are refused: the worker parses each line again inside a wrapper, on a deeper stack, and
+# a line that only just parsed at intake must not fail the whole job there.
+MAX_NESTING = 256
+
 
 @dataclass(frozen=True)
 class RequestLine:
@@ -28,6 +32,12 @@ class RequestLine:
         """A chunk object's line: the input line as uploaded, wrapped with its number. The line was parsed
         once to check it; encoding its body again cost intake a third of its time."""
         return b'{"line":%d,"request":%s}' % (line, raw.strip())
+
+    @classmethod
+    def from_chunk(cls, data: bytes) -> list[RequestLine]:
+        """A chunk object's requests. Split on "\\n" alone: an input line may hold a bare "\\r" (JSON
+        whitespace), which bytes.splitlines would cut the line at."""
+        return [cls.from_json(line) for line in data.split(b"\n") if line.strip()]
 
     @classmethod
     def from_json(cls, text: str | bytes) -> RequestLine:
@@ -79,6 +89,10 @@ class LineValidator:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             return _error(number, "invalid_json_line", f"not valid JSON ({exc.msg} at column {exc.colno})")
+        except (ValueError, RecursionError) as exc:  # an integer of over 4300 digits; nesting past the stack
+            return _error(number, "invalid_json_line", f"not valid JSON here ({exc})")
+        if text.count("[") + text.count("{") > MAX_NESTING and _depth(data) > MAX_NESTING:
+            return _error(number, "invalid_json_line", f"nested more than {MAX_NESTING} levels deep")
         if not isinstance(data, dict):
             return _error(number, "invalid_json_line", "a line must be a JSON object")
         custom_id = data.get("custom_id")
@@ -135,6 +149,18 @@ class LineValidator:
 def not_offered(model: object, offered: tuple[str, ...]) -> str:
     """What a refusal of a model says: the one asked for and the ones a batch may name."""
     return f"model {model!r} is not offered here (offered: {', '.join(repr(m) for m in offered)})"
+
+
+def _depth(value: object) -> int:
+    """How deeply `value` nests lists and objects (no recursion: the input decides the depth)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _error(line: int, code: str, message: str, param: str | None = None, *, custom_id: str | None = None) -> BatchError:

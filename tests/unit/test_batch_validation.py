@@ -8,7 +8,7 @@ import pytest
 
 from runtime.batch.custom_ids import SeenCustomIds
 from runtime.batch.models import BatchError
-from runtime.batch.validation import FileRejectedError, LineValidator, RequestLine
+from runtime.batch.validation import MAX_NESTING, FileRejectedError, LineValidator, RequestLine
 from runtime.batch.webhooks import sign, verify
 
 
@@ -127,6 +127,30 @@ def test_a_chunk_line_carries_the_input_line_as_uploaded() -> None:
     request = RequestLine.from_json(RequestLine.chunk_line(12, raw))
     assert (request.line, request.custom_id, request.url) == (12, "c-1", "/v1/chat/completions")
     assert request.body == json.loads(raw)["body"] and request.body["seed"] == 2**70
+
+
+def test_a_bare_carriage_return_inside_a_line_stays_in_its_request() -> None:
+    # JSON whitespace, and an http(s) source splits on "\n" only: the chunk must not be cut at the "\r"
+    first = line("a").replace('"url"', '\r"url"').encode()
+    second = line("b").encode()
+    validator = LineValidator(models=("m",))
+    assert isinstance(validator.check(1, first), RequestLine) and isinstance(validator.check(2, second), RequestLine)
+    chunk = b"\n".join([RequestLine.chunk_line(1, first), RequestLine.chunk_line(2, second)])
+    assert [(r.line, r.custom_id) for r in RequestLine.from_chunk(chunk)] == [(1, "a"), (2, "b")]
+
+
+def test_json_that_python_cannot_hold_is_a_bad_line_not_a_crash() -> None:
+    def nested(depth: int) -> str:  # the line's object is level 1, its body level 2, then lists
+        return line("deep", body={"metadata": json.loads("[" * (depth - 2) + "]" * (depth - 2))})
+
+    validator = LineValidator(models=("m",))
+    huge = line("big").replace('"hi"', '"hi", "n": ' + "9" * 5000)
+    assert (validator.check(1, huge).code, validator.check(1, huge).line) == ("invalid_json_line", 1)
+    too_deep = validator.check(2, nested(MAX_NESTING + 1))
+    assert isinstance(too_deep, BatchError) and too_deep.message == "line 2: nested more than 256 levels deep"
+    past_the_stack = '{"custom_id": "x", "body": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    assert validator.check(3, past_the_stack).code == "invalid_json_line"
+    assert isinstance(validator.check(4, nested(MAX_NESTING)), RequestLine)
 
 
 def test_a_chunk_line_written_before_the_upgrade_still_reads() -> None:
