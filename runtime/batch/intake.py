@@ -1,7 +1,8 @@
 """From an uploaded input file to a queued job: validate every line, write chunk objects, enqueue.
 
 Runs before the job exists, so a refused file leaves nothing behind: no batch record, no chunk
-objects. Lines stream from S3; memory holds one chunk at a time.
+objects. Lines stream from S3; memory holds the chunk being filled and the few being uploaded, the
+custom_ids seen so far sit in SQLite (runtime.batch.custom_ids), and with `error_file` the bad lines' errors.
 """
 
 from __future__ import annotations

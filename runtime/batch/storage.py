@@ -44,8 +44,9 @@ def invalid_lines_key(batch_id: str) -> str:
 
 LINE_READ_BYTES = 64 * 1024
 UPLOAD_CONFIG = TransferConfig(multipart_threshold=8 * 1024**2, multipart_chunksize=8 * 1024**2, max_concurrency=4)
-# Parts read ahead of the four in flight: s3transfer's default of ten held 80 MB more for a file of 80 MB or
-# more (the API's peak grew with the upload up to that). Not an __init__ argument, but the attribute it reads.
+# Parts held in memory, the four being sent included: s3transfer's default of ten held ~88 MB for a file of
+# 80 MB or more (the API's peak grew with the upload up to that). Not an __init__ argument, but the
+# attribute s3transfer's TransferManager reads.
 UPLOAD_CONFIG.max_in_memory_upload_chunks = 4
 THROTTLED = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed"})
 
