@@ -38,7 +38,7 @@ def test_chunks_start_small_then_grow_with_the_job_up_to_the_maximum(
     assert (valid, invalid) == (3000, 0)
     sizes, custom_ids = [], []
     for index in range(chunks):
-        rows = [RequestLine.from_json(row) for row in objects.get(chunk_input_key("batch_chunks", index)).splitlines()]
+        rows = RequestLine.from_chunk(objects.get(chunk_input_key("batch_chunks", index)))
         sizes.append(len(rows))
         custom_ids += [row.custom_id for row in rows]
     assert custom_ids == [f"g{i}" for i in range(3000)], "every request once, in file order"
