@@ -10,6 +10,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
+from runtime.batch import json_lines
 from runtime.batch.custom_ids import SeenCustomIds
 from runtime.batch.models import ENDPOINTS, BatchError
 
@@ -18,9 +21,9 @@ from runtime.batch.models import ENDPOINTS, BatchError
 MAX_NESTING = 256
 
 
-@dataclass(frozen=True)
-class RequestLine:
-    """One accepted input line, as the worker receives it."""
+class RequestLine(msgspec.Struct, frozen=True):
+    """One accepted input line, as the worker receives it (a msgspec Struct: the worker builds one per
+    request, and a frozen dataclass took twice as long)."""
 
     line: int
     custom_id: str
@@ -43,7 +46,7 @@ class RequestLine:
     def from_json(cls, text: str | bytes) -> RequestLine:
         """From a chunk line: `chunk_line`'s, or the older {"line", "custom_id", "url", "body"} form that
         jobs queued before an upgrade still have."""
-        data = json.loads(text)
+        data = json_lines.loads(text)
         request = data.get("request", data)
         return cls(line=data["line"], custom_id=request["custom_id"], url=request["url"], body=request["body"])
 
@@ -71,6 +74,16 @@ class LineValidator:
 
     def check(self, number: int, raw: bytes | str) -> RequestLine | BatchError | None:
         """A request, an error naming the line, or None for a blank line."""
+        data = _parsed_fast(raw) if isinstance(raw, bytes) else json_lines.UNPARSED
+        if data is json_lines.UNPARSED:
+            return self._check_slowly(number, raw)
+        assert isinstance(raw, bytes)
+        self.requests += 1
+        self._check_count(number)
+        return self._check_value(number, data, raw.count(b"[") + raw.count(b"{"))
+
+    def _check_slowly(self, number: int, raw: bytes | str) -> RequestLine | BatchError | None:
+        """`check` for a line msgspec refused or a str: decoded and parsed by the stdlib, which names the fault."""
         try:
             text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         except UnicodeDecodeError as exc:  # replacing the bytes would silently change the custom_id
@@ -91,7 +104,11 @@ class LineValidator:
             return _error(number, "invalid_json_line", f"not valid JSON ({exc.msg} at column {exc.colno})")
         except (ValueError, RecursionError) as exc:  # an integer of over 4300 digits; nesting past the stack
             return _error(number, "invalid_json_line", f"not valid JSON here ({exc})")
-        if text.count("[") + text.count("{") > MAX_NESTING and _depth(data) > MAX_NESTING:
+        return self._check_value(number, data, text.count("[") + text.count("{"))
+
+    def _check_value(self, number: int, data: Any, brackets: int) -> RequestLine | BatchError:
+        """The checks of a parsed line; `brackets` counts its "[" and "{" (a cheap bound on its depth)."""
+        if brackets > MAX_NESTING and _depth(data) > MAX_NESTING:
             return _error(number, "invalid_json_line", f"nested more than {MAX_NESTING} levels deep")
         if not isinstance(data, dict):
             return _error(number, "invalid_json_line", "a line must be a JSON object")
@@ -149,6 +166,15 @@ class LineValidator:
 def not_offered(model: object, offered: tuple[str, ...]) -> str:
     """What a refusal of a model says: the one asked for and the ones a batch may name."""
     return f"model {model!r} is not offered here (offered: {', '.join(repr(m) for m in offered)})"
+
+
+def _parsed_fast(raw: bytes) -> Any:
+    """The line's value if msgspec parses it (and it is not blank), else UNPARSED. msgspec accepts a subset
+    of what json.loads accepts, with equal values, and refuses invalid UTF-8 (runtime.batch.json_lines):
+    every line it refuses takes the stdlib path, whose verdicts and messages are unchanged."""
+    if not raw.strip():
+        return json_lines.UNPARSED
+    return json_lines.loads_fast(raw)
 
 
 def _depth(value: object) -> int:

@@ -33,13 +33,32 @@ def line(custom_id="a", url="/v1/chat/completions", model="m", **extra) -> str:
         (json.dumps({"custom_id": "a", "method": "POST", "url": "/v1/chat/completions"}), "missing_required_parameter"),
     ],
 )
-def test_bad_line_is_named_with_its_number(raw: str, code: str) -> None:
+@pytest.mark.parametrize("as_bytes", [False, True], ids=["str", "bytes"])  # bytes: what intake reads (msgspec)
+def test_bad_line_is_named_with_its_number(raw: str, code: str, as_bytes: bool) -> None:
     validator = LineValidator(models=("m",))
     assert isinstance(validator.check(1, line("first")), RequestLine)
-    error = validator.check(2, raw)
+    error = validator.check(2, raw.encode() if as_bytes else raw)
     assert isinstance(error, BatchError)
     assert (error.code, error.line) == (code, 2)
     assert error.message.startswith("line 2: ")
+
+
+def test_lines_msgspec_refuses_get_the_stdlib_verdict_on_the_fast_path() -> None:
+    """Intake parses bytes with msgspec and hands what it refuses to json.loads: each verdict and message
+    is the one the stdlib path gave before msgspec."""
+    validator = LineValidator(models=("m",))
+    nan = line("nan").replace('"hi"', "NaN").encode()  # json.loads takes NaN; intake always did
+    assert isinstance(validator.check(1, nan), RequestLine)
+    bom = validator.check(2, b"\xef\xbb\xbf" + line("bom").encode())
+    assert bom.code == "invalid_json_line" and "BOM" in bom.message
+    big = validator.check(3, line("big", body={"seed": 1}).replace('"seed": 1', '"seed": ' + "9" * 5000).encode())
+    assert big.code == "invalid_json_line" and "4300" in big.message
+    latin1 = validator.check(4, line("caf\u00e9").encode()[:-3] + b"\xe9}}")
+    assert latin1.code == "invalid_utf8" and latin1.line == 4
+    assert validator.check(5, "\u00a0 ".encode()) is None  # a blank line in Unicode's sense is skipped
+    surrogate = line("x").replace('"hi"', '"\\ud800"').encode()  # an escape msgspec refuses
+    assert isinstance(validator.check(6, surrogate), RequestLine)
+    assert validator.requests == 5  # the blank line is no request
 
 
 def test_duplicate_custom_id_and_mixed_endpoints() -> None:
@@ -139,9 +158,11 @@ def test_a_bare_carriage_return_inside_a_line_stays_in_its_request() -> None:
     assert [(r.line, r.custom_id) for r in RequestLine.from_chunk(chunk)] == [(1, "a"), (2, "b")]
 
 
-def test_json_that_python_cannot_hold_is_a_bad_line_not_a_crash() -> None:
-    def nested(depth: int) -> str:  # the line's object is level 1, its body level 2, then lists
-        return line("deep", body={"metadata": json.loads("[" * (depth - 2) + "]" * (depth - 2))})
+@pytest.mark.parametrize("as_bytes", [False, True], ids=["str", "bytes"])  # bytes take msgspec's path
+def test_json_that_python_cannot_hold_is_a_bad_line_not_a_crash(as_bytes: bool) -> None:
+    def nested(depth: int) -> str | bytes:  # the line's object is level 1, its body level 2, then lists
+        text = line(f"deep-{depth}", body={"metadata": json.loads("[" * (depth - 2) + "]" * (depth - 2))})
+        return text.encode() if as_bytes else text
 
     validator = LineValidator(models=("m",))
     huge = line("big").replace('"hi"', '"hi", "n": ' + "9" * 5000)
@@ -149,7 +170,7 @@ def test_json_that_python_cannot_hold_is_a_bad_line_not_a_crash() -> None:
     too_deep = validator.check(2, nested(MAX_NESTING + 1))
     assert isinstance(too_deep, BatchError) and too_deep.message == "line 2: nested more than 256 levels deep"
     past_the_stack = '{"custom_id": "x", "body": ' + "[" * 100_000 + "]" * 100_000 + "}"
-    assert validator.check(3, past_the_stack).code == "invalid_json_line"
+    assert validator.check(3, past_the_stack.encode() if as_bytes else past_the_stack).code == "invalid_json_line"
     assert isinstance(validator.check(4, nested(MAX_NESTING)), RequestLine)
 
 

@@ -7,22 +7,23 @@ warm across jobs); `http` sends requests to the vLLM servers behind the load bal
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import msgspec
 
 from runtime.batch.validation import RequestLine
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What the engine said about one request, before the worker writes it out."""
+class Outcome(msgspec.Struct, frozen=True):
+    """What the engine said about one request, before the worker writes it out (a msgspec Struct: one
+    per request, built in half a frozen dataclass's time)."""
 
     status_code: int
     body: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     retryable: bool = False
     request_id: str | None = None
-    usage: dict[str, Any] = field(default_factory=dict)
+    usage: dict[str, Any] = msgspec.field(default_factory=dict)
     backend: str | None = None  # the vLLM server the load balancer chose (its X-LB-Backend header)
 
     @property
