@@ -7,9 +7,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 registry = CollectorRegistry(auto_describe=True)
 
 requests_total = Counter(
-    "batch_requests", "Requests finished by the worker, by outcome.", ["outcome"], registry=registry
+    "batch_requests", "Requests whose results the worker committed, by outcome.", ["outcome"], registry=registry
 )
-tokens_total = Counter("batch_tokens", "Tokens processed by the worker.", ["kind"], registry=registry)
+tokens_total = Counter("batch_tokens", "Tokens of the requests the worker committed.", ["kind"], registry=registry)
 request_seconds = Histogram(
     "batch_request_duration_seconds",
     "Engine time per request, retries included.",

@@ -502,19 +502,19 @@ def test_a_job_cancelled_mid_chunk_gives_back_every_permit_of_the_worker(run, re
             concurrency=3, chunk_size=4, commits_in_flight=1,
         )  # fmt: skip
         pipeline = ChunksFromMemory(settings, engine=Hanging(), store=store, objects=None)
-        window, chunks = pipeline.window._value, pipeline.open_chunks._value
+        chunks = pipeline.open_chunks._value
         plan = JobPlan(
             batch_id="b1", model="m", priority=Priority.NORMAL, chunks=5, chunk_size=4, valid_requests=20,
             invalid_lines=0, key_id="k",
         )  # fmt: skip
         batch = Batch(id="b1", endpoint="/v1/chat/completions", input_file_id="f", status="in_progress", created_at=0)
         job = asyncio.create_task(pipeline.run_chunks(Lease("b1", 1, 1), plan, batch))
-        while pipeline.window._value > 0:  # until the window is full: the loop then waits for a slot
+        while pipeline.window.used < pipeline.window.size:  # until the window is full: the loop then waits for a slot
             await asyncio.sleep(0.01)
         job.cancel()
         with pytest.raises(asyncio.CancelledError):
             await job
-        assert (pipeline.window._value, pipeline.open_chunks._value) == (window, chunks)
+        assert (pipeline.window.used, pipeline.open_chunks._value) == (0, chunks)
 
     run(test)
 
