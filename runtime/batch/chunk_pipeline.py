@@ -28,11 +28,6 @@ from runtime.batch.storage import ObjectStore, chunk_input_key, chunk_result_key
 from runtime.batch.validation import RequestLine
 
 log = logging.getLogger("runtime.batch.worker")
-# Label children looked up once, not per request (the hot path).
-REQUESTS_SUCCEEDED = metrics.requests_total.labels("succeeded")
-REQUESTS_FAILED = metrics.requests_total.labels("failed")
-PROMPT_TOKENS = metrics.tokens_total.labels("prompt")
-COMPLETION_TOKENS = metrics.tokens_total.labels("completion")
 
 
 class JobStopError(Exception):
@@ -164,11 +159,17 @@ class ChunkPipeline:
         return RequestLine.from_chunk(raw)
 
     async def _run_request(self, request: RequestLine) -> tuple[Outcome, float]:
-        """The outcome and its engine time; the counters move per chunk, in `_commit` (the hot path)."""
         started = time.perf_counter()
         outcome = await self._with_request_retry(request)
         elapsed = time.perf_counter() - started
         metrics.request_seconds.observe(elapsed)
+        tally = metrics.tally
+        if outcome.ok:
+            tally.succeeded += 1
+        else:
+            tally.failed += 1
+        tally.prompt_tokens += outcome.usage.get("prompt_tokens") or 0
+        tally.completion_tokens += outcome.usage.get("completion_tokens") or 0
         return outcome, elapsed
 
     async def _with_request_retry(self, request: RequestLine) -> Outcome:
@@ -222,10 +223,6 @@ class ChunkPipeline:
                 await with_storage_retry(self.settings.storage_retry_seconds, self.objects.aput, key, jsonl(rows))
         await self.store.commit_chunk(lease, checkpoint)  # the batch's counts read these totals
         metrics.chunks_committed.inc()
-        REQUESTS_SUCCEEDED.inc(checkpoint.completed)
-        REQUESTS_FAILED.inc(checkpoint.failed)
-        PROMPT_TOKENS.inc(checkpoint.prompt_tokens)
-        COMPLETION_TOKENS.inc(checkpoint.completion_tokens)
         backends = Counter(outcome.backend for outcome, _ in results if outcome.backend)
         log.info(
             "chunk committed: %d ok, %d failed",

@@ -2,14 +2,41 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 registry = CollectorRegistry(auto_describe=True)
 
-requests_total = Counter(
-    "batch_requests", "Requests whose results the worker committed, by outcome.", ["outcome"], registry=registry
-)
-tokens_total = Counter("batch_tokens", "Tokens of the requests the worker committed.", ["kind"], registry=registry)
+
+class RequestTally:
+    """The worker's per-request counts as plain ints: a Prometheus counter's inc takes a lock, and four
+    per request were ~4% of the worker's CPU (py-spy). Exported as counters when /metrics is scraped."""
+
+    def __init__(self) -> None:
+        self.succeeded = self.failed = self.prompt_tokens = self.completion_tokens = 0
+
+
+class _TallyCollector(Collector):
+    def __init__(self, tally: RequestTally) -> None:
+        self.tally = tally
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "batch_requests", "Requests finished by the worker, by outcome.", labels=["outcome"]
+        )
+        requests.add_metric(["succeeded"], self.tally.succeeded)
+        requests.add_metric(["failed"], self.tally.failed)
+        tokens = CounterMetricFamily("batch_tokens", "Tokens processed by the worker.", labels=["kind"])
+        tokens.add_metric(["prompt"], self.tally.prompt_tokens)
+        tokens.add_metric(["completion"], self.tally.completion_tokens)
+        yield from (requests, tokens)
+
+
+tally = RequestTally()
+registry.register(_TallyCollector(tally))
 request_seconds = Histogram(
     "batch_request_duration_seconds",
     "Engine time per request, retries included.",

@@ -104,6 +104,13 @@ class LineValidator:
             return _error(number, "invalid_json_line", f"not valid JSON ({exc.msg} at column {exc.colno})")
         except (ValueError, RecursionError) as exc:  # an integer of over 4300 digits; nesting past the stack
             return _error(number, "invalid_json_line", f"not valid JSON here ({exc})")
+        escaped = "\\ud" in text or "\\uD" in text or text is raw  # a str may hold one unescaped
+        if escaped and (lone := _lone_surrogate(data)) is not None:
+            return _error(
+                number,
+                "invalid_utf8",
+                f"holds {lone!a}, a lone surrogate escape: not Unicode text, so no engine can be sent it as UTF-8",
+            )
         return self._check_value(number, data, text.count("[") + text.count("{"))
 
     def _check_value(self, number: int, data: Any, brackets: int) -> RequestLine | BatchError:
@@ -175,6 +182,25 @@ def _parsed_fast(raw: bytes) -> Any:
     if not raw.strip():
         return json_lines.UNPARSED
     return json_lines.loads_fast(raw)
+
+
+def _lone_surrogate(value: object) -> str | None:
+    """The first lone surrogate in any string of `value` (keys too), or None. JSON allows a "\\ud800"
+    escape; UTF-8 cannot encode what it stands for, so the request could neither be sent nor written."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                return item[exc.start]
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
 
 
 def _depth(value: object) -> int:

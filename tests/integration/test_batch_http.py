@@ -61,9 +61,14 @@ def test_http_engine_runs_a_job_and_retries_only_what_is_retryable(
     try:
         too_long = json.loads(chat_lines(1, prefix="long")[0])
         too_long["body"]["max_tokens"] = 100_000
-        done, output, errors = run([*chat_lines(45), json.dumps(too_long)])
+        odd_ids = ["café-ü", "候補-2", "tab\tand\nnewline"]  # not header-safe: X-Session-ID carries them encoded
+        odd = [
+            json.dumps({**json.loads(x), "custom_id": i})
+            for x, i in zip(chat_lines(3, prefix="u"), odd_ids, strict=True)
+        ]
+        done, output, errors = run([*chat_lines(45), json.dumps(too_long), *odd])
         assert done.status == "completed"
-        assert sorted(r["custom_id"] for r in output) == sorted(f"r{i}" for i in range(45))
+        assert sorted(r["custom_id"] for r in output) == sorted([f"r{i}" for i in range(45)] + odd_ids)
         assert [(e["custom_id"], e["response"]["status_code"]) for e in errors] == [("long0", 400)]
         assert retries(worker) == 0  # a 400 is final: not retried
 

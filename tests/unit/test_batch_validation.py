@@ -56,8 +56,8 @@ def test_lines_msgspec_refuses_get_the_stdlib_verdict_on_the_fast_path() -> None
     latin1 = validator.check(4, line("caf\u00e9").encode()[:-3] + b"\xe9}}")
     assert latin1.code == "invalid_utf8" and latin1.line == 4
     assert validator.check(5, "\u00a0 ".encode()) is None  # a blank line in Unicode's sense is skipped
-    surrogate = line("x").replace('"hi"', '"\\ud800"').encode()  # an escape msgspec refuses
-    assert isinstance(validator.check(6, surrogate), RequestLine)
+    pair = line("x").replace('"hi"', '"\\ud83d\\ude00"').encode()  # one character, escaped as a UTF-16 pair
+    assert validator.check(6, pair).body["messages"][0]["content"] == "\U0001f600"
     assert validator.requests == 5  # the blank line is no request
 
 
@@ -107,11 +107,21 @@ def test_invalid_utf8_is_refused_with_its_line_not_replaced() -> None:
     assert isinstance(validator.check(3, latin1.decode("latin-1").encode()), RequestLine)  # in UTF-8 it is fine
 
 
-def test_a_lone_surrogate_custom_id_is_a_request_not_a_crash() -> None:
+@pytest.mark.parametrize("as_bytes", [False, True], ids=["str", "bytes"])
+def test_a_lone_surrogate_is_refused_with_its_line_not_a_crash(as_bytes: bool) -> None:
+    """Valid JSON, but not Unicode text: no engine can be sent it as UTF-8 (httpx raised in the worker and
+    failed the whole job), so intake names the line instead."""
     validator = LineValidator(models=("m",))
-    escaped = line("first").replace('"first"', '"\\ud800"')  # valid JSON, not encodable as UTF-8
-    assert isinstance(validator.check(1, escaped), RequestLine)
-    assert validator.check(2, escaped).code == "duplicate_custom_id"
+    in_custom_id = line("first").replace('"first"', '"\\ud800"')
+    in_a_key = line("x", body={"k": 1}).replace('"k"', '"\\uDC01"')
+    unescaped = line("y").replace('"hi"', '"\ud800"')  # only a str can hold it unescaped
+    for number, text in enumerate((in_custom_id, in_a_key, unescaped), start=1):
+        if as_bytes and text is unescaped:
+            continue  # its bytes are invalid UTF-8, refused as such
+        error = validator.check(number, text.encode() if as_bytes else text)
+        assert isinstance(error, BatchError) and (error.code, error.line) == ("invalid_utf8", number)
+        assert "lone surrogate" in error.message and error.message.isascii()
+    assert isinstance(validator.check(4, line("first")), RequestLine)  # the refused lines claimed no id
 
 
 def test_an_error_keeps_the_custom_id_it_could_read_for_the_error_file() -> None:

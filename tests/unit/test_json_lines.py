@@ -48,3 +48,17 @@ def test_loads_fast_refuses_what_only_the_stdlib_takes() -> None:
 def test_dumps_writes_valid_json_even_for_nan() -> None:
     row = {"custom_id": "é", "body": {"score": math.nan, "n": 2**70}}
     assert json.loads(json_lines.dumps(row)) == {"custom_id": "é", "body": {"score": None, "n": 2**70}}
+
+
+def test_a_row_msgspec_cannot_encode_is_written_by_json_dumps_not_dropped() -> None:
+    """An engine body may hold what msgspec refuses; the row must still be written (as json.dumps did)."""
+
+    class Score(float):  # a float subclass, as numpy.float64 is
+        pass
+
+    for row in ({"content": "ab\ud83d"}, {"score": Score(0.5)}, {"body": {True: 1, None: 2}}):
+        assert json_lines.dumps(row) == json.dumps(row).encode()
+
+
+def test_loads_takes_a_str_holding_a_lone_surrogate_as_json_loads_does() -> None:
+    assert json_lines.loads('{"a": "\ud800"}') == json.loads('{"a": "\ud800"}')

@@ -34,7 +34,10 @@ class Outcome(msgspec.Struct, frozen=True):
 def request_id(batch_id: str, custom_id: str) -> str:
     """Deterministic per request, so a chunk run twice writes identical ids; sent to vLLM as
     X-Request-ID, so one request can be followed from the worker's log to the server's."""
-    return "batch_req_" + hashlib.sha1(f"{batch_id}\0{custom_id}".encode()).hexdigest()[:24]
+    key = f"{batch_id}\0{custom_id}".encode(
+        "utf-8", "surrogatepass"
+    )  # a lone surrogate: jobs queued before intake refused them
+    return "batch_req_" + hashlib.sha1(key).hexdigest()[:24]
 
 
 class Engine(Protocol):

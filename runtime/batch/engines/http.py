@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
@@ -20,6 +21,15 @@ from runtime.batch.validation import RequestLine
 
 LOG = logging.getLogger(__name__)
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def session_header(custom_id: str) -> str:
+    """The X-Session-ID value for a custom_id: as it is when it is printable ASCII, else its UTF-8
+    percent-encoded. A header carries ASCII only (httpx raised on "café", failing the whole job), and the
+    load balancer needs only the same value for the same id."""
+    if custom_id.isascii() and custom_id.isprintable():
+        return custom_id
+    return quote(custom_id.encode("utf-8", "surrogatepass"), safe="")
 
 
 def request_body(request: RequestLine, priority: int) -> dict[str, Any]:
@@ -76,7 +86,7 @@ class HttpEngine(ServesEveryModel):
                 request.url,
                 json=request_body(request, self.priority),
                 headers={
-                    "X-Session-ID": request.custom_id,
+                    "X-Session-ID": session_header(request.custom_id),
                     "X-Request-ID": request_id(logs.job_id.get() or "", request.custom_id),
                 },
             )

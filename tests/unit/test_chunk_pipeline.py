@@ -1,4 +1,4 @@
-"""The worker's window of requests in flight (runtime.batch.chunk_pipeline.Window)."""
+"""The worker's chunk pipeline: its window of requests in flight and its per-request counters."""
 
 from __future__ import annotations
 
@@ -71,3 +71,40 @@ def test_a_second_launching_loop_is_refused_not_left_asleep() -> None:
         await asyncio.wait_for(first, 5)
 
     run(test())
+
+
+def test_requests_and_tokens_are_counted_as_each_request_finishes_not_per_chunk() -> None:
+    """A chunk of slow requests commits minutes apart; counted only then, the 5-minute error-rate alert
+    would see no rate at all between commits."""
+    from prometheus_client import generate_latest
+
+    from runtime.batch import metrics
+    from runtime.batch.chunk_pipeline import ChunkPipeline
+    from runtime.batch.engines import Outcome
+    from runtime.batch.validation import RequestLine
+
+    class Answers:
+        def __init__(self) -> None:
+            self.outcomes = [
+                Outcome(status_code=200, body={}, usage={"prompt_tokens": 5, "completion_tokens": 2}),
+                Outcome(status_code=400, error={"code": "bad"}),
+            ]
+
+        async def run(self, request: RequestLine) -> Outcome:
+            return self.outcomes.pop(0)
+
+    pipeline = ChunkPipeline.__new__(ChunkPipeline)  # only _run_request: no store, objects or settings needed
+    pipeline.engine = Answers()  # type: ignore[assignment]
+    pipeline.settings = type("S", (), {"request_max_attempts": 1})()
+    before = vars(metrics.tally).copy()
+    request = RequestLine(line=1, custom_id="a", url="/v1/chat/completions", body={})
+
+    async def test() -> None:
+        await pipeline._run_request(request)
+        await pipeline._run_request(request)
+
+    run(test())
+    moved = {k: v - before[k] for k, v in vars(metrics.tally).items()}
+    assert moved == {"succeeded": 1, "failed": 1, "prompt_tokens": 5, "completion_tokens": 2}
+    text = generate_latest(metrics.registry).decode()
+    assert f'batch_requests_total{{outcome="failed"}} {float(metrics.tally.failed)}' in text
