@@ -7,6 +7,7 @@ first bad line) or, with `error_file`, send bad lines to the error file and run 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,13 +75,16 @@ class LineValidator:
 
     def check(self, number: int, raw: bytes | str) -> RequestLine | BatchError | None:
         """A request, an error naming the line, or None for a blank line."""
-        data = _parsed_fast(raw) if isinstance(raw, bytes) else json_lines.UNPARSED
-        if data is json_lines.UNPARSED:
-            return self._check_slowly(number, raw)
-        assert isinstance(raw, bytes)
-        self.requests += 1
-        self._check_count(number)
-        return self._check_value(number, data, raw.count(b"[") + raw.count(b"{"))
+        # msgspec first: it accepts a subset of what json.loads accepts, with equal values, and refuses
+        # invalid UTF-8 (runtime.batch.json_lines); a line it refuses, a blank one or a str takes the stdlib
+        # path, whose verdicts and messages are unchanged.
+        if isinstance(raw, bytes) and raw.strip():
+            data = json_lines.loads_fast(raw)
+            if data is not json_lines.UNPARSED:
+                self.requests += 1
+                self._check_count(number)
+                return self._check_value(number, data, raw.count(b"[") + raw.count(b"{"))
+        return self._check_slowly(number, raw)
 
     def _check_slowly(self, number: int, raw: bytes | str) -> RequestLine | BatchError | None:
         """`check` for a line msgspec refused or a str: decoded and parsed by the stdlib, which names the fault."""
@@ -175,44 +179,35 @@ def not_offered(model: object, offered: tuple[str, ...]) -> str:
     return f"model {model!r} is not offered here (offered: {', '.join(repr(m) for m in offered)})"
 
 
-def _parsed_fast(raw: bytes) -> Any:
-    """The line's value if msgspec parses it (and it is not blank), else UNPARSED. msgspec accepts a subset
-    of what json.loads accepts, with equal values, and refuses invalid UTF-8 (runtime.batch.json_lines):
-    every line it refuses takes the stdlib path, whose verdicts and messages are unchanged."""
-    if not raw.strip():
-        return json_lines.UNPARSED
-    return json_lines.loads_fast(raw)
-
-
 def _lone_surrogate(value: object) -> str | None:
     """The first lone surrogate in any string of `value` (keys too), or None. JSON allows a "\\ud800"
     escape; UTF-8 cannot encode what it stands for, so the request could neither be sent nor written."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
+    for item, _ in _nodes(value):
         if isinstance(item, str):
             try:
                 item.encode("utf-8")
             except UnicodeEncodeError as exc:
                 return item[exc.start]
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
     return None
 
 
 def _depth(value: object) -> int:
-    """How deeply `value` nests lists and objects (no recursion: the input decides the depth)."""
-    deepest, stack = 0, [(value, 1)]
+    """How deeply `value` nests lists and objects."""
+    return max((depth for item, depth in _nodes(value) if isinstance(item, dict | list)), default=0)
+
+
+def _nodes(value: object) -> Iterator[tuple[object, int]]:
+    """Every value inside `value` (object keys too) with its depth, `value` itself at 1. No recursion:
+    the input decides the depth."""
+    stack: list[tuple[object, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is not None:
-            deepest = max(deepest, depth)
-            stack.extend((child, depth + 1) for child in children)
-    return deepest
+        yield item, depth
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.keys())
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
 
 
 def _error(line: int, code: str, message: str, param: str | None = None, *, custom_id: str | None = None) -> BatchError:

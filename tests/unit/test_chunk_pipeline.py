@@ -25,13 +25,19 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def full_with_a_waiter(size: int) -> tuple[Window, asyncio.Task[None]]:
+    """A window with every slot taken, and a take() waiting for the next one."""
+    window = Window(size)
+    for _ in range(size):
+        await window.take()
+    waiter = asyncio.create_task(window.take())
+    await settle()
+    return window, waiter
+
+
 def test_a_full_window_waits_for_a_slot_given_back() -> None:
     async def test() -> None:
-        window = Window(2)
-        await window.take()
-        await window.take()
-        third = asyncio.create_task(window.take())
-        await settle()
+        window, third = await full_with_a_waiter(2)
         assert not third.done() and window.used == 2
         window.give()
         await asyncio.wait_for(third, 5)
@@ -42,10 +48,7 @@ def test_a_full_window_waits_for_a_slot_given_back() -> None:
 
 def test_a_cancelled_wait_takes_no_slot_and_the_next_take_still_wakes() -> None:
     async def test() -> None:
-        window = Window(1)
-        await window.take()
-        waiting = asyncio.create_task(window.take())
-        await settle()
+        window, waiting = await full_with_a_waiter(1)
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
@@ -61,10 +64,7 @@ def test_a_cancelled_wait_takes_no_slot_and_the_next_take_still_wakes() -> None:
 
 def test_a_second_launching_loop_is_refused_not_left_asleep() -> None:
     async def test() -> None:
-        window = Window(1)
-        await window.take()
-        first = asyncio.create_task(window.take())
-        await settle()
+        window, first = await full_with_a_waiter(1)
         with pytest.raises(RuntimeError, match="second loop"):
             await window.take()
         window.give()

@@ -34,9 +34,8 @@ class Outcome(msgspec.Struct, frozen=True):
 def request_id(batch_id: str, custom_id: str) -> str:
     """Deterministic per request, so a chunk run twice writes identical ids; sent to vLLM as
     X-Request-ID, so one request can be followed from the worker's log to the server's."""
-    key = f"{batch_id}\0{custom_id}".encode(
-        "utf-8", "surrogatepass"
-    )  # a lone surrogate: jobs queued before intake refused them
+    # surrogatepass: a lone surrogate in a custom_id of a job queued before intake refused them
+    key = f"{batch_id}\0{custom_id}".encode("utf-8", "surrogatepass")
     return "batch_req_" + hashlib.sha1(key).hexdigest()[:24]
 
 
