@@ -238,22 +238,34 @@ def test_a_dead_backend_leaves_rotation_on_its_first_failed_request(pool_factory
         text = log.read_text()
         return {x["request_id"]: x for x in map(json.loads, (x for x in text.splitlines() if x.startswith("{")))}
 
+    def dropped() -> int:
+        """HAProxy gives up on a log line when its threads contend for stdout (fd_write_frag_line: 200 tries),
+        and counts it: such a line is lost by design, not by the balancer."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{pool.stats_port}/metrics", timeout=5) as response:
+            return int(sample_value(response.read().decode(), "haproxy_process_dropped_logs_total") or 0)
+
     # HAProxy logs a request when its stream closes, which may come just after the client has its reply.
     wanted = {*sent_after_kill, "slow-0", "slow-1"}
     try:
-        wait_for(lambda: wanted <= logged().keys(), 10, "every request in HAProxy's log")
+        wait_for(lambda: len(wanted - logged().keys()) <= dropped(), 10, "every request in HAProxy's log or dropped")
     except TimeoutError:
         missing = sorted(wanted - logged().keys())
-        raise AssertionError(f"no log line for {missing}; the log ends:\n{log.read_text()[-4000:]}") from None
+        raise AssertionError(
+            f"no log line for {missing}, {dropped()} dropped; the log ends:\n{log.read_text()[-4000:]}"
+        ) from None
+    slow_backends = [r.backend for r in replies[-2:]]  # the two slow replies, added last
+    assert all(b is not None and b != victim_name for b in slow_backends), slow_backends
     pool.haproxy.stop()
     text = log.read_text()
     assert f"Server vllm/{victim_name} is DOWN, reason: Health analyze" in text
     lines = logged()
-    in_flight = [lines[f"slow-{i}"] for i in (0, 1)]  # on the victim when it died: replayed elsewhere
+    # On the victim when it died: replayed elsewhere (their replies above say where).
+    in_flight = [lines[f"slow-{i}"] for i in (0, 1) if f"slow-{i}" in lines]
     assert all(x["retries"] != "0" and x["backend"] != victim_name for x in in_flight), in_flight
-    tried = [i for i in sent_after_kill if lines[i]["retries"] != "0"]  # only the dead backend fails
+    after_kill = [lines[i] for i in sent_after_kill if i in lines]
+    tried = [x for x in after_kill if x["retries"] != "0"]  # only the dead backend fails
     assert len(tried) <= clients, f"{len(tried)} requests tried the dead backend; at most one per client"
-    assert all(lines[i]["backend"] != victim_name for i in sent_after_kill)
+    assert all(x["backend"] != victim_name for x in after_kill)
 
 
 def test_the_round_robin_peer_spreads_one_session(pool_factory) -> None:
