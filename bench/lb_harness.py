@@ -98,6 +98,11 @@ class Haproxy:
         """Server name -> status (UP, DOWN, …) from the stats page's CSV export."""
         return {r["svname"]: r["status"] for r in self._servers()}
 
+    def metrics(self) -> str:
+        """The Prometheus exporter's text on the stats port (`/metrics`)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.stats_port}/metrics", timeout=5) as response:
+            return response.read().decode()
+
     def in_flight(self) -> dict[str, int]:
         """Server name -> requests it is serving now (`scur`)."""
         return {r["svname"]: int(r["scur"] or 0) for r in self._servers()}
