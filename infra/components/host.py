@@ -20,6 +20,9 @@ GB10_PATTERN = "GB10"
 
 
 RUN_STAMP_ENV = "VLLM_GB10_RUN_STAMP"
+# The stamp the offline plan pins: a trigger holding it is a new value on every real `pulumi up`, so
+# the plan's diff shows its resource as replaced on every run (infra/plan/diff.py).
+PLAN_RUN_STAMP = "offline-plan"
 
 
 def run_stamp() -> str:
