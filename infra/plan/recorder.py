@@ -31,6 +31,7 @@ class RecordedResource:
     parent: str | None
     inputs: dict[str, Any]  # raw, secret markers intact
     depends_on: list[str] = field(default_factory=list)  # names of explicit dependencies (not in plan.json)
+    custom_timeouts: dict[str, str] = field(default_factory=dict)  # create/update/delete as set (not in plan.json)
 
 
 @dataclass
@@ -129,6 +130,9 @@ class RecordingMonitor(pulumi_sdk.MockMonitor):
                     parent=parent,
                     inputs=inputs,
                     depends_on=sorted(urn.split("::")[-1] for urn in request.dependencies),
+                    custom_timeouts={
+                        k: v for k in ("create", "update", "delete") if (v := getattr(request.customTimeouts, k, ""))
+                    },
                 )
             )
         return response
