@@ -15,12 +15,18 @@ provider/internal/image.go, `(*Image) Diff`: a changed hash is `diff["contextHas
 The patterns are matched with the Docker SDK's PatternMatcher (a port of moby's), so the files hashed
 are the files `docker build` sends; tests/integration/test_build_context_docker.py checks that against
 a real Docker Engine.
+
+One departure, on purpose: in a git checkout, files git ignores are left out (a local torch wheel in
+.whl/, which `make stack-up` links there). The provider would hash them too, but then the committed
+plans (tests/snapshots) would depend on what lies around one machine's checkout rather than on the
+repository. What a clean clone sends is what the plan hashes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,18 +42,37 @@ def ignore_patterns(context: Path, dockerfile: Path) -> list[str]:
     return []
 
 
-def context_files(context: Path, patterns: list[str]) -> list[str]:
-    """Relative paths of the regular files (and symlinks) the context sends, in the provider's walk order."""
+def not_git_ignored(context: Path) -> set[str] | None:
+    """Files under `context` that git tracks or would add (not ignored), relative to it; None outside a
+    git checkout (then every file counts)."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(context), "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+            capture_output=True,
+            check=False,
+            timeout=60,
+        )
+    except FileNotFoundError:
+        return None
+    if done.returncode != 0:
+        return None
+    return {p for p in done.stdout.decode().split("\0") if p}
+
+
+def context_files(context: Path, patterns: list[str], *, git_filter: bool = True) -> list[str]:
+    """Relative paths of the regular files (and symlinks) the context sends, in the provider's walk order
+    (`git_filter`: less what git ignores, see the module's docstring)."""
     matcher = PatternMatcher(patterns)
     # The SDK always keeps `.dockerignore` (the CLI sends it to the daemon, which drops it again when the
     # patterns exclude it); fsutil's filter, which the provider hashes through, has no such exception.
     forced = matcher.patterns.pop()
     if not (forced.exclusion and forced.cleaned_pattern == ".dockerignore"):
         raise RuntimeError(f"docker.utils.build.PatternMatcher changed: last pattern {forced.cleaned_pattern!r}")
+    known = not_git_ignored(context) if git_filter else None
     kept = []
     for relative in matcher.walk(str(context)):
         path = context / relative
-        if path.is_symlink() or path.is_file():
+        if (path.is_symlink() or path.is_file()) and (known is None or relative in known):
             kept.append(relative)
     return sorted(kept, key=lambda p: p.split("/"))
 

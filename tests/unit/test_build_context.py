@@ -123,3 +123,22 @@ def test_a_doc_or_stack_file_edit_changes_nothing_and_a_runtime_edit_rebuilds_th
     assert {"stella-compose-up", "nova-compose-up"} <= replaced  # new digests restart the services
     copies = {n for t, n in diff.changed if t == "command:remote:CopyToRemote"}
     assert "stella-compose-docker-compose.yml" in copies and not copies & replaced, "a new file is an update"
+
+
+def test_a_file_git_ignores_in_the_context_changes_no_committed_plan(repo_copy: Path) -> None:
+    """`make stack-up` links a torch wheel into .whl/ (git ignores it): the plans stay those of the repository."""
+    subprocess.run(["git", "init", "-q"], cwd=repo_copy, check=True)
+    before = build_plan("local", repo_copy)
+    (repo_copy / ".whl" / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"a wheel")
+    (repo_copy / "runtime" / "batch" / "__pycache__").mkdir(exist_ok=True)
+    (repo_copy / "runtime" / "batch" / "__pycache__" / "api.cpython-311.pyc").write_bytes(b"bytecode")
+    after = build_plan("local", repo_copy)
+    diff = diff_plans(before.to_json(), after.to_json(), before.files, after.files)
+    assert diff.empty, format_diff(diff)
+    (repo_copy / "runtime" / "new_module.py").write_text("'''not yet committed, not ignored: it ships'''\n")
+    added = build_plan("local", repo_copy)
+    changed = diff_plans(after.to_json(), added.to_json())
+    assert {n for t, n in changed.changed if t == "docker-build:index:Image"} == {
+        "vllm-image-build",
+        "runtime-image-build",
+    }
