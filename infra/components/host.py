@@ -20,6 +20,9 @@ GB10_PATTERN = "GB10"
 
 
 RUN_STAMP_ENV = "VLLM_GB10_RUN_STAMP"
+# The stamp the offline plan pins: a trigger holding it is a new value on every real `pulumi up`, so
+# the plan's diff shows its resource as replaced on every run (infra/plan/diff.py).
+PLAN_RUN_STAMP = "offline-plan"
 
 
 def run_stamp() -> str:
@@ -50,12 +53,14 @@ class Gb10HostArgs(TypedDict):
     remote_dir: str  # the stack's remoteDir; this host's files live in <remote_dir>/<host name>
 
 
-def preflight_command(*, require_gpu: bool, min_free_gb: int, remote_dir: str) -> str:
-    """The preflight script with its parameters prepended as shell assignments."""
+def preflight_command(*, require_gpu: bool, min_free_gb: int, remote_dir: str, stack_dir: str) -> str:
+    """The preflight script with its parameters prepended as shell assignments (`remote_dir`: this
+    host's project directory; `stack_dir`: the stack's remoteDir above it, which a failure names)."""
     params = {
         "REQUIRE_GPU": "1" if require_gpu else "0",
         "MIN_FREE_GB": str(min_free_gb),
         "REMOTE_DIR": remote_dir,
+        "STACK_DIR": stack_dir,
         "GPU_PATTERN": GB10_PATTERN,
     }
     assignments = "".join(f"{k}={shlex.quote(v)}\n" for k, v in params.items())
@@ -96,6 +101,7 @@ class Gb10Host(pulumi.ComponentResource):
             require_gpu=args["require_gpu"],
             min_free_gb=args["min_free_disk_gb"],
             remote_dir=self.project_dir,
+            stack_dir=args["remote_dir"],
         )
         self.ready = remote.Command(
             f"{name}-preflight",

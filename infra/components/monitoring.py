@@ -35,6 +35,11 @@ NODE_EXPORTER_IMAGE = (
     "prom/node-exporter:v1.12.1@sha256:1b4e4438faca4dd7e001dd445d161a4a2091b0fededa84093b3a8dfeae1f1be0"
 )
 DCGM_PORT, NODE_PORT = 9400, 9100
+# The images' users, whose group their volumes are made writable to (kubernetes fsGroup): prometheus's
+# Dockerfile runs `USER nobody` (busybox: 65534) after `chown -R nobody:nobody /prometheus`; grafana's
+# sets `ARG GF_UID="472"` (its GF_GID is 0) and runs as 472, and Grafana's own Kubernetes guide sets
+# fsGroup 472.
+PROMETHEUS_GID, GRAFANA_GID = 65534, 472
 RULES_PATH = "/etc/prometheus/alerts.yml"
 DASHBOARDS_DIR = "/etc/grafana/dashboards"
 
@@ -100,6 +105,7 @@ class Monitoring(pulumi.ComponentResource):
                 ),
                 ports=(Port(settings.prometheus_port, settings.prometheus_port, internal, "web"),),
                 volumes=(Volume("prometheus-data", "/prometheus", size_gi=50),),
+                volume_group=PROMETHEUS_GID,
                 healthcheck=_wget(platform.probe_address(host, internal), settings.prometheus_port, "/-/ready"),
                 memory_limit="4g",
                 stateful=True,
@@ -153,6 +159,7 @@ class Monitoring(pulumi.ComponentResource):
                 ),
                 ports=(Port(settings.grafana_port, settings.grafana_port, public, "http"),),
                 volumes=(Volume("grafana-data", "/var/lib/grafana", size_gi=5),),
+                volume_group=GRAFANA_GID,
                 healthcheck=_wget(
                     platform.probe_address(host, public), settings.grafana_port, "/api/health", https=tls is not None
                 ),

@@ -23,6 +23,9 @@ from infra.services import Exposure, HealthCheck, Port, Secret, ServiceSpec, Vol
 # linux/arm64), the same as ghcr.io/rustfs/rustfs:1.0.0. Digest as published in several projects'
 # pins, one of which records the image's behaviour (RUSTFS_* credentials, curl, /health/ready).
 S3_SERVER_IMAGE = "rustfs/rustfs:1.0.0@sha256:8cc9801755448b71a786705ce76692c77e14936cccd87cf2fc31842e58f4d1ff"
+# The image's user: rustfs/rustfs's Dockerfile adds group and user rustfs as 10001 (`addgroup -g 10001
+# -S rustfs && adduser -u 10001 -G rustfs`) and runs `USER rustfs`; its volume is made writable to it.
+S3_SERVER_GID = 10001
 ACCESS_KEY = "vllm-gb10"
 
 
@@ -85,6 +88,7 @@ class ObjectStoreServer(pulumi.ComponentResource):
                     Port(args["console_port"], args["console_port"], Exposure.INTERNAL, "console"),
                 ),
                 volumes=(Volume("minio-data", "/data", size_gi=500),),
+                volume_group=S3_SERVER_GID,
                 healthcheck=HealthCheck(
                     # RustFS's readiness endpoint, at the address it listens on (the image ships curl).
                     command=("curl", "-fsS", "-o", "/dev/null", f"http://{host_port(probe, port)}/health/ready"),

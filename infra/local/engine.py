@@ -153,7 +153,8 @@ class Providers(pulumi.runtime.Mocks):
         if not isinstance(source, pulumi.StringAsset):
             raise ValueError(f"only text assets are supported, got {type(source).__name__}")
         copy_text(name, Connection.from_inputs(inputs["connection"]), source.text, str(inputs["remotePath"]))
-        return ("created" if status == "new" else "replaced"), inputs
+        # pulumi-command updates a CopyToRemote in place (only `triggers` replace it): an upload either way.
+        return ("created" if status == "new" else "updated"), inputs
 
     def _image(self, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         tag = inputs["tags"][0]

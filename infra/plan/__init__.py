@@ -29,6 +29,7 @@ class Plan:
     violations: list[Violation]
     recording: Recording
     exemptions: list[str] = field(default_factory=list)  # policies the stack file turns down, and why
+    stand_ins: list[str] = field(default_factory=list)  # required non-secret keys the plan made up
 
     @property
     def mandatory_violations(self) -> list[Violation]:
@@ -68,6 +69,7 @@ def build_plan(stack: str, project_dir: Path = PROJECT_DIR, overrides: dict[str,
         violations=evaluate(recording, policy_config(values)),
         recording=recording,
         exemptions=policy_exemptions(values),
+        stand_ins=stack_config.stand_ins,
     )
 
 

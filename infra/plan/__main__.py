@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name}: {json.dumps(value)}")
     if plan.placeholders:
         print(f"placeholders for secrets not in the stack file: {', '.join(plan.placeholders)}")
+    if plan.stand_ins:
+        print(f"stand-ins for keys `pulumi up` needs set (not in the stack file): {', '.join(plan.stand_ins)}")
     print(f"wrote {path} and {len(plan.files)} files under {path.parent / 'files'}")
     if old is not None:
         print(f"diff against {args.diff}:")

@@ -3,6 +3,9 @@
 A changed resource is an update (`~`) or, where its provider cannot change that input in place, a
 replacement (`+-`), as Pulumi would show it. Generated files are compared by content: a compose
 file service by service and key by key, other files line by line, rather than by their hash.
+A command whose trigger is the run's stamp (the preflight) is replaced on every real `pulumi up`;
+the plan pins that stamp, and the diff lists such a command as replaced every run, apart from the
+changes, so a plan after no change is clean apart from it.
 """
 
 from __future__ import annotations
@@ -14,13 +17,20 @@ from typing import Any
 
 import yaml
 
+from infra.components.host import PLAN_RUN_STAMP
+
 Key = tuple[str, str]
 
 # Inputs a provider cannot change in place, by resource type (a regex over the flattened path).
+# pulumi-command 1.2 (provider/pkg/provider/common/inputs.go, remote/copy.go): `triggers` is the only
+# input tagged `provider:"replaceOnChanges"`, on Command and CopyToRemote alike; CopyToRemote
+# implements infer.CustomUpdate (remote/copyController.go), so a new source or path is an update.
+# pulumi-docker-build's Image (provider/internal/image.go, Diff) reports every change, contextHash
+# included, as an update: it is absent here.
 _K8S_IDENTITY = r"inputs\.metadata\.(name|namespace)$"
 REPLACE_ON: dict[str, str] = {
     "command:remote:Command": r"inputs\.triggers",
-    "command:remote:CopyToRemote": r"inputs\.",
+    "command:remote:CopyToRemote": r"inputs\.triggers",
     "random:index/randomPassword:RandomPassword": r"inputs\.",
     "kubernetes:apps/v1:StatefulSet": rf"{_K8S_IDENTITY}|inputs\.spec\.(volumeClaimTemplates|selector|serviceName)",
     "kubernetes:apps/v1:Deployment": rf"{_K8S_IDENTITY}|inputs\.spec\.selector",
@@ -47,9 +57,11 @@ class PlanDiff:
     changed: dict[Key, list[Change]]
     outputs: list[Change]
     files: dict[str, list[str]] = field(default_factory=dict)  # file -> what changed in it
+    every_run: list[Key] = field(default_factory=list)  # replaced on every `pulumi up` (run-stamp trigger)
 
     @property
     def empty(self) -> bool:
+        """No change apart from the replacements that every run makes."""
         return not (self.added or self.removed or self.changed or self.outputs or self.files)
 
     @property
@@ -61,6 +73,15 @@ def replaces(type_: str, changes: list[Change]) -> bool:
     """Whether Pulumi would replace the resource for these changes (else it updates it in place)."""
     pattern = REPLACE_ON.get(type_, _ANY_K8S if type_.startswith("kubernetes:") else None)
     return pattern is not None and any(re.match(pattern, c.path) for c in changes)
+
+
+def replaced_every_run(resource: dict[str, Any]) -> bool:
+    """A command whose trigger is the run's stamp: a new value, so a replacement, on every `pulumi up`
+    (the preflight, infra/components/host.py)."""
+    triggers = resource.get("inputs", {}).get("triggers")
+    return (
+        resource.get("type") == "command:remote:Command" and isinstance(triggers, list) and PLAN_RUN_STAMP in triggers
+    )
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -137,6 +158,9 @@ def diff_plans(
         changed=changed,
         outputs=_changes(old.get("outputs", {}), new.get("outputs", {})),
         files=diff_files(old_files, new_files) if old_files is not None and new_files is not None else {},
+        every_run=sorted(
+            key for key in set(before) & set(after) if replaced_every_run(after[key]) and key not in changed
+        ),
     )
 
 
@@ -146,9 +170,13 @@ def _short(value: Any, limit: int = 120) -> str:
 
 
 def format_diff(diff: PlanDiff) -> str:
+    every_run = [
+        f"+- {t} {n} (replace: its trigger is the run's stamp, so it runs on every `pulumi up`)"
+        for t, n in diff.every_run
+    ]
     if diff.empty:
-        return "no changes"
-    lines = []
+        return "\n".join([*every_run, "no changes" + (" apart from the per-run replacements" if every_run else "")])
+    lines = list(every_run)
     for t, n in diff.added:
         lines.append(f"+ {t} {n}")
     for t, n in diff.removed:
@@ -167,6 +195,7 @@ def format_diff(diff: PlanDiff) -> str:
             lines.extend(f"    {line}" for line in file_lines)
     updated = len(diff.changed) - len(replaced)
     lines.append(
-        f"{len(diff.added)} to add, {updated} to change, {len(replaced)} to replace, {len(diff.removed)} to delete"
+        f"{len(diff.added)} to add, {updated} to change, {len(replaced) + len(diff.every_run)} to replace"
+        f"{f' ({len(diff.every_run)} on every run)' if diff.every_run else ''}, {len(diff.removed)} to delete"
     )
     return "\n".join(lines)

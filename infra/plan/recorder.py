@@ -7,7 +7,9 @@ so the plan masks exactly the inputs that Pulumi would encrypt in state.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -16,6 +18,7 @@ import yaml
 from infra.config import PROJECT
 from infra.local import tls as local_tls
 from infra.plan import pulumi_sdk
+from infra.plan.context_hash import context_hash
 from infra.plan.pulumi_sdk import is_secret, sync_await, unwrap_secret
 
 MASK = "[secret]"
@@ -28,6 +31,7 @@ class RecordedResource:
     parent: str | None
     inputs: dict[str, Any]  # raw, secret markers intact
     depends_on: list[str] = field(default_factory=list)  # names of explicit dependencies (not in plan.json)
+    custom_timeouts: dict[str, str] = field(default_factory=dict)  # create/update/delete as set (not in plan.json)
 
 
 @dataclass
@@ -56,6 +60,26 @@ def plan_tls_outputs(typ: str, name: str) -> dict[str, str]:
     return {"certPem": _pem("CERTIFICATE", name)}
 
 
+IMAGE = "docker-build:index:Image"
+
+
+def image_context_hash(inputs: dict[str, Any]) -> str:
+    """The `contextHash` pulumi-docker-build would store for an Image with these inputs (paths are
+    relative to the working directory, as the provider reads them)."""
+    context = Path(inputs["context"]["location"])
+    dockerfile = inputs.get("dockerfile", {}).get("location")
+    return context_hash(context, Path(dockerfile) if dockerfile else context / "Dockerfile")
+
+
+def image_digest(inputs: dict[str, Any]) -> str:
+    """A stand-in for the pushed digest: a function of what goes into the image (context hash, build
+    args, platforms, target), not of its tag, so it changes exactly when a rebuild would make new bytes.
+    (On a cold cache unpinned dependencies would make new bytes too: images/ pins every one.)"""
+    made_of = {k: inputs.get(k) for k in ("buildArgs", "platforms", "target")}
+    made_of["contextHash"] = image_context_hash(inputs)
+    return "sha256:" + hashlib.sha256(json.dumps(made_of, sort_keys=True).encode()).hexdigest()
+
+
 class PlanMocks(pulumi.runtime.Mocks):
     """Deterministic provider outputs, so that two plans of the same code are identical."""
 
@@ -68,10 +92,10 @@ class PlanMocks(pulumi.runtime.Mocks):
             value = mock_secret(args.name)[: int(args.inputs.get("length", 32))]
             self.recording.generated_secrets.add(value)
             outputs["result"] = value
-        elif args.typ == "docker-build:index:Image":
+        elif args.typ == IMAGE:
             tag = args.inputs["tags"][0]
-            digest = "sha256:" + hashlib.sha256(tag.encode()).hexdigest()
-            outputs.update(digest=digest, ref=f"{tag}@{digest}")
+            digest = image_digest(args.inputs)
+            outputs.update(contextHash=image_context_hash(args.inputs), digest=digest, ref=f"{tag}@{digest}")
         elif args.typ.startswith("command:remote:"):
             outputs.setdefault("stdout", "")
             outputs.setdefault("stderr", "")
@@ -95,13 +119,20 @@ class RecordingMonitor(pulumi_sdk.MockMonitor):
         if request.type != "pulumi:pulumi:Stack":
             top_level = not request.parent or "::pulumi:pulumi:Stack::" in request.parent
             parent = None if top_level else request.parent.split("::")[-1]
+            inputs = pulumi_sdk.deserialize_properties(request.object)
+            if request.type == IMAGE:
+                # The provider's Diff compares this hash like an input (image.go: diff["contextHash"]).
+                inputs["contextHash"] = image_context_hash(inputs)
             self.recording.resources.append(
                 RecordedResource(
                     type=request.type,
                     name=request.name,
                     parent=parent,
-                    inputs=pulumi_sdk.deserialize_properties(request.object),
+                    inputs=inputs,
                     depends_on=sorted(urn.split("::")[-1] for urn in request.dependencies),
+                    custom_timeouts={
+                        k: v for k in ("create", "update", "delete") if (v := getattr(request.customTimeouts, k, ""))
+                    },
                 )
             )
         return response
@@ -109,13 +140,13 @@ class RecordingMonitor(pulumi_sdk.MockMonitor):
 
 def run_program(stack: str, config: dict[str, str], secret_keys: list[str]) -> Recording:
     """Run infra.program.main for `stack` with `config`; raises what the program raises."""
-    from infra.components.host import pinned_run_stamp
+    from infra.components.host import PLAN_RUN_STAMP, pinned_run_stamp
     from infra.program import main  # the program imports pulumi resources; keep this import late
 
     recording = Recording()
     mocks = PlanMocks(recording)
     monitor = RecordingMonitor(mocks, recording)
-    with pinned_run_stamp("offline-plan"):  # a plan is a pure function of code and config
+    with pinned_run_stamp(PLAN_RUN_STAMP):  # a plan is a pure function of code and config
         pulumi_sdk.run_program(
             main, mocks, monitor, project=PROJECT, stack=stack, config=config, secret_keys=secret_keys
         )

@@ -6,8 +6,9 @@ usually not in the file at all; the offline plan stands in a placeholder for eac
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -20,10 +21,21 @@ class StackFileConfig:
     values: dict[str, str]  # full key (vllm-gb10:x) -> raw string, as the runtime holds it
     secret_keys: list[str]
     placeholders: list[str]  # secret keys the plan made up
+    stand_ins: list[str] = field(default_factory=list)  # other required keys the plan made up (digests)
 
 
 def placeholder(key: str) -> str:
     return f"placeholder-{key}"
+
+
+# Keys a kubernetes stack must set (the digests of what stack stella pushed) that only a deployed stella
+# can give: the plan stands in a digest made from the key's name (never the all-zero one, which config
+# refuses), and says so.
+KUBERNETES_DIGEST_KEYS = ("vllmImageDigest", "runtimeImageDigest")
+
+
+def stand_in_digest(key: str) -> str:
+    return "sha256:" + hashlib.sha256(placeholder(key).encode()).hexdigest()
 
 
 def read_stack_file(project_dir: Path, stack: str) -> StackFileConfig:
@@ -63,4 +75,10 @@ def read_stack_file(project_dir: Path, stack: str) -> StackFileConfig:
             values[full] = placeholder(key)
             secrets.append(full)
             made_up.append(key)
-    return StackFileConfig(values=values, secret_keys=sorted(secrets), placeholders=made_up)
+    stand_ins = []
+    if values.get(f"{PROJECT}:platform") == "kubernetes":
+        for key in KUBERNETES_DIGEST_KEYS:
+            if f"{PROJECT}:{key}" not in values:
+                values[f"{PROJECT}:{key}"] = stand_in_digest(key)
+                stand_ins.append(key)
+    return StackFileConfig(values=values, secret_keys=sorted(secrets), placeholders=made_up, stand_ins=stand_ins)

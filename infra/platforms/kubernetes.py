@@ -32,6 +32,15 @@ RAY_AGENT_PORT = 52365
 RAY_HEALTH_PATH = "/api/healthz"
 # Our images, by repository name, and the config key holding the digest each one is pulled by.
 PINNED_IMAGES = {"vllm-gb10": "vllmImageDigest", "vllm-gb10-runtime": "runtimeImageDigest"}
+# pulumi-kubernetes waits 10 minutes by default for a Deployment or StatefulSet to become ready, then
+# fails the `up`. The vLLM image is ~20 GB: its first pull on a node (and a new digest's top layers) can
+# take longer than that on an ordinary link, so workloads that run it get an hour.
+LARGE_IMAGES = frozenset({"vllm-gb10"})
+FIRST_PULL_TIMEOUTS = pulumi.CustomTimeouts(create="60m", update="60m")
+# KubeRay (v1.7.0, raycluster_controller.go shouldRecreatePodsForUpgrade) recreates a RayCluster's pods
+# when its spec changes only with upgradeStrategy.type Recreate (the CRD allows Recreate and None);
+# without it a new image digest never reaches running Ray pods.
+RAY_UPGRADE_STRATEGY = {"type": "Recreate"}
 
 
 class KubernetesPlatform:
@@ -80,6 +89,8 @@ class KubernetesPlatform:
         )
         self._public: list[tuple[str, int]] = []
         self._tls: tuple[pulumi.Output[str], pulumi.Output[str]] | None = None
+        self._workloads: list[pulumi.Resource] = []  # long-running Deployments and StatefulSets
+        self._checks: list[tuple[ServiceSpec, pulumi.Resource]] = []
 
     def _opts(self, parent: pulumi.Resource | None, **extra: Any) -> pulumi.ResourceOptions:
         depends = [self.namespace, *extra.pop("depends_on", [])]
@@ -94,11 +105,16 @@ class KubernetesPlatform:
         the digest); third-party references unchanged."""
         if not isinstance(image, str) or "@" in image:
             return image
-        repository = image.rsplit("/", 1)[-1].split(":", 1)[0]
-        digest = self._digests.get(repository)
+        digest = self._digests.get(self._repository(image))
         return f"{image}@{digest}" if digest else image
 
     def deploy(self, spec: ServiceSpec, parent: pulumi.Resource) -> None:
+        self._deploy(spec, parent)
+
+    def _deploy(
+        self, spec: ServiceSpec, parent: pulumi.Resource, depends_on: list[pulumi.Resource] | None = None
+    ) -> None:
+        large = self._repository(spec.image) in LARGE_IMAGES
         spec = replace(
             spec,
             image=self.pin(spec.image),
@@ -130,7 +146,12 @@ class KubernetesPlatform:
             "StatefulSet": k8s.apps.v1.StatefulSet,
             "Job": k8s.batch.v1.Job,
         }[kind]
-        resource_class(name, metadata=render.metadata(name, placement), spec=body, opts=opts)
+        workload_opts = self._opts(
+            parent, depends_on=depends_on or [], custom_timeouts=FIRST_PULL_TIMEOUTS if large else None
+        )
+        workload = resource_class(name, metadata=render.metadata(name, placement), spec=body, opts=workload_opts)
+        if not spec.one_shot:
+            self._workloads.append(workload)
         if spec.ports and not spec.one_shot:
             k8s.core.v1.Service(  # type: ignore[call-overload]
                 f"{name}-service",
@@ -141,6 +162,11 @@ class KubernetesPlatform:
         for port in spec.ports:
             if port.exposure is Exposure.PUBLIC and port.name == "http":
                 self._public.append((name, port.published or port.container))
+
+    @staticmethod
+    def _repository(image: pulumi.Input[str]) -> str:
+        """`registry/vllm-gb10:tag@sha256:…` -> `vllm-gb10` ('' for an image not yet known)."""
+        return image.rsplit("/", 1)[-1].split(":", 1)[0].split("@", 1)[0] if isinstance(image, str) else ""
 
     def _secret_env(self, spec: ServiceSpec, opts: pulumi.ResourceOptions) -> None:
         """The spec's secret variables as one Secret its containers read by secretKeyRef."""
@@ -154,8 +180,10 @@ class KubernetesPlatform:
             )
 
     def run_after_deploy(self, spec: ServiceSpec, parent: pulumi.Resource) -> None:
-        """A Job: Pulumi waits for it to complete, and the check itself retries until the servers answer."""
-        self.deploy(replace(spec, one_shot=True), parent)
+        """A Job, declared in finish() to depend on every Deployment and StatefulSet: it starts once Pulumi
+        has seen them ready (vLLM's first image pull included), Pulumi waits for it to complete, and the
+        check itself retries until the servers answer."""
+        self._checks.append((replace(spec, one_shot=True), parent))
 
     def deploy_ray(
         self, name: str, head: ServiceSpec, workers: list[ServiceSpec], settings: RaySettings, parent: pulumi.Resource
@@ -250,6 +278,7 @@ class KubernetesPlatform:
             spec={
                 "rayVersion": RAY_VERSION,
                 "authOptions": {"mode": "token", "secretName": RAY_AUTH_SECRET},
+                "upgradeStrategy": RAY_UPGRADE_STRATEGY,
                 "headGroupSpec": head_group,
                 "workerGroupSpecs": worker_groups,
             },
@@ -287,7 +316,13 @@ class KubernetesPlatform:
 
     def finish(self) -> None:
         """The public HTTP endpoints: HTTPRoutes on the configured Gateway (whose listener holds the
-        certificate: the Gateway is the cluster's, not ours), else one Ingress serving TLS with ours."""
+        certificate: the Gateway is the cluster's, not ours), else one Ingress serving TLS with ours.
+        Then the post-deploy checks, after every workload."""
+        self._publish()
+        for spec, parent in self._checks:
+            self._deploy(spec, parent, depends_on=list(self._workloads))
+
+    def _publish(self) -> None:
         if not self._public:
             return
         if self.settings.gateway_name:

@@ -195,6 +195,10 @@ def pod_spec(spec: ServiceSpec, placement: ClusterPlacement, *, claims: bool) ->
     if spec.pod_user is not None:
         user = spec.pod_user
         body["securityContext"] = {"runAsUser": user, "runAsGroup": user, "fsGroup": user, "runAsNonRoot": True}
+    elif spec.volume_group is not None:
+        # The kubelet makes the volumes group-writable by this group and adds it to the containers'
+        # groups; OnRootMismatch skips the recursive chown once the volume's root is right.
+        body["securityContext"] = {"fsGroup": spec.volume_group, "fsGroupChangePolicy": "OnRootMismatch"}
     if volumes:
         body["volumes"] = volumes
     if spec.gpu or spec.gpu_visible or spec.pin_to_gpu_node:

@@ -1,11 +1,16 @@
 #!/bin/sh
 # Preflight for one GB10 host, run over SSH before anything is deployed to it.
 # Inputs (prepended as shell assignments by infra/components/host.py):
-#   REQUIRE_GPU=1|0  MIN_FREE_GB=<int>  REMOTE_DIR=<path>  GPU_PATTERN=<grep -E pattern>
+#   REQUIRE_GPU=1|0  MIN_FREE_GB=<int>  REMOTE_DIR=<path>  STACK_DIR=<path>  GPU_PATTERN=<grep -E pattern>
+#   (REMOTE_DIR is this host's project directory, STACK_DIR the stack's remoteDir above it)
 # Prints one "preflight ok: ..." line, or "preflight failed: <reason>" lines and exits 1.
+# Each reason names the cause and the command that fixes it; a check that depends on one that
+# failed is skipped rather than reported with a misleading cause.
 set -u
 failures=0
 fail() { echo "preflight failed: $*" >&2; failures=$((failures + 1)); }
+user=$(id -un)
+group=$(id -gn)
 
 if [ "${REQUIRE_GPU}" = "1" ]; then
     if ! command -v nvidia-smi >/dev/null 2>&1; then
@@ -19,26 +24,46 @@ else
     gpu="not required"
 fi
 
+docker_root=/var/lib/docker
 if ! command -v docker >/dev/null 2>&1; then
     fail "docker not found"
 else
-    docker compose version >/dev/null 2>&1 || fail "docker compose plugin missing"
-    if [ "${REQUIRE_GPU}" = "1" ]; then
-        docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q nvidia \
-            || fail "NVIDIA container runtime not registered with docker (nvidia-ctk runtime configure)"
+    # `docker info` first: every later docker check needs the daemon, and a user who may not reach
+    # its socket must be told that, not that a runtime is missing.
+    if info=$(docker info --format '{{json .Runtimes}}' 2>&1); then
+        if [ "${REQUIRE_GPU}" = "1" ]; then
+            echo "${info}" | grep -q nvidia \
+                || fail "NVIDIA container runtime not registered with docker (sudo nvidia-ctk runtime configure --runtime=docker && sudo systemctl restart docker)"
+        fi
+        docker_root=$(docker info --format '{{.DockerRootDir}}' 2>/dev/null || echo /var/lib/docker)
+    else
+        reason=$(echo "${info}" | grep -v '^WARNING' | head -n 1)
+        if echo "${info}" | grep -qi "permission denied"; then
+            fail "user ${user} is not in the docker group (permission denied on the docker socket): sudo usermod -aG docker ${user}, then log in again"
+        elif echo "${info}" | grep -qiE "cannot connect|is the docker daemon running"; then
+            fail "the Docker daemon is not running: sudo systemctl enable --now docker (docker info: ${reason})"
+        else
+            fail "docker info failed: ${reason}"
+        fi
     fi
+    docker compose version >/dev/null 2>&1 || fail "docker compose plugin missing"
 fi
 
-docker_root=$(docker info --format '{{.DockerRootDir}}' 2>/dev/null || echo /var/lib/docker)
 [ -d "${docker_root}" ] || docker_root=/
 free_gb=$(df -Pk "${docker_root}" | awk 'NR==2 {print int($4 / 1048576)}')
 [ "${free_gb}" -ge "${MIN_FREE_GB}" ] || fail "only ${free_gb} GB free under ${docker_root}, need ${MIN_FREE_GB}"
 
+# The stack's remoteDir (default /opt/vllm-gb10) is normally made once by an admin, owned by the SSH
+# user (README, deploy steps); with passwordless sudo the preflight makes it itself.
+fix_dir="sudo install -d -o ${user} -g ${group} ${STACK_DIR} (or set remoteDir to a directory ${user} owns)"
 if [ ! -d "${REMOTE_DIR}" ]; then
-    mkdir -p "${REMOTE_DIR}" 2>/dev/null || sudo -n install -d -o "$(id -u)" -g "$(id -g)" "${REMOTE_DIR}" \
-        || fail "cannot create ${REMOTE_DIR}"
+    mkdir -p "${REMOTE_DIR}" 2>/dev/null \
+        || sudo -n install -d -o "$(id -u)" -g "$(id -g)" "${REMOTE_DIR}" 2>/dev/null \
+        || fail "cannot create ${REMOTE_DIR}: ${STACK_DIR} is missing or not writable by ${user}: ${fix_dir}"
 fi
-[ -w "${REMOTE_DIR}" ] || fail "${REMOTE_DIR} is not writable by $(id -un)"
+if [ -d "${REMOTE_DIR}" ] && [ ! -w "${REMOTE_DIR}" ]; then
+    fail "${REMOTE_DIR} is not writable by ${user}: sudo chown -R ${user}:${group} ${STACK_DIR}"
+fi
 
 if [ "${failures}" -gt 0 ]; then
     exit 1

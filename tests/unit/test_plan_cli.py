@@ -86,14 +86,20 @@ def test_diff_against_an_older_plan_lists_added_changed_and_removed(stella_out, 
     assert "+- command:remote:Command stella-compose-up (replace)" in result.stdout
     assert "    ~ inputs.triggers[0]: '0000" in result.stdout
     assert "    ~ loadBalancerUrl: 'http://old:8080/v1' => 'https://stella.lan:8080/v1'" in result.stdout
-    assert "1 to add, 0 to change, 1 to replace, 1 to delete" in result.stdout
+    # the two preflights are replaced on every run, and said so apart from the changes
+    assert "+- command:remote:Command stella-preflight (replace: its trigger is the run's stamp" in result.stdout
+    assert "1 to add, 0 to change, 3 to replace (2 on every run), 1 to delete" in result.stdout
 
 
-def test_diff_of_identical_plans_is_empty(stella_out) -> None:
+def test_diff_of_identical_plans_is_empty_apart_from_the_preflights_every_run(stella_out) -> None:
     out, _ = stella_out
     plan = json.loads((out / "stella" / "plan.json").read_text())
-    assert diff_plans(plan, plan).empty
-    assert format_diff(diff_plans(plan, plan)) == "no changes"
+    diff = diff_plans(plan, plan)
+    assert diff.empty
+    assert {name for _, name in diff.every_run} == {"stella-preflight", "nova-preflight"}
+    assert format_diff(diff).splitlines()[-1] == "no changes apart from the per-run replacements"
+    edge = build_plan("edge").to_json()
+    assert format_diff(diff_plans(edge, edge)) == "no changes"
 
 
 def test_unreadable_diff_file_is_an_error(tmp_path: Path) -> None:
@@ -164,9 +170,13 @@ def test_diff_shows_compose_changes_by_service_and_key_and_replacements_as_pulum
     ]
     assert "nova/docker-compose.yml" not in diff.files
     replaced = {name for _, name in diff.replaced}
-    assert {"stella-compose-up", "stella-compose-haproxy.cfg", "stella-compose-docker-compose.yml"} <= replaced
+    assert "stella-compose-up" in replaced
+    # pulumi-command 1.2 updates a CopyToRemote in place: only a changed `triggers` replaces it
+    changed = {name for _, name in diff.changed}
+    assert {"stella-compose-haproxy.cfg", "stella-compose-docker-compose.yml"} <= changed - replaced
     text = format_diff(diff)
     assert "+- command:remote:Command stella-compose-up (replace)" in text and "to replace" in text
+    assert "~ command:remote:CopyToRemote stella-compose-haproxy.cfg\n" in text
 
 
 @pytest.mark.parametrize(

@@ -441,7 +441,7 @@ def test_preflight_checks_gpu_runtime_and_disk_on_every_host(stella: Plan) -> No
     for host in ("stella", "nova"):
         create = resource(stella, "command:remote:Command", f"{host}-preflight")["inputs"]["create"]
         assert create.startswith(
-            f"REQUIRE_GPU=1\nMIN_FREE_GB=100\nREMOTE_DIR=/opt/vllm-gb10/{host}\nGPU_PATTERN=GB10\n"
+            f"REQUIRE_GPU=1\nMIN_FREE_GB=100\nREMOTE_DIR=/opt/vllm-gb10/{host}\nSTACK_DIR=/opt/vllm-gb10\nGPU_PATTERN=GB10\n"
         )
         assert "nvidia-smi" in create and "nvidia" in create and "df -Pk" in create
 

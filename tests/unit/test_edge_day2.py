@@ -1,0 +1,71 @@
+"""The edge stack on day two: what a first `up` and a later image change need from the objects it writes.
+
+A new image digest must reach the Ray pods, volumes that a storage class makes root-owned must be
+writable by each image's own user, the first ~20 GB pull of the vLLM image must not outlast Pulumi's
+wait, and the post-deploy check must not start its clock before vLLM exists.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from infra.plan import Plan, build_plan
+from infra.plan.recorder import RecordedResource
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD = ROOT / "tests" / "unit" / "crds" / "kuberay-v1.7.0" / "ray.io_rayclusters.yaml"
+
+
+@pytest.fixture(scope="module")
+def edge() -> Plan:
+    return build_plan("edge")
+
+
+def recorded(plan: Plan, type_: str, name: str) -> RecordedResource:
+    (found,) = [r for r in plan.recording.resources if r.type == type_ and r.name == name]
+    return found
+
+
+def test_the_raycluster_recreates_its_pods_when_its_spec_changes(edge: Plan) -> None:
+    cluster = recorded(edge, "kubernetes:ray.io/v1:RayCluster", "ray-cluster")
+    assert cluster.inputs["spec"]["upgradeStrategy"] == {"type": "Recreate"}
+    schema = yaml.safe_load(CRD.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    allowed = schema["properties"]["spec"]["properties"]["upgradeStrategy"]["properties"]["type"]["enum"]
+    assert allowed == ["Recreate", "None"]  # KubeRay v1.7.0's CRD: the field exists, Recreate is allowed
+
+
+@pytest.mark.parametrize(
+    ("workload", "group"),
+    [
+        (("kubernetes:apps/v1:StatefulSet", "minio"), 10001),  # rustfs/rustfs: USER rustfs (10001:10001)
+        (("kubernetes:apps/v1:StatefulSet", "prometheus"), 65534),  # prom/prometheus: USER nobody
+        (("kubernetes:apps/v1:StatefulSet", "grafana"), 472),  # grafana/grafana: GF_UID 472
+    ],
+)
+def test_volumes_are_writable_by_the_images_own_user(edge: Plan, workload: tuple[str, str], group: int) -> None:
+    resource = recorded(edge, *workload)
+    pod = resource.inputs["spec"]["template"]["spec"]
+    assert pod["securityContext"]["fsGroup"] == group
+    assert pod["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
+    assert "runAsUser" not in pod["securityContext"], "the image's own user runs it"
+
+
+def test_the_vllm_deployment_waits_long_enough_for_a_first_pull(edge: Plan) -> None:
+    vllm = recorded(edge, "kubernetes:apps/v1:Deployment", "vllm-gb10")
+    assert vllm.custom_timeouts == {"create": "60m", "update": "60m"}
+    redis = recorded(edge, "kubernetes:apps/v1:StatefulSet", "redis")
+    assert redis.custom_timeouts == {}, "small images keep Pulumi's 10-minute wait (a broken one fails sooner)"
+
+
+def test_the_post_deploy_job_starts_after_vllm_and_every_workload(edge: Plan) -> None:
+    job = recorded(edge, "kubernetes:batch/v1:Job", "post-deploy-check")
+    workloads = {
+        r.name
+        for r in edge.recording.resources
+        if r.type in {"kubernetes:apps/v1:Deployment", "kubernetes:apps/v1:StatefulSet"}
+    }
+    assert "vllm-gb10" in workloads
+    assert workloads <= set(job.depends_on)
