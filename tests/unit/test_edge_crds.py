@@ -16,6 +16,7 @@ import yaml
 
 from infra.plan import Plan, build_plan
 from infra.platforms.kubernetes import RAY_AGENT_PORT, RAY_HEALTH_PATH, RAY_VERSION
+from tests.plans import stack_plan
 
 CRDS = Path(__file__).resolve().parent / "crds"
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +25,7 @@ GATEWAY_API = "v1.6.1"
 
 @pytest.fixture(scope="module")
 def edge() -> Plan:
-    return build_plan("edge")
+    return stack_plan("edge")
 
 
 def custom(plan: Plan, kind: str) -> list[dict]:

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.plan import Plan, build_plan
+from infra.plan import Plan
 from infra.plan.recorder import RecordedResource
+from tests.plans import stack_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "tests" / "unit" / "crds" / "kuberay-v1.7.0" / "ray.io_rayclusters.yaml"
@@ -21,7 +22,7 @@ CRD = ROOT / "tests" / "unit" / "crds" / "kuberay-v1.7.0" / "ray.io_rayclusters.
 
 @pytest.fixture(scope="module")
 def edge() -> Plan:
-    return build_plan("edge")
+    return stack_plan("edge")
 
 
 def recorded(plan: Plan, type_: str, name: str) -> RecordedResource:

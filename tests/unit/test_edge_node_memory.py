@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.plan import Plan, build_plan
+from infra.plan import Plan
 from runtime.kvcache.hosts import PROFILES
+from tests.plans import stack_plan
 
 # What the GB10 node itself needs beside our pods: OS and desktop services of DGX OS (~3 GiB idle),
 # kubelet, containerd, CNI and device plugin (~1 GiB), kube-reserved/eviction thresholds, and page
@@ -27,7 +28,7 @@ _UNITS = {"Ki": 1 / 1024**2, "Mi": 1 / 1024, "Gi": 1.0, "Ti": 1024.0, "": 1 / 10
 
 @pytest.fixture(scope="module")
 def edge() -> Plan:
-    return build_plan("edge")
+    return stack_plan("edge")
 
 
 def gib(quantity: str) -> float:

@@ -17,6 +17,7 @@ from infra.config import ConfigError
 from infra.plan import Plan, build_plan
 from infra.plan.recorder import MASK, unmarked_secrets
 from infra.plan.stackfile import stand_in_digest
+from tests.plans import stack_plan
 
 K8S_VERSION = "1.33"
 NODE_LABEL = ("kubernetes.io/hostname", "hw-brain-01")
@@ -30,7 +31,7 @@ HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDZCdjWjVb9EHw8Qr0tp4/Y5r7rwUVz3
 
 @pytest.fixture(scope="module")
 def edge() -> Plan:
-    return build_plan("edge")
+    return stack_plan("edge")
 
 
 def manifests(plan: Plan) -> dict[str, dict]:

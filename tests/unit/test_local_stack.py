@@ -10,6 +10,7 @@ import yaml
 from infra.components.image import PYTHON_IMAGE
 from infra.plan import PROJECT_DIR, build_plan
 from infra.plan.stackfile import read_stack_file
+from tests.plans import stack_plan
 
 # What Pulumi.local.yaml changes, and why: loopback hosts, the CPU image and its tiny model, small disks,
 # and third-party images by tag (stand-ins carry upstream's tags, never its digests).
@@ -48,7 +49,7 @@ def test_stella_with_the_local_values_renders_exactly_the_local_files() -> None:
     """No code path depends on the stack's name: stella given local's values renders local's files byte for byte."""
     local_values = _values("local")
     as_stella = build_plan("stella", overrides=local_values)
-    local = build_plan("local")
+    local = stack_plan("local")
     assert as_stella.files == local.files
     assert set(local.files) >= {"stella/docker-compose.yml", "nova/docker-compose.yml", "stella/haproxy.cfg"}
 
@@ -64,7 +65,7 @@ def test_every_third_party_image_of_the_local_stack_has_a_stand_in() -> None:
     """What the compose files and our Dockerfiles pull must exist here: each is pulled or stood in."""
     from infra.local.images import STANDINS
 
-    plan = build_plan("local")
+    plan = stack_plan("local")
     ours = {ref for ref in (plan.outputs["vllmImage"], plan.outputs["runtimeImage"])}
     referenced = {
         service["image"]
@@ -106,7 +107,7 @@ def test_local_runs_stellas_third_party_images_by_their_tags() -> None:
     """The only image difference: stella pulls name:tag@sha256:…, local runs name:tag (its stand-in)."""
     from infra.platforms.image_refs import tag_only
 
-    stella, local = _third_party_images(build_plan("stella")), _third_party_images(build_plan("local"))
+    stella, local = _third_party_images(stack_plan("stella")), _third_party_images(stack_plan("local"))
     assert stella.keys() == local.keys()
     assert {k: tag_only(v) for k, v in stella.items()} == local
     assert all("@sha256:" not in ref for ref in local.values())

@@ -16,6 +16,7 @@ from infra.plan import PROJECT_DIR, build_plan
 from runtime.kvcache import PROFILES, Target, plan
 from runtime.kvcache.model import ModelShape
 from runtime.kvcache.policy import PlanError
+from tests.plans import stack_plan
 
 GB10 = PROFILES["gb10"]
 
@@ -26,7 +27,7 @@ def _limits(host_compose: str) -> dict[str, str]:
 
 
 def test_the_budget_table_is_what_the_compose_files_say() -> None:
-    stella = build_plan("stella")
+    stella = stack_plan("stella")
     for host in ("stella", "nova"):
         for name, limit in _limits(stella.files[f"{host}/docker-compose.yml"]).items():
             if name.startswith("vllm-"):
@@ -36,7 +37,7 @@ def test_the_budget_table_is_what_the_compose_files_say() -> None:
 
 
 def test_stella_fits_each_gb10_and_vllm_gets_what_is_left() -> None:
-    stella = build_plan("stella")
+    stella = stack_plan("stella")
     limits = _limits(stella.files["stella/docker-compose.yml"])
     assert sum(gib(v) for v in limits.values()) <= GB10.gpu_memory_gib
     compose = yaml.safe_load(stella.files["stella/docker-compose.yml"])

@@ -17,6 +17,7 @@ from infra.plan import Plan, build_plan
 from infra.render.haproxy import Backend, LoadBalancerConfig, ModelRoute, render_haproxy_cfg, render_models_lua
 from infra.vllm_sizing import size_model_servers, size_vllm
 from tests.conftest import require_binary
+from tests.plans import stack_plan
 from tests.unit.test_config import load_with
 
 LLAMA = {"model": "meta-llama/Llama-3.1-8B-Instruct", "servedModelName": "llama-8b"}
@@ -94,7 +95,7 @@ def test_tensor_parallel_ray_workers_wait_for_no_vllm_server() -> None:
 
 
 def test_the_servers_are_sized_together_within_what_one_server_had(two_models: Plan) -> None:
-    alone = _services(build_plan("stella"), "stella")["vllm-stella"]["command"]
+    alone = _services(stack_plan("stella"), "stella")["vllm-stella"]["command"]
     services = _services(two_models, "stella")
     shares = {
         name: float(_flag(services[name]["command"], "--gpu-memory-utilization"))
@@ -231,7 +232,7 @@ def test_the_load_balancer_has_one_backend_per_model_routed_by_the_body(two_mode
 
 
 def test_one_offered_model_renders_the_load_balancer_as_before() -> None:
-    single = build_plan("stella")
+    single = stack_plan("stella")
     assert "stella/haproxy-models.lua" not in single.files
     cfg = single.files["stella/haproxy.cfg"]
     assert "json_query" not in cfg and "lua" not in cfg and "tune.bufsize" not in cfg

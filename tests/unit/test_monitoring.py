@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.plan import Plan, build_plan
+from infra.plan import Plan
 from infra.render.monitoring import ALERTS_FILE, DASHBOARD_FILE, PROMETHEUS_DATASOURCE_UID
 from tests.conftest import require_binary
+from tests.plans import stack_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 RULE_TESTS = ROOT / "tests" / "unit" / "monitoring" / "alerts_test.yml"
@@ -29,7 +30,7 @@ def promtool(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module", params=["stella", "edge"])
 def plan(request) -> Plan:
-    return build_plan(request.param)
+    return stack_plan(request.param)
 
 
 def prometheus_files(plan: Plan) -> dict[str, str]:
@@ -164,7 +165,7 @@ def test_batch_metrics_named_in_rules_and_dashboard_exist_in_the_runtime() -> No
 
 def test_every_ray_target_is_a_port_a_ray_node_exports_on() -> None:
     """Scrape targets and `ray start` flags come from one setting; a node that exports elsewhere shows here."""
-    plan = build_plan("stella")
+    plan = stack_plan("stella")
     config = yaml.safe_load(plan.files["stella/prometheus.yml"])
     (targets,) = [job["static_configs"][0]["targets"] for job in config["scrape_configs"] if job["job_name"] == "ray"]
     host_of = {"10.10.10.1": "stella", "10.10.10.2": "nova"}

@@ -15,6 +15,7 @@ from infra.plan import Plan, build_plan
 from infra.vllm_sizing import engine_args, size_offered_models, size_vllm
 from runtime.kvcache import PROFILES, Target, load_model_shape, plan
 from runtime.kvcache.catalog import catalog_config
+from tests.plans import stack_plan
 from tests.unit.test_config import OFFLINE_HOSTS, load_with
 from tests.unit.test_stella_program import OFFLINE_APART
 
@@ -89,7 +90,7 @@ def test_each_offered_model_is_sized_on_its_own_like_the_default(two_models: Pla
 
 
 def test_one_model_stacks_name_it_alone_and_the_http_worker_gets_no_engine_arguments() -> None:
-    stella = build_plan("stella")
+    stella = stack_plan("stella")
     for service in ("batch-api", "batch-worker"):
         env = _environment(stella, "stella", service)
         assert env["BATCH_MODELS"] == '["Qwen/Qwen3-4B"]'

@@ -12,6 +12,7 @@ import pytest
 
 from infra.plan import build_plan
 from infra.plan.diff import diff_plans, format_diff
+from tests.plans import stack_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -98,7 +99,7 @@ def test_diff_of_identical_plans_is_empty_apart_from_the_preflights_every_run(st
     assert diff.empty
     assert {name for _, name in diff.every_run} == {"stella-preflight", "nova-preflight"}
     assert format_diff(diff).splitlines()[-1] == "no changes apart from the per-run replacements"
-    edge = build_plan("edge").to_json()
+    edge = stack_plan("edge").to_json()
     assert format_diff(diff_plans(edge, edge)) == "no changes"
 
 
@@ -157,7 +158,7 @@ def test_public_data_services_are_the_explicit_exception_the_policy_allows(tmp_p
 
 
 def test_diff_shows_compose_changes_by_service_and_key_and_replacements_as_pulumi_would(tmp_path: Path) -> None:
-    old = build_plan("stella")
+    old = stack_plan("stella")
     new = build_plan("stella", overrides={"lbBalanceFactor": "175", "batchChunkSize": "7"})
     diff = diff_plans(old.to_json(), new.to_json(), old.files, new.files)
     compose = diff.files["stella/docker-compose.yml"]
@@ -187,7 +188,7 @@ def test_diff_shows_compose_changes_by_service_and_key_and_replacements_as_pulum
     ],
 )
 def test_kubernetes_changes_pulumi_cannot_make_in_place_are_replacements(overrides: dict, replaced: set) -> None:
-    diff = diff_plans(build_plan("edge").to_json(), build_plan("edge", overrides=overrides).to_json())
+    diff = diff_plans(stack_plan("edge").to_json(), build_plan("edge", overrides=overrides).to_json())
     assert replaced <= {type_ for type_, _ in diff.replaced}
     assert not [
         key for key in diff.replaced if key[0] == "kubernetes:core/v1:ConfigMap" and "storageClass" in overrides

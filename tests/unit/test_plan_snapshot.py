@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.plan import build_plan
 from infra.plan.diff import diff_plans, format_diff
+from tests.plans import stack_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 SNAPSHOTS = ROOT / "tests" / "snapshots"
@@ -23,7 +23,7 @@ STACKS = sorted(p.name.split(".")[1] for p in ROOT.glob("Pulumi.*.yaml"))
 def test_plan_matches_the_committed_snapshot(stack: str) -> None:
     snapshot = SNAPSHOTS / stack / "plan.json"
     assert snapshot.is_file(), f"no snapshot for stack {stack}: run `make snapshot` and commit tests/snapshots"
-    plan = build_plan(stack)
+    plan = stack_plan(stack)
     diff = diff_plans(json.loads(snapshot.read_text()), plan.to_json())
     assert diff.empty, f"stack {stack} changed; if intended, run `make snapshot`:\n{format_diff(diff)}"
     for relative, text in plan.files.items():

@@ -10,11 +10,12 @@ from pulumi.runtime import rpc
 
 from infra.plan import Plan, build_plan
 from runtime import smoke
+from tests.plans import stack_plan
 
 
 @pytest.fixture(scope="module")
 def stella() -> Plan:
-    return build_plan("stella")
+    return stack_plan("stella")
 
 
 def _check(plan: Plan):
@@ -55,7 +56,7 @@ def test_its_command_checks_every_server_and_the_balancer(stella: Plan) -> None:
 
 
 def test_edge_runs_it_as_a_job() -> None:
-    edge = build_plan("edge")
+    edge = stack_plan("edge")
     (job,) = [
         r for r in edge.recording.resources if r.type == "kubernetes:batch/v1:Job" and r.name == "post-deploy-check"
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,7 @@ def test_the_real_failure_is_reported_not_an_internal_error(tmp_path: Path) -> N
         capture_output=True,
         text=True,
         timeout=120,
+        env={**os.environ, "PYTHONPATH": str(CONFTEST.parents[1])},  # the conftest imports harness.suite
     )
     out = done.stdout + done.stderr
     assert "INTERNALERROR" not in out, out

@@ -26,6 +26,7 @@ from infra.render.compose import FILES_LABEL, compose_document
 from infra.services import ServiceSpec
 from runtime.batch.settings import BatchSettings
 from tests.conftest import require_binary
+from tests.plans import stack_plan
 
 STELLA_IP, NOVA_IP = "10.10.10.1", "10.10.10.2"
 DATA_SERVICES = ("redis", "postgres", "minio")
@@ -44,7 +45,7 @@ OFFLINE_APART = _offline_apart()
 
 @pytest.fixture(scope="module")
 def stella() -> Plan:
-    return build_plan("stella")
+    return stack_plan("stella")
 
 
 def compose(plan: Plan, host: str) -> dict:
@@ -623,7 +624,7 @@ def test_a_batch_box_apart_from_the_data_host_runs_the_set_up_and_comes_up_after
 
     assert "stella-compose-up" in up_depends_on("nova") and "nova-compose-up" not in up_depends_on("stella")
     # On stella (one host does everything) no host's up waits for another's; only the post-deploy check waits.
-    waiting = {r.name for r in build_plan("stella").recording.resources if "stella-compose-up" in r.depends_on}
+    waiting = {r.name for r in stack_plan("stella").recording.resources if "stella-compose-up" in r.depends_on}
     assert waiting == {"post-deploy-check"}
 
 

@@ -15,8 +15,9 @@ from infra.components.monitoring import DCGM_EXPORTER_IMAGE, GRAFANA_IMAGE, NODE
 from infra.components.object_store import S3_SERVER_IMAGE
 from infra.components.postgres import POSTGRES_IMAGE
 from infra.components.redis import REDIS_IMAGE
-from infra.plan import PROJECT_DIR, build_plan
+from infra.plan import PROJECT_DIR
 from infra.platforms.image_refs import tag_only
+from tests.plans import stack_plan
 from tests.unit.test_policies import COPY, compose, good_service, stack_violations
 
 PINNED = re.compile(r"^[a-z0-9./-]+:[\w.-]+@sha256:[0-9a-f]{64}$")
@@ -31,7 +32,7 @@ def test_third_party_images_are_pinned_by_tag_and_digest(ref: str) -> None:
 
 
 def test_the_stella_compose_files_pull_every_third_party_image_by_digest_but_dcgm() -> None:
-    plan = build_plan("stella")
+    plan = stack_plan("stella")
     ours = {plan.outputs["vllmImage"], plan.outputs["runtimeImage"]}
     images = {
         service["image"]
@@ -50,7 +51,7 @@ def test_tag_only_drops_just_the_digest() -> None:
 
 
 def _s3_service(stack: str, host: str = "stella") -> dict:
-    text = build_plan(stack).files[f"{host}/docker-compose.yml"]
+    text = stack_plan(stack).files[f"{host}/docker-compose.yml"]
     return yaml.safe_load(text)["services"]["minio"]
 
 
@@ -73,7 +74,7 @@ def test_the_s3_server_is_rustfs_on_the_cluster_address_with_its_secret_from_the
 
 
 def test_edge_probes_rustfs_readiness_over_http() -> None:
-    manifest = yaml.safe_load(build_plan("edge").files["k8s/statefulset-minio.yaml"])
+    manifest = yaml.safe_load(stack_plan("edge").files["k8s/statefulset-minio.yaml"])
     container = manifest["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == S3_SERVER_IMAGE
     assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"

@@ -20,6 +20,7 @@ import yaml
 from infra.config import ImageSettings
 from infra.plan import PROJECT_DIR, build_plan
 from runtime.batch.engines.offline import engine_argv
+from tests.plans import stack_plan
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 SHELL_SEPARATORS = {"&&", "||", ";", "|"}
@@ -126,7 +127,7 @@ def test_the_offline_batch_workers_engine_arguments_parse() -> None:
 )
 def test_a_broken_flag_fails_the_parser(broken: list[str]) -> None:
     """The check has teeth: what the stacks render, with one flag broken, is refused."""
-    command = next(iter(_vllm_commands(build_plan("local")).values()))
+    command = next(iter(_vllm_commands(stack_plan("local")).values()))
     argv = server_argv(command)
     parse_server(argv)
     with pytest.raises(SystemExit):
