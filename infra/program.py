@@ -296,6 +296,9 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             # The offload job's own role, not the database owner (a superuser).
             "job_secrets": (Secret("OFFLOAD_DSN", postgres.offload_url),),
             "head_depends_on": (postgres.setup_service,),
+            # GB10 (unified memory): Ray's memory monitor off on the gpu hosts' nodes (compose: the head too
+            # where it shares a gpu host; kubernetes: the GB10 node's worker).
+            "unified_memory_hosts": frozenset(gpu_hosts if PROFILES[cfg.vllm.host_profile].unified else ()),
             "worker_depends_on": {}
             if distributed
             else {host: replica_server_names(VLLM, host, [s.port for s in model_servers[1:]]) for host in gpu_hosts},
@@ -313,6 +316,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "ray_gcs_address": ray.gcs_address,
             "ray_client_environment": ray.client_environment,
             "ray_client_secrets": ray.client_secrets,
+            "ray_head_service": ray.head_service,
             "memory_limit": vllm_limit,
             "more_models": [
                 ModelServer(s.served_name, s.model, s.port, s.engine_args, s.memory_limit) for s in model_servers[1:]

@@ -517,7 +517,8 @@ def _compose_schema() -> dict:
     return json.loads((vendor / "compose-spec.json").read_text())
 
 
-@pytest.mark.parametrize("overrides", [{}, TENSOR, OFFLINE_APART])
+# tensor with ncclIbHca: the RDMA devices, memlock ulimit and IPC_LOCK of vLLM's nodes are schema-checked too
+@pytest.mark.parametrize("overrides", [{}, {**TENSOR, "ncclIbHca": "rocep1s0f1"}, OFFLINE_APART])
 def test_every_compose_file_validates_against_the_compose_specification(overrides: dict) -> None:
     plan = build_plan("stella", overrides=overrides)
     schema = _compose_schema()
