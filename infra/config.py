@@ -201,7 +201,10 @@ class VllmSettings(_Frozen):
         "The model's config.json (path from the project root) for KV sizing; empty: the bundled catalog.",
     )
     host_profile: str = _key(
-        "hostProfile", "gb10", "KV policy host profile of the GPU hosts: gb10, h100, rtx4090, rtx4080."
+        "hostProfile",
+        "gb10",
+        "KV policy host profile of the GPU hosts: gb10 (128 GB), gb10-64 (64 GB), h100, rtx4090, rtx4080; "
+        "the preflight refuses a GB10 whose memory is not its profile's.",
     )
     max_model_len: int = _key("maxModelLen", 8192, "Context length per sequence.", ge=256)
     max_num_seqs: int = _key(

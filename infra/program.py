@@ -16,7 +16,7 @@ from typing import Any
 import pulumi
 
 from infra.components.batch import BatchService
-from infra.components.host import Gb10Host
+from infra.components.host import ExpectedMemory, Gb10Host
 from infra.components.image import PYTHON_IMAGE, ContainerImage, ContainerImageArgs
 from infra.components.load_balancer import LoadBalancer
 from infra.components.monitoring import Monitoring
@@ -151,6 +151,11 @@ class RolePlacement:
 def _compose(cfg: StackConfig, secrets: StackSecrets) -> tuple[ComposePlatform, Any, Any, RolePlacement]:
     """GB10 hosts over SSH; the images are built here and pushed to the registry."""
     vllm_image, runtime_image = _images(cfg, secrets)  # first: it checks vllmDockerfile
+    profile = PROFILES[cfg.vllm.host_profile]
+    # A GB10's memory is its profile's (the preflight reads MemTotal); a discrete GPU's is not the host's RAM.
+    expected_memory = (
+        ExpectedMemory(profile.name, profile.gpu_memory_gib, stack_file(cfg.stack)) if profile.unified else None
+    )
     hosts = {
         h.name: Gb10Host(
             h.name,
@@ -160,6 +165,7 @@ def _compose(cfg: StackConfig, secrets: StackSecrets) -> tuple[ComposePlatform, 
                 "require_gpu": Role.GPU in h.roles,
                 "min_free_disk_gb": cfg.ops.min_free_disk_gb,
                 "remote_dir": cfg.ops.remote_dir,
+                "expected_memory": expected_memory if Role.GPU in h.roles else None,
             },
         )
         for h in cfg.hosts

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.components.host import preflight_command
+from infra.components.host import ExpectedMemory, preflight_command
+from runtime.kvcache import PROFILES
 
 TOOLS = ("sh", "awk", "df", "grep", "head", "id", "mkdir", "install", "cat")
 
@@ -36,9 +37,25 @@ def make_path(tmp_path: Path, *, gpu_name: str | None, runtimes: str, compose_rc
     return str(bin_dir)
 
 
-def run_preflight(path: str, tmp_path: Path, *, require_gpu: bool = True, min_free_gb: int = 1):
-    script = preflight_command(require_gpu=require_gpu, min_free_gb=min_free_gb, remote_dir=str(tmp_path / "app"))
-    return subprocess.run(["sh", "-c", script], env={"PATH": path}, capture_output=True, text=True, check=False)
+def run_preflight(
+    path: str,
+    tmp_path: Path,
+    *,
+    require_gpu: bool = True,
+    min_free_gb: int = 1,
+    memory: ExpectedMemory | None = None,
+    mem_total_kib: int | None = None,
+):
+    """`mem_total_kib`: the box's MemTotal, in a stand-in /proc/meminfo (None: the script's default path)."""
+    script = preflight_command(
+        require_gpu=require_gpu, min_free_gb=min_free_gb, remote_dir=str(tmp_path / "app"), memory=memory
+    )
+    env = {"PATH": path}
+    if mem_total_kib is not None:
+        meminfo = tmp_path / "meminfo"
+        meminfo.write_text(f"MemTotal:       {mem_total_kib} kB\nMemFree:        1024 kB\nMemAvailable:   2048 kB\n")
+        env["MEMINFO"] = str(meminfo)
+    return subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, check=False)
 
 
 GOOD_RUNTIMES = '{"nvidia":{"path":"nvidia-container-runtime"},"runc":{"path":"runc"}}'
@@ -83,3 +100,57 @@ def test_a_host_without_the_gpu_role_needs_no_gpu(tmp_path: Path) -> None:
     result = run_preflight(path, tmp_path, require_gpu=False)
     assert result.returncode == 0, result.stderr
     assert "gpu='not required'" in result.stdout
+
+
+def gb10_profile(name: str) -> ExpectedMemory:
+    return ExpectedMemory(name, PROFILES[name].gpu_memory_gib, "Pulumi.stella.yaml")
+
+
+# MemTotal of a 128 GB GB10 as the kernel reports it (119.7 GiB), and of a 64 GB one (half).
+BIG_BOX_KIB, SMALL_BOX_KIB = 125_515_000, 62_700_000
+
+
+@pytest.mark.parametrize(("profile", "mem_total_kib"), [("gb10", BIG_BOX_KIB), ("gb10-64", SMALL_BOX_KIB)])
+def test_a_box_whose_memory_matches_its_host_profile_passes(tmp_path: Path, profile: str, mem_total_kib: int) -> None:
+    path = make_path(tmp_path, gpu_name="NVIDIA GB10", runtimes=GOOD_RUNTIMES)
+    result = run_preflight(path, tmp_path, memory=gb10_profile(profile), mem_total_kib=mem_total_kib)
+    assert result.returncode == 0, result.stderr
+    assert f"memory={mem_total_kib}kB" in result.stdout
+
+
+def test_a_64_gb_box_planned_as_a_128_gb_one_is_refused_naming_both_figures_and_the_key(tmp_path: Path) -> None:
+    path = make_path(tmp_path, gpu_name="NVIDIA GB10", runtimes=GOOD_RUNTIMES)
+    result = run_preflight(path, tmp_path, memory=gb10_profile("gb10"), mem_total_kib=SMALL_BOX_KIB)
+    assert result.returncode == 1
+    assert result.stderr == (
+        "preflight failed: this box has 59.8 GiB of memory (MemTotal), but hostProfile gb10 plans for 119.7 GiB "
+        "(within 8%): set vllm-gb10:hostProfile in Pulumi.stella.yaml to this box's profile "
+        "(gb10: 128 GB, gb10-64: 64 GB)\n"
+    )
+
+
+def test_a_128_gb_box_planned_as_a_64_gb_one_is_refused_too(tmp_path: Path) -> None:
+    path = make_path(tmp_path, gpu_name="NVIDIA GB10", runtimes=GOOD_RUNTIMES)
+    result = run_preflight(path, tmp_path, memory=gb10_profile("gb10-64"), mem_total_kib=BIG_BOX_KIB)
+    assert result.returncode == 1
+    assert "this box has 119.7 GiB of memory (MemTotal), but hostProfile gb10-64 plans for 59.8 GiB" in result.stderr
+
+
+@pytest.mark.parametrize(("percent", "passes"), [(-7.9, True), (7.9, True), (-8.5, False), (8.5, False)])
+def test_the_box_may_differ_from_its_profile_by_up_to_8_percent(tmp_path: Path, percent: float, passes: bool) -> None:
+    expected = gb10_profile("gb10")
+    mem_total_kib = round(expected.gib * 1024**2 * (1 + percent / 100))
+    path = make_path(tmp_path, gpu_name="NVIDIA GB10", runtimes=GOOD_RUNTIMES)
+    result = run_preflight(path, tmp_path, memory=expected, mem_total_kib=mem_total_kib)
+    assert (result.returncode == 0) is passes, result.stderr
+
+
+def test_an_unreadable_meminfo_is_a_failure_not_a_pass(tmp_path: Path) -> None:
+    path = make_path(tmp_path, gpu_name="NVIDIA GB10", runtimes=GOOD_RUNTIMES)
+    script = preflight_command(
+        require_gpu=True, min_free_gb=1, remote_dir=str(tmp_path / "app"), memory=gb10_profile("gb10")
+    )
+    env = {"PATH": path, "MEMINFO": str(tmp_path / "missing")}
+    result = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, check=False)
+    assert result.returncode == 1
+    assert f"cannot read MemTotal from {tmp_path / 'missing'}" in result.stderr

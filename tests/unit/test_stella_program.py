@@ -444,6 +444,8 @@ def test_preflight_checks_gpu_runtime_and_disk_on_every_host(stella: Plan) -> No
         create = resource(stella, "command:remote:Command", f"{host}-preflight")["inputs"]["create"]
         assert create.startswith(
             f"REQUIRE_GPU=1\nMIN_FREE_GB=100\nREMOTE_DIR=/opt/vllm-gb10/{host}\nGPU_PATTERN=GB10\n"
+            # the box's MemTotal is held to hostProfile gb10's 119.7 GiB (tests/unit/test_preflight.py)
+            "HOST_PROFILE=gb10\nPROFILE_MEM_KIB=125514547\nMEM_TOLERANCE_PCT=8\nSTACK_FILE=Pulumi.stella.yaml\n"
         )
         assert "nvidia-smi" in create and "nvidia" in create and "df -Pk" in create
 

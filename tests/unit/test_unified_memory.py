@@ -1,8 +1,9 @@
-"""GB10's unified memory in the Ray cluster: Ray's memory monitor off on the GB10 hosts' nodes (NVIDIA's
-two-Spark playbook), and the offload job's cuML (RMM) pool capped within its Ray worker's memory limit."""
+"""GB10's unified memory: Ray's memory monitor off on the GB10 hosts' nodes (NVIDIA's two-Spark playbook),
+the offload job's cuML (RMM) pool capped within its Ray worker's memory limit, and the 64 GB GB10 profile."""
 
 from __future__ import annotations
 
+import json
 import sys
 import types
 from typing import Any
@@ -11,8 +12,10 @@ import pytest
 import yaml
 
 from infra.components.ray_cluster import RMM_POOL_ENV, rmm_pool_max_bytes
-from infra.memory import LIMITS
-from infra.plan import build_plan
+from infra.config import ConfigError
+from infra.memory import LIMITS, gib
+from infra.plan import PROJECT_DIR, build_plan
+from runtime.kvcache import PROFILES
 from runtime.offload import backends
 
 GIB = 1024**3
@@ -98,3 +101,30 @@ def test_cuml_gets_an_rmm_pool_capped_at_the_workers_share(rmm_calls: list[tuple
 def test_without_the_variable_rmm_is_left_alone(rmm_calls: list[tuple[str, Any]]) -> None:
     assert backends.cap_rmm_pool({}) is None
     assert rmm_calls == []
+
+
+def _gpu_boxes_apart() -> dict[str, str]:
+    """Both GB10s serve only; a third box holds every other role (a 64 GB box cannot hold them beside vLLM)."""
+    hosts = yaml.safe_load((PROJECT_DIR / "Pulumi.stella.yaml").read_text())["config"]["vllm-gb10:hosts"]
+    box = {**hosts[1], "name": "databox", "address": "10.10.10.3", "clusterAddress": "10.10.10.3"}
+    box["roles"] = [r for r in hosts[0]["roles"] if r != "gpu"]
+    hosts[0]["roles"] = ["gpu"]
+    return {"hosts": json.dumps([*hosts, box])}
+
+
+def test_the_64_gb_gb10_profile_sizes_vllm_within_half_the_memory() -> None:
+    assert PROFILES["gb10-64"].unified and PROFILES["gb10-64"].gpu_memory_gib == pytest.approx(
+        PROFILES["gb10"].gpu_memory_gib / 2, abs=0.1
+    )
+    apart = _gpu_boxes_apart()
+    limits = {}
+    for profile in ("gb10", "gb10-64"):
+        plan = build_plan("stella", overrides={**apart, "hostProfile": profile})
+        vllm = yaml.safe_load(plan.files["nova/docker-compose.yml"])["services"]["vllm-nova"]
+        limits[profile] = gib(vllm["deploy"]["resources"]["limits"]["memory"])
+    assert limits["gb10-64"] < PROFILES["gb10-64"].gpu_memory_gib < limits["gb10"]
+
+
+def test_a_64_gb_box_holding_every_role_is_refused_naming_the_profile() -> None:
+    with pytest.raises(ConfigError, match=r"reserve 53\.4 GiB of gb10-64's 59\.8 GiB, leaving vLLM nothing"):
+        build_plan("stella", overrides={"hostProfile": "gb10-64"})
