@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from infra.components.host import ExpectedMemory, preflight_command
+from infra.local.hosts import GB10_MEMINFO_STANDIN
+from infra.plan import build_plan
 from runtime.kvcache import PROFILES
 
 TOOLS = ("sh", "awk", "df", "grep", "head", "id", "mkdir", "install", "cat")
@@ -154,3 +156,19 @@ def test_an_unreadable_meminfo_is_a_failure_not_a_pass(tmp_path: Path) -> None:
     result = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, check=False)
     assert result.returncode == 1
     assert f"cannot read MemTotal from {tmp_path / 'missing'}" in result.stderr
+
+
+def test_the_local_stacks_hosts_answer_the_memory_check_as_a_128_gb_gb10(tmp_path: Path) -> None:
+    """The local stack runs this preflight for real over SSH on a machine that is no GB10: its hosts'
+    session points MEMINFO at a stand-in, as PATH holds a stand-in nvidia-smi (infra/local/hosts.py)."""
+    plan = build_plan("local")
+    (preflight,) = [r for r in plan.resources if r["name"] == "stella-preflight"]
+    script = preflight["inputs"]["create"]
+    assert "HOST_PROFILE=gb10\n" in script
+    remote_dir = next(line for line in script.splitlines() if line.startswith("REMOTE_DIR="))
+    script = script.replace(remote_dir, f"REMOTE_DIR={tmp_path / 'app'}")  # not the stack's real directory
+    (tmp_path / "meminfo").write_text(GB10_MEMINFO_STANDIN)
+    path = make_path(tmp_path, gpu_name="NVIDIA GB10", runtimes=GOOD_RUNTIMES)
+    env = {"PATH": path, "MEMINFO": str(tmp_path / "meminfo")}
+    result = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
