@@ -6,14 +6,20 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from infra.plan import build_plan
+from infra.plan import Plan, build_plan
+from infra.plan.policy_check import evaluate
 
 TENSOR = {"parallelism": "tensor", "ncclSocketIfname": "enp1s0f1np1", "ncclIbHca": "rocep1s0f1"}
 
 
 @pytest.fixture(scope="module")
-def services() -> dict[str, dict]:
-    plan = build_plan("stella", overrides=TENSOR)
+def tensor_plan() -> Plan:
+    return build_plan("stella", overrides=TENSOR)
+
+
+@pytest.fixture(scope="module")
+def services(tensor_plan: Plan) -> dict[str, dict]:
+    plan = tensor_plan
     found: dict[str, dict] = {}
     for host in ("stella", "nova"):
         found |= yaml.safe_load(plan.files[f"{host}/docker-compose.yml"])["services"]
@@ -73,6 +79,11 @@ def test_rdma_gives_vllms_nodes_the_devices_unlimited_memlock_and_ipc_lock(servi
         assert service["cap_add"] == ["IPC_LOCK"], name
     for name in ("ray-head", "redis", "lb"):  # nothing else gets a device or a capability
         assert not {"devices", "ulimits", "cap_add"} & set(services[name]), name
+
+
+def test_the_rdma_nodes_pass_the_policy_pack(tensor_plan: Plan) -> None:
+    """least-privilege allows exactly what ncclIbHca adds; nothing else of the plan is refused."""
+    assert [v for v in evaluate(tensor_plan.recording) if v.level == "mandatory"] == []
 
 
 def test_without_an_rdma_device_nccl_uses_the_link_over_sockets_and_nothing_is_mapped() -> None:
