@@ -201,7 +201,10 @@ class VllmSettings(_Frozen):
         "The model's config.json (path from the project root) for KV sizing; empty: the bundled catalog.",
     )
     host_profile: str = _key(
-        "hostProfile", "gb10", "KV policy host profile of the GPU hosts: gb10, h100, rtx4090, rtx4080."
+        "hostProfile",
+        "gb10",
+        "KV policy host profile of the GPU hosts: gb10 (128 GB), gb10-64 (64 GB), h100, rtx4090, rtx4080; "
+        "the preflight refuses a GB10 whose memory is not its profile's.",
     )
     max_model_len: int = _key("maxModelLen", 8192, "Context length per sequence.", ge=256)
     max_num_seqs: int = _key(
@@ -229,13 +232,15 @@ class VllmSettings(_Frozen):
     nccl_socket_ifname: str = _key(
         "ncclSocketIfname",
         "",
-        "tensor/pipeline: the boxes' direct link for NCCL and Gloo (e.g. enp1s0f1np1); empty: NCCL picks.",
+        "tensor/pipeline (required there): the boxes' direct link (e.g. enp1s0f1np1), for NCCL, Gloo, "
+        "TensorPipe and UCX on every Ray node of vLLM.",
         pattern=r"^[\w.,^=-]*$",
     )
     nccl_ib_hca: str = _key(
         "ncclIbHca",
         "",
-        "tensor/pipeline: the RDMA device(s) of that link for NCCL (e.g. rocep1s0f1); empty: NCCL picks.",
+        "tensor/pipeline: the RDMA device(s) of that link for NCCL (e.g. rocep1s0f1); set, vLLM's nodes get "
+        "/dev/infiniband, unlimited memlock and IPC_LOCK; empty: NCCL over sockets.",
         pattern=r"^[\w.,:^=-]*$",
     )
     extra_args: list[str] = _key("vllmExtraArgs", [], "Raw extra vLLM CLI flags, appended last (overrides).")
@@ -666,6 +671,15 @@ def _check_topology(config: StackConfig, where: str, read: RawReader) -> None:
         fail("hosts", "at least one host must have role 'gpu'")
     if config.vllm.parallelism is not Parallelism.REPLICA and len(gpu_hosts) < 2:
         fail("parallelism", f"{config.vllm.parallelism.value} parallel needs two or more 'gpu' hosts")
+    if config.vllm.parallelism is not Parallelism.REPLICA and not config.vllm.nccl_socket_ifname:
+        # On a multi-homed box with host networking NCCL and Gloo pick an interface themselves, and Gloo may
+        # take the hostname's 127.0.1.1: the boxes never meet (vLLM docs, distributed_troubleshooting.md).
+        fail(
+            "ncclSocketIfname",
+            f"required with parallelism {config.vllm.parallelism.value} over {len(gpu_hosts)} gpu hosts: the name "
+            "of the network interface of the boxes' direct link (e.g. enp1s0f1np1, see `ibdev2netdev` or "
+            "`ip -br addr` on each box); NCCL, Gloo, TensorPipe and UCX are bound to it",
+        )
     if config.image.registry_username and read("registryPassword") is None:
         fail("registryPassword", "required when registryUsername is set")
     if (read("tlsCertificate") is None) != (read("tlsPrivateKey") is None):

@@ -16,7 +16,7 @@ from typing import Any
 import pulumi
 
 from infra.components.batch import BatchService
-from infra.components.host import Gb10Host
+from infra.components.host import ExpectedMemory, Gb10Host
 from infra.components.image import PYTHON_IMAGE, ContainerImage, ContainerImageArgs
 from infra.components.load_balancer import LoadBalancer
 from infra.components.monitoring import Monitoring
@@ -151,6 +151,11 @@ class RolePlacement:
 def _compose(cfg: StackConfig, secrets: StackSecrets) -> tuple[ComposePlatform, Any, Any, RolePlacement]:
     """GB10 hosts over SSH; the images are built here and pushed to the registry."""
     vllm_image, runtime_image = _images(cfg, secrets)  # first: it checks vllmDockerfile
+    profile = PROFILES[cfg.vllm.host_profile]
+    # A GB10's memory is its profile's (the preflight reads MemTotal); a discrete GPU's is not the host's RAM.
+    expected_memory = (
+        ExpectedMemory(profile.name, profile.gpu_memory_gib, stack_file(cfg.stack)) if profile.unified else None
+    )
     hosts = {
         h.name: Gb10Host(
             h.name,
@@ -160,6 +165,7 @@ def _compose(cfg: StackConfig, secrets: StackSecrets) -> tuple[ComposePlatform, 
                 "require_gpu": Role.GPU in h.roles,
                 "min_free_disk_gb": cfg.ops.min_free_disk_gb,
                 "remote_dir": cfg.ops.remote_dir,
+                "expected_memory": expected_memory if Role.GPU in h.roles else None,
             },
         )
         for h in cfg.hosts
@@ -296,6 +302,9 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             # The offload job's own role, not the database owner (a superuser).
             "job_secrets": (Secret("OFFLOAD_DSN", postgres.offload_url),),
             "head_depends_on": (postgres.setup_service,),
+            # GB10 (unified memory): Ray's memory monitor off on the gpu hosts' nodes (compose: the head too
+            # where it shares a gpu host; kubernetes: the GB10 node's worker).
+            "unified_memory_hosts": frozenset(gpu_hosts if PROFILES[cfg.vllm.host_profile].unified else ()),
             "worker_depends_on": {}
             if distributed
             else {host: replica_server_names(VLLM, host, [s.port for s in model_servers[1:]]) for host in gpu_hosts},
@@ -313,6 +322,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "ray_gcs_address": ray.gcs_address,
             "ray_client_environment": ray.client_environment,
             "ray_client_secrets": ray.client_secrets,
+            "ray_head_service": ray.head_service,
             "memory_limit": vllm_limit,
             "more_models": [
                 ModelServer(s.served_name, s.model, s.port, s.engine_args, s.memory_limit) for s in model_servers[1:]

@@ -148,6 +148,11 @@ class ServiceSpec:
     cpu_limit: float | None = None
     shm_size: str | None = None
     one_shot: bool = False  # runs to completion (e.g. bucket setup) instead of staying up
+    # NCCL over RDMA (RoCE on the boxes' ConnectX link): the RDMA devices (/dev/infiniband), unlimited
+    # locked memory and IPC_LOCK to pin its buffers (vLLM docs serving/parallelism_scaling.md, GPUDirect
+    # RDMA; NVIDIA's Spark playbooks run such containers with --device /dev/infiniband --ulimit memlock=-1).
+    # Compose only: the kubernetes platform refuses it (RDMA there needs a device plugin).
+    rdma: bool = False
     stateful: bool = False
     sidecars: tuple[Sidecar, ...] = ()  # kubernetes: helper containers in the pod
     # kubernetes: the pod's uid/gid and the group of its volumes (fsGroup), so a sidecar shares files

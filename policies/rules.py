@@ -349,6 +349,27 @@ def validate_public_endpoints_tls(args: ResourceValidationArgs, report: ReportVi
             report(f"{w.name}: Grafana serves plain HTTP (GF_SERVER_PROTOCOL is not https)", None)
 
 
+# NCCL over RDMA (ncclIbHca) is the one reason a container gets more than Docker's default: the RDMA
+# devices and IPC_LOCK to pin its buffers (vLLM docs serving/parallelism_scaling.md, GPUDirect RDMA).
+RDMA_DEVICES = "/dev/infiniband"
+RDMA_CAPABILITY = "IPC_LOCK"
+
+
+def validate_least_privilege(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    for w in workloads(args.resource_type, args.props, args.name):
+        if w.privileged:
+            report(f"{w.name}: runs privileged (every device and capability of the host); map what it needs", None)
+        for device in w.devices:
+            if device != RDMA_DEVICES and not device.startswith(RDMA_DEVICES + "/"):
+                report(f"{w.name}: maps host device {device}; only the RDMA devices ({RDMA_DEVICES}) are allowed", None)
+        for capability in w.capabilities:
+            name = capability.upper().removeprefix("CAP_")
+            if name != RDMA_CAPABILITY:
+                report(f"{w.name}: adds capability {capability}; only {RDMA_CAPABILITY}, with the RDMA devices", None)
+            elif not w.devices:
+                report(f"{w.name}: adds {RDMA_CAPABILITY} without the RDMA devices it is for ({RDMA_DEVICES})", None)
+
+
 def validate_health_checks(args: ResourceValidationArgs, report: ReportViolation) -> None:
     for w in workloads(args.resource_type, args.props, args.name):
         if not w.one_shot and not w.health_check:
@@ -417,6 +438,12 @@ POLICIES: list[Policy] = [
         "ssh-host-key-pinned", "SSH connections pin the host key.", validate_ssh_host_key_pinned, MANDATORY
     ),
     ResourceValidationPolicy("memory-limits", "Every container has a memory limit.", validate_memory_limits, MANDATORY),
+    ResourceValidationPolicy(
+        "least-privilege",
+        "No container runs privileged; only NCCL's RDMA devices and IPC_LOCK (ncclIbHca) are added to any.",
+        validate_least_privilege,
+        MANDATORY,
+    ),
     ResourceValidationPolicy(
         "redis-persistence", "Redis persists the queue (AOF).", validate_redis_persistence, MANDATORY
     ),

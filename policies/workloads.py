@@ -52,6 +52,9 @@ class Workload:
     host_network: bool = False
     one_shot: bool = False
     cluster_address: str | None = None  # compose: the host's cluster address, from the file's x-vllm-gb10
+    privileged: bool = False
+    capabilities: list[str] = field(default_factory=list)  # added Linux capabilities (cap_add / securityContext)
+    devices: list[str] = field(default_factory=list)  # host devices mapped in (compose `devices`, the host side)
 
     @property
     def command_text(self) -> str:
@@ -136,7 +139,17 @@ def compose_workloads(document: dict[str, Any]) -> Iterator[Workload]:
             host_network=service.get("network_mode") == "host",
             one_shot=restart == "on-failure",
             cluster_address=None if cluster_address is None else str(cluster_address),
+            privileged=service.get("privileged") is True,
+            capabilities=_as_list(service.get("cap_add")),
+            devices=[_device_path(d) for d in service.get("devices") or []],
         )
+
+
+def _device_path(device: Any) -> str:
+    """A compose device mapping's host side: `/dev/x:/dev/x:rwm` or `{source: /dev/x, …}` -> `/dev/x`."""
+    if isinstance(device, dict):
+        return str(device.get("source", ""))
+    return str(device).split(":", 1)[0]
 
 
 def dig(value: Any, path: tuple[str, ...]) -> Any:
@@ -187,6 +200,8 @@ def pod_workloads(resource_type: str, name: str, spec: dict[str, Any]) -> Iterat
             restart=restart,
             # Init containers run to completion before the pod starts (Kubernetes allows them no probes).
             one_shot=resource_type == "kubernetes:batch/v1:Job" or container.get("name") in init_names,
+            privileged=dig(container, ("securityContext", "privileged")) is True,
+            capabilities=_as_list(dig(container, ("securityContext", "capabilities", "add"))),
         )
 
 

@@ -6,9 +6,10 @@ import os
 import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 import pulumi
 from pulumi_command import remote
@@ -17,6 +18,18 @@ from infra.config import Host
 
 PREFLIGHT_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "preflight.sh"
 GB10_PATTERN = "GB10"
+# How far the box's MemTotal may be from its host profile's memory: the 128 and 64 GB GB10s are twice
+# apart, and a kernel or firmware carve-out moves MemTotal by a few percent.
+MEMORY_TOLERANCE_PCT = 8
+
+
+@dataclass(frozen=True)
+class ExpectedMemory:
+    """What the preflight holds a unified-memory GPU host's MemTotal to: its host profile's memory."""
+
+    profile: str  # the hostProfile's name, for the message
+    gib: float
+    stack_file: str  # where hostProfile is set, for the message
 
 
 RUN_STAMP_ENV = "VLLM_GB10_RUN_STAMP"
@@ -51,9 +64,12 @@ class Gb10HostArgs(TypedDict):
     require_gpu: bool
     min_free_disk_gb: int
     remote_dir: str  # the stack's remoteDir; this host's files live in <remote_dir>/<host name>
+    expected_memory: NotRequired[ExpectedMemory | None]  # a GB10 gpu host: its profile's memory
 
 
-def preflight_command(*, require_gpu: bool, min_free_gb: int, remote_dir: str, stack_dir: str) -> str:
+def preflight_command(
+    *, require_gpu: bool, min_free_gb: int, remote_dir: str, stack_dir: str, memory: ExpectedMemory | None = None
+) -> str:
     """The preflight script with its parameters prepended as shell assignments (`remote_dir`: this
     host's project directory; `stack_dir`: the stack's remoteDir above it, which a failure names)."""
     params = {
@@ -62,6 +78,10 @@ def preflight_command(*, require_gpu: bool, min_free_gb: int, remote_dir: str, s
         "REMOTE_DIR": remote_dir,
         "STACK_DIR": stack_dir,
         "GPU_PATTERN": GB10_PATTERN,
+        "HOST_PROFILE": memory.profile if memory else "",
+        "PROFILE_MEM_KIB": str(round(memory.gib * 1024**2)) if memory else "0",
+        "MEM_TOLERANCE_PCT": str(MEMORY_TOLERANCE_PCT),
+        "STACK_FILE": memory.stack_file if memory else "",
     }
     assignments = "".join(f"{k}={shlex.quote(v)}\n" for k, v in params.items())
     return assignments + PREFLIGHT_SCRIPT.read_text()
@@ -102,6 +122,7 @@ class Gb10Host(pulumi.ComponentResource):
             min_free_gb=args["min_free_disk_gb"],
             remote_dir=self.project_dir,
             stack_dir=args["remote_dir"],
+            memory=args.get("expected_memory"),
         )
         self.ready = remote.Command(
             f"{name}-preflight",

@@ -17,9 +17,9 @@ from typing import NotRequired, TypedDict
 import pulumi
 
 from infra.components.secrets import generated_password
-from infra.components.vllm import VllmNode
+from infra.components.vllm import RAY_MEMORY_MONITOR_OFF, VllmNode
 from infra.config import RaySettings
-from infra.memory import LIMITS
+from infra.memory import LIMITS, gib
 from infra.platforms import ServicePlatform
 from infra.services import HealthCheck, Secret, ServiceSpec
 
@@ -32,6 +32,19 @@ WORKER_AGENT_PORT = 52366  # the head's dashboard agent keeps Ray's default 5236
 # under 2 GB (bench/offload.py), the limit leaves room for bigger work.
 WORKER_MEMORY_REQUEST = "8g"
 AUTH_ENVIRONMENT = {"RAY_AUTH_MODE": "token"}
+# The offload job's cuML allocates through RMM, whose pool grows by default to all the memory the GPU
+# reports (on GB10: the whole box; cgroup limits do not count CUDA allocations there). runtime.offload
+# caps the pool at this many bytes: half the worker's memory limit, the other half for the worker's own
+# process, its raylet and its object store (Ray's default: 30% of the memory it sees).
+RMM_POOL_ENV = "OFFLOAD_RMM_POOL_MAX_BYTES"
+
+
+def rmm_pool_max_bytes(memory_limit: str) -> int:
+    """What a worker with this compose memory limit lets cuML's RMM pool grow to (a multiple of 256 bytes)."""
+    half = int(gib(memory_limit) * 1024**3) // 2
+    return half - half % 256
+
+
 AUTH_TOKEN_ENV = "RAY_AUTH_TOKEN"
 
 
@@ -47,6 +60,8 @@ class RayClusterArgs(TypedDict):
     job_secrets: NotRequired[tuple[Secret, ...]]
     # Services the head waits for (the Postgres set-up that makes the offload role in OFFLOAD_DSN).
     head_depends_on: NotRequired[tuple[str, ...]]
+    # Hosts whose memory is unified (GB10): their Ray nodes run without Ray's memory monitor.
+    unified_memory_hosts: NotRequired[frozenset[str]]
     # Services a worker's host must have healthy before the worker starts (replica: that host's vLLM
     # servers; a vLLM starting up profiles memory and takes every core it can, and a raylet starting beside
     # it may miss Ray's fixed 30 s to register with the head).
@@ -56,6 +71,7 @@ class RayClusterArgs(TypedDict):
 class RayCluster(pulumi.ComponentResource):
     metrics_targets: list[str]  # host:port of each node's Prometheus endpoint that others can reach
     gcs_address: str
+    head_service: str  # the head's service name, for a node that must wait for it
     dashboard_url: str
     client_address: str
     auth_token: pulumi.Output[str]  # secret
@@ -73,8 +89,16 @@ class RayCluster(pulumi.ComponentResource):
         head_ip = platform.internal_host(head, f"{name}-head")
         self.gcs_address = f"{head_ip}:{settings.gcs_port}"
         health = HealthCheck(command=("ray", "health-check", f"--address={self.gcs_address}"), start_period_s=60)
+        unified = args.get("unified_memory_hosts", frozenset())
+
+        def memory_monitor(host: str) -> dict[str, str]:
+            # Ray's memory monitor reads the box's memory, not what CUDA holds of it, and kills workers while
+            # vLLM loads weights on unified memory: off on GB10 hosts (infra.components.vllm).
+            return dict(RAY_MEMORY_MONITOR_OFF) if host in unified else {}
+
+        self.head_service = f"{name}-head"
         head_spec = ServiceSpec(
-            name=f"{name}-head",
+            name=self.head_service,
             host=head,
             image=args["image"],
             command=(
@@ -91,7 +115,7 @@ class RayCluster(pulumi.ComponentResource):
                 f"--metrics-export-port={settings.metrics_port}",
             ),
             healthcheck=health,
-            environment=self.client_environment,
+            environment={**self.client_environment, **memory_monitor(head)},
             secrets=node_secrets,
             depends_on=args.get("head_depends_on", ()),
             memory_limit=HEAD_MEMORY,
@@ -122,10 +146,18 @@ class RayCluster(pulumi.ComponentResource):
                     healthcheck=health,
                     environment={
                         **self.client_environment,
-                        **({**node.environment, "VLLM_HOST_IP": ip} if node else {}),
+                        **memory_monitor(host),
+                        # tensor/pipeline: vLLM's workers (the GPU is held by vLLM, the offload job runs on the
+                        # CPU); replica: the offload job's cuML, capped within this worker's memory limit
+                        **(
+                            {**node.environment, "VLLM_HOST_IP": ip}
+                            if node
+                            else {RMM_POOL_ENV: str(rmm_pool_max_bytes(WORKER_MEMORY))}
+                        ),
                     },
                     secrets=(*node_secrets, *(node.secrets if node else ())),
                     volumes=node.volumes if node else (),
+                    rdma=node.rdma if node else False,
                     memory_limit=node.memory_limit if node else WORKER_MEMORY,
                     memory_request=WORKER_MEMORY_REQUEST,
                     shm_size="16g",

@@ -63,21 +63,35 @@ class VllmNode:
     secrets: tuple[Secret, ...]
     volumes: tuple[Volume, ...]
     memory_limit: str
+    rdma: bool = False  # NCCL over RDMA (ncclIbHca): /dev/infiniband, unlimited memlock, IPC_LOCK
+
+
+# Ray's memory monitor kills workers while vLLM loads weights on unified memory: NVIDIA's two-Spark vLLM
+# playbook (dgx-spark-playbooks nvidia/vllm/README.md, "Start Ray head node" / "worker node") turns it off
+# with this on every node; Ray's docs (ray-core/scheduling/ray-oom-prevention): 0 disables the monitor.
+RAY_MEMORY_MONITOR_OFF = {"RAY_memory_monitor_refresh_ms": "0"}
+
+
+def link_environment(ifname: str, ib_hca: str) -> dict[str, str]:
+    """Every library that opens a socket between the boxes, bound to their direct link, as NVIDIA's
+    two-Spark vLLM playbook sets them (dgx-spark-playbooks nvidia/vllm/README.md): NCCL (tensor and
+    pipeline traffic), Gloo (torch.distributed's CPU group; vLLM docs serving/distributed_troubleshooting.md:
+    it may otherwise bind the hostname's 127.0.1.1 on the host network), TensorPipe (torch RPC) and UCX.
+    NCCL_IB_HCA picks the RDMA device of that link (vLLM docs serving/parallelism_scaling.md, InfiniBand)."""
+    env = {name: ifname for name in ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "TP_SOCKET_IFNAME", "UCX_NET_DEVICES")}
+    if ib_hca:
+        env["NCCL_IB_HCA"] = ib_hca
+    return env
 
 
 def vllm_node(settings: VllmSettings, hf_token: pulumi.Input[str] | None, memory_limit: str) -> VllmNode:
     env = {"HF_HOME": MODEL_CACHE.mount_path, "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
-    if settings.parallelism is not Parallelism.REPLICA:
-        # The boxes' direct link: NCCL and Gloo pick the wrong interface on multi-homed hosts otherwise.
-        if settings.nccl_socket_ifname:
-            env |= {
-                "NCCL_SOCKET_IFNAME": settings.nccl_socket_ifname,
-                "GLOO_SOCKET_IFNAME": settings.nccl_socket_ifname,
-            }
-        if settings.nccl_ib_hca:
-            env["NCCL_IB_HCA"] = settings.nccl_ib_hca
+    distributed = settings.parallelism is not Parallelism.REPLICA
+    if distributed:
+        # infra.config requires ncclSocketIfname here: the boxes' direct link.
+        env |= link_environment(settings.nccl_socket_ifname, settings.nccl_ib_hca) | RAY_MEMORY_MONITOR_OFF
     secrets = (Secret("HF_TOKEN", pulumi.Output.secret(hf_token)),) if hf_token else ()
-    return VllmNode(env, secrets, (MODEL_CACHE,), memory_limit)
+    return VllmNode(env, secrets, (MODEL_CACHE,), memory_limit, rdma=distributed and bool(settings.nccl_ib_hca))
 
 
 class VllmServiceArgs(TypedDict):
@@ -91,6 +105,8 @@ class VllmServiceArgs(TypedDict):
     # tensor/pipeline mode: what the leader needs to join the Ray cluster (its auth token)
     ray_client_environment: NotRequired[dict[str, str]]
     ray_client_secrets: NotRequired[tuple[Secret, ...]]
+    # tensor/pipeline mode: the Ray head's service, which the leader waits for (healthy) before it joins
+    ray_head_service: NotRequired[str]
     memory_limit: str  # from infra.vllm_sizing: what the engine may use on the host, plus headroom
     # Several offered models (replica): the offered models after the default, each with its own server on
     # every host, started after the previous model's server there is healthy (vLLM issue 35920).
@@ -201,13 +217,20 @@ class VllmService(pulumi.ComponentResource):
                 f"ray start --address={args['ray_gcs_address']} --node-ip-address={bind_ip} --num-gpus=1 "
                 f"--dashboard-agent-listen-port={RAY_AGENT_PORT}"
             )
+            head = args.get("ray_head_service")
             platform.deploy(
-                server(
-                    leader,
-                    (f"{join} && exec {serve}",),
-                    entrypoint=("/bin/bash", "-c"),
-                    environment={**env, **args.get("ray_client_environment", {}), "VLLM_HOST_IP": bind_ip},
-                    secrets=(*server_secrets, *args.get("ray_client_secrets", ())),
+                dataclasses.replace(
+                    server(
+                        leader,
+                        (f"{join} && exec {serve}",),
+                        entrypoint=("/bin/bash", "-c"),
+                        environment={**env, **args.get("ray_client_environment", {}), "VLLM_HOST_IP": bind_ip},
+                        secrets=(*server_secrets, *args.get("ray_client_secrets", ())),
+                    ),
+                    # `ray start --address` fails when the head is not up yet; on the head's host compose waits
+                    # for its health check, on another host that host's project comes up first.
+                    depends_on=(head,) if head else (),
+                    rdma=node.rdma,
                 ),
                 parent=self,
             )

@@ -2,9 +2,11 @@
 
 Each host gets its own sshd on its own address and port with its own generated host key (which the
 stack then pins, as a user pastes `ssh-keyscan` output), root login by the generated client key only,
-and a session environment that points `docker` at the engine and puts a stand-in `nvidia-smi`
-(answering as a GB10 does) first on PATH. Nothing else about the host is faked: the preflight,
-compose and every remote script run as they would on a GB10 box.
+and a session environment that points `docker` at the engine, puts a stand-in `nvidia-smi`
+(answering as a GB10 does) first on PATH and points the preflight's MEMINFO at a stand-in
+/proc/meminfo (a 128 GB GB10's MemTotal, which the `gb10` profile of the local stack asks for).
+Nothing else about the host is faked: the preflight, compose and every remote script run as they
+would on a GB10 box.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infra.local.processes import running_pid, start_daemon, stop_daemon, wait_until
+from runtime.kvcache import PROFILES
 
 NVIDIA_SMI_STANDIN = """#!/bin/sh
 # Stand-in for nvidia-smi on a loopback test host: answers the preflight's query as a GB10 box does.
@@ -26,6 +29,9 @@ case "$*" in
 esac
 """
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Stand-in for /proc/meminfo on a loopback test host: a 128 GB GB10's MemTotal (the `gb10` profile's
+# 119.7 GiB), which the preflight holds the box to; the machine's own memory is what the services get.
+GB10_MEMINFO_STANDIN = f"MemTotal:       {round(PROFILES['gb10'].gpu_memory_gib * 1024**2)} kB\n"
 
 
 class HostError(RuntimeError):
@@ -103,6 +109,8 @@ def start_host(state_dir: Path, host: LoopbackHost, docker_env: dict[str, str]) 
     smi = bin_dir / "nvidia-smi"
     smi.write_text(NVIDIA_SMI_STANDIN)
     smi.chmod(0o755)
+    meminfo = base / "meminfo"
+    meminfo.write_text(GB10_MEMINFO_STANDIN)
     _, public = client_key(state_dir)
     authorized = base / "authorized_keys"
     authorized.write_text(public + "\n")
@@ -112,6 +120,7 @@ def start_host(state_dir: Path, host: LoopbackHost, docker_env: dict[str, str]) 
         "DOCKER_CONFIG": docker_env["DOCKER_CONFIG"],
         "DOCKER_BUILDKIT": "0",
         "PATH": f"{bin_dir}:{SYSTEM_PATH}",
+        "MEMINFO": str(meminfo),
     }
     config = base / "sshd_config"
     config.write_text(

@@ -20,6 +20,7 @@ from infra.services import ServiceSpec, files_digest
 PROJECT_NAME = "vllm-gb10"
 FILES_LABEL = "dev.vllm-gb10.files-sha256"
 EXTENSION = "x-vllm-gb10"
+RDMA_DEVICES = "/dev/infiniband"  # the RDMA verbs devices NCCL opens for its IB/RoCE transport
 
 
 def project_name(host: str) -> str:
@@ -69,6 +70,10 @@ def _service(spec: ServiceSpec) -> dict[str, Any]:
     out["deploy"] = {"resources": resources}
     if spec.shm_size:
         out["shm_size"] = spec.shm_size
+    if spec.rdma:
+        out["devices"] = [f"{RDMA_DEVICES}:{RDMA_DEVICES}"]
+        out["ulimits"] = {"memlock": -1}
+        out["cap_add"] = ["IPC_LOCK"]
     out["logging"] = {"driver": "json-file", "options": {"max-size": "50m", "max-file": "5"}}
     out["labels"] = {"dev.vllm-gb10.service": spec.name, "dev.vllm-gb10.host": spec.host}
     if spec.files:

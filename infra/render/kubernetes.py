@@ -110,6 +110,8 @@ def resources(spec: ServiceSpec) -> dict[str, Any]:
 
 
 def container(spec: ServiceSpec) -> dict[str, Any]:
+    if spec.rdma:  # only tensor/pipeline parallelism asks for it, which the kubernetes platform refuses
+        raise ValueError(f"service {spec.name}: RDMA devices need a device plugin on kubernetes; not rendered")
     environment = dict(spec.environment)
     if spec.gpu_visible:  # the NVIDIA runtime shows every GPU without the device plugin handing one out
         environment |= {"NVIDIA_VISIBLE_DEVICES": "all", "NVIDIA_DRIVER_CAPABILITIES": "utility"}

@@ -3,6 +3,8 @@
 # Inputs (prepended as shell assignments by infra/components/host.py):
 #   REQUIRE_GPU=1|0  MIN_FREE_GB=<int>  REMOTE_DIR=<path>  STACK_DIR=<path>  GPU_PATTERN=<grep -E pattern>
 #   (REMOTE_DIR is this host's project directory, STACK_DIR the stack's remoteDir above it)
+#   HOST_PROFILE=<name>  PROFILE_MEM_KIB=<int, 0: no memory check>  MEM_TOLERANCE_PCT=<int>  STACK_FILE=<name>
+#   MEMINFO (optional, default /proc/meminfo: where MemTotal is read)
 # Prints one "preflight ok: ..." line, or "preflight failed: <reason>" lines and exits 1.
 # Each reason names the cause and the command that fixes it; a check that depends on one that
 # failed is skipped rather than reported with a misleading cause.
@@ -22,6 +24,26 @@ if [ "${REQUIRE_GPU}" = "1" ]; then
     fi
 else
     gpu="not required"
+fi
+
+# A unified-memory host (GB10) is sized from its profile: a 64 GB box planned as a 128 GB one would run out of
+# memory, which on GB10 freezes the box. MemTotal is what the box has (CUDA reports the same pool).
+if [ "${PROFILE_MEM_KIB:-0}" -gt 0 ]; then
+    meminfo="${MEMINFO:-/proc/meminfo}"
+    mem_kib=$(awk '$1 == "MemTotal:" {print $2}' "${meminfo}" 2>/dev/null)
+    if [ -z "${mem_kib}" ]; then
+        fail "cannot read MemTotal from ${meminfo}"
+    else
+        low=$((PROFILE_MEM_KIB * (100 - MEM_TOLERANCE_PCT) / 100))
+        high=$((PROFILE_MEM_KIB * (100 + MEM_TOLERANCE_PCT) / 100))
+        if [ "${mem_kib}" -lt "${low}" ] || [ "${mem_kib}" -gt "${high}" ]; then
+            have=$(awk -v k="${mem_kib}" 'BEGIN {printf "%.1f", k / 1048576}')
+            want=$(awk -v k="${PROFILE_MEM_KIB}" 'BEGIN {printf "%.1f", k / 1048576}')
+            fail "this box has ${have} GiB of memory (MemTotal), but hostProfile ${HOST_PROFILE} plans for" \
+                "${want} GiB (within ${MEM_TOLERANCE_PCT}%): set vllm-gb10:hostProfile in ${STACK_FILE} to" \
+                "this box's profile (gb10: 128 GB, gb10-64: 64 GB)"
+        fi
+    fi
 fi
 
 docker_root=/var/lib/docker
@@ -68,4 +90,4 @@ fi
 if [ "${failures}" -gt 0 ]; then
     exit 1
 fi
-echo "preflight ok: gpu='${gpu}' free=${free_gb}GB dir=${REMOTE_DIR}"
+echo "preflight ok: gpu='${gpu}' free=${free_gb}GB dir=${REMOTE_DIR}${mem_kib:+ memory=${mem_kib}kB}"

@@ -29,6 +29,9 @@ PROFILES: dict[str, HostProfile] = {
     # GB10: 128 GB LPDDR5x shared with the CPU; 0.92 runs out of memory at start-up (vLLM issues
     # 35313, 46307, 56824), so at most 0.85, KV sized explicitly, ~6 GiB for vLLM's own use.
     "gb10": HostProfile("gb10", gpu_memory_gib=119.7, unified=True, max_gpu_memory_utilization=0.85, overhead_gib=6.0),
+    # The 64 GB GB10 (DGX Spark and OEM boxes ship both sizes): half the 128 GB box's 119.7 GiB, the same
+    # carve-out share; an estimate until measured on one. The preflight holds the box's MemTotal to it (±8%).
+    "gb10-64": HostProfile("gb10-64", 59.8, unified=True, max_gpu_memory_utilization=0.85, overhead_gib=6.0),
     "h100": HostProfile("h100", 79.2, False, 0.90, 4.0, host_ram_gib=256.0),
     "rtx4090": HostProfile("rtx4090", 23.6, False, 0.90, 2.0, host_ram_gib=64.0),
     "rtx4080": HostProfile("rtx4080", 15.6, False, 0.90, 2.0, host_ram_gib=32.0),

@@ -67,7 +67,11 @@ def run_topography(params: TopographyParams, *, gpu_requested: bool = False, gpu
             "params": params.stored(),
             "timings": timings,
             "versions": {"python": platform.python_version(), **backend.versions},
-            "resources": {"gpu_requested": gpu_requested, "backend_note": gpu_note or backend.reason},
+            "resources": {
+                "gpu_requested": gpu_requested,
+                "backend_note": gpu_note or backend.reason,
+                "rmm_pool_max_bytes": backend.rmm_pool_max_bytes,
+            },
         }
         with _stage(timings, "write"):
             record["resources"]["worker_peak_rss_bytes"] = peak_rss_bytes()

@@ -116,6 +116,7 @@ def test_the_run_record_says_what_ran_and_where(planted, first_run) -> None:
     # The cluster declares a GPU, so the task asked for one; without cuML it ran on the CPU and says why.
     assert record["resources"]["gpu_requested"] is True
     assert (record["device"], record["resources"]["backend_note"]) == ("cpu", "cuML is not installed")
+    assert record["resources"]["rmm_pool_max_bytes"] is None  # no cuML, no RMM pool to cap
     assert record["resources"]["worker_peak_rss_bytes"] > 0
     assert record["params"]["umap"]["n_neighbors"] == 15
     assert "dsn" not in record["params"] and "pw-" not in json.dumps(record, default=str)

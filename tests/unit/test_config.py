@@ -18,6 +18,7 @@ def host(name: str, roles: list[str], **extra: object) -> dict:
     return {"name": name, "address": "10.0.0.1", "hostKey": HOST_KEY, "roles": roles, **extra}
 
 
+LINK = "enp1s0f1np1"  # the two boxes' direct link (ncclSocketIfname), required with tensor/pipeline
 TWO_HOSTS = [host("stella", ["gpu", "ray-head", "data", "lb", "batch"]), host("nova", ["gpu"], address="10.0.0.2")]
 
 
@@ -107,6 +108,12 @@ def test_pulumi_yaml_declares_every_key_with_the_code_default() -> None:
             "parallelism",
             "two or more 'gpu' hosts",
         ),
+        (
+            {"parallelism": "tensor"},
+            "ncclSocketIfname",
+            "required with parallelism tensor over 2 gpu hosts: the name of the network interface",
+        ),
+        ({"parallelism": "pipeline"}, "ncclSocketIfname", "required with parallelism pipeline over 2 gpu hosts"),
         ({"registryUsername": "ci"}, "registryPassword", "required when registryUsername is set"),
         ({"hosts": []}, "hosts", "the compose platform needs at least one host"),
         ({"platform": "kubernetes"}, "hosts", "the kubernetes platform places services itself; remove hosts"),
@@ -255,13 +262,13 @@ def test_several_offered_models_are_refused_on_kubernetes(engine: str) -> None:
 @pytest.mark.parametrize("parallelism", ["tensor", "pipeline"])
 def test_several_offered_models_are_refused_with_one_server_over_every_host(parallelism: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        load_with(stack="stella", parallelism=parallelism, models=[LLAMA])
+        load_with(stack="stella", parallelism=parallelism, models=[LLAMA], ncclSocketIfname=LINK)
     assert str(caught.value) == (
         f"Pulumi.stella.yaml: vllm-gb10:models: 2 offered models with vllm-gb10:parallelism {parallelism}: one "
         "vLLM server spans every gpu host, for the default model ('Qwen/Qwen3-4B') only; several offered models "
         "need parallelism replica (one server per model on each gpu host)"
     )
-    assert load_with(parallelism=parallelism).vllm.parallelism.value == parallelism
+    assert load_with(parallelism=parallelism, ncclSocketIfname=LINK).vllm.parallelism.value == parallelism
 
 
 @pytest.mark.parametrize(

@@ -89,7 +89,7 @@ def test_each_ray_worker_starts_after_its_hosts_vllm_servers_and_up_waits_for_th
 
 def test_tensor_parallel_ray_workers_wait_for_no_vllm_server() -> None:
     """In tensor/pipeline mode vLLM's leader needs the Ray workers: they must not wait for it."""
-    plan = build_plan("stella", overrides={"parallelism": "tensor"})
+    plan = build_plan("stella", overrides={"parallelism": "tensor", "ncclSocketIfname": "enp1s0f1np1"})
     worker = _services(plan, "nova")["ray-worker-nova"]
     assert "depends_on" not in worker
 

@@ -500,6 +500,27 @@ def test_default_config_is_a_fresh_copy() -> None:
     assert again["data-services-private"] == {"allowPublicDataServices": False}
 
 
+# --- least-privilege
+
+
+def test_least_privilege_allows_only_nccls_rdma_devices_and_ipc_lock() -> None:
+    rdma = good_service(devices=["/dev/infiniband:/dev/infiniband"], ulimits={"memlock": -1}, cap_add=["IPC_LOCK"])
+    assert violations("least-privilege", COPY, compose({"vllm": rdma, "redis": good_service()})) == []
+    cases = [
+        (good_service(privileged=True), "x: runs privileged (every device and capability of the host); map what"),
+        (good_service(cap_add=["SYS_ADMIN"]), "x: adds capability SYS_ADMIN; only IPC_LOCK, with the RDMA devices"),
+        (good_service(cap_add=["IPC_LOCK"]), "x: adds IPC_LOCK without the RDMA devices it is for (/dev/infiniband)"),
+        (good_service(devices=["/dev/mem:/dev/mem"]), "x: maps host device /dev/mem; only the RDMA devices"),
+    ]
+    for service, words in cases:
+        (found,) = violations("least-privilege", COPY, compose({"x": service}))
+        assert found.startswith(words), found
+    pod = deployment({"name": "c", "image": "x:1", "securityContext": {"capabilities": {"add": ["NET_ADMIN"]}}})
+    assert violations("least-privilege", DEPLOYMENT, pod) == [
+        "r/c: adds capability NET_ADMIN; only IPC_LOCK, with the RDMA devices"
+    ]
+
+
 # --- every rule's words: which service, what is wrong, what to do
 
 

@@ -15,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from infra.components.host import preflight_command
+from infra.components.host import ExpectedMemory, preflight_command
+from infra.local.hosts import GB10_MEMINFO_STANDIN
+from infra.plan import build_plan
+from runtime.kvcache import PROFILES
 
 TOOLS = ("sh", "awk", "df", "grep", "head", "id", "mkdir", "install", "cat")
 
@@ -55,11 +58,29 @@ def make_path(
     return str(bin_dir)
 
 
-def run_preflight(path: str, tmp_path: Path, *, require_gpu: bool = True, min_free_gb: int = 1):
+def run_preflight(
+    path: str,
+    tmp_path: Path,
+    *,
+    require_gpu: bool = True,
+    min_free_gb: int = 1,
+    memory: ExpectedMemory | None = None,
+    mem_total_kib: int | None = None,
+):
+    """`mem_total_kib`: the box's MemTotal, in a stand-in /proc/meminfo (None: the script's default path)."""
     script = preflight_command(
-        require_gpu=require_gpu, min_free_gb=min_free_gb, remote_dir=str(tmp_path / "app"), stack_dir=str(tmp_path)
+        require_gpu=require_gpu,
+        min_free_gb=min_free_gb,
+        remote_dir=str(tmp_path / "app"),
+        stack_dir=str(tmp_path),
+        memory=memory,
     )
-    return subprocess.run(["sh", "-c", script], env={"PATH": path}, capture_output=True, text=True, check=False)
+    env = {"PATH": path}
+    if mem_total_kib is not None:
+        meminfo = tmp_path / "meminfo"
+        meminfo.write_text(f"MemTotal:       {mem_total_kib} kB\nMemFree:        1024 kB\nMemAvailable:   2048 kB\n")
+        env["MEMINFO"] = str(meminfo)
+    return subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, check=False)
 
 
 GOOD_RUNTIMES = '{"nvidia":{"path":"nvidia-container-runtime"},"runc":{"path":"runc"}}'
@@ -171,4 +192,73 @@ def test_a_root_owned_remote_dir_is_named_with_the_command_that_fixes_it(shared_
     result = subprocess.run(
         [*nobody, "sh", "-c", script], env={"PATH": path}, capture_output=True, text=True, check=False, cwd="/"
     )
+
+
+def gb10_profile(name: str) -> ExpectedMemory:
+    return ExpectedMemory(name, PROFILES[name].gpu_memory_gib, "Pulumi.stella.yaml")
+
+
+# MemTotal of a 128 GB GB10 as the kernel reports it (119.7 GiB), and of a 64 GB one (half).
+BIG_BOX_KIB, SMALL_BOX_KIB = 125_515_000, 62_700_000
+
+
+@pytest.mark.parametrize(("profile", "mem_total_kib"), [("gb10", BIG_BOX_KIB), ("gb10-64", SMALL_BOX_KIB)])
+def test_a_box_whose_memory_matches_its_host_profile_passes(tmp_path: Path, profile: str, mem_total_kib: int) -> None:
+    path = make_path(tmp_path, gpu_name="NVIDIA GB10", runtimes=GOOD_RUNTIMES)
+    result = run_preflight(path, tmp_path, memory=gb10_profile(profile), mem_total_kib=mem_total_kib)
+    assert result.returncode == 0, result.stderr
+    assert f"memory={mem_total_kib}kB" in result.stdout
+
+
+def test_a_64_gb_box_planned_as_a_128_gb_one_is_refused_naming_both_figures_and_the_key(tmp_path: Path) -> None:
+    path = make_path(tmp_path, gpu_name="NVIDIA GB10", runtimes=GOOD_RUNTIMES)
+    result = run_preflight(path, tmp_path, memory=gb10_profile("gb10"), mem_total_kib=SMALL_BOX_KIB)
+    assert result.returncode == 1
+    assert result.stderr == (
+        "preflight failed: this box has 59.8 GiB of memory (MemTotal), but hostProfile gb10 plans for 119.7 GiB "
+        "(within 8%): set vllm-gb10:hostProfile in Pulumi.stella.yaml to this box's profile "
+        "(gb10: 128 GB, gb10-64: 64 GB)\n"
+    )
+
+
+def test_a_128_gb_box_planned_as_a_64_gb_one_is_refused_too(tmp_path: Path) -> None:
+    path = make_path(tmp_path, gpu_name="NVIDIA GB10", runtimes=GOOD_RUNTIMES)
+    result = run_preflight(path, tmp_path, memory=gb10_profile("gb10-64"), mem_total_kib=BIG_BOX_KIB)
+    assert result.returncode == 1
+    assert "this box has 119.7 GiB of memory (MemTotal), but hostProfile gb10-64 plans for 59.8 GiB" in result.stderr
+
+
+@pytest.mark.parametrize(("percent", "passes"), [(-7.9, True), (7.9, True), (-8.5, False), (8.5, False)])
+def test_the_box_may_differ_from_its_profile_by_up_to_8_percent(tmp_path: Path, percent: float, passes: bool) -> None:
+    expected = gb10_profile("gb10")
+    mem_total_kib = round(expected.gib * 1024**2 * (1 + percent / 100))
+    path = make_path(tmp_path, gpu_name="NVIDIA GB10", runtimes=GOOD_RUNTIMES)
+    result = run_preflight(path, tmp_path, memory=expected, mem_total_kib=mem_total_kib)
+    assert (result.returncode == 0) is passes, result.stderr
+
+
+def test_an_unreadable_meminfo_is_a_failure_not_a_pass(tmp_path: Path) -> None:
+    path = make_path(tmp_path, gpu_name="NVIDIA GB10", runtimes=GOOD_RUNTIMES)
+    script = preflight_command(
+        require_gpu=True, min_free_gb=1, remote_dir=str(tmp_path / "app"), memory=gb10_profile("gb10")
+    )
+    env = {"PATH": path, "MEMINFO": str(tmp_path / "missing")}
+    result = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, check=False)
+    assert result.returncode == 1
+    assert f"cannot read MemTotal from {tmp_path / 'missing'}" in result.stderr
+
+
+def test_the_local_stacks_hosts_answer_the_memory_check_as_a_128_gb_gb10(tmp_path: Path) -> None:
+    """The local stack runs this preflight for real over SSH on a machine that is no GB10: its hosts'
+    session points MEMINFO at a stand-in, as PATH holds a stand-in nvidia-smi (infra/local/hosts.py)."""
+    plan = build_plan("local")
+    (preflight,) = [r for r in plan.resources if r["name"] == "stella-preflight"]
+    script = preflight["inputs"]["create"]
+    assert "HOST_PROFILE=gb10\n" in script
+    remote_dir = next(line for line in script.splitlines() if line.startswith("REMOTE_DIR="))
+    script = script.replace(remote_dir, f"REMOTE_DIR={tmp_path / 'app'}")  # not the stack's real directory
+    (tmp_path / "meminfo").write_text(GB10_MEMINFO_STANDIN)
+    path = make_path(tmp_path, gpu_name="NVIDIA GB10", runtimes=GOOD_RUNTIMES)
+    env = {"PATH": path, "MEMINFO": str(tmp_path / "meminfo")}
+    result = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr

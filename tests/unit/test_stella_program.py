@@ -30,6 +30,8 @@ from tests.plans import stack_plan
 
 STELLA_IP, NOVA_IP = "10.10.10.1", "10.10.10.2"
 DATA_SERVICES = ("redis", "postgres", "minio")
+LINK = "enp1s0f1np1"  # the boxes' direct link: required with tensor/pipeline
+TENSOR = {"parallelism": "tensor", "ncclSocketIfname": LINK}
 
 
 def _offline_apart() -> dict[str, str]:
@@ -210,7 +212,7 @@ def _listen_addresses(plan: Plan, host: str) -> dict[str, set[str]]:
     return found
 
 
-@pytest.mark.parametrize("overrides", [{}, {"parallelism": "tensor"}, OFFLINE_APART])
+@pytest.mark.parametrize("overrides", [{}, TENSOR, OFFLINE_APART])
 def test_every_compose_service_runs_on_the_host_network_and_publishes_nothing(overrides: dict) -> None:
     plan = build_plan("stella", overrides=overrides)
     for host in ("stella", "nova"):
@@ -443,6 +445,8 @@ def test_preflight_checks_gpu_runtime_and_disk_on_every_host(stella: Plan) -> No
         create = resource(stella, "command:remote:Command", f"{host}-preflight")["inputs"]["create"]
         assert create.startswith(
             f"REQUIRE_GPU=1\nMIN_FREE_GB=100\nREMOTE_DIR=/opt/vllm-gb10/{host}\nSTACK_DIR=/opt/vllm-gb10\nGPU_PATTERN=GB10\n"
+            # the box's MemTotal is held to hostProfile gb10's 119.7 GiB (tests/unit/test_preflight.py)
+            "HOST_PROFILE=gb10\nPROFILE_MEM_KIB=125514547\nMEM_TOLERANCE_PCT=8\nSTACK_FILE=Pulumi.stella.yaml\n"
         )
         assert "nvidia-smi" in create and "nvidia" in create and "df -Pk" in create
 
@@ -488,7 +492,7 @@ def test_a_config_change_changes_only_the_affected_hosts_trigger(stella: Plan) -
 
 
 def test_tensor_parallel_runs_one_server_across_both_boxes_over_ray() -> None:
-    plan = build_plan("stella", overrides={"parallelism": "tensor"})
+    plan = build_plan("stella", overrides=TENSOR)
     stella_services, nova_services = compose(plan, "stella")["services"], compose(plan, "nova")["services"]
     assert "vllm-nova" not in nova_services and "ray-worker-nova" in nova_services
     assert "ray-worker-stella" not in stella_services, "the vLLM container is stella's Ray node"
@@ -499,7 +503,7 @@ def test_tensor_parallel_runs_one_server_across_both_boxes_over_ray() -> None:
     assert "--distributed-executor-backend ray --tensor-parallel-size 2" in script
     assert re.findall(r"^\s+server (\S+)", plan.files["stella/haproxy.cfg"], re.M) == ["stella"]
     assert plan.outputs["vllmUrls"] == [f"http://{STELLA_IP}:8000/v1"]
-    pipeline = build_plan("stella", overrides={"parallelism": "pipeline"})
+    pipeline = build_plan("stella", overrides={**TENSOR, "parallelism": "pipeline"})
     assert "--pipeline-parallel-size 2" in compose(pipeline, "stella")["services"]["vllm-stella"]["command"][0]
 
 
@@ -516,7 +520,8 @@ def _compose_schema() -> dict:
     return json.loads((vendor / "compose-spec.json").read_text())
 
 
-@pytest.mark.parametrize("overrides", [{}, {"parallelism": "tensor"}, OFFLINE_APART])
+# tensor with ncclIbHca: the RDMA devices, memlock ulimit and IPC_LOCK of vLLM's nodes are schema-checked too
+@pytest.mark.parametrize("overrides", [{}, {**TENSOR, "ncclIbHca": "rocep1s0f1"}, OFFLINE_APART])
 def test_every_compose_file_validates_against_the_compose_specification(overrides: dict) -> None:
     plan = build_plan("stella", overrides=overrides)
     schema = _compose_schema()
@@ -651,7 +656,7 @@ def test_the_vllm_image_dockerfile_and_build_platform_come_from_the_stack() -> N
 def test_every_ray_node_requires_the_token_and_holds_the_offload_dsn_not_a_client(parallelism: str) -> None:
     """Ray without token auth runs code for anyone who reaches the dashboard port: every node, and vLLM's
     leader where it joins the cluster, runs with RAY_AUTH_MODE=token and the token from the secrets file."""
-    plan = build_plan("stella", overrides={"parallelism": parallelism})
+    plan = build_plan("stella", overrides={"parallelism": parallelism, "ncclSocketIfname": LINK})
     nodes = {
         f"{host}/{name}": service
         for host in ("stella", "nova")

@@ -6,14 +6,20 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from infra.plan import build_plan
+from infra.plan import Plan, build_plan
+from infra.plan.policy_check import evaluate
 
 TENSOR = {"parallelism": "tensor", "ncclSocketIfname": "enp1s0f1np1", "ncclIbHca": "rocep1s0f1"}
 
 
 @pytest.fixture(scope="module")
-def services() -> dict[str, dict]:
-    plan = build_plan("stella", overrides=TENSOR)
+def tensor_plan() -> Plan:
+    return build_plan("stella", overrides=TENSOR)
+
+
+@pytest.fixture(scope="module")
+def services(tensor_plan: Plan) -> dict[str, dict]:
+    plan = tensor_plan
     found: dict[str, dict] = {}
     for host in ("stella", "nova"):
         found |= yaml.safe_load(plan.files[f"{host}/docker-compose.yml"])["services"]
@@ -47,3 +53,56 @@ def test_replica_mode_keeps_the_ray_workers_lean() -> None:
     worker = yaml.safe_load(plan.files["nova/docker-compose.yml"])["services"]["ray-worker-nova"]
     assert "volumes" not in worker and "NCCL_SOCKET_IFNAME" not in worker.get("environment", {})
     assert worker["deploy"]["resources"]["limits"]["memory"] == "16g"
+
+
+# NVIDIA's two-Spark vLLM playbook (dgx-spark-playbooks nvidia/vllm/README.md) starts every node with these.
+PLAYBOOK = {
+    "NCCL_SOCKET_IFNAME": "enp1s0f1np1",
+    "GLOO_SOCKET_IFNAME": "enp1s0f1np1",
+    "TP_SOCKET_IFNAME": "enp1s0f1np1",
+    "UCX_NET_DEVICES": "enp1s0f1np1",
+    "RAY_memory_monitor_refresh_ms": "0",
+}
+
+
+def test_every_vllm_node_gets_the_playbooks_link_variables(services: dict[str, dict]) -> None:
+    for name in ("vllm-stella", "ray-worker-nova"):
+        env = services[name]["environment"]
+        assert {k: env.get(k) for k in PLAYBOOK} == PLAYBOOK, name
+
+
+def test_rdma_gives_vllms_nodes_the_devices_unlimited_memlock_and_ipc_lock(services: dict[str, dict]) -> None:
+    for name in ("vllm-stella", "ray-worker-nova"):
+        service = services[name]
+        assert service["devices"] == ["/dev/infiniband:/dev/infiniband"], name
+        assert service["ulimits"] == {"memlock": -1}, name
+        assert service["cap_add"] == ["IPC_LOCK"], name
+    for name in ("ray-head", "redis", "lb"):  # nothing else gets a device or a capability
+        assert not {"devices", "ulimits", "cap_add"} & set(services[name]), name
+
+
+def test_the_rdma_nodes_pass_the_policy_pack(tensor_plan: Plan) -> None:
+    """least-privilege allows exactly what ncclIbHca adds; nothing else of the plan is refused."""
+    assert [v for v in evaluate(tensor_plan.recording) if v.level == "mandatory"] == []
+
+
+def test_without_an_rdma_device_nccl_uses_the_link_over_sockets_and_nothing_is_mapped() -> None:
+    plan = build_plan("stella", overrides={k: v for k, v in TENSOR.items() if k != "ncclIbHca"})
+    for host, name in (("stella", "vllm-stella"), ("nova", "ray-worker-nova")):
+        service = yaml.safe_load(plan.files[f"{host}/docker-compose.yml"])["services"][name]
+        env = service["environment"]
+        assert env["NCCL_SOCKET_IFNAME"] == "enp1s0f1np1" and "NCCL_IB_HCA" not in env, name
+        assert not {"devices", "ulimits", "cap_add"} & set(service), name
+
+
+def test_the_leader_waits_for_the_healthy_ray_head_it_joins(services: dict[str, dict]) -> None:
+    assert services["vllm-stella"]["depends_on"] == {"ray-head": {"condition": "service_healthy"}}
+    assert services["ray-head"]["healthcheck"]["test"][1:3] == ["ray", "health-check"]
+
+
+def test_kubernetes_refuses_to_render_rdma_rather_than_drop_it() -> None:
+    from infra.render.kubernetes import container
+    from infra.services import ServiceSpec
+
+    with pytest.raises(ValueError, match=r"^service vllm-gb10: RDMA devices need a device plugin on kubernetes"):
+        container(ServiceSpec(name="vllm-gb10", image="vllm", host="gb10", rdma=True))

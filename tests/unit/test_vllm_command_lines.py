@@ -81,8 +81,8 @@ def _vllm_commands(plan: Any) -> dict[str, list[str]]:
 
 CASES = {
     "stella replica": ("stella", {}),
-    "stella tensor": ("stella", {"parallelism": "tensor"}),
-    "stella pipeline": ("stella", {"parallelism": "pipeline"}),
+    "stella tensor": ("stella", {"parallelism": "tensor", "ncclSocketIfname": "enp1s0f1np1"}),
+    "stella pipeline": ("stella", {"parallelism": "pipeline", "ncclSocketIfname": "enp1s0f1np1"}),
     "local replica": ("local", {}),
     "edge": ("edge", {}),
 }
