@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import xml.etree.ElementTree as ET
 from collections import defaultdict
@@ -106,13 +107,36 @@ def timings_from_junit(paths: Iterable[Path]) -> dict[str, float]:
     return {module: round(seconds, 1) for module, seconds in sorted(totals.items())}
 
 
+DURATION_LINE = re.compile(r"^\s*(?P<s>[0-9.]+)s (?P<phase>setup|call|teardown)\s+(?P<nodeid>\S.*)$")
+
+
+def durations_table(log: str) -> str:
+    """A Markdown table of pytest `--durations=0` lines per module: set-up (the fixtures: servers, the
+    stack, image builds), the test bodies and teardown, slowest module first."""
+    phases: dict[str, dict[str, float]] = defaultdict(lambda: {"setup": 0.0, "call": 0.0, "teardown": 0.0})
+    for line in log.splitlines():
+        if match := DURATION_LINE.match(line):
+            phases[module_of(match["nodeid"].strip())][match["phase"]] += float(match["s"])
+    rows = sorted(phases.items(), key=lambda kv: -sum(kv[1].values()))
+    total = {p: sum(v[p] for _, v in rows) for p in ("setup", "call", "teardown")}
+    lines = ["| module | set-up s | tests s | teardown s | all s |", "|---|---|---|---|---|"]
+    for module, v in [*rows, ("**all**", total)]:
+        lines.append(f"| {module} | {v['setup']:.0f} | {v['call']:.0f} | {v['teardown']:.0f} | {sum(v.values()):.0f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.suite", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     timings = sub.add_parser("timings", help="rewrite tests/timings.json from --junitxml reports")
     timings.add_argument("reports", nargs="+", type=Path)
     timings.add_argument("--out", type=Path, default=TIMINGS)
+    durations = sub.add_parser("durations", help="per-module table of a run's --durations=0 output")
+    durations.add_argument("log", type=Path)
     args = parser.parse_args(argv)
+    if args.command == "durations":
+        print(durations_table(args.log.read_text(errors="replace")))
+        return 0
     modules = timings_from_junit(args.reports)
     if not modules:
         print(f"no test cases in {', '.join(map(str, args.reports))}", file=sys.stderr)

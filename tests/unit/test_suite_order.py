@@ -66,3 +66,20 @@ def test_timings_come_from_a_junit_report_per_module(tmp_path: Path) -> None:
 def test_the_committed_timings_name_only_modules_that_exist() -> None:
     """A renamed or deleted module left in tests/timings.json would weigh nothing; refresh with `make timings`."""
     assert all(Path(suite.ROOT, module).is_file() for module in suite.load_timings())
+
+
+def test_a_runs_durations_are_summed_per_module_and_phase() -> None:
+    log = """
+============================= slowest durations ==============================
+120.50s setup    tests/stack/test_stack_up.py::test_batch_through_the_api_with_the_openai_client
+10.00s call     tests/stack/test_stack_up.py::test_batch_through_the_api_with_the_openai_client
+30.25s teardown tests/stack/test_stack_up.py::test_config_changes_reach_exactly_the_services_they_affect
+2.00s call     tests/unit/test_a.py::test_x[a b]
+"""
+    assert suite.durations_table(log).splitlines() == [
+        "| module | set-up s | tests s | teardown s | all s |",
+        "|---|---|---|---|---|",
+        "| tests/stack/test_stack_up.py | 120 | 10 | 30 | 161 |",
+        "| tests/unit/test_a.py | 0 | 2 | 0 | 2 |",
+        "| **all** | 120 | 12 | 30 | 163 |",
+    ]
