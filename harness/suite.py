@@ -61,7 +61,7 @@ def make_scheduler(config: Any, log: Any) -> Any:
     """pytest-xdist's LoadScopeScheduling, with units of work from `unit_of` (a module, or the host-wide one)."""
     from xdist.scheduler import LoadScopeScheduling
 
-    class ModuleScheduling(LoadScopeScheduling):  # type: ignore[misc]
+    class ModuleScheduling(LoadScopeScheduling):  # type: ignore[misc,unused-ignore]  # xdist is untyped
         def _split_scope(self, nodeid: str) -> str:
             return unit_of(nodeid)
 

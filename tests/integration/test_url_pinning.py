@@ -5,6 +5,7 @@ The name exists in no DNS: a client that looked it up again could not connect at
 
 from __future__ import annotations
 
+import io
 import ssl
 import threading
 from collections.abc import Iterator
@@ -83,7 +84,11 @@ def test_an_input_url_is_read_from_the_checked_address_with_its_name_for_tls(htt
     port, seen = https_server
     policy, lookups = rebinding_resolver()
     url = f"https://{NAME}:{port}/in.jsonl"
-    lines = list(sources.open_lines(None, url, 1 << 20, bucket="batch", policy=policy))  # type: ignore[arg-type]
+    spool = io.BytesIO()
+    copy = sources.copy_input(None, url, spool, 1 << 20, bucket="batch", policy=policy, deadline_s=60)  # type: ignore[arg-type]
+    run_private(copy)
+    spool.seek(0)
+    lines = list(sources.spooled_lines(spool))
     assert lines == [b'{"custom_id": "a"}', b'{"custom_id": "b"}']
     assert lookups == [NAME]  # one lookup, the checked one
     assert seen.hosts == [f"{NAME}:{port}"] and seen.server_names == [NAME]  # verified as the name
