@@ -110,7 +110,7 @@ async def cancel_batch(state: ApiState, principal: Caller, batch_id: str) -> Bat
     if cancelled.status == BatchStatus.CANCELLED and batch.status != BatchStatus.CANCELLED:
         plan = await state.store.plan(batch_id)
         if plan.webhook_url:
-            await webhooks.enqueue(state.redis, plan.webhook_url, cancelled)
+            await webhooks.enqueue(state.redis, plan.webhook_url, cancelled, plan.key_id)
     return cancelled
 
 

@@ -100,8 +100,20 @@ class BatchSettings(BaseSettings):
     rate_limit_per_minute: int = Field(default=600, ge=1, description="API requests per key per minute.")
     result_retention_days: int = Field(default=7, ge=1, le=7)
     bootstrap_api_key: SecretStr = Field(description="Stored hashed at start; clients send it as Bearer.")
-    webhook_secret: SecretStr = Field(description="HMAC-SHA256 key for webhook signatures.")
+    webhook_secret: SecretStr = Field(
+        description="HMAC-SHA256 key for the webhooks of keys without their own secret (the bootstrap key's)."
+    )
     webhook_max_attempts: int = Field(default=8, ge=1)
+    webhook_concurrency: int = Field(default=16, ge=1, description="Webhook deliveries in flight per worker.")
+    webhook_per_receiver: int = Field(
+        default=2, ge=1, description="Deliveries in flight to one receiver (scheme, host, port); more wait their turn."
+    )
+    webhook_deadline_seconds: float = Field(
+        default=20.0,
+        gt=0,
+        lt=60,
+        description="Each delivery attempt ends within this, however slowly the receiver answers (then retried).",
+    )
     url_allowlist: str = Field(
         default="",
         description="Comma-separated host, host:port or CIDR entries that input_file_url and webhook_url may "
