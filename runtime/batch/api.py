@@ -19,7 +19,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from runtime import tlsfiles
@@ -83,6 +83,13 @@ def add_error_envelope(app: FastAPI) -> None:
     async def queue_unavailable(_request: Request, exc: RedisError) -> JSONResponse:
         """Redis away for longer than the API waits: retryable, as OpenAI's clients treat a 503."""
         log.warning("Redis unavailable: %r", exc)
+        if isinstance(exc, OutOfMemoryError):  # noeviction: Redis at its maxmemory refuses writes
+            error = ApiError(
+                message="Redis is at its memory limit (maxmemory) and refuses writes; retry once jobs end or expire.",
+                type="server_error",
+                code="redis_memory_full",
+            )
+            return JSONResponse({"error": error.model_dump()}, status_code=503, headers={"Retry-After": "60"})
         error = ApiError(
             message="The job store is unavailable; retry shortly.", type="server_error", code="unavailable"
         )

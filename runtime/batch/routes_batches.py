@@ -15,6 +15,7 @@ from runtime.batch.api_common import (
     ExpiresAfter,
     MetadataKey,
     MetadataValue,
+    RoomForWork,
     checked_url,
     existing_batch,
     existing_file,
@@ -64,7 +65,7 @@ async def with_wait_reason(state: ApiState, batch: Batch) -> Batch:
 
 
 @router.post("/v1/batches")
-async def create_batch(state: ApiState, principal: Caller, body: CreateBatch) -> Batch:
+async def create_batch(state: ApiState, principal: Caller, _room: RoomForWork, body: CreateBatch) -> Batch:
     if body.endpoint not in state.endpoints:
         raise ApiException(
             400,

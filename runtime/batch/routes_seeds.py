@@ -15,6 +15,7 @@ from runtime.batch.api_common import (
     ApiException,
     ApiState,
     Caller,
+    RoomForWork,
     checked_url,
     estimate_completion,
     existing_batch,
@@ -38,7 +39,9 @@ router = APIRouter()
 
 
 @router.post("/v1/batch")
-async def create_seed_job(state: ApiState, principal: Caller, body: SeedJobRequest) -> SeedJobCreated:
+async def create_seed_job(
+    state: ApiState, principal: Caller, _room: RoomForWork, body: SeedJobRequest
+) -> SeedJobCreated:
     settings = state.settings
     if body.model not in settings.offered_models:
         message = not_offered(body.model, settings.offered_models)

@@ -87,6 +87,15 @@ class BatchSettings(BaseSettings):
     redis_outage_seconds: float = Field(
         default=60.0, gt=0, description="How long a Redis command or transaction is retried while Redis is away."
     )
+    redis_maxmemory_bytes: int = Field(
+        default=0,
+        ge=0,
+        description="Redis's maxmemory (the stacks set both from redisMaxMemoryPercent); the API refuses new "
+        "files and batches with a 503 once Redis uses redis_memory_refuse_ratio of it. 0: no check.",
+    )
+    redis_memory_refuse_ratio: float = Field(
+        default=0.9, gt=0, le=1, description="Share of Redis's maxmemory at which the API refuses new work."
+    )
     backup_interval_seconds: float = Field(
         default=3600, ge=0, description="A Redis snapshot to S3 this often (one worker of the fleet takes it); 0: off."
     )
