@@ -9,10 +9,26 @@ APT_PACKAGES := redis-server postgresql haproxy prometheus docker.io openssh-ser
 STACKS := $(patsubst Pulumi.%.yaml,%,$(wildcard Pulumi.*.yaml))
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test setup system-deps install pip-check lint preview snapshot lock clean demo bench stack-up stack-down smoke mutation
+.PHONY: test check unit setup system-deps install pip-check lint preview snapshot lock clean demo bench stack-up stack-down smoke mutation timings
+
+# The whole suite on two pytest-xdist workers: each test module is one unit of work (its module-scoped
+# servers start once), the host-wide modules share one, and the slowest go first (harness/suite.py,
+# tests/timings.json). PYTEST_WORKERS=0 runs it in one process, as before.
+PYTEST_WORKERS ?= 2
+PYTEST_PARALLEL = $(if $(filter 0,$(PYTEST_WORKERS)),-p no:xdist,-n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder)
 
 test: setup lint ## set up everything, lint, run the whole test suite
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_PARALLEL)
+
+check: install ## the inner loop (at most 3 minutes): lint and the unit tests, side by side
+	@$(MAKE) --no-print-directory -j2 --output-sync=target lint unit
+
+unit: install ## the unit tests alone (tests/unit), no servers
+	$(PY) -m pytest -q tests/unit
+
+timings: install ## run the suite and rewrite tests/timings.json, the per-module seconds that order it
+	$(PY) -m pytest $(PYTEST_PARALLEL) --junitxml=build/timings.xml
+	$(PY) -m harness.suite timings build/timings.xml
 
 setup: system-deps install
 

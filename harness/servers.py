@@ -379,6 +379,8 @@ class RayHead(Process):
 
     def command(self) -> list[str]:
         return [
+            # runtime.ray_node, as the stacks' Ray containers: a loaded machine can miss Ray's fixed 30 s start.
+            sys.executable, "-m", "runtime.ray_node",
             str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--disable-usage-stats",
             "--node-ip-address=127.0.0.1", f"--port={self.gcs_port}", "--dashboard-host=127.0.0.1",
             f"--dashboard-port={self.dashboard_port}", f"--ray-client-server-port={self.client_port}",

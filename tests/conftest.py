@@ -10,14 +10,24 @@ import pytest
 from _pytest.reports import TestReport
 from _pytest.runner import CallInfo
 
+from harness.suite import load_timings, make_scheduler, ordered
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The slowest unit of work first (harness/suite.py); `make test` keeps this order (--no-loadscope-reorder)."""
+    items[:] = [item for item, _ in ordered(items, load_timings())]
     if os.environ.get("VLLM_GB10_GPU_TESTS") == "1":
         return
     skip = pytest.mark.skip(reason="GPU test: set VLLM_GB10_GPU_TESTS=1 on a machine with an NVIDIA GPU")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: absent under -p no:xdist
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """`--dist loadscope`: each module one unit of work, the host-wide modules one together (harness/suite.py)."""
+    return make_scheduler(config, log) if config.getvalue("dist") == "loadscope" else None
 
 
 def _plain_report(item: pytest.Item, call: CallInfo[None]) -> TestReport:

@@ -25,6 +25,8 @@ from infra.services import HealthCheck, Secret, ServiceSpec
 
 HEAD_MEMORY = LIMITS["ray-head"]
 WORKER_MEMORY = LIMITS["ray-worker"]  # within the GB10's one memory budget (infra.memory)
+# `ray start`, tried again while a loaded host makes it miss Ray's fixed 30 s registration (runtime.ray_node).
+RAY_START = ("python3", "-m", "runtime.ray_node", "ray", "start")
 WORKER_AGENT_PORT = 52366  # the head's dashboard agent keeps Ray's default 52365; vLLM's Ray uses 52367
 # What the scheduler reserves for a worker beside vLLM on the GB10 node; the offload job peaks
 # under 2 GB (bench/offload.py), the limit leaves room for bigger work.
@@ -76,8 +78,7 @@ class RayCluster(pulumi.ComponentResource):
             host=head,
             image=args["image"],
             command=(
-                "ray",
-                "start",
+                *RAY_START,
                 "--head",
                 "--block",
                 f"--node-ip-address={head_ip}",
@@ -107,8 +108,7 @@ class RayCluster(pulumi.ComponentResource):
                     host=host,
                     image=args["image"],
                     command=(
-                        "ray",
-                        "start",
+                        *RAY_START,
                         "--block",
                         f"--address={self.gcs_address}",
                         f"--node-ip-address={ip}",

@@ -53,6 +53,9 @@ async def run(args: argparse.Namespace, client: redis.Redis) -> int:
         if not args.name.strip():
             print("error: the key's name is empty", file=sys.stderr)
             return 2
+        if args.name == auth.BOOTSTRAP_NAME:  # that key is replaced whenever the API starts with another
+            print(f"error: the name {auth.BOOTSTRAP_NAME!r} is the stack's own key's (batchApiKey)", file=sys.stderr)
+            return 2
         key, secret = auth.new_key(), auth.new_webhook_secret()
         key_id = await auth.add_key(client, key, args.name, admin=args.admin, webhook_secret=secret)
         print(f"id {key_id} ({'admin' if args.admin else 'tenant'}) {args.name}", file=sys.stderr)

@@ -19,12 +19,13 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from redis.exceptions import OutOfMemoryError, RedisError
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from runtime import tlsfiles
 from runtime.batch import auth, logs, metrics, routes_batches, routes_files, routes_operations, routes_seeds
-from runtime.batch.api_common import ApiException, State
+from runtime.batch.api_common import ApiException, State, error_response, unavailable_response
+from runtime.batch.guard import RequestGuard
 from runtime.batch.models import ApiError
 from runtime.batch.settings import BatchSettings
 from runtime.batch.sources import SourceError
@@ -38,14 +39,18 @@ def create_app(settings: BatchSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(state.objects.ensure_bucket)
-        # The operator's key (the stack output batchApiKey): an admin, it sees every tenant's objects.
-        await auth.add_key(state.redis, settings.bootstrap_api_key.get_secret_value(), "bootstrap", admin=True)
+        # The operator's key (the stack output batchApiKey): an admin, it sees every tenant's objects. It
+        # replaces the one the API started with before, so a rotated-out key is refused from now on.
+        await auth.set_bootstrap_key(state.redis, settings.bootstrap_api_key.get_secret_value())
         yield
         await state.redis.aclose()
 
-    app = FastAPI(title="vllm-gb10 batch API", version="1.0", lifespan=lifespan)
+    # /openapi.json needs a key like every route but /health (guard); the /docs and /redoc pages are off:
+    # a browser that opens them cannot send the key for the schema they load.
+    app = FastAPI(title="vllm-gb10 batch API", version="1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.batch = state
     add_error_envelope(app)
+    app.add_middleware(RequestGuard, state=state)  # inside count_requests, which counts its 401s and 413s too
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -64,7 +69,7 @@ def add_error_envelope(app: FastAPI) -> None:
 
     @app.exception_handler(ApiException)
     async def api_error(_request: Request, exc: ApiException) -> JSONResponse:
-        return JSONResponse({"error": exc.error.model_dump()}, status_code=exc.status, headers=exc.headers)
+        return error_response(exc.status, exc.error, exc.headers)
 
     @app.exception_handler(SourceError)
     async def unreadable_input(_request: Request, exc: SourceError) -> JSONResponse:
@@ -74,8 +79,9 @@ def add_error_envelope(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        """404 for an unknown route, 405 for a wrong method: OpenAI's error envelope, as for every error."""
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        """404 for an unknown route, 405 for a wrong method, 413 for a body over the limit (guard): OpenAI's
+        error envelope, as for every error."""
+        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code)
         error = ApiError(message=str(exc.detail), code=code)
         return JSONResponse({"error": error.model_dump()}, status_code=exc.status_code, headers=exc.headers)
 
@@ -83,17 +89,7 @@ def add_error_envelope(app: FastAPI) -> None:
     async def queue_unavailable(_request: Request, exc: RedisError) -> JSONResponse:
         """Redis away for longer than the API waits: retryable, as OpenAI's clients treat a 503."""
         log.warning("Redis unavailable: %r", exc)
-        if isinstance(exc, OutOfMemoryError):  # noeviction: Redis at its maxmemory refuses writes
-            error = ApiError(
-                message="Redis is at its memory limit (maxmemory) and refuses writes; retry once jobs end or expire.",
-                type="server_error",
-                code="redis_memory_full",
-            )
-            return JSONResponse({"error": error.model_dump()}, status_code=503, headers={"Retry-After": "60"})
-        error = ApiError(
-            message="The job store is unavailable; retry shortly.", type="server_error", code="unavailable"
-        )
-        return JSONResponse({"error": error.model_dump()}, status_code=503, headers={"Retry-After": "5"})
+        return unavailable_response(exc)
 
     @app.exception_handler(Exception)
     async def internal_error(_request: Request, exc: Exception) -> JSONResponse:

@@ -8,12 +8,14 @@ from collections.abc import Iterator
 from typing import Annotated, Literal
 
 from fastapi import Depends, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StringConstraints
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from runtime.batch import auth, logs, redis_client
 from runtime.batch.intake import InputRefusedError, create_job
 from runtime.batch.jobs import JobStore, priority_of
-from runtime.batch.models import ENDPOINTS, ApiError, Batch, BatchStatus, FileObject, Priority
+from runtime.batch.models import ENDPOINTS, METADATA_VALUE_CHARS, ApiError, Batch, BatchStatus, FileObject, Priority
 from runtime.batch.settings import BatchSettings, InvalidLines
 from runtime.batch.storage import ObjectStore
 from runtime.batch.urls import UrlRefusedError
@@ -28,6 +30,21 @@ class ApiException(Exception):  # noqa: N818 - mirrors FastAPI's HTTPException
         self.status, self.error, self.headers = status, error, headers
 
 
+def error_response(status: int, error: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
+    """OpenAI's error envelope: {"error": {message, type, param, code}}."""
+    return JSONResponse({"error": error.model_dump()}, status_code=status, headers=headers)
+
+
+def unavailable_response(exc: RedisError) -> JSONResponse:
+    """Redis away for longer than the API waits, or full: retryable, as OpenAI's clients treat a 503."""
+    if isinstance(exc, OutOfMemoryError):  # noeviction: Redis at its maxmemory refuses writes
+        message = "Redis is at its memory limit (maxmemory) and refuses writes; retry once jobs end or expire."
+        error = ApiError(message=message, type="server_error", code="redis_memory_full")
+        return error_response(503, error, {"Retry-After": "60"})
+    error = ApiError(message="The job store is unavailable; retry shortly.", type="server_error", code="unavailable")
+    return error_response(503, error, {"Retry-After": "5"})
+
+
 def not_found(what: str, ident: str) -> ApiException:
     return ApiException(404, ApiError(message=f"No {what} found with id '{ident}'.", code="not_found"))
 
@@ -40,7 +57,7 @@ class ExpiresAfter(BaseModel):
 
 
 MetadataKey = Annotated[str, StringConstraints(max_length=64)]
-MetadataValue = Annotated[str, StringConstraints(max_length=512)]
+MetadataValue = Annotated[str, StringConstraints(max_length=METADATA_VALUE_CHARS)]
 
 
 class State:
@@ -75,12 +92,11 @@ def state_of(request: Request) -> State:
 ApiState = Annotated[State, Depends(state_of)]
 
 
-async def caller(request: Request) -> auth.Principal:
-    """The calling key, after authentication and the rate limit."""
-    state = state_of(request)
+async def authenticate(state: State, authorization: str) -> auth.Principal:
+    """The calling key from its Authorization header, after the rate limit; ApiException (401, 429) if
+    refused. runtime.batch.guard calls it before a request's body is read."""
     settings = state.settings
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
+    scheme, _, token = authorization.partition(" ")
     principal = await auth.principal_of(state.redis, token) if scheme.lower() == "bearer" and token else None
     if principal is None:
         raise ApiException(
@@ -93,6 +109,14 @@ async def caller(request: Request) -> auth.Principal:
             ApiError(message=f"Rate limit of {settings.rate_limit_per_minute}/min reached.", code="rate_limit"),
             headers={"Retry-After": str(wait)},
         )
+    return principal
+
+
+async def caller(request: Request) -> auth.Principal:
+    """The calling key, which runtime.batch.guard authenticated (and rate-limited) before the body was read."""
+    principal = getattr(request.state, "principal", None)
+    if not isinstance(principal, auth.Principal):  # a route reached without the guard: refuse, never guess
+        principal = await authenticate(state_of(request), request.headers.get("authorization", ""))
     logs.job_id.set(None)
     return principal
 

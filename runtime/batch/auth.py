@@ -115,6 +115,23 @@ def _check_id(key_id: str) -> None:
         raise ValueError(f"key id {key_id!r}: expected the {KEY_ID_LENGTH}-character id that `keys list` prints")
 
 
+BOOTSTRAP_NAME = "bootstrap"  # the name of the stack's key (batchApiKey); `keys create` refuses it
+
+
+async def set_bootstrap_key(client: redis.Redis, api_key: str) -> str:
+    """Make `api_key` the bootstrap (operator's admin) key and delete any other: after `batchApiKey` is
+    rotated, the key it replaced is refused on its next request. Returns the key's id."""
+    key_digest = digest(api_key)
+    for other, raw in (await client.hgetall(keys.API_KEYS)).items():
+        record = json.loads(raw)
+        # records written before the flag existed carry the name alone
+        if (record.get("bootstrap") or record.get("name") == BOOTSTRAP_NAME) and _text(other) != key_digest:
+            await client.hdel(keys.API_KEYS, other)
+    record = {"name": BOOTSTRAP_NAME, "admin": True, "bootstrap": True, "created_at": int(time.time())}
+    await client.hset(keys.API_KEYS, key_digest, json.dumps(record))
+    return key_digest[:KEY_ID_LENGTH]
+
+
 async def principal_of(client: redis.Redis, api_key: str) -> Principal | None:
     key_digest = digest(api_key)  # once per request: this is every authenticated call's path
     raw = await client.hget(keys.API_KEYS, key_digest)

@@ -190,15 +190,21 @@ class ApiError(BaseModel):
 # --- the seeds' API -------------------------------------------------------------------------
 
 
+METADATA_VALUE_CHARS = 512  # OpenAI's limit on a metadata value; the seeds' job_name is one
+URL_CHARS = 2048  # a URL a caller gives (input_file_url, webhook_url): kept with the job
+
+
 class SeedJobMetadata(BaseModel):
-    job_name: str | None = None
+    job_name: str | None = Field(default=None, max_length=METADATA_VALUE_CHARS)
     priority: Priority = Priority.NORMAL
 
 
 class SeedJobRequest(BaseModel):
-    model: str
-    input_file_url: str = Field(description="s3://bucket/key or http(s) URL of the JSONL input.")
-    webhook_url: str | None = None
+    model: str = Field(max_length=256)
+    input_file_url: str = Field(
+        max_length=URL_CHARS, description="s3://bucket/files/<file id> or http(s) URL of the JSONL input."
+    )
+    webhook_url: str | None = Field(default=None, max_length=URL_CHARS)
     metadata: SeedJobMetadata = Field(default_factory=SeedJobMetadata)
 
 

@@ -20,7 +20,7 @@ from runtime.batch.api_common import (
     existing_file,
     expiry_seconds,
 )
-from runtime.batch.models import ApiError, FileList, FileObject
+from runtime.batch.models import METADATA_VALUE_CHARS, ApiError, FileList, FileObject
 from runtime.batch.storage import file_key
 
 router = APIRouter()
@@ -48,6 +48,10 @@ async def upload_file(
             param = f"expires_after[{first['loc'][0]}]"
             raise ApiException(400, ApiError(message=f"{param}: {first['msg']}", param=param)) from None
     retention = expiry_seconds(settings, expires_after, "expires_after")
+    filename = file.filename or "input.jsonl"
+    if len(filename) > METADATA_VALUE_CHARS:  # it is kept in Redis with the file object
+        message = f"file: its name is {len(filename)} characters; at most {METADATA_VALUE_CHARS}"
+        raise ApiException(400, ApiError(message=message, param="file"))
     size = file.size if file.size is not None else 0
     if size > settings.max_file_bytes:
         raise ApiException(
@@ -64,7 +68,7 @@ async def upload_file(
         file_id,
         owner=principal.key_id,
         size=size,
-        filename=file.filename or "input.jsonl",
+        filename=filename,
         purpose="batch",
         retention_seconds=retention,
     )

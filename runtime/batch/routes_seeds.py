@@ -6,8 +6,6 @@ import asyncio
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from typing import Any
 
 from fastapi import APIRouter, Request
 
@@ -16,11 +14,13 @@ from runtime.batch.api_common import (
     ApiState,
     Caller,
     RoomForWork,
+    State,
     checked_url,
     estimate_completion,
     existing_batch,
     submit,
 )
+from runtime.batch.auth import Principal
 from runtime.batch.models import (
     ApiError,
     SeedJobCreated,
@@ -31,11 +31,12 @@ from runtime.batch.models import (
     SeedStats,
     SeedThroughput,
 )
-from runtime.batch.sources import open_lines
+from runtime.batch.sources import SourceError, copy_input, s3_key, spooled_lines
 from runtime.batch.storage import file_key
 from runtime.batch.validation import not_offered
 
 router = APIRouter()
+SPOOL_MEMORY_BYTES = 1024 * 1024
 
 
 @router.post("/v1/batch")
@@ -48,23 +49,31 @@ async def create_seed_job(
         raise ApiException(400, ApiError(message=message, code="model_not_found", param="model"))
     if body.webhook_url is not None:
         checked_url(state, body.webhook_url, "webhook_url")
-    lines = await asyncio.to_thread(
-        open_lines,
-        state.objects,
-        body.input_file_url,
-        settings.max_file_bytes,
-        bucket=settings.s3_bucket,
-        policy=state.url_policy,
-    )
+    key = s3_key(body.input_file_url, settings.s3_bucket)
+    if key is not None:
+        await owned_input(state, principal, body.input_file_url, key)
     file_id = f"file-{uuid.uuid4().hex}"
-    spool = tempfile.SpooledTemporaryFile(max_size=16 * 1024 * 1024)
+    # the input, copied whole before a line is checked: on disk past 1 MiB, so many intakes at once hold
+    # little memory; the same bytes become the job's input file
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)
     try:
+        await copy_input(
+            state.objects,
+            body.input_file_url,
+            spool,
+            settings.max_file_bytes,
+            bucket=settings.s3_bucket,
+            policy=state.url_policy,
+            deadline_s=settings.input_url_timeout_seconds,
+        )
+        size = spool.tell()
+        spool.seek(0)
         metadata = {k: str(v) for k, v in body.metadata.model_dump(mode="json").items() if v is not None}
         batch = await submit(
             state,
             principal.key_id,
             input_file_id=file_id,
-            lines=_tee(lines, spool),
+            lines=spooled_lines(spool),
             endpoint=None,
             metadata=metadata,
             priority=body.metadata.priority,
@@ -72,7 +81,6 @@ async def create_seed_job(
             invalid_lines=settings.invalid_lines,
             model=body.model,
         )
-        size = spool.tell()
         spool.seek(0)
         await asyncio.to_thread(state.objects.upload, file_key(file_id), spool)
     finally:
@@ -156,7 +164,20 @@ async def seed_job_results(state: ApiState, principal: Caller, job_id: str, requ
     )
 
 
-def _tee(lines: Iterator[bytes], spool: Any) -> Iterator[bytes]:
-    for line in lines:
-        spool.write(line + b"\n")
-        yield line
+async def owned_input(state: State, principal: Principal, url: str, key: str) -> None:
+    """An s3:// input names one of the caller's files (files/<file id>, unexpired, its key's own): the
+    batch bucket also holds every tenant's inputs, outputs and chunks, and the Redis backups. An admin
+    (the operator) may name any object there. The refusal is the same whether or not the object exists."""
+    if principal.admin:
+        return
+    file_id = key.removeprefix("files/") if key.startswith("files/") else ""
+    record = await state.store.get_file(file_id) if file_id and "/" not in file_id else None
+    if (
+        record is None
+        or (record.expires_at is not None and record.expires_at <= time.time())
+        or not principal.owns(record.owner)
+    ):
+        raise SourceError(
+            f"input_file_url {url!r}: not one of your files; an s3:// input names a file this key uploaded, "
+            f"s3://{state.settings.s3_bucket}/files/<file id> (POST /v1/files)"
+        )

@@ -81,6 +81,19 @@ class BatchSettings(BaseSettings):
     max_file_bytes: int = Field(
         default=200 * 1024 * 1024, ge=1, le=20 * 1024**3, description="Bytes of one uploaded file; OpenAI's is 200 MB."
     )
+    max_request_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="Bytes of a request body other than a file upload (the JSON of /v1/batches, /v1/batch); "
+        "a larger one is refused with 413 before it is read.",
+    )
+    input_url_timeout_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="Longest an input_file_url may take to be read whole, redirects included (a total "
+        "deadline, not per read); a slower one is refused with 400.",
+    )
     redis_max_connections: int = Field(
         default=64, ge=4, description="Connections per process; callers wait for a free one (back-pressure)."
     )

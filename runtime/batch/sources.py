@@ -1,8 +1,18 @@
-"""Reading a job's input from where the seeds' API says it is: s3://<the batch bucket>/key or http(s)://."""
+"""Reading a job's input from where the seeds' API says it is: s3://<the batch bucket>/files/<file id> or
+http(s)://, copied whole into a local spool before a line is checked.
+
+An http(s) input is read on the event loop (httpx's async client), never in a thread: a slow or
+trickling server holds a socket and a coroutine, not one of the API's few worker threads, and the
+whole read, redirects included, has a deadline (BATCH_INPUT_URL_TIMEOUT_SECONDS), not only each read.
+Which s3:// objects a caller may name is the route's check (routes_seeds.owned_input): the key
+names one of the caller's files.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
+from typing import IO
 from urllib.parse import urljoin, urlparse
 
 import httpx
@@ -11,69 +21,114 @@ from runtime.batch.storage import LINE_READ_BYTES, ObjectStore
 from runtime.batch.urls import Pinned, UrlPolicy, UrlRefusedError
 
 MAX_REDIRECTS = 5
+READ_TIMEOUT_S = 60.0  # each connect and read; the whole read has its own deadline
 
 
 class SourceError(ValueError):
     """The input URL cannot be read; the message says why."""
 
 
-def open_lines(objects: ObjectStore, url: str, max_bytes: int, *, bucket: str, policy: UrlPolicy) -> Iterator[bytes]:
-    """Lines of the input; an S3 object over the limit is refused before reading. Blocking (run it in a thread).
-
-    s3:// may name only the batch bucket (the service's credentials reach others a caller must not read);
-    an http(s) URL must pass `policy`, and so must every redirect.
-    """
+def s3_key(url: str, bucket: str) -> str | None:
+    """The object key of an s3:// URL in the batch bucket; None for another scheme. s3:// may name only
+    the batch bucket: the service's credentials reach others a caller must not read."""
     parsed = urlparse(url)
-    if parsed.scheme == "s3":
-        key = parsed.path.lstrip("/")
-        if not parsed.netloc or not key:
-            raise SourceError(f"input_file_url {url!r}: expected s3://bucket/key")
-        if parsed.netloc != bucket:
-            raise SourceError(f"input_file_url {url!r}: s3:// inputs must be in the batch bucket {bucket!r}")
-        try:
-            size = objects.size(key, bucket=bucket)
-        except Exception as exc:
-            raise SourceError(f"input_file_url {url!r}: cannot read the object ({exc})") from exc
-        if size > max_bytes:
-            raise SourceError(f"input_file_url {url!r}: {size} bytes is over the {max_bytes}-byte limit")
-        lines: Iterator[bytes] = objects.open(key, bucket=bucket).iter_lines(chunk_size=LINE_READ_BYTES, keepends=False)
-        return lines
-    if parsed.scheme in ("http", "https"):
-        return _http_lines(url, max_bytes, policy, _check(policy, url))
-    raise SourceError(f"input_file_url {url!r}: use s3://bucket/key or an http(s) URL")
+    if parsed.scheme != "s3":
+        return None
+    key = parsed.path.lstrip("/")
+    if not parsed.netloc or not key:
+        raise SourceError(f"input_file_url {url!r}: expected s3://bucket/key")
+    if parsed.netloc != bucket:
+        raise SourceError(f"input_file_url {url!r}: s3:// inputs must be in the batch bucket {bucket!r}")
+    return key
 
 
-def _check(policy: UrlPolicy, url: str) -> Pinned:
+async def copy_input(
+    objects: ObjectStore,
+    url: str,
+    spool: IO[bytes],
+    max_bytes: int,
+    *,
+    bucket: str,
+    policy: UrlPolicy,
+    deadline_s: float,
+) -> None:
+    """Write the input's bytes to `spool`; SourceError when it cannot be read, is over `max_bytes`, or
+    (http) is not read whole within `deadline_s`. An s3:// key must have been checked by the caller."""
+    key = s3_key(url, bucket)
+    if key is not None:
+        await asyncio.to_thread(_copy_object, objects, url, key, bucket, spool, max_bytes)
+        return
+    if urlparse(url).scheme not in ("http", "https"):
+        raise SourceError(
+            f"input_file_url {url!r}: use s3://bucket/key (a file you uploaded: s3://bucket/files/<file id>) "
+            "or an http(s) URL"
+        )
     try:
-        return policy.pinned(url, param="input_file_url")
+        async with asyncio.timeout(deadline_s):
+            await _copy_http(url, spool, max_bytes, policy)
+    except TimeoutError:
+        raise SourceError(
+            f"input_file_url {url!r}: not read within {deadline_s:g} s (BATCH_INPUT_URL_TIMEOUT_SECONDS)"
+        ) from None
+
+
+def spooled_lines(spool: IO[bytes]) -> Iterator[bytes]:
+    """The spool's lines from where it stands, without their line ends (LF or CRLF)."""
+    for line in spool:
+        if line.endswith(b"\n"):
+            line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
+        yield line
+
+
+def _copy_object(objects: ObjectStore, url: str, key: str, bucket: str, spool: IO[bytes], max_bytes: int) -> None:
+    try:
+        size = objects.size(key, bucket=bucket)
+    except Exception as exc:
+        raise SourceError(f"input_file_url {url!r}: cannot read the object ({exc})") from exc
+    if size > max_bytes:
+        raise SourceError(f"input_file_url {url!r}: {size} bytes is over the {max_bytes}-byte limit")
+    body = objects.open(key, bucket=bucket)
+    try:
+        seen = 0
+        for block in body.iter_chunks(LINE_READ_BYTES):
+            seen += len(block)
+            if seen > max_bytes:  # it grew since its size was read
+                raise SourceError(f"input_file_url {url!r}: more than the {max_bytes}-byte limit")
+            spool.write(block)
+    finally:
+        body.close()
+
+
+async def _check(policy: UrlPolicy, url: str) -> Pinned:
+    try:
+        return await asyncio.to_thread(policy.pinned, url, param="input_file_url")  # a DNS lookup: blocking
     except UrlRefusedError as exc:
         raise SourceError(str(exc)) from None
 
 
-def _http_lines(url: str, max_bytes: int, policy: UrlPolicy, pinned: Pinned) -> Iterator[bytes]:
+async def _copy_http(url: str, spool: IO[bytes], max_bytes: int, policy: UrlPolicy) -> None:
+    """An http(s) URL must pass `policy`, and so must every redirect."""
+    pinned = await _check(policy, url)
     seen = 0
     try:
-        with httpx.Client(timeout=60, follow_redirects=False) as http:
+        async with httpx.AsyncClient(timeout=READ_TIMEOUT_S, follow_redirects=False) as http:
             target = url
             for _hop in range(MAX_REDIRECTS + 1):
                 # To the address the check accepted, not to a second lookup that may answer otherwise.
-                with http.stream("GET", pinned.url, headers=pinned.headers, extensions=pinned.extensions) as response:
+                async with http.stream(
+                    "GET", pinned.url, headers=pinned.headers, extensions=pinned.extensions
+                ) as response:
                     if response.is_redirect:
                         target = urljoin(target, response.headers["location"])
-                        pinned = _check(policy, target)  # a redirect is a new URL: it passes the policy too
+                        pinned = await _check(policy, target)  # a redirect is a new URL: it passes the policy too
                         continue
                     if not response.is_success:
                         raise SourceError(f"input_file_url {url!r}: HTTP {response.status_code}")
-                    pending = b""
-                    for block in response.iter_bytes():
+                    async for block in response.aiter_bytes():
                         seen += len(block)
                         if seen > max_bytes:
                             raise SourceError(f"input_file_url {url!r}: more than the {max_bytes}-byte limit")
-                        pending += block
-                        *lines, pending = pending.split(b"\n")
-                        yield from lines
-                    if pending:
-                        yield pending
+                        spool.write(block)
                     return
             raise SourceError(f"input_file_url {url!r}: more than {MAX_REDIRECTS} redirects")
     except httpx.HTTPError as exc:
