@@ -280,6 +280,14 @@ class VllmSettings(_Frozen):
 
 class DataSettings(_Frozen):
     redis_port: int = _key("redisPort", 6379, "Redis port.", ge=1, le=65535)
+    redis_maxmemory_percent: int = _key(
+        "redisMaxMemoryPercent",
+        75,
+        "Redis maxmemory as a share of its container's memory limit; full, it refuses writes (noeviction), and "
+        "the batch API refuses new work near it.",
+        ge=10,
+        le=90,
+    )
     postgres_port: int = _key("postgresPort", 5432, "Postgres port.", ge=1, le=65535)
     postgres_db: str = _key("postgresDb", "llm", "Postgres database.", pattern=r"^[a-z_][a-z0-9_]*$")
     postgres_user: str = _key("postgresUser", "llm", "Postgres user.", pattern=r"^[a-z_][a-z0-9_]*$")

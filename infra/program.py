@@ -254,6 +254,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "port": cfg.data.redis_port,
             "public": public,
             "memory_limit": LIMITS["redis"],
+            "maxmemory_percent": cfg.data.redis_maxmemory_percent,
         },
     )
     store = ObjectStoreServer(
@@ -355,6 +356,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "vllm_base_url": lb.internal_url,
             "vllm_api_key": lb.worker_key,
             "redis_url": redis.batch_url,  # its ACL user: the batch keys and data commands only
+            "redis_maxmemory_bytes": redis.maxmemory_bytes,
             "s3_endpoint": store.endpoint,
             "s3_bucket": store.bucket,
             "s3_access_key": store.access_key,

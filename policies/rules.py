@@ -208,6 +208,32 @@ def validate_redis_persistence(args: ResourceValidationArgs, report: ReportViola
             report(f"{w.name}: Redis runs without AOF persistence (--appendonly yes); queued jobs would be lost", None)
 
 
+def _last_option(command: str, option: str) -> str | None:
+    """The value redis-server takes for `--option` (the last one given), unquoted; None when absent."""
+    found = re.findall(rf"--{re.escape(option)}\s+(\S+)", command)
+    return found[-1].strip("'\"").lower() if found else None
+
+
+def validate_redis_hardened(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    for w in workloads(args.resource_type, args.props, args.name):
+        if not re.search(r"(^|/)redis[:@]", w.image):
+            continue
+        if _last_option(w.command_text, "sanitize-dump-payload") != "yes":
+            report(
+                f"{w.name}: Redis restores DUMP payloads unchecked (--sanitize-dump-payload yes); a crafted one "
+                "crashes it, again after each restart",
+                None,
+            )
+        maxmemory = _last_option(w.command_text, "maxmemory")
+        if maxmemory is None or re.fullmatch(r"0+[a-z]*", maxmemory):
+            report(f"{w.name}: Redis has no --maxmemory; at the rate limit it runs out of memory", None)
+        if _last_option(w.command_text, "maxmemory-policy") != "noeviction":
+            report(
+                f"{w.name}: Redis may evict keys when full (--maxmemory-policy noeviction); evicted keys are lost jobs",
+                None,
+            )
+
+
 def validate_gpu_on_gb10(args: StackValidationArgs, report: ReportViolation) -> None:
     pattern = str(_config(args, "gpuPattern"))
     label_key = str(_config(args, "nodeLabelKey"))
@@ -446,6 +472,12 @@ POLICIES: list[Policy] = [
     ),
     ResourceValidationPolicy(
         "redis-persistence", "Redis persists the queue (AOF).", validate_redis_persistence, MANDATORY
+    ),
+    ResourceValidationPolicy(
+        "redis-hardened",
+        "Redis checks restored payloads in full and has a memory ceiling that refuses writes, never evicts.",
+        validate_redis_hardened,
+        MANDATORY,
     ),
     StackValidationPolicy(
         "result-lifecycle",

@@ -41,6 +41,7 @@ class BatchServiceArgs(TypedDict):
     model_paths: dict[str, str]  # offline engine: served name -> weights (HF id or path), per offered model
     model_engine_args: dict[str, dict[str, Any]]  # offline engine: served name -> its sized vLLM arguments
     hf_token: pulumi.Input[str] | None
+    redis_maxmemory_bytes: int  # the API refuses new work near it (BATCH_REDIS_MAXMEMORY_BYTES)
     depends_on: NotRequired[tuple[str, ...]]  # services to wait for first: the bucket set-up, Redis
     tls: NotRequired[ServerTls | None]  # compose: the API serves TLS itself, the worker trusts its CA
 
@@ -70,6 +71,7 @@ class BatchService(pulumi.ComponentResource):
             "BATCH_RESULT_RETENTION_DAYS": str(args["retention_days"]),
             "BATCH_VLLM_REQUEST_PRIORITY": str(settings.request_priority),
             "BATCH_WORKER_METRICS_PORT": str(WORKER_METRICS_PORT),
+            "BATCH_REDIS_MAXMEMORY_BYTES": str(args["redis_maxmemory_bytes"]),
         }
         public, internal = Exposure.PUBLIC, Exposure.INTERNAL
         depends_on = args.get("depends_on", ())

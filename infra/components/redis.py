@@ -1,5 +1,11 @@
 """Redis for the batch queue: AOF persistence on, password required, data on a volume.
 
+Hardened against the batch services' own user: `sanitize-dump-payload yes` makes RESTORE check a
+DUMP payload in full (a crafted one with a valid CRC otherwise restores, crashes Redis when read,
+and stays in the AOF to crash it again after each restart); `maxmemory` with `noeviction` makes a
+full Redis refuse writes instead of evicting queued jobs (the batch API refuses new work before
+that, from the same figure: BATCH_REDIS_MAXMEMORY_BYTES).
+
 Two users. `default` (its password is output `redisUrl`) is the operator's and the health check's.
 The batch services log in as `batch` (`batch_url`), an ACL user with the rules the runtime states
 it needs (runtime.batch.redis_client.BATCH_ACL_RULES: the batch keys, data commands, RESTORE).
@@ -14,6 +20,7 @@ from typing import TypedDict
 import pulumi
 
 from infra.components.secrets import generated_password
+from infra.memory import gib
 from infra.platforms import ServicePlatform
 from infra.services import Exposure, HealthCheck, Port, Secret, ServiceSpec, Volume, secret_output
 from runtime.batch.redis_client import BATCH_ACL_RULES, BATCH_ACL_USER
@@ -21,14 +28,24 @@ from runtime.batch.redis_client import BATCH_ACL_RULES, BATCH_ACL_USER
 BATCH_HASH_ENV = "REDIS_BATCH_PASSWORD_SHA256"
 
 
-def server_command(bind: str, port: int) -> str:
-    """The container's shell command: redis-server with AOF, the default user's password and the
-    batch user, both from the environment (REDIS_PASSWORD; BATCH_HASH_ENV, a SHA-256 in hex)."""
+def server_command(bind: str, port: int, maxmemory_bytes: int) -> str:
+    """The container's shell command: redis-server with AOF, full DUMP payload checks, a memory ceiling
+    that refuses writes rather than evicting, the default user's password and the batch user, both from
+    the environment (REDIS_PASSWORD; BATCH_HASH_ENV, a SHA-256 in hex)."""
+    if maxmemory_bytes <= 0:
+        raise ValueError(f"Redis maxmemory {maxmemory_bytes}: must be positive (0 would mean no limit)")
     rules = " ".join(f"'{rule}'" for rule in BATCH_ACL_RULES)
     return (
         f"exec redis-server --bind {bind} --port {port} --appendonly yes --appendfsync everysec "
+        f"--sanitize-dump-payload yes --maxmemory {maxmemory_bytes} --maxmemory-policy noeviction "
         f'--requirepass "$REDIS_PASSWORD" --user {BATCH_ACL_USER} on "#${BATCH_HASH_ENV}" {rules}'
     )
+
+
+def maxmemory_bytes(memory_limit: str, percent: int) -> int:
+    """Redis's maxmemory: `percent` of its container's limit (the rest: the AOF rewrite's fork, client
+    buffers, fragmentation)."""
+    return int(gib(memory_limit) * 1024**3 * percent / 100)
 
 
 # Redis 8.8.3 (Debian-based official image); digest as pinned in a public project's test containers
@@ -42,6 +59,7 @@ class RedisArgs(TypedDict):
     port: int
     public: bool
     memory_limit: str
+    maxmemory_percent: int  # of memory_limit: Redis's maxmemory
 
 
 class Redis(pulumi.ComponentResource):
@@ -49,6 +67,7 @@ class Redis(pulumi.ComponentResource):
     password: pulumi.Output[str]
     url: pulumi.Output[str]  # the default user's (the operator's)
     batch_url: pulumi.Output[str]  # the batch services' ACL user
+    maxmemory_bytes: int  # the batch API refuses new work near it
     service: str  # its service's name, for others' depends_on
 
     def __init__(self, name: str, args: RedisArgs, opts: pulumi.ResourceOptions | None = None):
@@ -60,12 +79,13 @@ class Redis(pulumi.ComponentResource):
         batch_password = generated_password(f"{name}-batch-password", self, length=48)
         batch_hash = secret_output(batch_password.apply(lambda pw: hashlib.sha256(pw.encode()).hexdigest()))
         self.service = name
+        self.maxmemory_bytes = maxmemory_bytes(args["memory_limit"], args["maxmemory_percent"])
         platform.deploy(
             ServiceSpec(
                 name=name,
                 host=host,
                 image=REDIS_IMAGE,
-                command=("sh", "-c", server_command(bind, port)),
+                command=("sh", "-c", server_command(bind, port, self.maxmemory_bytes)),
                 secrets=(Secret("REDIS_PASSWORD", self.password), Secret(BATCH_HASH_ENV, batch_hash)),
                 ports=(Port(port, port, exposure, "redis"),),
                 volumes=(Volume("redis-data", "/data", size_gi=20),),

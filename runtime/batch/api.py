@@ -89,7 +89,7 @@ def add_error_envelope(app: FastAPI) -> None:
     async def queue_unavailable(_request: Request, exc: RedisError) -> JSONResponse:
         """Redis away for longer than the API waits: retryable, as OpenAI's clients treat a 503."""
         log.warning("Redis unavailable: %r", exc)
-        return unavailable_response()
+        return unavailable_response(exc)
 
     @app.exception_handler(Exception)
     async def internal_error(_request: Request, exc: Exception) -> JSONResponse:

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StringConstraints
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from runtime.batch import auth, logs, redis_client
 from runtime.batch.intake import InputRefusedError, create_job
@@ -34,8 +35,12 @@ def error_response(status: int, error: ApiError, headers: dict[str, str] | None 
     return JSONResponse({"error": error.model_dump()}, status_code=status, headers=headers)
 
 
-def unavailable_response() -> JSONResponse:
-    """Redis away for longer than the API waits: retryable, as OpenAI's clients treat a 503."""
+def unavailable_response(exc: RedisError) -> JSONResponse:
+    """Redis away for longer than the API waits, or full: retryable, as OpenAI's clients treat a 503."""
+    if isinstance(exc, OutOfMemoryError):  # noeviction: Redis at its maxmemory refuses writes
+        message = "Redis is at its memory limit (maxmemory) and refuses writes; retry once jobs end or expire."
+        error = ApiError(message=message, type="server_error", code="redis_memory_full")
+        return error_response(503, error, {"Retry-After": "60"})
     error = ApiError(message="The job store is unavailable; retry shortly.", type="server_error", code="unavailable")
     return error_response(503, error, {"Retry-After": "5"})
 
@@ -71,6 +76,12 @@ class State:
         self.objects = ObjectStore(settings)
         self.endpoints = OFFLINE_ENDPOINTS if settings.engine == "offline" else ENDPOINTS
         self.url_policy = settings.url_policy
+
+    async def redis_memory_used(self) -> int:
+        """Bytes Redis has allocated: MEMORY STATS, which the batch ACL user may run (INFO it may not).
+        Read on each request that would add work (uploads, new batches): cheap beside what they write."""
+        stats = await self.redis.memory_stats()
+        return int(stats["total.allocated"])
 
 
 def state_of(request: Request) -> State:
@@ -111,6 +122,30 @@ async def caller(request: Request) -> auth.Principal:
 
 
 Caller = Annotated[auth.Principal, Depends(caller)]
+
+
+async def room_for_work(request: Request) -> None:
+    """New files and batches only while Redis is below its memory ceiling: at maxmemory it refuses writes
+    (noeviction), and a running job that cannot commit its checkpoints would stall. Reads, cancels and
+    deletes go on (deleting frees memory)."""
+    state = state_of(request)
+    settings = state.settings
+    if not settings.redis_maxmemory_bytes:
+        return
+    used = await state.redis_memory_used()
+    threshold = settings.redis_maxmemory_bytes * settings.redis_memory_refuse_ratio
+    if used >= threshold:
+        message = (
+            f"Redis is near its memory limit ({used} of {settings.redis_maxmemory_bytes} bytes of maxmemory used; "
+            f"new work is refused from {settings.redis_memory_refuse_ratio:.0%}): no new files or batches until "
+            "running jobs finish or expire. Reads, cancels and deletes still work."
+        )
+        raise ApiException(
+            503, ApiError(message=message, type="server_error", code="redis_memory_full"), headers={"Retry-After": "60"}
+        )
+
+
+RoomForWork = Annotated[None, Depends(room_for_work)]
 
 
 def expiry_seconds(settings: BatchSettings, expires_after: ExpiresAfter | None, param: str) -> int:

@@ -3,6 +3,11 @@
 A key's id is the first 16 hex digits of its digest: safe to log, to show in `keys list`, and to
 own files and batches by. Keys are looked up on every request (no cache), so `keys revoke` takes
 effect on the next call without a restart. A fixed-window rate limit per key lives in Redis too.
+
+Each key made by `keys create` has its own webhook secret, shown once with the key: the worker signs
+the webhooks of that key's batches with it, so a tenant can verify its own deliveries and can forge
+no other tenant's. A key with none (the bootstrap key, keys made before there were per-key secrets)
+is signed with the stack's BATCH_WEBHOOK_SECRET, the operator's.
 """
 
 from __future__ import annotations
@@ -49,12 +54,65 @@ def new_key() -> str:
     return "sk-vgb-" + secrets.token_urlsafe(32)
 
 
-async def add_key(client: redis.Redis, api_key: str, name: str, *, admin: bool = False) -> str:
-    """Store a key (hashed); returns its id. Adding the same key again updates its name and role."""
+def new_webhook_secret() -> str:
+    return "whsec_" + secrets.token_urlsafe(32)
+
+
+async def add_key(
+    client: redis.Redis, api_key: str, name: str, *, admin: bool = False, webhook_secret: str | None = None
+) -> str:
+    """Store a key (hashed); returns its id. Adding the same key again updates its name and role, and keeps
+    its webhook secret unless a new one is given."""
     key_digest = digest(api_key)
-    record = {"name": name, "admin": admin, "created_at": int(time.time())}
+    record: dict[str, object] = {"name": name, "admin": admin, "created_at": int(time.time())}
+    if webhook_secret is None:
+        existing = await client.hget(keys.API_KEYS, key_digest)
+        if existing is not None and "webhook_secret" in (old := json.loads(existing)):
+            record["webhook_secret"] = old["webhook_secret"]
+    else:
+        record["webhook_secret"] = webhook_secret
     await client.hset(keys.API_KEYS, key_digest, json.dumps(record))
     return key_digest[:KEY_ID_LENGTH]
+
+
+class NoSuchKeyError(LookupError):
+    """No API key has this id (revoked, or never made)."""
+
+
+async def webhook_secret_of(client: redis.Redis, key_id: str) -> str | None:
+    """The key's own webhook secret; None when it has none (the stack's secret signs for it).
+    NoSuchKeyError when no key has this id: its batches' webhooks are not sent."""
+    found = await _record_by_id(client, key_id)
+    if found is None:
+        raise NoSuchKeyError(key_id)
+    secret = found[1].get("webhook_secret")
+    return str(secret) if secret is not None else None
+
+
+async def rotate_webhook_secret(client: redis.Redis, key_id: str) -> str | None:
+    """A new webhook secret for the key (returned, to be shown once); None when no key has the id.
+    Deliveries not yet sent are signed with the new one."""
+    _check_id(key_id)
+    found = await _record_by_id(client, key_id)
+    if found is None:
+        return None
+    key_digest, record = found
+    record["webhook_secret"] = secret = new_webhook_secret()
+    await client.hset(keys.API_KEYS, key_digest, json.dumps(record))
+    return secret
+
+
+async def _record_by_id(client: redis.Redis, key_id: str) -> tuple[str, dict[str, object]] | None:
+    for key_digest, raw in (await client.hgetall(keys.API_KEYS)).items():
+        if _text(key_digest).startswith(key_id):
+            record: dict[str, object] = json.loads(raw)
+            return _text(key_digest), record
+    return None
+
+
+def _check_id(key_id: str) -> None:
+    if len(key_id) != KEY_ID_LENGTH:
+        raise ValueError(f"key id {key_id!r}: expected the {KEY_ID_LENGTH}-character id that `keys list` prints")
 
 
 BOOTSTRAP_NAME = "bootstrap"  # the name of the stack's key (batchApiKey); `keys create` refuses it
@@ -101,8 +159,7 @@ async def list_keys(client: redis.Redis) -> list[KeyInfo]:
 
 async def revoke(client: redis.Redis, key_id: str) -> bool:
     """Delete the key whose id is `key_id`; True when one was deleted. Its objects stay (admins see them)."""
-    if len(key_id) != KEY_ID_LENGTH:
-        raise ValueError(f"key id {key_id!r}: expected the {KEY_ID_LENGTH}-character id that `keys list` prints")
+    _check_id(key_id)
     for key_digest in await client.hkeys(keys.API_KEYS):
         if _text(key_digest).startswith(key_id):
             return bool(await client.hdel(keys.API_KEYS, key_digest))

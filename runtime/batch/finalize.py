@@ -93,7 +93,7 @@ class JobFinisher:
         await self.store.finish(lease, batch, self.settings.retention_seconds)
         metrics.jobs_finished.labels(status.value).inc()
         if plan.webhook_url:
-            await webhooks.enqueue(self.redis, plan.webhook_url, batch)
+            await webhooks.enqueue(self.redis, plan.webhook_url, batch, plan.key_id)
         with contextlib.suppress(Exception):
             await asyncio.to_thread(self.objects.delete_prefix, f"batches/{batch_id}/")
         log.info("job %s: %d ok, %d failed", status.value, counts.completed, counts.failed)

@@ -51,7 +51,7 @@ class RequestGuard:
             return
         except RedisError as exc:
             log.warning("Redis unavailable: %r", exc)
-            await unavailable_response()(scope, receive, send)
+            await unavailable_response(exc)(scope, receive, send)
             return
         limit, setting = self.limit_of(scope)
         message = f"The request body is over the {limit}-byte limit ({setting})."

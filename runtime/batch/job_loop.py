@@ -1,6 +1,7 @@
 """The worker's job loop: claim a job from the Redis queue, keep its lease while it runs, give it
 back on a failure (with a delay; a job leased more than `job_max_attempts` times in a row without
-progress ends as `failed`), and the background heartbeat, webhook delivery and scheduled backups."""
+progress ends as `failed`), and the background heartbeat, scheduled backups and webhook delivery (each
+its own task, so a slow webhook receiver never delays the heartbeat)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,13 @@ class Worker:
         self.objects = objects
         self.worker_id = f"worker-{uuid.uuid4().hex[:8]}"
         self.webhooks = webhooks.WebhookSender(
-            client, settings.webhook_secret.get_secret_value(), settings.webhook_max_attempts, settings.url_policy
+            client,
+            settings.webhook_secret.get_secret_value(),
+            settings.webhook_max_attempts,
+            settings.url_policy,
+            deadline_s=settings.webhook_deadline_seconds,
+            concurrency=settings.webhook_concurrency,
+            per_receiver=settings.webhook_per_receiver,
         )
         self.ready = False
         self.last_beat = time.monotonic()
@@ -65,6 +72,7 @@ class Worker:
         self.ready = True
         log.info("worker %s ready (engine %s)", self.worker_id, type(self.engine).__name__)
         background = asyncio.create_task(self._background())
+        deliveries = asyncio.create_task(self.webhooks.run(self._stopping))  # its own task: never the heartbeat's
         outages = 0
         try:
             while not self._stopping.is_set():
@@ -88,9 +96,10 @@ class Worker:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stopping.wait(), delay)
         finally:
-            background.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await background
+            for task in (background, deliveries):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if self._backup is not None:
                 self._backup.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -100,12 +109,11 @@ class Worker:
         self._stopping.set()
 
     async def _background(self) -> None:
-        """Heartbeat for the fleet view and webhook delivery, independent of job work."""
+        """Heartbeat for the fleet view, independent of job work and of webhook delivery (its own task)."""
         while True:
             try:
                 await self.store.heartbeat(self.worker_id, self.engine.loaded_model)
                 self.last_beat = time.monotonic()
-                await self.webhooks.deliver_due()
                 if self._backup is None or self._backup.done():  # off the heartbeat's path: it may take a while
                     self._backup = asyncio.create_task(self._scheduled_backup())
             except (redis.RedisError, OSError) as exc:

@@ -15,6 +15,7 @@ from runtime.batch.api_common import (
     ExpiresAfter,
     MetadataKey,
     MetadataValue,
+    RoomForWork,
     checked_url,
     existing_batch,
     existing_file,
@@ -64,7 +65,7 @@ async def with_wait_reason(state: ApiState, batch: Batch) -> Batch:
 
 
 @router.post("/v1/batches")
-async def create_batch(state: ApiState, principal: Caller, body: CreateBatch) -> Batch:
+async def create_batch(state: ApiState, principal: Caller, _room: RoomForWork, body: CreateBatch) -> Batch:
     if body.endpoint not in state.endpoints:
         raise ApiException(
             400,
@@ -110,7 +111,7 @@ async def cancel_batch(state: ApiState, principal: Caller, batch_id: str) -> Bat
     if cancelled.status == BatchStatus.CANCELLED and batch.status != BatchStatus.CANCELLED:
         plan = await state.store.plan(batch_id)
         if plan.webhook_url:
-            await webhooks.enqueue(state.redis, plan.webhook_url, cancelled)
+            await webhooks.enqueue(state.redis, plan.webhook_url, cancelled, plan.key_id)
     return cancelled
 
 

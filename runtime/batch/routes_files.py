@@ -11,7 +11,15 @@ from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
-from runtime.batch.api_common import ApiException, ApiState, Caller, ExpiresAfter, existing_file, expiry_seconds
+from runtime.batch.api_common import (
+    ApiException,
+    ApiState,
+    Caller,
+    ExpiresAfter,
+    RoomForWork,
+    existing_file,
+    expiry_seconds,
+)
 from runtime.batch.models import METADATA_VALUE_CHARS, ApiError, FileList, FileObject
 from runtime.batch.storage import file_key
 
@@ -22,6 +30,7 @@ router = APIRouter()
 async def upload_file(
     state: ApiState,
     principal: Caller,
+    _room: RoomForWork,
     file: Annotated[UploadFile, File()],
     purpose: Annotated[str, Form()],
     anchor: Annotated[str | None, Form(alias="expires_after[anchor]")] = None,

@@ -13,6 +13,7 @@ from runtime.batch.api_common import (
     ApiException,
     ApiState,
     Caller,
+    RoomForWork,
     State,
     checked_url,
     estimate_completion,
@@ -39,7 +40,9 @@ SPOOL_MEMORY_BYTES = 1024 * 1024
 
 
 @router.post("/v1/batch")
-async def create_seed_job(state: ApiState, principal: Caller, body: SeedJobRequest) -> SeedJobCreated:
+async def create_seed_job(
+    state: ApiState, principal: Caller, _room: RoomForWork, body: SeedJobRequest
+) -> SeedJobCreated:
     settings = state.settings
     if body.model not in settings.offered_models:
         message = not_offered(body.model, settings.offered_models)

@@ -100,6 +100,15 @@ class BatchSettings(BaseSettings):
     redis_outage_seconds: float = Field(
         default=60.0, gt=0, description="How long a Redis command or transaction is retried while Redis is away."
     )
+    redis_maxmemory_bytes: int = Field(
+        default=0,
+        ge=0,
+        description="Redis's maxmemory (the stacks set both from redisMaxMemoryPercent); the API refuses new "
+        "files and batches with a 503 once Redis uses redis_memory_refuse_ratio of it. 0: no check.",
+    )
+    redis_memory_refuse_ratio: float = Field(
+        default=0.9, gt=0, le=1, description="Share of Redis's maxmemory at which the API refuses new work."
+    )
     backup_interval_seconds: float = Field(
         default=3600, ge=0, description="A Redis snapshot to S3 this often (one worker of the fleet takes it); 0: off."
     )
@@ -113,8 +122,20 @@ class BatchSettings(BaseSettings):
     rate_limit_per_minute: int = Field(default=600, ge=1, description="API requests per key per minute.")
     result_retention_days: int = Field(default=7, ge=1, le=7)
     bootstrap_api_key: SecretStr = Field(description="Stored hashed at start; clients send it as Bearer.")
-    webhook_secret: SecretStr = Field(description="HMAC-SHA256 key for webhook signatures.")
+    webhook_secret: SecretStr = Field(
+        description="HMAC-SHA256 key for the webhooks of keys without their own secret (the bootstrap key's)."
+    )
     webhook_max_attempts: int = Field(default=8, ge=1)
+    webhook_concurrency: int = Field(default=16, ge=1, description="Webhook deliveries in flight per worker.")
+    webhook_per_receiver: int = Field(
+        default=2, ge=1, description="Deliveries in flight to one receiver (scheme, host, port); more wait their turn."
+    )
+    webhook_deadline_seconds: float = Field(
+        default=20.0,
+        gt=0,
+        lt=60,
+        description="Each delivery attempt ends within this, however slowly the receiver answers (then retried).",
+    )
     url_allowlist: str = Field(
         default="",
         description="Comma-separated host, host:port or CIDR entries that input_file_url and webhook_url may "

@@ -5,7 +5,11 @@ endpoint (169.254.169.254) or any cluster service, and read the answer back thro
 messages. By default only hosts whose every address is globally routable are allowed: loopback,
 link-local, private (RFC 1918, ULA), CGNAT, reserved and multicast addresses are refused, and so
 are cluster-internal names (single-label names such as compose service names, `*.svc`,
-`*.cluster.local`, `*.internal`, `*.local`, `localhost`). The allowlist setting
+`*.cluster.local`, `*.internal`, `*.local`, `localhost`). IPv6 forms that carry an IPv4 address
+(IPv4-mapped and IPv4-compatible `::/96`, NAT64 `64:ff9b::/96`, 6to4 `2002::/16`, Teredo
+`2001::/32`) are judged by the address they carry as well, since a NAT64 or 6to4 gateway, or a
+stack that maps them, delivers them there; the local-use NAT64 prefix `64:ff9b:1::/48` (RFC 8215)
+is never global. The allowlist setting
 (`BATCH_URL_ALLOWLIST`) names exceptions: `host`, `host:port` or a CIDR such as `10.20.0.0/16`.
 
 The check resolves the name, and the request goes to an address the check accepted (`Pinned`:
@@ -106,11 +110,14 @@ class UrlPolicy:
         for address in addresses:
             if self._allowed_network(address):
                 continue
-            if not address.is_global or address.is_multicast:
-                raise UrlRefusedError(
-                    f"{param} {url!r}: {host!r} is {_kind(address)} address {address}, which is refused; "
-                    "add it to BATCH_URL_ALLOWLIST to allow it"
-                )
+            embedded = _embedded_ipv4(address)
+            for judged in (address, *embedded):
+                if not _global(judged) and not self._allowed_network(judged):
+                    carried = f" (carrying {judged})" if judged is not address else ""
+                    raise UrlRefusedError(
+                        f"{param} {url!r}: {host!r} is {_kind(judged)} address {address}{carried}, which is "
+                        "refused; add it to BATCH_URL_ALLOWLIST to allow it"
+                    )
         return addresses
 
     def _resolve(self, url: str, param: str, host: str, port: int) -> list[IpAddress]:
@@ -141,7 +148,34 @@ def _ip(text: str) -> IpAddress | None:
     return address
 
 
+IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052: the IPv4 address is the last 32 bits
+NAT64_LOCAL_USE = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215: not global; Python 3.11 says it is
+
+
+def _embedded_ipv4(address: IpAddress) -> tuple[ipaddress.IPv4Address, ...]:
+    """The IPv4 addresses an IPv6 address carries, where a gateway or the host would deliver it."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return ()
+    last32 = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address in IPV4_COMPATIBLE or address in NAT64_WELL_KNOWN:
+        return (last32,)
+    if address.sixtofour is not None:
+        return (address.sixtofour,)
+    if address.teredo is not None:
+        return address.teredo  # (server, client)
+    return ()
+
+
+def _global(address: IpAddress) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address in NAT64_LOCAL_USE:
+        return False
+    return address.is_global and not address.is_multicast
+
+
 def _kind(address: IpAddress) -> str:
+    if isinstance(address, ipaddress.IPv6Address) and address in NAT64_LOCAL_USE:
+        return "a local-use NAT64"
     for attribute, kind in (
         ("is_loopback", "a loopback"),
         ("is_link_local", "a link-local"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import threading
 from collections.abc import Coroutine, Iterable, Iterator, Mapping
@@ -129,3 +130,59 @@ def counted_job_failures(worker_log: Path) -> list[str]:
     """Job attempts a worker counted against a job; a Redis or S3 fault is logged as "not counted"."""
     lines = [json.loads(x) for x in worker_log.read_text().splitlines() if x.startswith("{")]
     return [x["message"] for x in lines if x["message"].startswith("job attempt") and "not counted" not in x["message"]]
+
+
+class TricklingReceiver(LoopbackServer):
+    """A webhook receiver that answers a byte at a time, every `pace_s`, until released: each byte comes
+    well within any read timeout, so only an overall deadline ends the sender's wait. Counts the
+    connections open now (`open`), the most at once (`most_open`), and those the sender cut (`cut`)."""
+
+    def __init__(self, pace_s: float = 0.05, give_up_s: float = 120.0):
+        self.released = threading.Event()
+        self.started = threading.Event()  # a delivery is being trickled now
+        self.lock = threading.Lock()
+        self.open = self.most_open = self.cut = self.finished = 0
+        self.bodies: list[bytes] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with receiver.lock:
+                    receiver.bodies.append(body)
+                    receiver.open += 1
+                    receiver.most_open = max(receiver.most_open, receiver.open)
+                receiver.started.set()
+                head = b"HTTP/1.1 204 No Content\r\nX-Slow: "  # then one more "a" per beat, until released
+                trickle = itertools.chain(head, itertools.repeat(ord("a")))
+                sent, waited = 0, 0.0
+                try:
+                    # paced by the release event's own timeout: the receiver is slow on purpose
+                    while not receiver.released.wait(pace_s) and waited < give_up_s:
+                        waited += pace_s
+                        self.wfile.write(bytes([next(trickle)]))
+                        self.wfile.flush()
+                        sent += 1
+                    rest = head[sent:] if sent < len(head) else b""
+                    self.wfile.write(rest + b"done\r\nContent-Length: 0\r\n\r\n")
+                    self.wfile.flush()
+                    with receiver.lock:
+                        receiver.finished += 1
+                except (BrokenPipeError, ConnectionResetError):
+                    with receiver.lock:
+                        receiver.cut += 1
+                    self.close_connection = True
+                finally:
+                    with receiver.lock:
+                        receiver.open -= 1
+
+            def log_message(self, *_args: object) -> None:
+                pass
+
+        self.serve(Handler)
+
+    def close(self) -> None:
+        self.released.set()
+        super().close()

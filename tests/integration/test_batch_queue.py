@@ -457,12 +457,12 @@ def test_a_webhook_to_a_refused_address_is_dropped_at_delivery_not_sent(run) -> 
     async def test(store: JobStore) -> None:
         batch = Batch(id="b1", endpoint="/v1/chat/completions", input_file_id="f", status="completed", created_at=1)
         refusing = webhooks.WebhookSender(store.redis, "s", max_attempts=5, policy=UrlPolicy())
-        await webhooks.enqueue(store.redis, url, batch)
+        await webhooks.enqueue(store.redis, url, batch, None)
         assert await refusing.deliver_due() == 1
         assert await store.redis.zcard(keys.WEBHOOKS) == 0  # dropped, not retried
         await refusing.close()
         allowing = webhooks.WebhookSender(store.redis, "s", max_attempts=5, policy=UrlPolicy(("127.0.0.1",)))
-        await webhooks.enqueue(store.redis, url, batch)
+        await webhooks.enqueue(store.redis, url, batch, None)
         assert await allowing.deliver_due() == 1
         await allowing.close()
 

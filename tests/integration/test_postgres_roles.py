@@ -145,11 +145,46 @@ def test_the_offload_role_reads_the_users_tables_and_writes_only_into_its_schema
         "INSERT INTO public.docs VALUES (99, ARRAY[0]::real[])",
         "CREATE TABLE public.planted (a int)",
         "ALTER ROLE offload SUPERUSER",
+        "SELECT rolname, rolpassword FROM pg_authid",  # every role's password verifier (pg_read_all_data reads it)
+        "SELECT usename, passwd FROM pg_shadow",
+        "SELECT * FROM pg_user_mapping",  # foreign servers' passwords
     ],
 )
 def test_the_offload_role_is_refused_what_only_an_owner_may_do(offload: str, statement: str) -> None:
     with psycopg.connect(offload, autocommit=True) as conn, pytest.raises(errors.InsufficientPrivilege):
         conn.execute(statement)
+
+
+def test_the_offload_role_reads_tables_in_the_users_other_schemas_and_those_made_later(
+    server: PostgresServer, database: str
+) -> None:
+    """No pg_read_all_data, but the embeddings may be anywhere the owner loaded them: a schema of their
+    own before the set-up, or a table made after it (default privileges)."""
+    with psycopg.connect(owner_dsn(server, database)) as conn:
+        conn.execute("CREATE SCHEMA lab")
+        conn.execute("CREATE TABLE lab.vectors AS SELECT 1 AS id, ARRAY[1, 2]::real[] AS embedding")
+    password, verifier = new_verifier()
+    assert (result := set_up(server, database, verifier)).returncode == 0, result.stderr
+    with psycopg.connect(owner_dsn(server, database)) as conn:
+        conn.execute("CREATE TABLE public.later AS SELECT 2 AS id")
+        conn.execute("CREATE TABLE lab.later AS SELECT 3 AS id")
+    with psycopg.connect(offload_dsn(server, database, password)) as conn:
+        assert conn.execute("SELECT count(*) FROM lab.vectors").fetchone() == (1,)
+        assert conn.execute("SELECT id FROM public.later").fetchone() == (2,)
+        assert conn.execute("SELECT id FROM lab.later").fetchone() == (3,)
+
+
+def test_the_set_up_takes_pg_read_all_data_back_from_a_role_an_older_set_up_gave_it(
+    server: PostgresServer, database: str, offload: str
+) -> None:
+    with psycopg.connect(owner_dsn(server, database), autocommit=True) as conn:
+        conn.execute("GRANT pg_read_all_data TO offload")  # what the set-up did before #32
+    password, verifier = new_verifier()
+    assert (result := set_up(server, database, verifier)).returncode == 0, result.stderr
+    with psycopg.connect(offload_dsn(server, database, password)) as conn:
+        assert conn.execute("SELECT pg_has_role('offload', 'pg_read_all_data', 'MEMBER')").fetchone() == (False,)
+        with pytest.raises(errors.InsufficientPrivilege):
+            conn.execute("SELECT rolpassword FROM pg_authid")
 
 
 def test_the_set_up_runs_again_unchanged_and_a_new_password_replaces_the_old(

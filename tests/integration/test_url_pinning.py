@@ -109,7 +109,7 @@ def test_a_webhook_is_delivered_to_the_checked_address(https_server, redis_serve
         sender = webhooks.WebhookSender(client, "s", max_attempts=1, policy=policy)
         try:
             batch = Batch(id="b1", endpoint="/v1/chat/completions", input_file_id="f", status="completed", created_at=1)
-            await webhooks.enqueue(client, f"https://{NAME}:{port}/hook", batch)
+            await webhooks.enqueue(client, f"https://{NAME}:{port}/hook", batch, None)
             return await sender.deliver_due()
         finally:
             await sender.close()

@@ -30,7 +30,12 @@ DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 def good_service(**changes: Any) -> dict:
     service = {
         "image": "redis:7.4.6-bookworm",
-        "command": ["sh", "-c", 'exec redis-server --appendonly yes --requirepass "$$REDIS_PASSWORD"'],
+        "command": [
+            "sh",
+            "-c",
+            "exec redis-server --appendonly yes --sanitize-dump-payload yes --maxmemory 3221225472 "
+            '--maxmemory-policy noeviction --requirepass "$$REDIS_PASSWORD"',
+        ],
         "environment": {"REDIS_PASSWORD": "${REDIS_PASSWORD:?missing}"},
         "ports": ["10.0.0.1:6379:6379"],
         "healthcheck": {"test": ["CMD", "redis-cli", "ping"]},
@@ -304,6 +309,30 @@ def test_redis_persistence() -> None:
         assert violations("redis-persistence", COPY, compose({"redis": volatile})), command
     quoted = good_service(command=["sh", "-c", "exec redis-server --appendonly 'yes'"])
     assert violations("redis-persistence", COPY, compose({"redis": quoted})) == []
+
+
+# --- redis-hardened
+
+
+def test_redis_hardened() -> None:
+    assert violations("redis-hardened", COPY, compose({"redis": good_service()})) == []
+    base = "exec redis-server --appendonly yes"
+    for command, missing in (
+        (base + " --maxmemory 1gb --maxmemory-policy noeviction", "--sanitize-dump-payload yes"),
+        (base + " --sanitize-dump-payload yes --maxmemory-policy noeviction", "no --maxmemory"),
+        (base + " --sanitize-dump-payload yes --maxmemory 0 --maxmemory-policy noeviction", "no --maxmemory"),
+        (base + " --sanitize-dump-payload yes --maxmemory 1gb", "--maxmemory-policy noeviction"),
+        (base + " --sanitize-dump-payload yes --maxmemory 1gb --maxmemory-policy allkeys-lru", "noeviction"),
+        # the last of a repeated option counts
+        (base + " --sanitize-dump-payload yes --maxmemory 1gb --maxmemory-policy noeviction --sanitize-dump-payload no",
+         "--sanitize-dump-payload yes"),
+    ):  # fmt: skip
+        found = violations("redis-hardened", COPY, compose({"redis": good_service(command=["sh", "-c", command])}))
+        assert len(found) == 1 and missing in found[0], (command, found)
+    quoted = "exec redis-server --sanitize-dump-payload 'yes' --maxmemory '3gb' --maxmemory-policy \"noeviction\""
+    assert violations("redis-hardened", COPY, compose({"redis": good_service(command=["sh", "-c", quoted])})) == []
+    other = good_service(image="reg/web:1.0", command=["web"])  # not Redis: not judged
+    assert violations("redis-hardened", COPY, compose({"web": other})) == []
 
 
 # --- advisory

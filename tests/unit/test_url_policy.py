@@ -29,7 +29,14 @@ def policy(*allow: str) -> UrlPolicy:
 
 
 @pytest.mark.parametrize(
-    "url", ["https://files.example.com/in.jsonl", "http://v6.example.com/x", "https://93.184.216.34:8443/x"]
+    "url",
+    [
+        "https://files.example.com/in.jsonl",
+        "http://v6.example.com/x",
+        "https://93.184.216.34:8443/x",
+        "http://[64:ff9b::5db8:d822]/x",  # NAT64 of 93.184.216.34: what it carries is public
+        "http://[2002:5db8:d822::1]/x",  # 6to4 of the same
+    ],
 )
 def test_public_addresses_pass(url: str) -> None:
     policy().check(url, param="input_file_url")
@@ -41,6 +48,14 @@ def test_public_addresses_pass(url: str) -> None:
         ("http://127.0.0.1/x", "a loopback address 127.0.0.1"),
         ("http://[::1]:8000/x", "a loopback address ::1"),
         ("http://[::ffff:10.0.0.1]/x", "a private address 10.0.0.1"),
+        ("http://[::7f00:1]/x", "a loopback address ::7f00:1 (carrying 127.0.0.1)"),  # IPv4-compatible
+        ("http://[::a9fe:a9fe]/x", "a link-local address ::a9fe:a9fe (carrying 169.254.169.254)"),
+        ("http://[64:ff9b::7f00:1]/x", "a loopback address 64:ff9b::7f00:1 (carrying 127.0.0.1)"),  # NAT64
+        ("http://[64:ff9b::a00:7]/x", "a private address 64:ff9b::a00:7 (carrying 10.0.0.7)"),
+        ("http://[64:ff9b:1::808:808]/x", "a local-use NAT64 address 64:ff9b:1::808:808"),  # RFC 8215
+        ("http://[2002:7f00:1::1]/x", "a loopback address 2002:7f00:1::1 (carrying 127.0.0.1)"),  # 6to4
+        ("http://[2002:a9fe:a9fe::]/x", "(carrying 169.254.169.254)"),
+        ("http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/x", "2001:0:4136:e378:8000:63bf:80ff:fffe"),  # Teredo
         ("http://169.254.169.254/latest", "a link-local address"),
         ("http://192.168.1.20/x", "a private address"),
         ("http://metadata.example.com/x", "a link-local address 169.254.169.254"),
@@ -72,5 +87,6 @@ def test_the_allowlist_admits_a_host_a_host_and_port_or_a_network() -> None:
         policy("127.0.0.1:8080").check("http://127.0.0.1:8081/x", param="p")  # another port is not admitted
     policy("10.0.0.0/8").check("http://rebound.example.com/x", param="p")
     policy("169.254.169.254").check("http://metadata.example.com/", param="p")
+    policy("10.0.0.0/8").check("http://[64:ff9b::a00:7]/x", param="p")  # what it carries is admitted
     with pytest.raises(ValueError, match=r"BATCH_URL_ALLOWLIST entry '10\.0\.0\.0/33': not a CIDR"):
         policy("10.0.0.0/33")

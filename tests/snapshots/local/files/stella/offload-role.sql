@@ -1,5 +1,5 @@
--- The offload job's own Postgres role: it reads any table (embeddings) and writes only into its own
--- schema `offload`. Not a superuser, as the database owner is (the official image makes
+-- The offload job's own Postgres role: it reads the user's tables (embeddings) in every schema of the
+-- database, and writes only into its own schema `offload`. Not a superuser, as the database owner is (the official image makes
 -- POSTGRES_USER one): no COPY ... TO PROGRAM, no ALTER SYSTEM, no roles, no dropping others' tables.
 --
 -- Run by the postgres-setup one-shot as the database owner (PGHOST, PGPORT, PGUSER, PGPASSWORD,
@@ -23,8 +23,25 @@ SELECT 'CREATE ROLE offload' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolnam
 ALTER ROLE offload WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS
     PASSWORD :'verifier';
 GRANT CONNECT ON DATABASE :"dbname" TO offload;
--- Reads every table and view (PostgreSQL 14+): the embeddings are wherever the user loaded them.
-GRANT pg_read_all_data TO offload;
+-- Reads the user's tables and views, wherever the user loaded the embeddings: SELECT on every table in
+-- every schema that is not the system's, now and (by default privileges) for tables the owner makes
+-- later; a schema made later is covered at the next `pulumi up`. Not pg_read_all_data: that role
+-- reads the catalogs too, pg_authid's password verifiers included.
+REVOKE pg_read_all_data FROM offload;
+DO $$
+DECLARE
+    schema_name name;
+BEGIN
+    FOR schema_name IN
+        SELECT nspname FROM pg_namespace
+        WHERE nspname NOT IN ('pg_catalog', 'information_schema', 'offload')
+          AND nspname NOT LIKE 'pg\_%'
+    LOOP
+        EXECUTE format('GRANT USAGE ON SCHEMA %I TO offload', schema_name);
+        EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA %I TO offload', schema_name);
+        EXECUTE format('ALTER DEFAULT PRIVILEGES IN SCHEMA %I GRANT SELECT ON TABLES TO offload', schema_name);
+    END LOOP;
+END $$;
 -- Named like the role, so PostgreSQL's default search_path ("$user", public) puts unqualified result
 -- tables here, and the job's queries still find the user's tables in public.
 CREATE SCHEMA IF NOT EXISTS offload AUTHORIZATION offload;
