@@ -587,7 +587,8 @@ def test_lb_guards() -> None:
     assert violations(policy, configmap, {"data": {"haproxy.cfg": rendered}}) == []
     layer7 = rendered.replace("observe layer4", "observe layer7")
     assert violations(policy, configmap, {"data": {"haproxy.cfg": layer7}}) == [
-        "ConfigMap r haproxy.cfg: `observe layer7` lets a client's request that vLLM answers with 5xx mark a server down"
+        "ConfigMap r haproxy.cfg: `observe layer7` lets a client's request that vLLM answers with 5xx "
+        "mark a server down"
     ]
     buffered = rendered.replace("    retries 3\n", "    retries 3\n    option http-buffer-request\n")
     assert violations(policy, COPY, copy(buffered)) == [
