@@ -153,6 +153,9 @@ class ServiceSpec:
     # kubernetes: the pod's uid/gid and the group of its volumes (fsGroup), so a sidecar shares files
     # and sockets with the service; None: each image's own user.
     pod_user: int | None = None
+    # kubernetes: the only services whose pods may reach this service's ports (a NetworkPolicy; its other
+    # ports stay open); None: any pod. vLLM's key guards only /v1, so its port admits its clients only.
+    admitted: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         names = [s.env for s in self.secrets]

@@ -95,6 +95,9 @@ class VllmServiceArgs(TypedDict):
     # Several offered models (replica): the offered models after the default, each with its own server on
     # every host, started after the previous model's server there is healthy (vLLM issue 35920).
     more_models: NotRequired[list[ModelServer]]
+    # kubernetes: the services whose pods may reach the servers' API port (the load balancer, the batch
+    # worker, Prometheus, the post-deploy check); vLLM's key leaves /invocations, /tokenize, ... open.
+    clients: NotRequired[tuple[str, ...]]
 
 
 class VllmService(pulumi.ComponentResource):
@@ -147,6 +150,7 @@ class VllmService(pulumi.ComponentResource):
                 memory_limit=node.memory_limit,
                 shm_size="16g",
                 stateful=False,
+                admitted=args.get("clients"),
             )
 
         def flags(host: str) -> list[str]:
