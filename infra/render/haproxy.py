@@ -24,7 +24,8 @@ for the body before any rule): an unauthenticated client never has its body held
 A buffered body's `priority` (vLLM's --scheduling-policy priority: lower runs first) below 0 is refused
 with 400: interactive requests run at 0 and the batch worker's at a higher value, so a negative one
 would jump every queue. The check reads the body as `json_query` does: the first `priority` key within
-the buffer (tune.bufsize); a body longer than the buffer is not read past it.
+the buffer (tune.bufsize), so it is a visible refusal where HAProxy can see the key, not the guarantee:
+vLLM's own middleware (runtime.vllm_guard) reads the whole body as vLLM does and floors it at 0.
 
 The request log escapes what clients choose (X-Request-ID, the session key) with HAProxy's json
 converter, so a header cannot add fields to or break a JSON log line. TLS (when the balancer serves it):
