@@ -9,10 +9,12 @@ Prints, in one run, each figure beside its peer or target:
   3. failover: a backend SIGKILLed under load, several times: the time from the kill to the last
      request HAProxy sent it, failed requests, and what the requests in flight on it lost;
   4. KV reuse (bench/lb_kv.py): multi-turn conversations through HAProxy to two vLLM CPU servers,
-     sticky vs round robin: vLLM's prefix-cache hit rate and the time to first token.
+     sticky vs round robin: vLLM's prefix-cache hit rate and the time to first token;
+  5. unauthenticated clients (issue 32): HAProxy's resident memory while 1,000 clients without a key
+     each send half of a 300 kB body, with several models (tune.bufsize 256 KiB).
 Stand-in backends (bench/lb_backend.py) answer in 20 ms; part 4 runs real vLLM.
 
-`python -m bench.lb [--requests N] [--kills N] [--skip-vllm]`
+`python -m bench.lb [--requests N] [--kills N] [--skip-vllm] [--unauthenticated N]`
 """
 
 from __future__ import annotations
@@ -294,12 +296,73 @@ def report_failover(records: list[Sent], kills: list[Kill], log: Path, clients: 
     print(f"   requests sent {len(records)}, failed {failed}   target 0 failed")
 
 
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def unauthenticated_memory(connections: int) -> None:
+    """HAProxy refuses a client without a key on its headers: its body is never held in a buffer."""
+    import hashlib
+
+    from infra.render.haproxy import Backend, LoadBalancerConfig, ModelRoute, render_haproxy_cfg, render_models_lua
+
+    backends = [BackendProcess(f"m{i}", free_port()) for i in (1, 2)]
+    routes = tuple(ModelRoute(m, (Backend(f"s{m}", b.address),)) for m, b in zip(("a", "b"), backends, strict=True))
+    port, stats_port = free_port(), free_port()
+    with tempfile.TemporaryDirectory(prefix="bench-lb-mem-") as folder:
+        keys, lua = Path(folder) / "keys.map", Path(folder) / "models.lua"
+        keys.write_text(f"{hashlib.sha256(b'sk-bench').hexdigest()} bench\n")
+        lua.write_text(render_models_lua(routes))
+        config = LoadBalancerConfig(
+            backends=routes[0].servers,
+            bind=f"127.0.0.1:{port}",
+            stats_bind=f"127.0.0.1:{stats_port}",
+            api_key_maps=(str(keys),),
+            models=routes,
+            models_lua=str(lua),
+        )
+        haproxy = Haproxy(render_haproxy_cfg(config), port, stats_port)
+        clients: list[socket.socket] = []
+        try:
+            wait_for(lambda: haproxy.status() != {}, 15, "haproxy's stats page")
+            idle = _rss_mb(haproxy.process.pid)
+            head = (
+                f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                "Content-Type: application/json\r\nContent-Length: 300000\r\n\r\n"
+            ).encode()
+            for _ in range(connections):
+                client = socket.create_connection(("127.0.0.1", port), timeout=10)
+                clients.append(client)
+                try:
+                    client.sendall(head + b"x" * 150_000)
+                except OSError:
+                    pass  # refused and closed before the half body was in: what should happen
+            readings = [_rss_mb(haproxy.process.pid)]
+
+            def settled() -> bool:  # two readings 100 ms apart agree within 1 MB
+                time.sleep(0.1)
+                readings.append(_rss_mb(haproxy.process.pid))
+                return abs(readings[-1] - readings[-2]) < 1
+
+            wait_for(settled, 10, "haproxy's memory to settle")
+            print(f"5. {connections} clients without a key, each half of a 300 kB body sent (several models)")
+            print(f"   haproxy resident memory: {idle:.0f} MB idle -> {readings[-1]:.0f} MB (tune.bufsize 256 KiB)")
+        finally:
+            for client in clients:
+                client.close()
+            stop_pool(backends, haproxy)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="load balancer benchmark")
     parser.add_argument("--requests", type=int, default=3000, help="requests per balance row")
     parser.add_argument("--latency-requests", type=int, default=3000)
     parser.add_argument("--kills", type=int, default=3, help="backend kills in the failover part")
     parser.add_argument("--skip-vllm", action="store_true", help="leave out part 4 (two vLLM CPU servers)")
+    parser.add_argument("--unauthenticated", type=int, default=1000, help="clients without a key in part 5")
     args = parser.parse_args()
     latency(args.latency_requests)
     balance_table(args.requests)
@@ -308,6 +371,7 @@ def main() -> None:
         from bench.lb_kv import kv_reuse
 
         kv_reuse()
+    unauthenticated_memory(args.unauthenticated)
 
 
 if __name__ == "__main__":

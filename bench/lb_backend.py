@@ -1,7 +1,9 @@
 """A stand-in vLLM backend for load balancer tests and benchmarks.
 
-Answers GET /health and POST /v1/* with {"backend": name, "inflight": n}, after an optional
+Answers GET /health and POST /v1/* with {"backend": name, "inflight": n, "path": ...}, after an optional
 delay (--delay-ms, or the X-Delay-Ms request header). Prints "ready <port>" once listening.
+Errors as vLLM gives them to a client: POST /scale_elastic_ep answers 500 (vLLM on a single-engine
+server), and any POST answers the status its X-Status header names (a request vLLM fails with a 5xx).
 `python -m bench.lb_backend --name a --port 9001 [--delay-ms 20]`
 """
 
@@ -51,8 +53,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/health":
             self._reply(200, {"status": "ok"})
-        else:
-            self._reply(404, {"error": "not found"})
+        else:  # vLLM answers many GET paths (/v1/models, /metrics, /version, ...): any path here
+            self._reply(200, {"backend": self.server.name, "path": self.path})
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -61,12 +63,19 @@ class Handler(BaseHTTPRequestHandler):
             self.server.inflight += 1
             inflight = self.server.inflight
         try:
+            status = int(self.headers.get("X-Status") or 200)
+            if self.path == "/scale_elastic_ep":
+                status = 500
+            if status != 200:
+                self._reply(status, {"error": {"message": "stand-in error", "code": status}, "path": self.path})
+                return
             delay = float(self.headers.get("X-Delay-Ms") or self.server.delay_ms)
             if delay:
                 time.sleep(delay / 1000)
             # The Authorization the backend got: the load balancer swaps the client's key for vLLM's own.
             authorization = self.headers.get("Authorization")
             body = {"backend": self.server.name, "inflight": inflight, "authorization": authorization}
+            body["path"] = self.path
             self._reply(200, body)
         finally:
             with self.server.lock:

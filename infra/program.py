@@ -39,6 +39,10 @@ from infra.vllm_sizing import engine_args, size_model_servers, size_offered_mode
 from runtime.kvcache import PROFILES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The pods that reach vLLM's API port directly (kubernetes admits only these): the load balancer, the batch
+# worker (its http engine goes through the balancer, its offline engine needs none), Prometheus (/metrics)
+# and the post-deploy check (/health of each server). tests/unit/test_edge_program.py checks each names a pod.
+VLLM_CLIENTS = ("lb", "batch-worker", "prometheus", "post-deploy-check")
 VLLM = "vllm"  # the vLLM component: its services are vllm-<host>[-<port>], which the Ray workers wait for
 
 
@@ -328,6 +332,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "more_models": [
                 ModelServer(s.served_name, s.model, s.port, s.engine_args, s.memory_limit) for s in model_servers[1:]
             ],
+            "clients": VLLM_CLIENTS,
         },
     )
     lb = LoadBalancer(

@@ -161,6 +161,9 @@ class ServiceSpec:
     # kubernetes: the group the image's own user writes its volumes as (pod securityContext.fsGroup), so
     # a storage class that makes root-owned volumes does not leave the service unable to write its data.
     volume_group: int | None = None
+    # kubernetes: the only services whose pods may reach this service's ports (a NetworkPolicy; its other
+    # ports stay open); None: any pod. vLLM's key guards only /v1, so its port admits its clients only.
+    admitted: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         names = [s.env for s in self.secrets]

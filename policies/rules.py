@@ -396,6 +396,43 @@ def validate_least_privilege(args: ResourceValidationArgs, report: ReportViolati
                 report(f"{w.name}: adds {RDMA_CAPABILITY} without the RDMA devices it is for ({RDMA_DEVICES})", None)
 
 
+def _haproxy_configs(args: ResourceValidationArgs) -> Iterator[tuple[str, str]]:
+    """(where, text) of each haproxy.cfg a resource ships: compose's copy, kubernetes' ConfigMap."""
+    if args.resource_type == "command:remote:CopyToRemote":
+        where = str(args.props.get("remotePath", ""))
+        if where.endswith(HAPROXY_CFG):
+            yield where, getattr(args.props.get("source"), "text", "") or ""
+    elif args.resource_type == "kubernetes:core/v1:ConfigMap":
+        for key, text in (args.props.get("data") or {}).items():
+            if key.endswith(HAPROXY_CFG) and isinstance(text, str):
+                yield f"ConfigMap {args.name} {key}", text
+
+
+# TLS 1.2 suites the load balancer may offer: ECDHE key exchange with an AEAD cipher.
+ECDHE_AEAD = re.compile(r"^ECDHE-(ECDSA|RSA)-(AES(128|256)-GCM-SHA(256|384)|CHACHA20-POLY1305)$")
+
+
+def validate_lb_guards(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """What keeps one tenant of the load balancer from harming the others (issue 32): no HTTP status
+    marks a server down (`observe layer7` lets a client's request do it), only the OpenAI routes reach
+    vLLM (its key guards none of its other paths), no body is buffered before the key is checked
+    (`option http-buffer-request` waits for it before any rule), and TLS 1.2 offers ECDHE AEAD suites only."""
+    for where, text in _haproxy_configs(args):
+        if re.search(r"^\s*(default-)?server\b.*\bobserve\s+layer7", text, re.M):
+            report(
+                f"{where}: `observe layer7` lets a client's request that vLLM answers with 5xx mark a server down", None
+            )
+        if re.search(r"^\s*option\s+http-buffer-request", text, re.M):
+            report(f"{where}: `option http-buffer-request` buffers a body before the API key is checked", None)
+        if not re.search(r"^\s*http-request return status 404\b.*\bif !openai_post !openai_get\s*$", text, re.M):
+            report(f"{where}: no route allow-list: every path a client sends reaches vLLM with vLLM's key", None)
+        if any(frontend != "stats" and re.search(r"\sssl\s", f" {bind} ") for frontend, bind in _haproxy_binds(text)):
+            ciphers = re.search(r"^\s*ssl-default-bind-ciphers\s+(\S+)", text, re.M)
+            weak = [c for c in ciphers.group(1).split(":") if not ECDHE_AEAD.match(c)] if ciphers else ["the default"]
+            if weak:
+                report(f"{where}: TLS 1.2 offers suites other than ECDHE with AEAD: {', '.join(weak)}", None)
+
+
 def validate_health_checks(args: ResourceValidationArgs, report: ReportViolation) -> None:
     for w in workloads(args.resource_type, args.props, args.name):
         if not w.one_shot and not w.health_check:
@@ -432,6 +469,13 @@ POLICIES: list[Policy] = [
         "public-endpoints-tls",
         "The load balancer, batch API and Grafana serve TLS (compose: themselves; kubernetes: the Ingress).",
         validate_public_endpoints_tls,
+        MANDATORY,
+    ),
+    ResourceValidationPolicy(
+        "lb-guards",
+        "The load balancer: only the OpenAI routes reach vLLM, no HTTP status marks a server down, no body is "
+        "buffered before the key is checked, TLS 1.2 with ECDHE AEAD suites only.",
+        validate_lb_guards,
         MANDATORY,
     ),
     ResourceValidationPolicy(

@@ -19,6 +19,7 @@ MODEL_CACHE = Volume(name="model-cache", mount_path="/models", size_gi=200)
 # Model download and CUDA graph capture on first start take minutes.
 STARTUP_GRACE_S = 900
 API_SERVER = ("python3", "-m", "vllm.entrypoints.openai.api_server")
+PRIORITY_MIDDLEWARE = "runtime.vllm_guard.PriorityFloor"  # issue 32: no client jumps vLLM's queue
 RAY_AGENT_PORT = 52367  # distinct from the Ray worker's default agent port on the same host
 
 
@@ -44,8 +45,9 @@ def server_flags(
     `model`: (weights, served name) of an offered model other than the default."""
     weights, served = model if model is not None else (settings.model, settings.served_name)
     head = ["--model", weights, "--served-model-name", served, "--host", host]
-    # priority scheduling: the batch worker sends a higher `priority` value, so interactive requests go first
-    head += ["--port", str(port), "--scheduling-policy", "priority"]
+    # priority scheduling: the batch worker sends a higher `priority` value, so interactive requests go first;
+    # the middleware (our runtime package, in both vLLM images) raises a client's priority below 0 to 0
+    head += ["--port", str(port), "--scheduling-policy", "priority", "--middleware", PRIORITY_MIDDLEWARE]
     return [*head, *engine_args_to_flags(engine_args), *settings.extra_args]
 
 
@@ -111,6 +113,9 @@ class VllmServiceArgs(TypedDict):
     # Several offered models (replica): the offered models after the default, each with its own server on
     # every host, started after the previous model's server there is healthy (vLLM issue 35920).
     more_models: NotRequired[list[ModelServer]]
+    # kubernetes: the services whose pods may reach the servers' API port (the load balancer, the batch
+    # worker, Prometheus, the post-deploy check); vLLM's key leaves /invocations, /tokenize, ... open.
+    clients: NotRequired[tuple[str, ...]]
 
 
 class VllmService(pulumi.ComponentResource):
@@ -163,6 +168,7 @@ class VllmService(pulumi.ComponentResource):
                 memory_limit=node.memory_limit,
                 shm_size="16g",
                 stateful=False,
+                admitted=args.get("clients"),
             )
 
         def flags(host: str) -> list[str]:

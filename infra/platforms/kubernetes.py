@@ -159,6 +159,13 @@ class KubernetesPlatform:
                 spec=render.service_spec(spec),
                 opts=opts,
             )
+        if spec.admitted is not None and spec.ports:
+            k8s.networking.v1.NetworkPolicy(  # type: ignore[call-overload]
+                f"{name}-ingress",
+                metadata=render.metadata(name, placement),
+                spec=render.network_policy_spec(spec),
+                opts=opts,
+            )
         for port in spec.ports:
             if port.exposure is Exposure.PUBLIC and port.name == "http":
                 self._public.append((name, port.published or port.container))

@@ -3,12 +3,34 @@
 Sticky with bounded load (the seeds' ADR-003, option D) without a state server:
 the session key (header, else a hash of Authorization, else the client address) is hashed on a
 consistent ring; `hash-balance-factor` makes a backend above F% of the mean load spill the
-session to the next backend on the ring. Passive health (`observe layer7`, `error-limit 1`,
-`on-error mark-down`) takes a dead backend out on its first failed request, not after two failed
-active checks; active checks on vLLM's /health bring it back. `retry-on` + `option redispatch`
+session to the next backend on the ring. Passive health (`observe layer4`, `error-limit 1`,
+`on-error mark-down`) takes a dead backend out on its first refused or failed connection, not after two
+failed active checks; active checks on vLLM's /health bring it back. Only connection errors count: an
+HTTP status is something a client can provoke (a request vLLM answers with 500), so a 5xx never marks a
+server down (issue 32: a tenant took servers out of rotation one by one with such requests); a server
+that answers but is broken fails its active checks. `retry-on` + `option redispatch`
 retry on another backend a request whose backend refused the connection or died before answering
 (the request is buffered for that; replaying a generation has no side effects, and a response that
 has started streaming is never replayed). Servers carry weight 100 so that the ring is smooth.
+
+Only the OpenAI routes the stacks serve reach vLLM (ROUTES: chat and text completions, embeddings, the
+model list, /health); HAProxy answers every other path with 404 and a wrong method with 405 itself, so
+vLLM's unguarded paths (/invocations, /tokenize, /metrics, /scale_elastic_ep, ...) are out of a client's
+reach although the balancer sends vLLM's key with each request.
+
+Order of the request rules (issue 32): the key is checked on the headers alone, then the route, and only
+then is the body buffered (`http-request wait-for-body`, not `option http-buffer-request`, which waits
+for the body before any rule): an unauthenticated client never has its body held in HAProxy's buffers.
+A buffered body's `priority` (vLLM's --scheduling-policy priority: lower runs first) below 0 is refused
+with 400: interactive requests run at 0 and the batch worker's at a higher value, so a negative one
+would jump every queue. The check reads the body as `json_query` does: the first `priority` key within
+the buffer (tune.bufsize), so it is a visible refusal where HAProxy can see the key, not the guarantee:
+vLLM's own middleware (runtime.vllm_guard) reads the whole body as vLLM does and floors it at 0.
+
+The request log escapes what clients choose (X-Request-ID, the session key) with HAProxy's json
+converter, so a header cannot add fields to or break a JSON log line. TLS (when the balancer serves it):
+1.2 and 1.3 only, and on 1.2 only ECDHE suites with AEAD ciphers (Mozilla's intermediate profile less
+its DHE suites); no CBC, no SHA-1 MAC.
 
 API keys (the stacks always set them): a client sends `Authorization: Bearer <key>`; HAProxy takes
 the key's SHA-256 and looks it up in map files of `<sha256 hex> <name>` lines, so no key is stored in
@@ -87,8 +109,9 @@ REQUEST_LOG_FIELDS = {
     "time": '"%tr"',
     "service": '"lb"',
     "host": '"%H"',
-    "request_id": '"%[capture.req.hdr(0)]"',
-    "session": '"%[var(txn.session_key)]"',
+    # Client-chosen values go through the json converter: a quote or backslash cannot end the string.
+    "request_id": '"%[capture.req.hdr(0),json(utf8s)]"',
+    "session": '"%[var(txn.session_key),json(utf8s)]"',
     "backend": '"%s"',
     "key": '"%[var(txn.key_name)]"',  # the name of the client's API key, never the key
     "status": "%ST",
@@ -99,6 +122,28 @@ REQUEST_LOG_FORMAT = "'{" + ",".join(f'"{key}":{value}' for key, value in REQUES
 
 
 MAX_BALANCE_FACTOR = 1000
+
+# Passive health: only connection errors (layer 4) count, and the first one marks the server down.
+PASSIVE_HEALTH = "observe layer4 error-limit 1 on-error mark-down"
+
+# The routes a client may reach through the balancer (method, paths); everything else HAProxy refuses.
+POST_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+GET_ROUTES = ("/v1/models",)  # and the health path, open without a key
+
+# TLS 1.2 suites: ECDHE key exchange with AEAD ciphers only (Mozilla intermediate, without DHE);
+# TLS 1.3's suites are all AEAD.
+TLS12_CIPHERS = ":".join(
+    (
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+    )
+)
+TLS13_SUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+BODY_WAIT_S = 30  # as `timeout http-request`: how long an authenticated client may take to send its body
 
 
 def check_balance_factor(factor: int) -> int:
@@ -123,11 +168,17 @@ def render_haproxy_cfg(cfg: LoadBalancerConfig) -> str:
         )
     else:
         balance = "balance roundrobin"
-    health = f"inter {cfg.check_interval_ms} fall 2 rise 2 observe layer7 error-limit 1 on-error mark-down"
+    health = f"inter {cfg.check_interval_ms} fall 2 rise 2 {PASSIVE_HEALTH}"
     header = cfg.session_header
     socket = f"\n    stats socket {cfg.admin_socket} mode 600 level admin" if cfg.admin_socket else ""
     tls = f" ssl crt {cfg.tls_pem} alpn h2,http/1.1" if cfg.tls_pem else ""
-    tls_floor = "\n    ssl-default-bind-options ssl-min-ver TLSv1.2 no-tls-tickets" if cfg.tls_pem else ""
+    tls_floor = ""
+    if cfg.tls_pem:
+        tls_floor = (
+            "\n    ssl-default-bind-options ssl-min-ver TLSv1.2 no-tls-tickets"
+            f"\n    ssl-default-bind-ciphers {TLS12_CIPHERS}"
+            f"\n    ssl-default-bind-ciphersuites {TLS13_SUITES}"
+        )
     backend_key = ""
     if cfg.backend_key_env:
         backend_key = f'\n    http-request set-header Authorization "Bearer ${{{cfg.backend_key_env}}}"'
@@ -147,7 +198,7 @@ backend {name}
     {balance}
     option httpchk GET {cfg.health_path}
     http-check expect status 200
-    # A failed request (refused connection, reset, 5xx other than 501/505) marks its server down at once.
+    # A refused or failed connection marks its server down at once; an HTTP status never does.
     default-server {health} weight {RING_WEIGHT}{backend_key}
 {servers}
 """
@@ -177,7 +228,6 @@ defaults
     timeout tunnel 1h
     retries 3
     option redispatch 1
-    option http-buffer-request
     retry-on conn-failure empty-response junk-response
 
 frontend openai
@@ -186,6 +236,7 @@ frontend openai
     # so a request can be followed from the batch API through the worker to the vLLM server.
     http-request capture req.hdr(X-Request-ID) len 64
     log-format {REQUEST_LOG_FORMAT}{_auth(cfg.api_key_maps, cfg.health_path)}
+{_allowed_routes(cfg.health_path)}
     http-request set-var(txn.session_key) req.hdr({header})
     http-request set-var(txn.session_key) req.hdr(Authorization),sha1,hex,lower if !{{ var(txn.session_key) -m found }}
     http-request set-var(txn.session_key) src,ipmask(32) if !{{ var(txn.session_key) -m found }}
@@ -227,6 +278,42 @@ def _auth(maps: tuple[str, ...], health_path: str) -> str:
         f"string '{UNAUTHORIZED}' if !{{ path {health_path} }} !{{ var(txn.key_name) -m found }}"
     )
     return "\n".join(lines)
+
+
+def _allowed_routes(health_path: str) -> str:
+    """Frontend rules after the key check: only the OpenAI routes reach a backend (404 for another path,
+    405 for another method), then the body is buffered and a negative `priority` in it refused."""
+    posts, gets = " ".join(POST_ROUTES), " ".join((*GET_ROUTES, health_path))
+    not_found = _error_envelope(
+        "Not found: this endpoint serves " + ", ".join((*POST_ROUTES, *GET_ROUTES)) + ".",
+        "invalid_request_error",
+        "path",
+        "not_found",
+    )
+    wrong_method = _error_envelope("Method not allowed on this path.", "invalid_request_error", "method", "method")
+    negative = _error_envelope(
+        "priority below 0 is reserved: interactive requests run at 0.", "invalid_request_error", "priority", "priority"
+    )
+    json_type = "content-type application/json"
+    return "\n".join(
+        (
+            "    # Only the OpenAI routes reach vLLM, whose other paths (/invocations, /tokenize, /metrics,",
+            "    # /scale_elastic_ep, ...) its key does not guard; HAProxy answers everything else itself.",
+            f"    acl openai_post path {posts}",
+            f"    acl openai_get path {gets}",
+            f"    http-request return status 404 {json_type} string '{not_found}' if !openai_post !openai_get",
+            f"    http-request return status 405 {json_type} hdr Allow POST string '{wrong_method}' "
+            "if openai_post !METH_POST",
+            f"    http-request return status 405 {json_type} hdr Allow \"GET, HEAD\" string '{wrong_method}' "
+            "if openai_get !METH_GET",
+            "    # The body is buffered only now, for a known key on a served route (retries replay it).",
+            f"    http-request wait-for-body time {BODY_WAIT_S}s if METH_POST",
+            "    # vLLM runs priority scheduling (lower first): no client may go ahead of interactive requests.",
+            "    http-request set-var(txn.priority) req.body,json_query('$.priority') if METH_POST",
+            f"    http-request return status 400 {json_type} string '{negative}' "
+            "if { var(txn.priority) -m reg '^[[:space:]]*-' }",
+        )
+    )
 
 
 MODEL_NOT_LOADED_RETRY_AFTER_S = 10

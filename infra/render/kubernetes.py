@@ -271,6 +271,34 @@ def service_spec(spec: ServiceSpec) -> dict[str, Any]:
     return {"type": "ClusterIP", "selector": labels(spec.name), "ports": ports}
 
 
+MAX_PORT = 65535
+
+
+def network_policy_spec(spec: ServiceSpec) -> dict[str, Any]:
+    """Ingress to `spec`'s pods: its ports from the pods of `spec.admitted` only. A NetworkPolicy that
+    selects a pod denies whatever no rule allows, so a second rule keeps every other port (TCP) and UDP as
+    open as without it: a vLLM leader pod is also a Ray node, whose ports this must not cut."""
+    if spec.admitted is None or not spec.ports:
+        raise ValueError(f"service {spec.name}: a network policy needs admitted services and ports")
+    guarded = sorted({p.container for p in spec.ports})
+    sources = [{"podSelector": {"matchLabels": labels(name)}} for name in spec.admitted]
+    others: list[dict[str, Any]] = []
+    start = 1
+    for port in [*guarded, MAX_PORT + 1]:
+        if start < port:
+            others.append({"protocol": "TCP", "port": start, "endPort": port - 1})
+        start = port + 1
+    others.append({"protocol": "UDP", "port": 1, "endPort": MAX_PORT})
+    return {
+        "podSelector": {"matchLabels": labels(spec.name)},
+        "policyTypes": ["Ingress"],
+        "ingress": [
+            {"from": sources, "ports": [{"protocol": "TCP", "port": p} for p in guarded]},
+            {"ports": others},
+        ],
+    }
+
+
 TLS_SECRET = "public-tls"  # the Ingress's certificate (a kubernetes.io/tls Secret)
 
 

@@ -411,3 +411,44 @@ def test_users_load_balancer_keys_live_on_a_volume_shared_with_the_key_manager_s
     assert spec["securityContext"] == {
         "runAsUser": HAPROXY_UID, "runAsGroup": HAPROXY_UID, "fsGroup": HAPROXY_UID, "runAsNonRoot": True
     }  # fmt: skip
+
+
+def test_only_vllms_clients_reach_its_api_port(edge: Plan) -> None:
+    """Issue 32: vLLM's key guards only /v1 (/invocations reaches the chat handler, /tokenize, /metrics
+    and /scale_elastic_ep are open), so its API port admits the pods of its clients only; every other
+    port stays open (a vLLM leader pod is also a Ray node). Each admitted name labels a real pod."""
+    from infra.program import VLLM_CLIENTS
+
+    (policy,) = [p for p in objects(edge, "NetworkPolicy").values() if p["metadata"]["name"].startswith("vllm-")]
+    validate(policy)
+    vllm = objects(edge, "Deployment")[policy["metadata"]["name"]]
+    selected = policy["spec"]["podSelector"]["matchLabels"]
+    assert selected.items() <= vllm["spec"]["template"]["metadata"]["labels"].items()
+    api_port = vllm["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
+    guarded, others = policy["spec"]["ingress"]
+    assert guarded["ports"] == [{"port": api_port, "protocol": "TCP"}]
+    admitted = {s["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for s in guarded["from"]}
+    assert admitted == set(VLLM_CLIENTS)
+    pods = {
+        w["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"]
+        for kind in ("Deployment", "StatefulSet", "Job")
+        for w in objects(edge, kind).values()
+    }
+    assert admitted <= pods, f"admitted names without a pod: {admitted - pods}"
+    assert "from" not in others  # any source, on every port but the API port
+    tcp = [(r["port"], r["endPort"]) for r in others["ports"] if r["protocol"] == "TCP"]
+    assert tcp == [(1, api_port - 1), (api_port + 1, 65535)]
+    assert {"protocol": "UDP", "port": 1, "endPort": 65535} in others["ports"]
+
+
+def test_a_network_policy_guards_each_of_several_ports() -> None:
+    from infra.render.kubernetes import network_policy_spec
+    from infra.services import Port, ServiceSpec
+
+    spec = ServiceSpec("vllm-a", "img", "a", ports=(Port(8001, 8001), Port(8000, 8000)), admitted=("lb",))
+    guarded, others = network_policy_spec(spec)["ingress"]
+    assert [p["port"] for p in guarded["ports"]] == [8000, 8001]
+    tcp = [(r["port"], r["endPort"]) for r in others["ports"] if r["protocol"] == "TCP"]
+    assert tcp == [(1, 7999), (8002, 65535)]
+    with pytest.raises(ValueError, match="service vllm-a: a network policy needs admitted services and ports"):
+        network_policy_spec(ServiceSpec("vllm-a", "img", "a", admitted=("lb",)))

@@ -235,7 +235,8 @@ def test_one_offered_model_renders_the_load_balancer_as_before() -> None:
     single = stack_plan("stella")
     assert "stella/haproxy-models.lua" not in single.files
     cfg = single.files["stella/haproxy.cfg"]
-    assert "json_query" not in cfg and "lua" not in cfg and "tune.bufsize" not in cfg
+    # No routing by model (the body's priority is still read: issue 32)
+    assert "json_query('$.model')" not in cfg and "lua" not in cfg and "tune.bufsize" not in cfg
     assert re.findall(r"^backend (\S+)", cfg, re.M) == ["vllm"]
 
 

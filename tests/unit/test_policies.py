@@ -617,3 +617,42 @@ def test_rules_judge_every_service_and_variable_not_just_the_first() -> None:
     ]
     public = violations("data-services-private", COPY, compose({"redis": redis}), allowPublicDataServices=True)
     assert public == [], "the stack file's exemption"
+
+
+def test_lb_guards() -> None:
+    """Each of issue 32's load balancer protections, taken out of the rendered config, is reported."""
+    from infra.render.haproxy import Backend, LoadBalancerConfig, render_haproxy_cfg
+
+    policy = "lb-guards"
+    rendered = render_haproxy_cfg(
+        LoadBalancerConfig(backends=(Backend("stella", "10.0.0.1:8000"),), tls_pem="/tmp/tls/server.pem")
+    )
+
+    def copy(text: str) -> dict:
+        return {"remotePath": "/opt/vllm-gb10/stella/haproxy.cfg", "source": pulumi.StringAsset(text)}
+
+    where = "/opt/vllm-gb10/stella/haproxy.cfg"
+    assert violations(policy, COPY, copy(rendered)) == []
+    configmap = "kubernetes:core/v1:ConfigMap"
+    assert violations(policy, configmap, {"data": {"haproxy.cfg": rendered}}) == []
+    layer7 = rendered.replace("observe layer4", "observe layer7")
+    assert violations(policy, configmap, {"data": {"haproxy.cfg": layer7}}) == [
+        "ConfigMap r haproxy.cfg: `observe layer7` lets a client's request that vLLM answers with 5xx "
+        "mark a server down"
+    ]
+    buffered = rendered.replace("    retries 3\n", "    retries 3\n    option http-buffer-request\n")
+    assert violations(policy, COPY, copy(buffered)) == [
+        f"{where}: `option http-buffer-request` buffers a body before the API key is checked"
+    ]
+    open_routes = "\n".join(line for line in rendered.splitlines() if "return status 404" not in line)
+    assert violations(policy, COPY, copy(open_routes)) == [
+        f"{where}: no route allow-list: every path a client sends reaches vLLM with vLLM's key"
+    ]
+    cbc = re.sub(r"ssl-default-bind-ciphers (\S+)", r"ssl-default-bind-ciphers \1:ECDHE-RSA-AES128-SHA", rendered)
+    assert violations(policy, COPY, copy(cbc)) == [
+        f"{where}: TLS 1.2 offers suites other than ECDHE with AEAD: ECDHE-RSA-AES128-SHA"
+    ]
+    defaults = "\n".join(line for line in rendered.splitlines() if "ssl-default-bind-ciphers " not in line)
+    assert violations(policy, COPY, copy(defaults)) == [
+        f"{where}: TLS 1.2 offers suites other than ECDHE with AEAD: the default"
+    ]
