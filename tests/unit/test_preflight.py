@@ -240,7 +240,11 @@ def test_the_box_may_differ_from_its_profile_by_up_to_8_percent(tmp_path: Path, 
 def test_an_unreadable_meminfo_is_a_failure_not_a_pass(tmp_path: Path) -> None:
     path = make_path(tmp_path, gpu_name="NVIDIA GB10", runtimes=GOOD_RUNTIMES)
     script = preflight_command(
-        require_gpu=True, min_free_gb=1, remote_dir=str(tmp_path / "app"), memory=gb10_profile("gb10")
+        require_gpu=True,
+        min_free_gb=1,
+        remote_dir=str(tmp_path / "app"),
+        stack_dir=str(tmp_path),
+        memory=gb10_profile("gb10"),
     )
     env = {"PATH": path, "MEMINFO": str(tmp_path / "missing")}
     result = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, check=False)
