@@ -81,6 +81,7 @@ def test_requests_and_tokens_are_counted_as_each_request_finishes_not_per_chunk(
     from runtime.batch import metrics
     from runtime.batch.chunk_pipeline import ChunkPipeline
     from runtime.batch.engines import Outcome
+    from runtime.batch.pause import EngineGate
     from runtime.batch.validation import RequestLine
 
     class Answers:
@@ -99,9 +100,16 @@ def test_requests_and_tokens_are_counted_as_each_request_finishes_not_per_chunk(
     before = vars(metrics.tally).copy()
     request = RequestLine(line=1, custom_id="a", url="/v1/chat/completions", body={})
 
+    async def nothing(*_args: object) -> None:
+        pass
+
+    gate = EngineGate(
+        pipeline.engine, "m", model_wait_seconds=1, poll_max_seconds=1, check_stop=nothing, say=nothing
+    )  # never closed: no answer here is the platform's
+
     async def test() -> None:
-        await pipeline._run_request(request)
-        await pipeline._run_request(request)
+        await pipeline._run_request(request, gate)
+        await pipeline._run_request(request, gate)
 
     run(test())
     moved = {k: v - before[k] for k, v in vars(metrics.tally).items()}
