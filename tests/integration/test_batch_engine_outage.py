@@ -52,6 +52,19 @@ class Platform:
     def said(self, batch_id: str, start: str) -> list[dict[str, Any]]:
         return [x for x in self.log() if x.get("job_id") == batch_id and x["message"].startswith(start)]
 
+    def wait_paused(self, batch_id: str) -> Any:
+        """The batch once the worker has logged its pause, or once the outage failed a request or ended it
+        (what today's code did: the assertions after this say so)."""
+
+        def paused_or_failing() -> bool:
+            if self.said(batch_id, "job paused"):
+                return True
+            current = self.client.batches.retrieve(batch_id)
+            return current.status in TERMINAL or current.request_counts.failed > 0
+
+        wait_for(paused_or_failing, 30, "the job to pause (or to fail requests) in the outage")
+        return self.client.batches.retrieve(batch_id)
+
     def metric(self, name: str, **labels: str) -> float:
         return sample_value(httpx.get(f"{self.worker.url}/metrics").text, name, **labels) or 0.0
 
@@ -90,14 +103,10 @@ def test_a_job_waits_out_an_engine_outage_and_fails_no_request_for_it(platform: 
     platform.endpoint.trip_after(TRIP_AFTER, outage)
     batch = platform.submit(lines)
 
-    def paused_or_ended() -> bool:
-        return (
-            bool(platform.said(batch.id, "job paused")) or platform.client.batches.retrieve(batch.id).status in TERMINAL
-        )
-
-    wait_for(paused_or_ended, 30, "the job to pause (or end) in the outage")
-    during = platform.client.batches.retrieve(batch.id)
-    assert during.status == "in_progress", f"the job ended in the outage: {during.request_counts}"
+    during = platform.wait_paused(batch.id)
+    assert during.status == "in_progress" and during.request_counts.failed == 0, (
+        f"the outage failed requests: {during.status}, {during.request_counts}"
+    )
     reason = (during.model_extra or {}).get("status_reason") or ""
     expected = f"waiting for model {MODEL!r}" if outage == "swapped" else f"waiting for the engine ({REASON[outage]}"
     assert reason.startswith(expected), reason
@@ -138,4 +147,19 @@ def test_a_job_whose_model_never_comes_back_fails_naming_it_and_fails_no_request
     output = Counter(row["custom_id"] for row in file_rows(platform.client, done.output_file_id))
     assert len(output) == done.request_counts.completed and max(output.values()) == 1
     assert platform.said(batch.id, "job paused") and counted_job_failures(platform.worker.log_path) == []
+    assert platform.metric("batch_jobs_paused") == 0
+
+
+def test_a_job_paused_for_an_engine_that_does_not_come_back_can_be_cancelled(platform: Platform) -> None:
+    """An engine out of reach is waited for without a limit (until the completion window ends); the
+    user may cancel the job meanwhile, and it ends cancelled with what was done, no request failed."""
+    platform.endpoint.trip_after(TRIP_AFTER, "refuse")
+    batch = platform.submit(chat_lines(REQUESTS, prefix="r"))
+
+    during = platform.wait_paused(batch.id)
+    assert during.status == "in_progress" and during.request_counts.failed == 0, during.request_counts
+    platform.client.batches.cancel(batch.id)
+    done = wait_batch(platform.client, batch.id, timeout=30)
+    assert done.status == "cancelled" and done.request_counts.failed == 0 and done.error_file_id is None
+    assert platform.said(batch.id, "job cancelled while paused")
     assert platform.metric("batch_jobs_paused") == 0
