@@ -7,7 +7,9 @@ not serve). The outages a day-two change causes:
 
 - `refuse`: the listener is closed (connection refused), and a request already accepted is reset;
 - `unavailable`: every path answers 503 (a load balancer with no usable server, vLLM restarting);
-- `swapped`: another model is served in place of the job's (404 for it, /v1/models without it).
+- `swapped`: another model is served in place of the job's (404 for it, /v1/models without it);
+- `unloaded`: as the load balancer answers while the model's servers restart (503 `model_not_loaded`
+  with Retry-After, and /v1/models listing the model with `"loaded": false`).
 
 `trip_after(n, outage)` starts an outage right after the n-th answered completion, from inside the
 server, so the outage lands mid-job however fast the worker runs. `serve()` ends it (the same port).
@@ -25,7 +27,7 @@ from typing import Any, Literal
 
 from harness.servers import free_port
 
-Mode = Literal["serve", "refuse", "unavailable", "swapped"]
+Mode = Literal["serve", "refuse", "unavailable", "swapped", "unloaded"]
 MAX_MODEL_LEN = 512
 
 
@@ -92,7 +94,9 @@ class StandInVllm:
                     self._reply(200, None)
                 elif self.path == "/v1/models":
                     served = "other-model" if mode == "swapped" else stand_in.model
-                    card = {"id": served, "object": "model", "created": 0, "owned_by": "vllm", "root": served}
+                    card: dict[str, Any] = {"id": served, "object": "model", "created": 0, "owned_by": "vllm"}
+                    if mode == "unloaded":
+                        card["loaded"] = False  # only the load balancer's list has the field
                     self._reply(200, {"object": "list", "data": [card]})
                 else:
                     self._reply(404, {"detail": "Not Found"})
@@ -107,6 +111,9 @@ class StandInVllm:
                 model = body.get("model")
                 if mode == "unavailable":
                     self._reply(503, {"error": {"message": "Service Unavailable", "code": 503}})
+                elif mode == "unloaded":
+                    message = f"The model `{model}` is offered but no server has it loaded now; retry later."
+                    self._reply(503, _error(message, "server_error", 503, param="model", code="model_not_loaded"))
                 elif mode == "swapped" or model != stand_in.model:
                     message = f"The model `{model}` does not exist."
                     self._reply(404, _error(message, "NotFoundError", 404, param="model"))
@@ -155,8 +162,8 @@ class StandInVllm:
                 self._trip = None
 
 
-def _error(message: str, kind: str, code: int, param: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+def _error(message: str, kind: str, status: int, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code or status}}
 
 
 def _completion(model: str) -> dict[str, Any]:

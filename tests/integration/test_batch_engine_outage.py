@@ -31,7 +31,12 @@ pytestmark = pytest.mark.integration
 MODEL = "tiny-llama"  # batch_env's BATCH_MODEL
 REQUESTS = 300
 TRIP_AFTER = 100  # answers before the outage starts: a third of the job
-REASON = {"refuse": "engine_unreachable", "unavailable": "engine_unavailable", "swapped": "model_not_loaded"}
+REASON = {
+    "refuse": "engine_unreachable",
+    "unavailable": "engine_unavailable",
+    "swapped": "model_not_loaded",
+    "unloaded": "model_not_loaded",
+}
 
 
 @dataclass
@@ -91,9 +96,10 @@ def platform(request, redis_server: RedisServer, s3_server: S3Server, tmp_path: 
         endpoint.close()
 
 
-@pytest.mark.parametrize("outage", ["refuse", "unavailable", "swapped"])
+@pytest.mark.parametrize("outage", ["refuse", "unavailable", "swapped", "unloaded"])
 def test_a_job_waits_out_an_engine_outage_and_fails_no_request_for_it(platform: Platform, outage: Mode) -> None:
-    """The endpoint refuses connections / answers 503 / serves another model from the 100th answer on;
+    """The endpoint refuses connections / answers 503 / serves another model / says (as the load balancer)
+    the model's servers are down, from the 100th answer on;
     the job pauses (its lease kept: 3 s leases, renewed) until the endpoint serves the model again, and
     completes with every request answered once. A request the model refuses (400) still fails, once."""
     too_long = json.loads(chat_lines(1, prefix="long")[0])
@@ -108,7 +114,8 @@ def test_a_job_waits_out_an_engine_outage_and_fails_no_request_for_it(platform: 
         f"the outage failed requests: {during.status}, {during.request_counts}"
     )
     reason = (during.model_extra or {}).get("status_reason") or ""
-    expected = f"waiting for model {MODEL!r}" if outage == "swapped" else f"waiting for the engine ({REASON[outage]}"
+    model_gone = REASON[outage] == "model_not_loaded"
+    expected = f"waiting for model {MODEL!r}" if model_gone else f"waiting for the engine ({REASON[outage]}"
     assert reason.startswith(expected), reason
     assert platform.metric("batch_jobs_paused") == 1
     assert platform.metric("batch_job_pauses_total", reason=REASON[outage]) == 1

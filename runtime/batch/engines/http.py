@@ -123,26 +123,28 @@ class HttpEngine(ServesEveryModel):
         )
 
     async def probe(self, model: str) -> Unready | None:
-        """Whether the pool serves `model` now: vLLM's (or the load balancer's) /health answers, and
-        /v1/models lists the model (as `loaded` where the load balancer says so)."""
+        """Whether the pool serves `model` now. /v1/models must list it: the load balancer's lists every
+        offered model with `loaded` (per model, so a job is not held up by another model's servers);
+        vLLM's own lists its one model, and then its /health says whether its engine runs."""
         try:
-            health = await self.client.get("/health", timeout=PROBE_TIMEOUT_S)
-            if health.status_code != 200:
-                return Unready("engine_unavailable", f"GET /health answered {health.status_code}")
             response = await self.client.get("/v1/models", timeout=PROBE_TIMEOUT_S)
+            if response.status_code != 200:
+                return Unready("engine_unavailable", f"GET /v1/models answered {response.status_code}")
+            try:
+                listed = response.json().get("data") or []
+            except (ValueError, AttributeError):
+                return Unready("engine_unavailable", "GET /v1/models answered something other than a JSON object")
+            entry = next((m for m in listed if isinstance(m, dict) and m.get("id") == model), None)
+            if entry is None or entry.get("loaded") is False:
+                names = ", ".join(repr(m.get("id")) for m in listed if isinstance(m, dict)) or "none"
+                state = "is listed but not loaded" if entry is not None else "is not served"
+                return Unready("model_not_loaded", f"model {model!r} {state} (GET /v1/models lists: {names})")
+            if "loaded" not in entry:  # vLLM itself
+                health = await self.client.get("/health", timeout=PROBE_TIMEOUT_S)
+                if health.status_code != 200:
+                    return Unready("engine_unavailable", f"GET /health answered {health.status_code}")
         except httpx.TransportError as exc:
             return Unready("engine_unreachable", f"{type(exc).__name__}: {exc}")
-        if response.status_code != 200:
-            return Unready("engine_unavailable", f"GET /v1/models answered {response.status_code}")
-        try:
-            listed = response.json().get("data") or []
-        except (ValueError, AttributeError):
-            return Unready("engine_unavailable", "GET /v1/models answered something other than a JSON object")
-        entry = next((m for m in listed if isinstance(m, dict) and m.get("id") == model), None)
-        if entry is None or entry.get("loaded") is False:
-            names = ", ".join(repr(m.get("id")) for m in listed if isinstance(m, dict)) or "none"
-            state = "is listed but not loaded" if entry is not None else "is not served"
-            return Unready("model_not_loaded", f"model {model!r} {state} (GET /v1/models lists: {names})")
         return None
 
     async def close(self) -> None:
