@@ -217,8 +217,13 @@ class ChunkPipeline:
         while True:
             if gate.paused is not None:
                 await gate.open()
+            resumed = gate.resumed
             answer = await self.engine.run(request)
-            if not answer.platform or not await gate.outage(answer):
+            if not answer.platform:
+                return answer
+            if gate.resumed != resumed:  # a pause ended while it was out: its failure is that outage's
+                continue
+            if not await gate.outage(answer):
                 return answer
 
     async def _with_request_retry(self, request: RequestLine, gate: EngineGate) -> Outcome:

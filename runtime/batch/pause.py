@@ -59,6 +59,7 @@ class EngineGate:
         self.check_stop = check_stop  # raises to end the job (cancelled, expired) while it waits
         self.say = say  # writes the job's status_reason (None clears it)
         self.paused: asyncio.Task[bool] | None = None  # the probe, and the pause when the engine is not ready
+        self.resumed = 0  # pauses ended: a request sent before one ended and failed is the outage's
         self._reason: str | None = None
         self._missing_since: float | None = None
 
@@ -121,6 +122,7 @@ class EngineGate:
             self._reason,
             extra={"pause_reason": self._reason, "model": self.model},
         )
+        self.resumed += 1
         await self.say(None)
         return True
 
