@@ -98,10 +98,10 @@ class EngineGate:
         metrics.job_pauses.labels(unready.reason).inc()
         error = trigger.error or {}
         log.warning(
-            "job paused, not counted as an attempt: %s (a request got %d %s)",
+            "job paused, not counted as an attempt: %s (a request got %d: %s)",
             waiting_for(self.model, unready),
             trigger.status_code,
-            error.get("code") or "",
+            str(error.get("message") or error.get("code") or "")[:300],
             extra={"pause_reason": unready.reason, "model": self.model},
         )
         await self.say(waiting_for(self.model, unready))
