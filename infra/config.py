@@ -348,6 +348,12 @@ class BatchServiceSettings(_Frozen):
     request_priority: int = _key(
         "batchRequestPriority", 10, "http engine: vLLM priority of batch requests (interactive traffic is 0).", ge=0
     )
+    model_wait_seconds: int = _key(
+        "batchModelWaitSeconds",
+        3600,
+        "A batch job whose model is not served (swapped, no longer offered) waits this long, then fails naming it.",
+        ge=1,
+    )
 
 
 class MonitoringSettings(_Frozen):

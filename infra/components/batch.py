@@ -70,6 +70,7 @@ class BatchService(pulumi.ComponentResource):
             "BATCH_CONCURRENCY": str(settings.concurrency),
             "BATCH_RESULT_RETENTION_DAYS": str(args["retention_days"]),
             "BATCH_VLLM_REQUEST_PRIORITY": str(settings.request_priority),
+            "BATCH_MODEL_WAIT_SECONDS": str(settings.model_wait_seconds),
             "BATCH_WORKER_METRICS_PORT": str(WORKER_METRICS_PORT),
             "BATCH_REDIS_MAXMEMORY_BYTES": str(args["redis_maxmemory_bytes"]),
         }

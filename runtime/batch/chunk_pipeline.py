@@ -3,19 +3,23 @@
 A window of `concurrency` requests stays in the engine across chunk boundaries; a chunk is committed
 (results to S3, then its checkpoint to Redis under the job's fence) when its last request finishes.
 A restarted worker runs only the chunks without a checkpoint, so after a kill -9 every custom_id
-appears exactly once across the output and error files. Retryable request failures are retried
-with backoff (tenacity); the first answer is taken without any retry machinery.
+appears exactly once across the output and error files. A failure that may be the platform's
+pauses the job (pause.py: nothing counted, the requests wait and go again once the engine serves the
+model); retryable failures of the request's own are retried with backoff (tenacity); the first answer
+is taken without any retry machinery.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
 from collections import Counter
 from typing import Any
 
+import redis.asyncio as redis
 from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt
 from tenacity import wait_exponential_jitter as jitter
 
@@ -23,6 +27,7 @@ from runtime.batch import json_lines, logs, metrics
 from runtime.batch.engines import Engine, Outcome, request_id
 from runtime.batch.jobs import JobStore, Lease
 from runtime.batch.models import Batch, BatchStatus, ChunkCheckpoint, JobPlan
+from runtime.batch.pause import EngineGate
 from runtime.batch.settings import BatchSettings
 from runtime.batch.storage import ObjectStore, chunk_input_key, chunk_result_key, with_storage_retry
 from runtime.batch.validation import RequestLine
@@ -106,6 +111,45 @@ class ChunkPipeline:
         pending = [i for i in range(plan.chunks) if i not in done]
         started = time.monotonic()
         completed_before = sum(c.completed + c.failed for c in done.values())
+        gate = self._gate(lease, batch, plan.model)
+        try:
+            stop = await self._run_pending(lease, plan, batch, pending, gate)
+        finally:
+            await gate.close()
+        elapsed = time.monotonic() - started
+        finished = sum(c.completed + c.failed for c in (await self.store.checkpoints(lease.batch_id)).values())
+        if elapsed > 0 and finished > completed_before:
+            await self.store.record_throughput((finished - completed_before) / elapsed)
+        if stop is not None:
+            raise JobStopError(stop)
+
+    def _gate(self, lease: Lease, batch: Batch, model: str) -> EngineGate:
+        """The job's pause while the engine cannot serve its model."""
+
+        async def check_stop() -> None:
+            stop = await self._stop_reason(lease.batch_id, batch)
+            if stop is not None:
+                raise JobStopError(stop)
+
+        async def say(reason: str | None) -> None:
+            with contextlib.suppress(redis.RedisError, OSError):  # a status line, not worth failing the job for
+                await self.store.update(
+                    lease.batch_id, lambda b: b.model_copy(update={"status_reason": reason}), fence=lease.fence
+                )
+
+        return EngineGate(
+            self.engine,
+            model,
+            model_wait_seconds=self.settings.model_wait_seconds,
+            poll_max_seconds=self.settings.engine_poll_max_seconds,
+            check_stop=check_stop,
+            say=say,
+        )
+
+    async def _run_pending(
+        self, lease: Lease, plan: JobPlan, batch: Batch, pending: list[int], gate: EngineGate
+    ) -> BatchStatus | None:
+        """Run the pending chunks; the status to end the job with when it was stopped between chunks."""
         stop: BatchStatus | None = None
         async with asyncio.TaskGroup() as group:
             next_input = group.create_task(self._load_chunk(lease.batch_id, pending[0])) if pending else None
@@ -125,7 +169,7 @@ class ChunkPipeline:
                     for line in lines:
                         await self.window.take()
                         try:
-                            task = group.create_task(self._run_request(line))
+                            task = group.create_task(self._run_request(line, gate))
                         except BaseException:
                             self.window.give()
                             raise
@@ -136,12 +180,7 @@ class ChunkPipeline:
                     self.open_chunks.release()
                     raise
                 commit.add_done_callback(lambda _: self.open_chunks.release())
-        elapsed = time.monotonic() - started
-        finished = sum(c.completed + c.failed for c in (await self.store.checkpoints(lease.batch_id)).values())
-        if elapsed > 0 and finished > completed_before:
-            await self.store.record_throughput((finished - completed_before) / elapsed)
-        if stop is not None:
-            raise JobStopError(stop)
+        return stop
 
     async def _stop_reason(self, batch_id: str, batch: Batch) -> BatchStatus | None:
         current = await self.store.get(batch_id)
@@ -158,9 +197,9 @@ class ChunkPipeline:
         )
         return RequestLine.from_chunk(raw)
 
-    async def _run_request(self, request: RequestLine) -> tuple[Outcome, float]:
+    async def _run_request(self, request: RequestLine, gate: EngineGate) -> tuple[Outcome, float]:
         started = time.perf_counter()
-        outcome = await self._with_request_retry(request)
+        outcome = await self._with_request_retry(request, gate)
         elapsed = time.perf_counter() - started
         metrics.request_seconds.observe(elapsed)
         tally = metrics.tally
@@ -172,8 +211,23 @@ class ChunkPipeline:
         tally.completion_tokens += outcome.usage.get("completion_tokens") or 0
         return outcome, elapsed
 
-    async def _with_request_retry(self, request: RequestLine) -> Outcome:
-        answer = await self.engine.run(request)
+    async def _send(self, request: RequestLine, gate: EngineGate) -> Outcome:
+        """One answer for the request that is not the platform's fault: while the job is paused it waits,
+        and a failure that was the platform's is sent again (no attempt counted)."""
+        while True:
+            if gate.paused is not None:
+                await gate.open()
+            resumed = gate.resumed
+            answer = await self.engine.run(request)
+            if not answer.platform:
+                return answer
+            if gate.resumed != resumed:  # a pause ended while it was out: its failure is that outage's
+                continue
+            if not await gate.outage(answer):
+                return answer
+
+    async def _with_request_retry(self, request: RequestLine, gate: EngineGate) -> Outcome:
+        answer = await self._send(request, gate)
         if not answer.retryable or self.settings.request_max_attempts == 1:
             return answer  # the hot path: no retry machinery per request
         first: Outcome | None = answer
@@ -183,7 +237,7 @@ class ChunkPipeline:
             if first is not None:  # tenacity's attempt 1 is the answer already in hand
                 outcome, first = first, None
                 return outcome
-            return await self.engine.run(request)
+            return await self._send(request, gate)
 
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.settings.request_max_attempts),

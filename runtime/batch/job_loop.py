@@ -20,6 +20,7 @@ from runtime.batch.engines import Engine, serves
 from runtime.batch.finalize import JobFinisher
 from runtime.batch.jobs import JobStore, Lease, StaleLeaseError
 from runtime.batch.models import Batch, BatchError, BatchStatus
+from runtime.batch.pause import ModelUnavailableError
 from runtime.batch.settings import BatchSettings
 from runtime.batch.storage import ObjectStore, retryable_storage_error
 
@@ -36,6 +37,13 @@ def is_infrastructure_fault(error: BaseException) -> bool:
     """Redis or S3 out of reach, or the job's model failed to load: the job is not at fault, so the
     attempt does not count against it."""
     return isinstance(error, (*redis_client.TRANSIENT, ModelSwitchError)) or retryable_storage_error(error)
+
+
+def first_cause(error: BaseException | None) -> BaseException | None:
+    """The first error inside nested exception groups (the chunk TaskGroup's)."""
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 class Worker:
@@ -144,9 +152,7 @@ class Worker:
             if work.cancelled():  # the renewal was refused: the lease is gone (expired, or the job just finished)
                 log.warning("lease lost, this worker stopped the job")
                 return
-            error = work.exception()
-            while isinstance(error, BaseExceptionGroup):  # from the chunk TaskGroup: report the first cause
-                error = error.exceptions[0]
+            error = first_cause(work.exception())
             if error is None:
                 return
             if isinstance(error, StaleLeaseError):
@@ -249,6 +255,18 @@ class Worker:
         except JobStopError as stop:
             await self.finisher.finalize(lease, plan, stop.status)
             return
+        except BaseExceptionGroup as group:  # from the chunk TaskGroup: a pause that ended the job
+            if (stopped := group.subgroup(JobStopError)) is not None:
+                ended = first_cause(stopped)
+                assert isinstance(ended, JobStopError)
+                log.info("job %s while paused", ended.status.value)
+                await self.finisher.finalize(lease, plan, ended.status)
+                return
+            if (waited_out := group.subgroup(ModelUnavailableError)) is not None:
+                error = BatchError(code="model_unavailable", message=str(first_cause(waited_out)))
+                await self.finisher.finalize(lease, plan, BatchStatus.FAILED, errors=[error])
+                return
+            raise
         missing = sorted(set(range(plan.chunks)) - set(await self.store.checkpoints(lease.batch_id)))
         if missing:  # acknowledged commits lost (Redis failed over, or its AOF lost its last second)
             raise RuntimeError(f"chunks {missing[:10]} have no checkpoint after running; the job runs them again")

@@ -44,6 +44,16 @@ request_seconds = Histogram(
     registry=registry,
 )
 request_retries = Counter("batch_request_retries", "Engine retries of retryable failures.", registry=registry)
+jobs_paused = Gauge(
+    "batch_jobs_paused", "Jobs this worker holds paused, waiting for the engine or their model.", registry=registry
+)
+job_pauses = Counter(
+    "batch_job_pauses",
+    "Pauses of a job for the platform (no attempt counted), by reason: engine_unreachable, engine_unavailable, "
+    "model_not_loaded.",
+    ["reason"],
+    registry=registry,
+)
 chunks_committed = Counter("batch_chunks_committed", "Chunks whose results reached S3.", registry=registry)
 jobs_finished = Counter("batch_jobs_finished", "Jobs the worker ended, by status.", ["status"], registry=registry)
 in_flight = Gauge("batch_requests_in_flight", "Requests in the engine window now.", registry=registry)

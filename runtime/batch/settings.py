@@ -65,7 +65,21 @@ class BatchSettings(BaseSettings):
         default=1000, ge=1, description="Chunks grow with the job up to this many requests (fewer S3 objects)."
     )
     concurrency: int = Field(default=64, ge=1, description="Requests in flight per worker (the window).")
-    request_max_attempts: int = Field(default=3, ge=1, description="Tries per request on retryable errors.")
+    request_max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Tries per request on retryable errors the engine's own (a failure while the engine is down, "
+        "answers 502/503/504 or lacks the model pauses the job instead, not counted).",
+    )
+    model_wait_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="A job whose model the engine answers without (swapped out, no longer offered) waits this "
+        "long, paused, then fails naming the model; an engine out of reach is waited for until the job expires.",
+    )
+    engine_poll_max_seconds: float = Field(
+        default=10.0, gt=0, description="Longest wait between probes of the engine while a job is paused for it."
+    )
     job_max_attempts: int = Field(default=5, ge=1, description="Leases of one job before it is failed.")
     job_retry_base_seconds: float = Field(
         default=2.0, gt=0, description="First delay before a failed job is retried (doubles)."

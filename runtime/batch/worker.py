@@ -2,10 +2,11 @@
 
 It claims jobs from the Redis queue and runs them chunk by chunk. Each job is in its module:
 - job_loop.py: claim, keep the lease, give a job back on a failure (job-level failures, S3 or Redis
-  down, the engine gone, retry with a delay; a job leased more than `job_max_attempts` times in a
-  row without progress ends as `failed`), heartbeat, webhooks, scheduled backups;
+  down, retry with a delay; a job leased more than `job_max_attempts` times in a row without progress
+  ends as `failed`), heartbeat, webhooks, scheduled backups;
 - chunk_pipeline.py: the window of requests across chunk boundaries, each chunk committed when its
   last request finishes, so after a kill -9 every custom_id appears exactly once;
+- pause.py: a job paused (lease kept, nothing counted) while the engine is down or lacks its model;
 - finalize.py: the output join and the terminal state;
 - worker_http.py: /health and /metrics.
 This module builds the engine and runs them.

@@ -32,7 +32,7 @@ def retries(worker: BatchWorker) -> float:
     return float(re.search(r"^batch_request_retries_total (\S+)$", text, re.M).group(1))
 
 
-def test_http_engine_runs_a_job_and_retries_only_what_is_retryable(
+def test_http_engine_runs_a_job_fails_what_the_model_refuses_and_waits_out_the_engine(
     redis_server, s3_server, vllm_server, tmp_path
 ) -> None:
     vllm_url = vllm_server.url
@@ -77,11 +77,20 @@ def test_http_engine_runs_a_job_and_retries_only_what_is_retryable(
 
         vllm_server.kill()  # the server and its engine process (one process group)
         wait_for(lambda: _down(vllm_url), 30, "vLLM to stop")
-        done, output, errors = run(chat_lines(3, prefix="down"))
-        assert done.status == "completed" and output == []
-        assert sorted(e["custom_id"] for e in errors) == ["down0", "down1", "down2"]
-        assert {e["error"]["code"] for e in errors} == {"engine_unreachable"}
-        assert retries(worker) == 3 * 2  # three requests, two retries each, then given up
+        lines = "\n".join(chat_lines(3, prefix="down")).encode()
+        file_id = client.files.create(file=("in.jsonl", io.BytesIO(lines)), purpose="batch").id
+        batch = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
+
+        def paused():
+            current = client.batches.retrieve(batch.id)
+            return "engine_unreachable" in ((current.model_extra or {}).get("status_reason") or "") and current
+
+        waiting = wait_for(paused, 60, "the job to pause for the engine")
+        assert waiting.status == "in_progress" and waiting.request_counts.failed == 0  # paused, not failing
+        client.batches.cancel(batch.id)  # an engine that never comes back: the job waits until cancelled
+        done = wait_for(lambda: (b := client.batches.retrieve(batch.id)).status == "cancelled" and b, 60, "cancel")
+        assert done.request_counts.failed == 0 and done.error_file_id is None
+        assert retries(worker) == 0  # the outage counted no attempt
     finally:
         worker.stop()
         api.stop()

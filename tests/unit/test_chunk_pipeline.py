@@ -81,6 +81,7 @@ def test_requests_and_tokens_are_counted_as_each_request_finishes_not_per_chunk(
     from runtime.batch import metrics
     from runtime.batch.chunk_pipeline import ChunkPipeline
     from runtime.batch.engines import Outcome
+    from runtime.batch.pause import EngineGate
     from runtime.batch.validation import RequestLine
 
     class Answers:
@@ -99,12 +100,79 @@ def test_requests_and_tokens_are_counted_as_each_request_finishes_not_per_chunk(
     before = vars(metrics.tally).copy()
     request = RequestLine(line=1, custom_id="a", url="/v1/chat/completions", body={})
 
+    async def nothing(*_args: object) -> None:
+        pass
+
+    gate = EngineGate(
+        pipeline.engine, "m", model_wait_seconds=1, poll_max_seconds=1, check_stop=nothing, say=nothing
+    )  # never closed: no answer here is the platform's
+
     async def test() -> None:
-        await pipeline._run_request(request)
-        await pipeline._run_request(request)
+        await pipeline._run_request(request, gate)
+        await pipeline._run_request(request, gate)
 
     run(test())
     moved = {k: v - before[k] for k, v in vars(metrics.tally).items()}
     assert moved == {"succeeded": 1, "failed": 1, "prompt_tokens": 5, "completion_tokens": 2}
     text = generate_latest(metrics.registry).decode()
     assert f'batch_requests_total{{outcome="failed"}} {float(metrics.tally.failed)}' in text
+
+
+def test_a_request_that_failed_in_an_outage_already_waited_out_goes_again_uncounted() -> None:
+    """A request sent before a pause whose failure (the outage's) reaches the worker only after the
+    pause ended: probing now finds the engine ready, but the failure was still the platform's, so it is
+    sent again without counting an attempt (seen as a flaky retry in the engine outage tests)."""
+    from runtime.batch import metrics
+    from runtime.batch.chunk_pipeline import ChunkPipeline
+    from runtime.batch.engines import Outcome, Unready
+    from runtime.batch.pause import EngineGate
+    from runtime.batch.validation import RequestLine
+
+    down = Outcome(status_code=503, error={"code": "503"}, retryable=True, platform=True)
+
+    class Restarting:
+        def __init__(self) -> None:
+            self.back = False
+            self.late_answer = asyncio.Event()  # set once the pause has ended
+            self.calls: list[str] = []
+            self.probes = 0
+
+        async def run(self, request: RequestLine) -> Outcome:
+            self.calls.append(request.custom_id)
+            if self.calls.count(request.custom_id) > 1:
+                return Outcome(status_code=200, body={})
+            if request.custom_id == "late":
+                await self.late_answer.wait()
+            return down
+
+        async def probe(self, model: str) -> Unready | None:
+            self.probes += 1
+            return None if self.back else Unready("engine_unavailable", "GET /v1/models answered 503")
+
+    engine = Restarting()
+    pipeline = ChunkPipeline.__new__(ChunkPipeline)
+    pipeline.engine = engine  # type: ignore[assignment]
+    pipeline.settings = type("S", (), {"request_max_attempts": 3})()
+
+    async def nothing(*_args: object) -> None:
+        pass
+
+    def line(custom_id: str) -> RequestLine:
+        return RequestLine(line=1, custom_id=custom_id, url="/v1/chat/completions", body={})
+
+    async def test() -> None:
+        gate = EngineGate(engine, "m", model_wait_seconds=60, poll_max_seconds=0.05, check_stop=nothing, say=nothing)
+        late = asyncio.create_task(pipeline._with_request_retry(line("late"), gate))
+        await settle()  # "late" is out at the engine
+        first = asyncio.create_task(pipeline._with_request_retry(line("first"), gate))
+        while engine.probes < 2:  # paused, and probing while paused
+            await asyncio.sleep(0.01)
+        engine.back = True
+        assert (await first).ok and gate.resumed == 1
+        engine.late_answer.set()  # its 503 arrives now, after the pause
+        assert (await late).ok
+
+    retries = metrics.request_retries._value.get()
+    run(test())
+    assert metrics.request_retries._value.get() == retries, "the outage's failure was counted as an attempt"
+    assert engine.calls.count("late") == 2

@@ -25,10 +25,25 @@ class Outcome(msgspec.Struct, frozen=True):
     request_id: str | None = None
     usage: dict[str, Any] = msgspec.field(default_factory=dict)
     backend: str | None = None  # the vLLM server the load balancer chose (its X-LB-Backend header)
+    # The failure may be the platform's, not the request's: the engine out of reach, 502/503/504, or a
+    # 404 that may mean the model is not loaded. The worker asks the engine (`probe`) before it decides.
+    platform: bool = False
 
     @property
     def ok(self) -> bool:
         return self.error is None and 200 <= self.status_code < 300
+
+
+class Unready(msgspec.Struct, frozen=True):
+    """Why the engine cannot serve a job's model now (a job waits for it, it does not fail)."""
+
+    reason: str  # engine_unreachable, engine_unavailable (it answers 5xx) or model_not_loaded
+    detail: str
+
+    @property
+    def model_missing(self) -> bool:
+        """The engine answers but does not serve the model: only this wait is bounded (BATCH_MODEL_WAIT_SECONDS)."""
+        return self.reason == "model_not_loaded"
 
 
 def request_id(batch_id: str, custom_id: str) -> str:
@@ -56,6 +71,10 @@ class Engine(Protocol):
 
     async def run(self, request: RequestLine) -> Outcome: ...
 
+    async def probe(self, model: str) -> Unready | None:
+        """Whether the engine can serve `model` now (None: it can); asked after an Outcome marked `platform`."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -66,6 +85,10 @@ class ServesEveryModel:
 
     async def switch(self, model: str) -> str:
         return "none"
+
+    async def probe(self, model: str) -> Unready | None:
+        """Ready: an engine without its own server has no outage to wait out."""
+        return None
 
 
 def serves(engine: Engine, model: str) -> bool:

@@ -16,11 +16,15 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from runtime import tlsfiles
 from runtime.batch import logs
-from runtime.batch.engines import Outcome, ServesEveryModel, request_id, usage_of
+from runtime.batch.engines import Outcome, ServesEveryModel, Unready, request_id, usage_of
 from runtime.batch.validation import RequestLine
 
 LOG = logging.getLogger(__name__)
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# Answers that may be the platform's: a gateway without a backend, vLLM restarting, and vLLM's 404 "model does
+# not exist" (or the load balancer's "not offered") while the model is being swapped. The worker probes.
+PLATFORM_STATUS = frozenset({404, 502, 503, 504})
+PROBE_TIMEOUT_S = 10.0
 
 
 def session_header(custom_id: str) -> str:
@@ -95,6 +99,7 @@ class HttpEngine(ServesEveryModel):
                 status_code=503,
                 error={"code": "engine_unreachable", "message": f"{type(exc).__name__}: {exc}"},
                 retryable=True,
+                platform=True,
             )
         try:
             body = response.json()
@@ -114,7 +119,33 @@ class HttpEngine(ServesEveryModel):
             retryable=response.status_code in RETRYABLE_STATUS,
             request_id=echoed_id,
             backend=backend,
+            platform=response.status_code in PLATFORM_STATUS,
         )
+
+    async def probe(self, model: str) -> Unready | None:
+        """Whether the pool serves `model` now. /v1/models must list it: the load balancer's lists every
+        offered model with `loaded` (per model, so a job is not held up by another model's servers);
+        vLLM's own lists its one model, and then its /health says whether its engine runs."""
+        try:
+            response = await self.client.get("/v1/models", timeout=PROBE_TIMEOUT_S)
+            if response.status_code != 200:
+                return Unready("engine_unavailable", f"GET /v1/models answered {response.status_code}")
+            try:
+                listed = response.json().get("data") or []
+            except (ValueError, AttributeError):
+                return Unready("engine_unavailable", "GET /v1/models answered something other than a JSON object")
+            entry = next((m for m in listed if isinstance(m, dict) and m.get("id") == model), None)
+            if entry is None or entry.get("loaded") is False:
+                names = ", ".join(repr(m.get("id")) for m in listed if isinstance(m, dict)) or "none"
+                state = "is listed but not loaded" if entry is not None else "is not served"
+                return Unready("model_not_loaded", f"model {model!r} {state} (GET /v1/models lists: {names})")
+            if "loaded" not in entry:  # vLLM itself
+                health = await self.client.get("/health", timeout=PROBE_TIMEOUT_S)
+                if health.status_code != 200:
+                    return Unready("engine_unavailable", f"GET /health answered {health.status_code}")
+        except httpx.TransportError as exc:
+            return Unready("engine_unreachable", f"{type(exc).__name__}: {exc}")
+        return None
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.batch.engines import Outcome, usage_of
+from runtime.batch.engines import Outcome, Unready, usage_of
 from runtime.batch.validation import RequestLine
 from runtime.kvcache import engine_args_to_flags
 
@@ -181,6 +181,10 @@ class OfflineEngine:
             retryable=status >= 500,
             request_id=response.request_id if response is not None else None,
         )
+
+    async def probe(self, model: str) -> Unready | None:
+        """Ready: vLLM runs in this process, so a failed request is the request's (never marked `platform`)."""
+        return None
 
     async def close(self) -> None:
         engines, self._engines = list(self._engines.values()), {}
