@@ -356,6 +356,8 @@ class RayHead(Process):
         super().__init__("ray-head", log_dir)
         self.node_env = dict(node_env or {})
         self.gcs_port, self.dashboard_port, self.client_port = free_port(), free_port(), free_port()
+        # Not Ray's fixed defaults (dashboard agent 52365): a local stack's Ray head on this machine holds them.
+        self.agent_port, self.metrics_port = free_port(), free_port()
         self.temp_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's socket paths
         self.num_cpus, self.num_gpus = num_cpus, num_gpus
         self.token = os.urandom(16).hex()
@@ -385,6 +387,7 @@ class RayHead(Process):
             "--node-ip-address=127.0.0.1", f"--port={self.gcs_port}", "--dashboard-host=127.0.0.1",
             f"--dashboard-port={self.dashboard_port}", f"--ray-client-server-port={self.client_port}",
             f"--num-cpus={self.num_cpus}", f"--num-gpus={self.num_gpus}", f"--temp-dir={self.temp_dir}",
+            f"--dashboard-agent-listen-port={self.agent_port}", f"--metrics-export-port={self.metrics_port}",
         ]  # fmt: skip
 
     def environment(self) -> Mapping[str, str]:
