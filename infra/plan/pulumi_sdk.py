@@ -74,6 +74,20 @@ def root_outputs() -> dict[str, Any]:
     return dict(root.outputs) if root is not None else {}
 
 
+def _current_loop() -> asyncio.AbstractEventLoop:
+    """The thread's event loop, which the SDK runs the program on; a new one where there is none or it is
+    closed: `asyncio.run` earlier in this thread (a test, a CLI) closes its loop and leaves none current,
+    and the SDK's `get_event_loop` then fails (tests/unit/test_pulumi_sdk.py after any such test)."""
+    try:
+        loop = asyncio.get_event_loop()
+    except RuntimeError:
+        loop = None
+    if loop is None or loop.is_closed():
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+    return loop
+
+
 def reset_program_state() -> None:
     """Forget what a failed earlier run of a program in this process left behind, before the next run.
 
@@ -83,7 +97,7 @@ def reset_program_state() -> None:
     leftover tasks and empties the RPC manager and the outputs set; tests/unit/test_program_runs.py
     fails without it.
     """
-    loop = asyncio.get_event_loop()
+    loop = _current_loop()
     leftover = [task for task in asyncio.all_tasks(loop) if not task.done()]
     for task in leftover:
         task.cancel()

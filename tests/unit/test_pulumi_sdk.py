@@ -4,6 +4,7 @@ by name, before it fails a plan in some other way."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pulumi
@@ -74,3 +75,15 @@ def test_each_run_starts_from_a_fresh_root_and_config() -> None:
     run()
     assert pulumi.Config("p").get("size") is None
     assert set(pulumi_sdk.root_outputs()) == {"plain", "password"}
+
+
+def test_a_program_runs_after_asyncio_run_left_no_current_event_loop() -> None:
+    """`asyncio.run` closes its loop and leaves the thread without one; the SDK needs one. The suite's order
+    put such a test before these once, and every program run after it failed ("no current event loop")."""
+
+    async def nothing() -> int:
+        return 1
+
+    assert asyncio.run(nothing()) == 1
+    monitor = run()
+    assert monitor.seen
