@@ -24,7 +24,7 @@ check: install ## the inner loop (at most 3 minutes): lint and the unit tests, s
 	@$(MAKE) --no-print-directory -j2 --output-sync=target lint unit
 
 unit: install ## the unit tests alone (tests/unit), no servers
-	$(PY) -m pytest -q tests/unit
+	$(PY) -m pytest -q $(PYTEST_PARALLEL) tests/unit
 
 timings: install ## run the suite and rewrite tests/timings.json, the per-module seconds that order it
 	$(PY) -m pytest $(PYTEST_PARALLEL) --junitxml=build/timings.xml
@@ -64,8 +64,8 @@ pip-check:
 lint: install ## ruff, mypy (--strict on runtime, infra, policies; bench and harness), and hadolint on the Dockerfiles
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m mypy --strict runtime infra policies
-	$(PY) -m mypy bench harness
+	$(PY) -m mypy --strict --cache-dir .mypy_cache/strict runtime infra policies
+	$(PY) -m mypy --cache-dir .mypy_cache/plain bench harness
 	$(VENV)/bin/hadolint images/Dockerfile.* images/standins/*/Dockerfile
 
 preview: install ## offline plan of every stack into build/plan/<stack>/
