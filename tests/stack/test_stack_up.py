@@ -86,7 +86,9 @@ def test_a_port_already_taken_is_named_and_nothing_starts(tmp_path: Path) -> Non
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         squatter.bind(("127.0.0.2", 8000))
         squatter.listen()
-        with pytest.raises(StackError, match=rf"127\.0\.0\.2:8000 is taken by pid {os.getpid()} \(python"):
+        # named as the process table names it: `python`, or pytest-xdist's title for its workers
+        me = re.escape(psutil.Process().name())
+        with pytest.raises(StackError, match=rf"127\.0\.0\.2:8000 is taken by pid {os.getpid()} \({me}"):
             up(local)
     assert not (tmp_path / "state" / "hosts").exists()  # no sshd was started, no key made
     assert not (tmp_path / "hosts").exists()
