@@ -81,8 +81,7 @@ def ordered(items: Sequence[Item], timings: dict[str, float]) -> list[tuple[Item
     groups = [unit_of(item.nodeid) for item in items]
     weight: dict[str, float] = defaultdict(float)
     for module in {module_of(item.nodeid) for item in items}:
-        group = next(g for item, g in zip(items, groups, strict=True) if module_of(item.nodeid) == module)
-        weight[group] += timings.get(module, UNKNOWN_MODULE_S)
+        weight[unit_of(module)] += timings.get(module, UNKNOWN_MODULE_S)
     first_seen = {g: i for i, g in reversed(list(enumerate(groups)))}
     keyed = sorted(
         range(len(items)), key=lambda i: (-weight[groups[i]], first_seen[groups[i]], i)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Coroutine, Iterable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -124,6 +127,17 @@ class WebhookReceiver(LoopbackServer):
 
         self.files_dir = ""
         self.serve(Handler)
+
+
+def admin_cli(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m runtime.batch.admin ARGS` against a batch_env() environment's Redis, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "runtime.batch.admin", *args],
+        env={**os.environ, "BATCH_REDIS_URL": env["BATCH_REDIS_URL"]},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def counted_job_failures(worker_log: Path) -> list[str]:

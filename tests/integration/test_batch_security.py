@@ -26,7 +26,7 @@ import redis
 
 from harness.metrics import sample_value
 from harness.servers import BatchApi, BatchWorker, batch_env, free_port, wait_for
-from tests.integration.batch_fixtures import LoopbackServer, chat_lines
+from tests.integration.batch_fixtures import LoopbackServer, admin_cli, chat_lines
 
 pytestmark = pytest.mark.integration
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
@@ -75,16 +75,6 @@ class Tenants:
 
     def http(self, who: str) -> httpx.Client:
         return httpx.Client(base_url=self.api.url, headers={"Authorization": f"Bearer {self.keys[who]}"}, timeout=30)
-
-
-def admin_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "runtime.batch.admin", *args],
-        env={**os.environ, "BATCH_REDIS_URL": env["BATCH_REDIS_URL"]},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -30,7 +27,7 @@ from harness.servers import BatchApi, BatchWorker, batch_env, wait_for
 from runtime.batch import keys, webhooks
 from runtime.batch.models import Batch
 from runtime.batch.urls import UrlPolicy
-from tests.integration.batch_fixtures import TricklingReceiver, WebhookReceiver, chat_lines, run_private
+from tests.integration.batch_fixtures import TricklingReceiver, WebhookReceiver, admin_cli, chat_lines, run_private
 
 pytestmark = pytest.mark.integration
 SECRET_LINE = re.compile(r"^webhook secret (whsec_\S+) ", re.MULTILINE)
@@ -71,16 +68,6 @@ class Stack:
         return max((int(v) for v in self.admin.hvals(keys.WORKERS)), default=0)
 
 
-def admin_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "runtime.batch.admin", *args],
-        env={**os.environ, "BATCH_REDIS_URL": env["BATCH_REDIS_URL"]},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def new_tenant(env: dict[str, str], name: str) -> Tenant:
     created = admin_cli(env, "keys", "create", name)
     assert created.returncode == 0, created.stderr
@@ -117,6 +104,16 @@ def delivery_of(receiver: WebhookReceiver, batch_id: str) -> dict | None:
     return next((d for d in receiver.deliveries if json.loads(d["body"])["data"]["id"] == batch_id), None)
 
 
+def webhook_of(stack: Stack, who: str, what: str) -> dict:
+    """The delivery of the webhook of a batch `who` submits to a receiver of their own."""
+    receiver = WebhookReceiver()
+    try:
+        batch_id = stack.submit(who, f"{receiver.url}/hook")
+        return wait_for(lambda: delivery_of(receiver, batch_id), 60, what)
+    finally:
+        receiver.close()
+
+
 def test_a_trickling_receiver_holds_up_neither_another_tenants_webhook_nor_the_heartbeat(stack: Stack) -> None:
     slow, fast = TricklingReceiver(), WebhookReceiver()
     try:
@@ -140,12 +137,7 @@ def test_a_trickling_receiver_holds_up_neither_another_tenants_webhook_nor_the_h
 def test_each_tenant_verifies_only_its_own_webhooks_and_cannot_forge_anothers(stack: Stack) -> None:
     alice, bob = stack.tenants["alice"], stack.tenants["bob"]
     assert alice.webhook_secret != bob.webhook_secret
-    receiver = WebhookReceiver()
-    try:
-        batch_id = stack.submit("bob", f"{receiver.url}/hook")
-        delivery = wait_for(lambda: delivery_of(receiver, batch_id), 60, "bob's webhook")
-    finally:
-        receiver.close()
+    delivery = webhook_of(stack, "bob", "bob's webhook")
     headers, body = delivery["headers"], delivery["body"]
     timestamp, signature = int(headers["X-Webhook-Timestamp"]), headers["X-Webhook-Signature"]
     assert webhooks.verify(bob.webhook_secret, timestamp, body, signature)
@@ -162,12 +154,7 @@ def test_a_rotated_secret_signs_the_next_webhook_and_the_old_one_no_longer_verif
     assert rotated.returncode == 0, rotated.stderr
     new_secret = rotated.stdout.strip()
     assert new_secret.startswith("whsec_") and new_secret != alice.webhook_secret
-    receiver = WebhookReceiver()
-    try:
-        batch_id = stack.submit("alice", f"{receiver.url}/hook")
-        delivery = wait_for(lambda: delivery_of(receiver, batch_id), 60, "alice's webhook after rotation")
-    finally:
-        receiver.close()
+    delivery = webhook_of(stack, "alice", "alice's webhook after rotation")
     stamp, body, signature = (
         int(delivery["headers"]["X-Webhook-Timestamp"]),
         delivery["body"],

@@ -4,6 +4,7 @@ HAProxy with the rendered config, stand-in vLLM servers on loopback that fail as
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import socket
@@ -76,26 +77,27 @@ def _start(tmp_path: Path, tls: bool = False) -> tuple[Lb, list[BackendProcess]]
     return Lb(port, haproxy, log_path, ca), backends
 
 
-@pytest.fixture
-def lb(tmp_path: Path) -> Iterator[Lb]:
-    found, backends = _start(tmp_path)
+@contextlib.contextmanager
+def _running(tmp_path: Path, tls: bool = False) -> Iterator[Lb]:
+    found, backends = _start(tmp_path, tls=tls)
     try:
         yield found
     finally:
         found.haproxy.stop()
         for backend in backends:
             backend.kill()
+
+
+@pytest.fixture
+def lb(tmp_path: Path) -> Iterator[Lb]:
+    with _running(tmp_path) as found:
+        yield found
 
 
 @pytest.fixture
 def tls_lb(tmp_path: Path) -> Iterator[Lb]:
-    found, backends = _start(tmp_path, tls=True)
-    try:
+    with _running(tmp_path, tls=True) as found:
         yield found
-    finally:
-        found.haproxy.stop()
-        for backend in backends:
-            backend.kill()
 
 
 def _sessions_per_server(lb: Lb) -> dict[str, str]:
