@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -30,10 +31,52 @@ T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+_PORTS_FLOOR = 20000
+_handed_out: set[int] = set()
+
+
+def _ephemeral_floor() -> int:
+    """Where the kernel starts handing out ephemeral ports (bind(0) and every outgoing connection)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _port_slice() -> range:
+    """This pytest-xdist worker's own share of the ports below the ephemeral range (all of it outside xdist).
+
+    A port probed free and handed to a server that binds it a minute later (vLLM loads its model
+    first) must not be taken meanwhile. Inside the ephemeral range any outgoing connection or
+    Ray's bind(0) could take it, and the other worker could probe the same port: both happened in
+    CI (the batch worker died with uvicorn's startup failure). Below it, split per worker, neither can.
+    """
+    ports = range(_PORTS_FLOOR, max(_ephemeral_floor(), _PORTS_FLOOR + 1000))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.startswith("gw") or count < 2:
+        return ports
+    share = len(ports) // count
+    start = ports.start + int(worker[2:]) % count * share
+    return range(start, start + share)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port that is free now and that nothing else this suite runs will be handed."""
+    ports = _port_slice()
+    pick = random.SystemRandom()
+    for _ in range(200):
+        port = pick.choice(ports)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port in {ports.start}-{ports.stop - 1} after 200 tries")
 
 
 def wait_for(check: Callable[[], T | Literal[False] | None], timeout: float, what: str, interval: float = 0.05) -> T:
