@@ -323,6 +323,13 @@ class LoadBalancerSettings(_Frozen):
     session_header: str = _key(
         "lbSessionHeader", "X-Session-ID", "Header that carries the session key.", pattern=r"^[A-Za-z0-9-]+$"
     )
+    drain_timeout_s: int = _key(
+        "lbDrainTimeoutSeconds",
+        600,
+        "Rolling change: how long a host's vLLM servers drain (requests in flight finish) before they stop.",
+        ge=0,
+        le=86400,
+    )
 
 
 class RaySettings(_Frozen):

@@ -29,7 +29,7 @@ from infra.components.tls import PublicTls
 from infra.components.vllm import ModelServer, VllmService, replica_server_names, vllm_node
 from infra.config import PROJECT, ConfigError, Parallelism, Platform, Role, StackConfig, load, stack_file
 from infra.memory import LIMITS
-from infra.platforms import ServicePlatform
+from infra.platforms import Rollout, ServicePlatform
 from infra.platforms.compose import ComposePlatform
 from infra.platforms.image_refs import tag_only, with_image_refs
 from infra.platforms.kubernetes import KubernetesPlatform
@@ -348,6 +348,18 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "keys_image": runtime_image_ref,  # kubernetes: the key manager sidecar (runtime.lbkeys)
         },
     )
+    if lb.keys_dir is not None:  # its admin socket is where runtime.lbdrain drains and readies servers
+        platform.roll(
+            Rollout(
+                lb_host=placement.lb,
+                keys_dir=lb.keys_dir,
+                # haproxy.cfg names each server after its host, in every offered model's backend
+                servers={h: (h,) for h in vllm.services_by_host},
+                services=vllm.services_by_host,
+                tool_image=runtime_image_ref,
+                drain_timeout_s=cfg.lb.drain_timeout_s,
+            )
+        )
     batch = BatchService(
         "batch",
         {

@@ -33,7 +33,8 @@ def _escape(value: str) -> str:
     return value.replace("$", "$$")
 
 
-def _service(spec: ServiceSpec) -> dict[str, Any]:
+def service_entry(spec: ServiceSpec) -> dict[str, Any]:
+    """The compose entry of one service (its image, command, environment, mounts, labels, ...)."""
     out: dict[str, Any] = {"image": spec.image, "container_name": f"{PROJECT_NAME}-{spec.name}", "network_mode": "host"}
     if spec.entrypoint is not None:
         out["entrypoint"] = [_escape(a) for a in spec.entrypoint]
@@ -76,8 +77,12 @@ def _service(spec: ServiceSpec) -> dict[str, Any]:
         out["cap_add"] = ["IPC_LOCK"]
     out["logging"] = {"driver": "json-file", "options": {"max-size": "50m", "max-file": "5"}}
     out["labels"] = {"dev.vllm-gb10.service": spec.name, "dev.vllm-gb10.host": spec.host}
-    if spec.files:
+    if spec.files and spec.reload is None:  # a reloadable service takes its files in place (up_script)
         out["labels"][FILES_LABEL] = files_digest(spec.files)
+    if spec.stop_signal:
+        out["stop_signal"] = spec.stop_signal
+    if spec.stop_grace_s is not None:
+        out["stop_grace_period"] = f"{spec.stop_grace_s}s"
     return out
 
 
@@ -92,7 +97,7 @@ def compose_document(specs: list[ServiceSpec], host: str, cluster_address: str) 
         missing = set(spec.depends_on) - set(names)
         if missing:
             raise ValueError(f"{spec.name} depends on services not on this host: {sorted(missing)}")
-        service = _service(spec)
+        service = service_entry(spec)
         for dep in spec.depends_on:
             if dep in one_shots:
                 service["depends_on"][dep]["condition"] = "service_completed_successfully"

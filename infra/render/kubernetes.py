@@ -141,6 +141,11 @@ def container(spec: ServiceSpec) -> dict[str, Any]:
         body["startupProbe"] = probe(check, failure_threshold=startup_failure_threshold(check))
         body["readinessProbe"] = probe(check)
         body["livenessProbe"] = probe(check)
+    if spec.stop_signal:
+        # The kubelet stops with SIGTERM whatever the image says; the hook sends the graceful signal
+        # first and returns once the main process has exited (or the grace period ends it).
+        wait = f"kill -s {spec.stop_signal.removeprefix('SIG')} 1 && while kill -0 1 2>/dev/null; do sleep 1; done"
+        body["lifecycle"] = {"preStop": {"exec": {"command": ["/bin/sh", "-c", wait]}}}
     return body
 
 
@@ -194,6 +199,8 @@ def pod_spec(spec: ServiceSpec, placement: ClusterPlacement, *, claims: bool) ->
     }
     if init_containers:
         body["initContainers"] = init_containers
+    if spec.stop_grace_s is not None:
+        body["terminationGracePeriodSeconds"] = spec.stop_grace_s
     if spec.pod_user is not None:
         user = spec.pod_user
         body["securityContext"] = {"runAsUser": user, "runAsGroup": user, "fsGroup": user, "runAsNonRoot": True}
