@@ -51,7 +51,7 @@ def test_only_a_change_of_a_hosts_servers_rolls_it_and_the_diff_says_in_which_or
         }
 
     flag = build_plan("stella", overrides={"vllmExtraArgs": '["--seed", "7"]'})
-    assert all(before != after for before, after in zip(triggers(base).values(), triggers(flag).values()))
+    assert all(before != after for before, after in zip(triggers(base).values(), triggers(flag).values(), strict=True))
     shown = format_diff(diff_plans(base.to_json(), flag.to_json()))
     assert "rolling, one host at a time: stella, then nova" in shown, shown
     for unrelated in ({"batchChunkSize": "7"}, {"lbBalanceFactor": "175"}, {"redisPort": "6380"}):
