@@ -265,6 +265,12 @@ def workload(spec: ServiceSpec, placement: ClusterPlacement) -> tuple[str, dict[
         if exclusive
         else {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
     )
+    if exclusive:
+        # The old pod must be gone before the new one starts: a long graceful stop would be that long
+        # with no pod serving new requests, so a Recreate workload stops as the platform stops it.
+        template["spec"].pop("terminationGracePeriodSeconds", None)
+        for container_body in template["spec"]["containers"]:
+            container_body.pop("lifecycle", None)
     body = {"replicas": 1, "selector": selector, "strategy": strategy, "template": template}
     return "Deployment", body
 
