@@ -297,6 +297,32 @@ class BatchWorker(Process):
         return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
 
 
+class MemoryGuard(Process):
+    """The host memory guard (`python -m runtime.memguard`) reading a /proc-shaped directory the test
+    rewrites (MEMGUARD_PROC_ROOT), with its metrics on a free loopback port."""
+
+    def __init__(self, log_dir: Path, env: Mapping[str, str], *, name: str = "memguard"):
+        super().__init__(name, log_dir)
+        self.port = free_port()
+        self.env = {**env, "MEMGUARD_METRICS_HOST": "127.0.0.1", "MEMGUARD_METRICS_PORT": str(self.port)}
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "runtime.memguard"]
+
+    def environment(self) -> Mapping[str, str]:
+        return self.env
+
+    def ready(self) -> bool:
+        try:
+            return "memguard_last_sample_timestamp_seconds" in httpx.get(f"{self.url}/metrics", timeout=2).text
+        except httpx.TransportError:
+            return False
+
+
 def batch_env(redis: RedisServer, s3: S3Server, **overrides: str) -> dict[str, str]:
     """BATCH_* variables for a local API/worker pair on these servers."""
     env = {

@@ -16,37 +16,19 @@ from pathlib import Path
 
 import pytest
 
+from harness.procfiles import RECORDED, ProcFiles
 from runtime.memguard import source
 from runtime.memguard.decide import GIB, Decider, Level, Thresholds
 from runtime.memguard.settings import GuardSettings
 
-RECORDED = Path(__file__).parent / "memguard"
 DEFAULTS = GuardSettings(host="test").thresholds()
 RECOVER, SHED_EVERY = DEFAULTS.recover_samples, DEFAULTS.shed_every_samples
 OK, PAUSE, SHED = Level.OK, Level.PAUSE, Level.SHED
 
 
-class ProcDir:
-    """A directory shaped like /proc whose two files the test rewrites, from the recorded ones."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        (root / "pressure").mkdir(parents=True)
-        self.meminfo = (RECORDED / "meminfo").read_text()
-        self.pressure = (RECORDED / "pressure-memory").read_text()
-
-    def write(self, available_gib: float, some: float, full: float) -> None:
-        kb = int(available_gib * GIB / 1024)
-        meminfo = re.sub(r"^MemAvailable:\s+\d+ kB$", f"MemAvailable:   {kb} kB", self.meminfo, flags=re.M)
-        pressure = re.sub(r"^some avg10=[\d.]+", f"some avg10={some:.2f}", self.pressure, flags=re.M)
-        pressure = re.sub(r"^full avg10=[\d.]+", f"full avg10={full:.2f}", pressure, flags=re.M)
-        (self.root / "meminfo").write_text(meminfo)
-        (self.root / "pressure" / "memory").write_text(pressure)
-
-
 def run(tmp_path: Path, samples: Iterable[tuple[float, float, float]]) -> list[tuple[Level, bool]]:
     """(level, shed) after each sample, through the files and the guard's reader."""
-    proc, decider, out = ProcDir(tmp_path / "proc"), Decider(DEFAULTS), []
+    proc, decider, out = ProcFiles(tmp_path / "proc"), Decider(DEFAULTS), []
     for available, some, full in samples:
         proc.write(available, some, full)
         decision = decider.step(source.read(proc.root).sample)
