@@ -157,7 +157,7 @@ class Guard:
             stopped.service,
             stopped.id[:12],
             self.shedder.project,
-            extra={**fields, "event": "stop", "service": stopped.service},
+            extra={**fields, "event": "stop", "shed_service": stopped.service, "container": stopped.id[:12]},
         )
 
     def _observe(self) -> None:
