@@ -23,7 +23,7 @@ from pulumi_command import remote
 from infra.components.host import Gb10Host
 from infra.config import RaySettings
 from infra.memory import check_host_budgets
-from infra.render.compose import PROJECT_NAME, project_name, render_compose
+from infra.render.compose import DOCKER_SOCKET_ENV, PROJECT_NAME, project_name, render_compose
 from infra.services import Exposure, HostPath, ServiceSpec, host_port, secret_output
 
 COMPOSE_FILE = "docker-compose.yml"
@@ -100,6 +100,8 @@ def up_script(
             # whatever umask the SSH user's copies were made with.
             *([f"chmod 0644 {' '.join(shlex.quote(f) for f in mounted_files)}"] if mounted_files else []),
             *_state_dir_lines(state_dirs),
+            # The memory guard mounts the socket of the engine this compose talks to (compose.DOCKER_SOCKET_SOURCE).
+            f'case "${{DOCKER_HOST:-}}" in unix://*) export {DOCKER_SOCKET_ENV}="${{DOCKER_HOST#unix://}}" ;; esac',
             # GB10: page cache counts as used unified memory at vLLM start-up (DESIGN.md).
             "sync && (sudo -n sh -c 'echo 3 > /proc/sys/vm/drop_caches' 2>/dev/null "
             "|| echo 'warning: page caches not dropped (needs passwordless sudo)' >&2)",
@@ -287,6 +289,7 @@ class ComposePlatform:
     nodes_addressable = True
     host_state_dirs = True
     serves_tls = True  # the load balancer, batch API and Grafana each serve TLS on their public port
+    host_docker = True  # the memory guard sheds through the host's Docker socket
 
     def terminate_tls(self, cert_pem: pulumi.Output[str], key_pem: pulumi.Output[str]) -> None:
         raise NotImplementedError("compose services serve TLS themselves (serves_tls)")

@@ -96,16 +96,18 @@ def test_the_shipped_prometheus_config_passes_promtool(plan: Plan, tmp_path: Pat
 def test_prometheus_scrapes_every_service_and_the_gpu_hosts(plan: Plan) -> None:
     config = yaml.safe_load(prometheus_files(plan)["prometheus.yml"])
     jobs = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
-    assert set(jobs) == {"vllm", "haproxy", "batch-api", "batch-worker", "ray", "dcgm", "node"}
+    assert set(jobs) == {"vllm", "haproxy", "batch-api", "batch-worker", "ray", "dcgm", "node", "memguard"}
     every = [t for targets in jobs.values() for t in targets]
     assert len(every) == len(set(every)), "two jobs or nodes scrape one endpoint"
     if plan.stack == "stella":
         assert jobs["dcgm"] == ["10.10.10.1:9400", "10.10.10.2:9400"]
         assert jobs["ray"] == ["10.10.10.1:8090", "10.10.10.1:8091", "10.10.10.2:8091"]
         assert jobs["batch-worker"] == ["10.10.10.1:8101"]
+        assert jobs["memguard"] == ["10.10.10.1:9105", "10.10.10.2:9105"]  # one guard per gpu host
     else:
         assert jobs["vllm"] == ["vllm-gb10.app-cognition.svc.cluster.local:8000"]
         assert jobs["dcgm"] == ["dcgm-exporter-gb10.app-cognition.svc.cluster.local:9400"]
+        assert jobs["memguard"] == ["memguard-gb10.app-cognition.svc.cluster.local:9105"]
 
 
 def test_grafana_is_provisioned_with_prometheus_and_the_dashboard(plan: Plan) -> None:
