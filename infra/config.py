@@ -387,6 +387,7 @@ class MemoryGuardSettings(_Frozen):
         12,
         "Memory guard: MemAvailable (GiB) the host must be back over, memguardRecoverSeconds long, to resume.",
         ge=1,
+        validate_default=True,  # the order check runs when only the other two are set
     )
     pause_psi_some: int = _key(
         "memguardPausePsiSome",
@@ -713,7 +714,10 @@ def _validate(model: type[_Frozen], raw: Any, where: str, prefix: str) -> Any:
     except ValidationError as err:
         first = err.errors()[0]
         path = prefix.rstrip(".")
-        for part in first["loc"]:
+        loc = list(first["loc"])
+        if loc and loc[0] in model.model_fields:  # a default validated (validate_default) is named by its field
+            loc[0] = model.model_fields[str(loc[0])].alias or loc[0]
+        for part in loc:
             path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
         raise ConfigError(f"{where}: {PROJECT}:{path}: {first['msg']}") from None
 
