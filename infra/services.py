@@ -168,6 +168,10 @@ class ServiceSpec:
     # Compose only: the kubernetes platform refuses it (RDMA there needs a device plugin).
     rdma: bool = False
     stateful: bool = False
+    # compose only (the memory guard): the host's Docker socket, which is root-equivalent. The container runs
+    # as root (the socket is root's, its group differs per host) with every capability dropped, no new
+    # privileges and a read-only root filesystem; the kubernetes platform refuses it.
+    docker_socket: bool = False
     sidecars: tuple[Sidecar, ...] = ()  # kubernetes: helper containers in the pod
     # kubernetes: the pod's uid/gid and the group of its volumes (fsGroup), so a sidecar shares files
     # and sockets with the service; None: each image's own user.

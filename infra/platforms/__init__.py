@@ -29,6 +29,7 @@ class ServicePlatform(Protocol):
     nodes_addressable: bool  # can other services reach each host's (or pod's) own address?
     host_state_dirs: bool  # can a service keep a writable directory on its host (compose: beside the project)?
     serves_tls: bool  # do the public services serve TLS themselves (compose), or does the platform's edge?
+    host_docker: bool  # does each host run a Docker Engine a service may be given (compose; kubernetes: containerd)?
 
     def terminate_tls(self, cert_pem: pulumi.Output[str], key_pem: pulumi.Output[str]) -> None:
         """Where `serves_tls` is false: the certificate the platform's edge (the Ingress) serves."""

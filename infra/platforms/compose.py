@@ -25,7 +25,7 @@ from infra.components.host import Gb10Host
 from infra.config import RaySettings
 from infra.memory import check_host_budgets
 from infra.platforms import Rollout
-from infra.render.compose import PROJECT_NAME, project_name, render_compose, service_entry
+from infra.render.compose import DOCKER_SOCKET_ENV, PROJECT_NAME, project_name, render_compose, service_entry
 from infra.services import Exposure, HostPath, Reload, ServiceSpec, files_digest, host_port, secret_output
 
 COMPOSE_FILE = "docker-compose.yml"
@@ -114,6 +114,8 @@ def up_script(
             # whatever umask the SSH user's copies were made with.
             *([f"chmod 0644 {' '.join(shlex.quote(f) for f in mounted_files)}"] if mounted_files else []),
             *_state_dir_lines(state_dirs),
+            # The memory guard mounts the socket of the engine this compose talks to (compose.DOCKER_SOCKET_SOURCE).
+            f'case "${{DOCKER_HOST:-}}" in unix://*) export {DOCKER_SOCKET_ENV}="${{DOCKER_HOST#unix://}}" ;; esac',
             # GB10: page cache counts as used unified memory at vLLM start-up (DESIGN.md).
             "sync && (sudo -n sh -c 'echo 3 > /proc/sys/vm/drop_caches' 2>/dev/null "
             "|| echo 'warning: page caches not dropped (needs passwordless sudo)' >&2)",
@@ -397,6 +399,7 @@ class ComposePlatform:
     nodes_addressable = True
     host_state_dirs = True
     serves_tls = True  # the load balancer, batch API and Grafana each serve TLS on their public port
+    host_docker = True  # the memory guard sheds through the host's Docker socket
 
     def terminate_tls(self, cert_pem: pulumi.Output[str], key_pem: pulumi.Output[str]) -> None:
         raise NotImplementedError("compose services serve TLS themselves (serves_tls)")

@@ -47,6 +47,7 @@ RAY_UPGRADE_STRATEGY = {"type": "Recreate"}
 class KubernetesPlatform:
     nodes_addressable = False  # pods are reached through Services; Ray workers have none
     host_state_dirs = False  # pods move between nodes: state lives in volumes or ConfigMaps
+    host_docker = False  # the nodes run containerd: the memory guard pauses, never sheds
     serves_tls = False  # the Ingress terminates TLS; behind it the Services speak plain HTTP in the cluster
 
     def __init__(self, settings: KubernetesSettings, *, image_pull_secret: pulumi.Input[str] | None = None):

@@ -21,6 +21,11 @@ PROJECT_NAME = "vllm-gb10"
 FILES_LABEL = "dev.vllm-gb10.files-sha256"
 EXTENSION = "x-vllm-gb10"
 RDMA_DEVICES = "/dev/infiniband"  # the RDMA verbs devices NCCL opens for its IB/RoCE transport
+DOCKER_SOCKET = "/var/run/docker.sock"  # the Docker Engine API (root-equivalent): the memory guard's only
+# The socket's path on the host: the engine the up script's compose talks to (its DOCKER_HOST, when that is a
+# unix socket: the local stack's private dockerd), else Docker's default. The up script exports it.
+DOCKER_SOCKET_ENV = "VGB_DOCKER_SOCKET"
+DOCKER_SOCKET_SOURCE = f"${{{DOCKER_SOCKET_ENV}:-{DOCKER_SOCKET}}}"
 
 
 def project_name(host: str) -> str:
@@ -48,6 +53,12 @@ def service_entry(spec: ServiceSpec) -> dict[str, Any]:
     mounts = [f"{v.name}:{v.mount_path}" for v in spec.volumes]
     mounts += [f"./{f.filename}:{f.mount_path}:ro" for f in spec.files]
     mounts += [f"{h.host_path}:{h.mount_path}{'' if h.writable else ':ro'}" for h in spec.host_paths]
+    if spec.docker_socket:
+        mounts.append(f"{DOCKER_SOCKET_SOURCE}:{DOCKER_SOCKET}")
+        out["user"] = "0:0"
+        out["cap_drop"] = ["ALL"]
+        out["security_opt"] = ["no-new-privileges:true"]
+        out["read_only"] = True
     if mounts:
         out["volumes"] = mounts
     if spec.healthcheck is not None:

@@ -110,6 +110,8 @@ def resources(spec: ServiceSpec) -> dict[str, Any]:
 
 
 def container(spec: ServiceSpec) -> dict[str, Any]:
+    if spec.docker_socket:
+        raise ValueError(f"service {spec.name}: a Docker socket is for compose hosts; kubernetes nodes run containerd")
     if spec.rdma:  # only tensor/pipeline parallelism asks for it, which the kubernetes platform refuses
         raise ValueError(f"service {spec.name}: RDMA devices need a device plugin on kubernetes; not rendered")
     environment = dict(spec.environment)

@@ -68,6 +68,7 @@ class Worker:
         self.backup_client = backup.raw_client(settings)  # DUMP payloads are binary
         self._backup: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._memory_pause = False  # the last answer of the host's memory guard (logged when it changes)
         self.pipeline = ChunkPipeline(settings, engine, self.store, objects)
         self.finisher = JobFinisher(settings, self.store, objects, client)
 
@@ -85,6 +86,10 @@ class Worker:
         try:
             while not self._stopping.is_set():
                 try:
+                    if await self._memory_paused():
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._stopping.wait(), IDLE_POLL_S)
+                        continue
                     lease = await self.store.claim(
                         self.settings.lease_seconds,
                         loaded_model=self.engine.loaded_model,
@@ -115,6 +120,20 @@ class Worker:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    async def _memory_paused(self) -> bool:
+        """Whether the host's memory guard says to claim nothing now; logs and shows each change. The job
+        this worker already runs goes on (its lease kept): only new work waits."""
+        host = self.settings.memguard_host
+        paused = host is not None and await self.store.memory_paused(host)
+        if paused != self._memory_pause:
+            self._memory_pause = paused
+            metrics.memory_paused.set(1 if paused else 0)
+            if paused:
+                log.warning("memory guard of %s paused new work: no job is claimed", host, extra={"memguard": "pause"})
+            else:
+                log.warning("memory guard of %s resumed: claiming jobs again", host, extra={"memguard": "resume"})
+        return paused
 
     async def _background(self) -> None:
         """Heartbeat for the fleet view, independent of job work and of webhook delivery (its own task)."""

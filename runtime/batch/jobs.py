@@ -513,6 +513,10 @@ class JobStore:
             pipe.delete(keys.job(lease.batch_id), keys.chunks(lease.batch_id))
             await pipe.execute()
 
+    async def memory_paused(self, host: str) -> bool:
+        """Whether the memory guard of `host` has paused new work there (keys.memory_pause)."""
+        return bool(await self.redis.exists(keys.memory_pause(host)))
+
     async def wait_for_work(self, timeout_seconds: float) -> None:
         """Block until a job is enqueued or the timeout passes (the queue itself is the truth)."""
         await self.redis.blpop([keys.WAKE], timeout=timeout_seconds)

@@ -74,3 +74,11 @@ def rate_limit(key_id: str, minute: int) -> str:
 def stats(batch_id: str) -> str:
     """JSON {avg_response_time, prompt_tokens, completion_tokens} written when a job finishes."""
     return f"{PREFIX}batch:{batch_id}:stats"
+
+
+def memory_pause(host: str) -> str:
+    """String, expiring: while it exists the batch workers on `host` claim no job (the host's memory
+    guard, runtime.memguard, holds it: set and renewed every sample while the host is short of memory,
+    with an expiry a few samples long, deleted when memory recovers). Its value is JSON {level (pause or
+    shed), reason, at (unix s)}, for the operator; the workers read only whether it exists."""
+    return f"{PREFIX}memguard:pause:{host}"

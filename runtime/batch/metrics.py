@@ -79,6 +79,11 @@ model_switch_seconds = Histogram(
     buckets=(1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 300),
     registry=registry,
 )
+memory_paused = Gauge(
+    "batch_worker_memory_paused",
+    "1 while the host's memory guard has paused new work: the worker claims no job.",
+    registry=registry,
+)
 model_loaded = Gauge(
     "batch_model_loaded", "1 for the model the worker's engine has loaded.", ["model"], registry=registry
 )

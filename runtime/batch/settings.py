@@ -156,6 +156,12 @@ class BatchSettings(BaseSettings):
         "reach although they are loopback, link-local, private or cluster-internal (refused by default).",
     )
     worker_metrics_port: int = Field(default=8101, ge=0, le=65535, description="Worker /health and /metrics.")
+    memguard_host: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The host whose memory guard (runtime.memguard) this worker obeys: while the guard's "
+        "pause key for it exists, the worker claims no job. None: no guard watches its host.",
+    )
     worker_metrics_host: str = Field(
         default="0.0.0.0",
         min_length=1,

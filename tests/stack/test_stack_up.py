@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -34,7 +35,9 @@ from infra.local.state import State
 from infra.plan import PROJECT_DIR
 from runtime.tlsfiles import trusting
 
-pytestmark = pytest.mark.stack
+# The first test that uses the stack also waits for its fixture: a cold build of the CPU vLLM image
+# (6 min here) and both hosts' `up`, one after the other; the roll re-creates four vLLM servers in turn.
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(2400)]
 
 TIMEOUT_S = 600
 
@@ -52,6 +55,16 @@ class RunningStack:
 
     def docker(self, *args: str) -> str:
         return subprocess.run(["docker", *args], env=self.docker_env, capture_output=True, text=True, check=True).stdout
+
+    def docker_logs(self, container: str, since: str) -> str:
+        logs = subprocess.run(
+            ["docker", "logs", "--since", since, container], env=self.docker_env, capture_output=True, text=True
+        )
+        return logs.stdout + logs.stderr
+
+    def unpause(self, container: str) -> None:
+        """Unpause; a container that is not paused (any more) is no error."""
+        subprocess.run(["docker", "unpause", container], env=self.docker_env, capture_output=True)
 
     def containers(self) -> dict[str, dict[str, Any]]:
         ids = self.docker("ps", "-aq", "--filter", "label=dev.vllm-gb10.service").split()
@@ -477,6 +490,18 @@ def test_no_secret_in_rendered_files_container_config_or_logs(stack: RunningStac
         assert not [s for s in secrets if s in logs], f"a secret in the logs of {name}"
 
 
+def _reapply(changed: LocalStack) -> list[str]:
+    """`up` again with other config; its log lines, also printed as they come (`-s` shows a roll's progress)."""
+    lines: list[str] = []
+
+    def log(line: str) -> None:
+        lines.append(line)
+        print(line, flush=True)
+
+    up(changed, log=log)
+    return lines
+
+
 def _command_stderr(stack: RunningStack, name: str) -> str:
     found = State.load(stack.local.state_file).get("command:remote:Command", name)
     assert found is not None, name
@@ -554,14 +579,13 @@ def test_a_vllm_change_rolls_host_by_host_while_a_batch_and_a_chat_run_without_a
         state_dir=stack.local.state_dir,
         overrides={**stack.local.overrides, "vllmExtraArgs": '["--enforce-eager", "--seed", "7"]'},
     )
-    lines: list[str] = []
     try:
         at_start = client.batches.retrieve(batch_id).request_counts.completed
-        up(changed, log=lines.append)
+        lines = _reapply(changed)
         at_end = client.batches.retrieve(batch_id).request_counts.completed
     finally:
         chatter.finish()
-    stack.local = changed
+        stack.local = changed
     print(f"roll: job at {at_start}/{ROLL_REQUESTS} when it began, {at_end} when it ended; {chatter.sent} chats")
     assert at_start < ROLL_REQUESTS, "the job was running when the roll began"
     steps = [line.split()[2] for line in lines if re.search(r"-(drain|ready|compose-up) \(replaced", line)]
@@ -622,18 +646,34 @@ def test_config_changes_reach_exactly_the_services_they_affect(stack: RunningSta
     before = {name: c["Id"] for name, c in stack.containers().items()}
     lb_cfg = stack.docker("exec", "vllm-gb10-lb", "cat", "/usr/local/etc/haproxy/haproxy.cfg")
     assert "hash-balance-factor 150" in lb_cfg
-    # A stream held open across the reload: nova's server pauses mid-stream (nova's project does not change).
+    # A stream held open across the reload: nova's server pauses mid-stream (nova's project does not change)
+    # until HAProxy says its reload took; then the post-deploy check finds every server answering again.
     http, stream, chunks = _stream_on(stack, "nova")
+    paused_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     stack.docker("pause", "vllm-gb10-vllm-nova")
+
+    def unpause_once_reloaded() -> None:
+        try:
+            wait_for(
+                lambda: "Loading success." in stack.docker_logs("vllm-gb10-lb", since=paused_at),
+                TIMEOUT_S,
+                "HAProxy's reload",
+                interval=0.5,
+            )
+        finally:
+            stack.unpause("vllm-gb10-vllm-nova")
+
+    unpauser = threading.Thread(target=unpause_once_reloaded, daemon=True)
+    unpauser.start()
     changed = LocalStack(
         state_dir=stack.local.state_dir,
         overrides={**stack.local.overrides, "lbBalanceFactor": "175", "batchChunkSize": "7"},
     )
-    lines: list[str] = []
     try:
-        up(changed, log=lines.append)
+        lines = _reapply(changed)
     finally:
-        stack.docker("unpause", "vllm-gb10-vllm-nova")
+        unpauser.join(timeout=TIMEOUT_S)
+        stack.unpause("vllm-gb10-vllm-nova")
     rest = [line for line in chunks if line]
     stream.__exit__(None, None, None)
     http.close()

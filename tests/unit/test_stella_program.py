@@ -68,10 +68,10 @@ def test_every_service_runs_on_its_host(stella: Plan) -> None:
     assert set(compose(stella, "stella")["services"]) == {
         "redis", "minio", "minio-setup", "postgres", "postgres-setup", "ray-head", "ray-worker-stella",
         "vllm-stella", "lb", "batch-api", "batch-worker", "prometheus", "grafana",
-        "dcgm-exporter-stella", "node-exporter-stella",
+        "dcgm-exporter-stella", "node-exporter-stella", "memguard-stella",
     }  # fmt: skip
     assert set(compose(stella, "nova")["services"]) == {
-        "ray-worker-nova", "vllm-nova", "dcgm-exporter-nova", "node-exporter-nova"
+        "ray-worker-nova", "vllm-nova", "dcgm-exporter-nova", "node-exporter-nova", "memguard-nova"
     }  # fmt: skip
     assert "nova/prometheus.yml" not in stella.files and "stella/prometheus.yml" in stella.files
 
@@ -188,7 +188,7 @@ LISTEN = re.compile(
     r"(?:--bind|--host|--address|--console-address|--web\.listen-address|-a|listen_addresses|--node-ip-address"
     r"|--dashboard-host|--internal-host)[= ](\S+)"
 )
-LISTEN_ENV = ("GF_SERVER_HTTP_ADDR", "BATCH_WORKER_METRICS_HOST")
+LISTEN_ENV = ("GF_SERVER_HTTP_ADDR", "BATCH_WORKER_METRICS_HOST", "MEMGUARD_METRICS_HOST")
 
 
 def _hosts_with_public_addresses(**addresses: str) -> str:
@@ -354,6 +354,7 @@ def test_each_component_owns_its_compose_services_and_their_files(stella: Plan) 
         "grafana": "monitoring",
         "prometheus": "monitoring",
         **{f"{exporter}-{host}": "monitoring" for exporter in ("dcgm-exporter", "node-exporter") for host in HOSTS},
+        **{f"memguard-{host}": "memguard" for host in HOSTS},
         "lb": "lb",
         "minio": "minio",
         "minio-setup": "minio",
