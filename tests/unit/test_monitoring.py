@@ -22,6 +22,7 @@ SEEDS_ALERTS = {
     "DiskFreeLow", "GpuTemperatureHigh", "MemoryHigh", "BatchJobStalled",
 }  # fmt: skip
 ALERTS = SEEDS_ALERTS | {"LoadBalancerImbalance"}  # ADR-003: load within 10% across GPUs
+ALERTS |= {"BatchResultsOverdue", "BatchExpiryStalled"}  # issue 37: expiry that really happens
 
 
 def promtool(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -60,6 +61,8 @@ def test_every_alert_fires_on_sample_series_and_stays_quiet_inside_its_threshold
         "LoadBalancerErrorRateHigh",
         "BatchJobStalled",
         "LoadBalancerImbalance",
+        "BatchResultsOverdue",
+        "BatchExpiryStalled",
     } <= quiet
 
 
@@ -69,6 +72,8 @@ def test_every_alert_fires_on_sample_series_and_stays_quiet_inside_its_threshold
         ("max(batch_queue_depth) > 100", "max(batch_queue_depth) > 1000", "BatchQueueDeep"),
         ("          > 1.10\n", "          > 1.25\n", "LoadBalancerImbalance"),  # the 10% bound
         ('state="UP"} == 1', 'state="UP"} >= 0', "LoadBalancerImbalance"),  # a down backend counted
+        ("(batch_expiry_overdue_age_seconds) > 0", "(batch_expiry_overdue_age_seconds) > 1e9", "BatchResultsOverdue"),
+        ("> 6 * 3600", "> 24 * 3600", "BatchExpiryStalled"),
     ],
 )
 def test_a_broken_rule_fails_the_rule_tests(tmp_path: Path, rule: str, broken: str, alert: str) -> None:
