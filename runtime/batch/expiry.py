@@ -139,6 +139,8 @@ class ExpirySweeper:
                 await self.redis.zrem(keys.EXPIRY, *deleted)
             skip += len(ready) - len(deleted)
             budget -= len(ready)
+            if not ready and not foreign:  # every entry moved to its record's later expiry: nothing is due
+                break
         return budget
 
     async def _sweep_listing(self, now: float, budget: int, report: SweepReport) -> None:
