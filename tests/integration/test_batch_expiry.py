@@ -66,8 +66,8 @@ def sweep(objects: ObjectStore, env: dict[str, str], clock: Clock, **overrides: 
 
     async def body() -> SweepReport:
         client = redis_client.connect(env["BATCH_REDIS_URL"], outage_seconds=5)
-        try:
-            return await ExpirySweeper(settings, objects, client, clock=clock).sweep()
+        try:  # bounded: a sweep that spins is a failure, not a hung suite
+            return await asyncio.wait_for(ExpirySweeper(settings, objects, client, clock=clock).sweep(), 60)
         finally:
             await client.aclose()
 
@@ -169,6 +169,19 @@ def test_a_sweep_stopped_after_its_first_delete_batch_loses_nothing_and_a_second
     assert set(store.zrange(keys.EXPIRY, 0, -1)) == {file_key(i) for i in lasting}
     assert all(exists(bare.objects, file_key(i)) and store.get(keys.file(i)) for i in lasting)
     assert store.zrange(keys.owner_files("alice"), 0, -1) == lasting  # the owner's list without them
+
+
+def test_an_index_entry_earlier_than_its_record_keeps_the_object_and_moves_to_the_records_expiry(bare: Bare) -> None:
+    """The record decides: an entry that says "due" while its record is valid for hours (written by hand, a
+    restore that mixed snapshots) deletes nothing, and the sweep ends instead of reading it again forever."""
+    bare.record("file-valid", keep_seconds=3 * HOUR)
+    store = bare.redis()
+    expires_at = store.zscore(keys.EXPIRY, file_key("file-valid"))
+    store.zadd(keys.EXPIRY, {file_key("file-valid"): bare.clock.now - 60})
+    report = bare.sweep()
+    assert report.deleted == {"expires_after": 0, "retention": 0}
+    assert exists(bare.objects, file_key("file-valid")) and store.get(keys.file("file-valid"))
+    assert store.zscore(keys.EXPIRY, file_key("file-valid")) == expires_at
 
 
 def test_delete_batches_and_each_sweep_are_bounded(bare: Bare) -> None:
