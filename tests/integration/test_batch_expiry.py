@@ -383,3 +383,13 @@ def test_the_worker_sweeps_on_its_schedule_and_exports_the_figures(service: Serv
     text = wait_for(scraped, 30, "the worker's first expiry sweep on /metrics")
     assert sample_value(text, "batch_expiry_overdue_age_seconds", prefix="files") == 0
     assert sync_redis.Redis.from_url(service.env["BATCH_REDIS_URL"]).pttl(keys.EXPIRY_LOCK) > 0
+
+
+def test_a_file_whose_object_went_first_is_not_found_rather_than_a_server_error(service: Service) -> None:
+    """Between the API reading a record and opening its object, the object may expire (the sweep, or a
+    lifecycle rule that runs early): the caller gets OpenAI's 404 for an expired file, not a 500."""
+    alice = service.client("alice")
+    file_id = upload(alice, chat_lines(1, model="instant"))
+    service.objects.delete(file_key(file_id))
+    with pytest.raises(openai.NotFoundError):
+        alice.files.content(file_id)
