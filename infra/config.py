@@ -297,7 +297,12 @@ class DataSettings(_Frozen):
         "batchBucket", "batch", "Bucket for batch inputs and results.", pattern=r"^[a-z0-9][a-z0-9.-]{2,62}$"
     )
     result_retention_days: int = _key(
-        "resultRetentionDays", 7, "Days before batch results expire (bucket lifecycle).", ge=1, le=7
+        "resultRetentionDays",
+        7,
+        "Days before batch results expire: the worker's expiry sweep deletes them, the bucket's lifecycle rule "
+        "is a second line.",
+        ge=1,
+        le=7,
     )
     public: bool = _key(
         "publicDataServices",

@@ -19,6 +19,12 @@ WORKERS = PREFIX + "workers"  # hash worker_id -> last heartbeat ms (silent for 
 WORKER_MODELS = PREFIX + "workers:models"  # hash worker_id -> the model its engine has loaded (pruned with WORKERS)
 WAKE = PREFIX + "wake"  # list: a token per new job, so idle workers wake at once (BLPOP)
 THROUGHPUT = PREFIX + "throughput"  # string: recent requests/s of the fleet (estimates)
+# The expiry sweep (runtime.batch.expiry). EXPIRY never expires: it is what says an object must go, so
+# it lives until the sweep has deleted the object (then the member is removed).
+EXPIRY = PREFIX + "expiry"  # zset S3 key ("files/<id>") -> epoch s when the object expires (expires_after)
+EXPIRY_LOCK = PREFIX + "expiry:lock"  # SET NX PX: one worker of the fleet runs each scheduled sweep
+EXPIRY_PASS = PREFIX + "expiry:pass"  # hash: the bucket listing in progress (cursor, oldest overdue per prefix)
+EXPIRY_RESULT = PREFIX + "expiry:result"  # hash: the last complete listing (at, oldest overdue per prefix)
 
 
 def batch(batch_id: str) -> str:

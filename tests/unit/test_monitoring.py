@@ -31,6 +31,7 @@ ALERTS |= {
     "MemoryGuardFailing",
     "MemoryGuardDown",
 }
+ALERTS |= {"BatchResultsOverdue", "BatchExpiryStalled"}  # issue 37: expiry that really happens
 
 
 def promtool(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -69,6 +70,8 @@ def test_every_alert_fires_on_sample_series_and_stays_quiet_inside_its_threshold
         "LoadBalancerErrorRateHigh",
         "BatchJobStalled",
         "LoadBalancerImbalance",
+        "BatchResultsOverdue",
+        "BatchExpiryStalled",
     } <= quiet
 
 
@@ -81,6 +84,8 @@ def test_every_alert_fires_on_sample_series_and_stays_quiet_inside_its_threshold
         ("memguard_level >= 1", "memguard_level >= 2", "MemoryGuardPaused"),  # a pause not alerted
         ('{action="stop"}[15m]) > 0', '{action="pause"}[15m]) > 0', "MemoryGuardShed"),  # the wrong action
         ("memguard_shed_exhausted == 1", "memguard_shed_exhausted == 0", "MemoryGuardNothingLeftToShed"),
+        ("(batch_expiry_overdue_age_seconds) > 0", "(batch_expiry_overdue_age_seconds) > 1e9", "BatchResultsOverdue"),
+        ("> 6 * 3600", "> 24 * 3600", "BatchExpiryStalled"),
     ],
 )
 def test_a_broken_rule_fails_the_rule_tests(tmp_path: Path, rule: str, broken: str, alert: str) -> None:
