@@ -434,7 +434,7 @@ def test_ssh_connections_pin_the_host_key(stella: Plan) -> None:
     stack = yaml.safe_load((PROJECT_DIR / "Pulumi.stella.yaml").read_text())["config"]["vllm-gb10:hosts"]
     keys = {h["address"]: h["hostKey"] for h in stack}
     remote = [r for r in stella.resources if r["type"].startswith("command:remote:")]
-    assert len(remote) == 17
+    assert len(remote) == 21  # with each host's drain and ready, run on the load balancer's host
     for r in remote:
         connection = r["inputs"]["connection"]
         assert connection["hostKey"] == keys[connection["host"]], r["name"]
@@ -629,9 +629,10 @@ def test_a_batch_box_apart_from_the_data_host_runs_the_set_up_and_comes_up_after
         return up.depends_on
 
     assert "stella-compose-up" in up_depends_on("nova") and "nova-compose-up" not in up_depends_on("stella")
-    # On stella (one host does everything) no host's up waits for another's; only the post-deploy check waits.
+    # On stella (one host does everything) no host's up waits for another's data services; what waits for
+    # stella's up is its own ready (the roll: then nova drains) and the post-deploy check.
     waiting = {r.name for r in stack_plan("stella").recording.resources if "stella-compose-up" in r.depends_on}
-    assert waiting == {"post-deploy-check"}
+    assert waiting == {"post-deploy-check", "stella-ready"}
 
 
 def test_a_one_shot_that_no_service_waits_for_is_refused() -> None:
