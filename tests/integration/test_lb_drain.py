@@ -74,9 +74,10 @@ def test_drain_waits_for_the_stream_in_flight_and_sends_new_sessions_elsewhere(r
     long_request.start()
     wait_for(lambda: rotation.haproxy.in_flight().get("vllm1") == 1, 10, "the long request on vllm1")
     drained = rotation.lbdrain("drain", "vllm1", "--timeout-s", "30")
-    # drain returned only once the request in flight had its answer, and that answer is a success
-    assert answers and answers[0].status_code == 200, drained.stderr
+    # drain returned only once HAProxy had no session open on vllm1: the request in flight had finished there
+    assert rotation.haproxy.in_flight()["vllm1"] == 0, drained.stderr
     long_request.join()
+    assert answers and answers[0].status_code == 200  # and its client got its answer
     assert drained.returncode == 0 and "drained: no session open" in drained.stderr, drained.stderr
     assert rotation.haproxy.status()["vllm1"] == "DRAIN"
     assert {rotation.chat(session).headers["X-LB-Backend"] for _ in range(5)} == {"vllm2"}
