@@ -29,7 +29,7 @@ from runtime.batch import keys, metrics, redis_client
 from runtime.batch.expiry import ExpirySweeper, SweepReport
 from runtime.batch.jobs import JobStore
 from runtime.batch.storage import ObjectStore, file_key
-from tests.integration.batch_fixtures import admin_cli, chat_lines, run_private, settings_of
+from tests.integration.batch_fixtures import chat_lines, run_private, settings_of, tenant_keys
 
 pytestmark = pytest.mark.integration
 HOUR = 3600
@@ -302,11 +302,7 @@ def service(
     worker = BatchWorker(log_dir, env, engine_factory="bench.batch_engines:instant")
     api.start()
     worker.start()
-    made = {}
-    for name in ("alice", "bob"):
-        created = admin_cli(env, "keys", "create", name)
-        assert created.returncode == 0, created.stderr
-        made[name] = created.stdout.strip()
+    made = tenant_keys(env, "alice", "bob")
     try:
         yield Service(env, api, worker, made, ObjectStore(settings_of(env)))
     finally:
