@@ -348,8 +348,8 @@ class ComposeProject(pulumi.ComponentResource):
         content_hash = pulumi.Output.all(self.compose_file, *self.files.values()).apply(lambda parts: _sha256(*parts))
         self.content_hash = content_hash
         wait_timeout = wait_timeout_s(specs)
-        reloadable = [s for s in specs if s.reload is not None and s.files]
-        script = pulumi.Output.all(content_hash, *[files_digest(s.files) for s in reloadable]).apply(
+        reloadable = [(s, s.reload) for s in specs if s.reload is not None and s.files]
+        script = pulumi.Output.all(content_hash, *[files_digest(s.files) for s, _ in reloadable]).apply(
             lambda hashes: up_script(
                 project_dir,
                 host_name,
@@ -358,9 +358,8 @@ class ComposeProject(pulumi.ComponentResource):
                 tuple(sorted(self.files)),
                 tuple(p for s in specs for p in s.host_paths if p.writable),
                 tuple(
-                    ReloadStep(s.name, digest, tuple((f.filename, f.mount_path) for f in s.files), s.reload)
-                    for s, digest in zip(reloadable, hashes[1:], strict=True)
-                    if s.reload is not None
+                    ReloadStep(s.name, digest, tuple((f.filename, f.mount_path) for f in s.files), how)
+                    for (s, how), digest in zip(reloadable, hashes[1:], strict=True)
                 ),
             )
         )
@@ -465,20 +464,23 @@ class ComposePlatform:
     def external_address(self, host: str, port: int, service: str) -> str:
         return f"{self._hosts[host].address}:{port}"
 
-    def _lb_step(
-        self, action: str, host: str, specs: list[ServiceSpec], after: list[pulumi.Resource]
-    ) -> remote.Command:
-        """`runtime.lbdrain drain|ready` for `host`'s servers, run on the load balancer's host.
+    def _serving_digest(self, host: str, specs: list[ServiceSpec]) -> pulumi.Output[str]:
+        """The digest of `host`'s serving services as compose runs them: the trigger of its drain and ready,
+        so they run (and the roll waits) only when those change, never for a change elsewhere on the host."""
+        assert self._rollout is not None
+        serving = [s for s in specs if s.name in self._rollout.services[host]]
+        return pulumi.Output.all(*[_resolved(s) for s in serving]).apply(
+            lambda resolved: _sha256(*[yaml.safe_dump(service_entry(s), sort_keys=True) for s in resolved])
+        )
 
-        Its triggers are the digest of the host's serving services as compose runs them: it runs (and so
-        the roll waits) only when those change, never for a change elsewhere on the host."""
+    def _lb_step(
+        self, action: str, host: str, digest: pulumi.Output[str], after: list[pulumi.Resource]
+    ) -> remote.Command:
+        """`runtime.lbdrain drain|ready` for `host`'s servers, run on the load balancer's host, triggered by
+        the host's serving digest."""
         rollout = self._rollout
         assert rollout is not None
         step = len(self.rolls) + 1
-        serving = [s for s in specs if s.name in rollout.services[host]]
-        digest = pulumi.Output.all(*[_resolved(s) for s in serving]).apply(
-            lambda resolved: _sha256(*[yaml.safe_dump(service_entry(s), sort_keys=True) for s in resolved])
-        )
         balancer = self._hosts[rollout.lb_host]
         timeout = rollout.drain_timeout_s if action == "drain" else READY_TIMEOUT_S
         script = pulumi.Output.all(digest, rollout.tool_image).apply(
@@ -523,7 +525,8 @@ class ComposePlatform:
         previous_ready: list[pulumi.Resource] = []
         for name in _host_order(after, list(self._hosts)):
             rolls = self._rollout is not None and name in self._rollout.servers and bool(local[name])
-            drain = self._lb_step("drain", name, local[name], previous_ready) if rolls else None
+            digest = self._serving_digest(name, local[name]) if rolls else None
+            drain = self._lb_step("drain", name, digest, previous_ready) if digest is not None else None
             if local[name]:
                 box, project = self._hosts[name], f"{name}-compose"
                 for spec in local[name]:
@@ -542,8 +545,8 @@ class ComposePlatform:
                     },
                     opts=pulumi.ResourceOptions(parent=box),
                 )
-                if drain is not None:
-                    ready = self._lb_step("ready", name, local[name], [self.projects[name].up])
+                if drain is not None and digest is not None:
+                    ready = self._lb_step("ready", name, digest, [self.projects[name].up])
                     self.rolls[name] = (drain, ready)
                     previous_ready = [ready]
         ups: list[pulumi.Resource] = [project.up for project in self.projects.values()]
