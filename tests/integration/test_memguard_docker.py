@@ -25,8 +25,9 @@ import pytest
 from harness.metrics import sample_value
 from harness.procfiles import ProcFiles
 from harness.servers import MemoryGuard, wait_for
-from infra.local.docker_engine import Engine, EngineError, ensure_engine, stop_private_engine
+from infra.local.docker_engine import Engine
 from runtime.memguard.docker_api import PROJECT_LABEL, SERVICE_LABEL, Container, DockerError, Shedder
+from tests.integration.docker_fixtures import docker_engine
 
 pytestmark = pytest.mark.integration
 SHED = ("ray-worker-t", "batch-worker")  # the guard's shed order
@@ -35,15 +36,9 @@ IMAGE = "vllm-gb10-memguard-test-sleep:1"
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    state = tmp_path_factory.mktemp("docker-state")
-    try:
-        found = ensure_engine(state)
-    except EngineError as err:
-        pytest.fail(f"this test needs a Docker Engine: {err}")
-    yield found
-    subprocess.run(["docker", "rmi", "-f", IMAGE], env=found.env, capture_output=True, timeout=60)
-    if found.private:
-        stop_private_engine(state)
+    with docker_engine(tmp_path_factory.mktemp("docker-state")) as found:
+        yield found
+        subprocess.run(["docker", "rmi", "-f", IMAGE], env=found.env, capture_output=True, timeout=60)
 
 
 def docker(engine: Engine, *args: str, stdin: bytes | None = None) -> str:
