@@ -21,12 +21,19 @@ from infra.components.vllm import RAY_MEMORY_MONITOR_OFF, VllmNode
 from infra.config import RaySettings
 from infra.memory import LIMITS, gib
 from infra.platforms import ServicePlatform
-from infra.services import HealthCheck, Secret, ServiceSpec
+from infra.services import HealthCheck, Secret, ServiceSpec, http_health_check
 
 HEAD_MEMORY = LIMITS["ray-head"]
 WORKER_MEMORY = LIMITS["ray-worker"]  # within the GB10's one memory budget (infra.memory)
 # `ray start`, tried again while a loaded host makes it miss Ray's fixed 30 s registration (runtime.ray_node).
 RAY_START = ("python3", "-m", "runtime.ray_node", "ray", "start")
+# Ray's dashboard agent on every node answers GET /api/healthz for its own raylet and, on the head, its
+# own GCS, without auth (ray/dashboard/modules/reporter/healthz_agent.py, public in http_server_agent.py;
+# KubeRay probes the same endpoint). A one-line urllib probe costs a Python start; `ray health-check`
+# imports all of Ray first, and on a loaded host (the local stack's four busy CPU engines on two cores)
+# took longer than its 5 s, so the head was "unhealthy" for as long as a batch ran and an `up` failed.
+AGENT_HEALTH_PATH = "/api/healthz"
+HEAD_AGENT_PORT = 52365  # Ray's default --dashboard-agent-listen-port
 WORKER_AGENT_PORT = 52366  # the head's dashboard agent keeps Ray's default 52365; vLLM's Ray uses 52367
 # What the scheduler reserves for a worker beside vLLM on the GB10 node; the offload job peaks
 # under 2 GB (bench/offload.py), the limit leaves room for bigger work.
@@ -88,7 +95,10 @@ class RayCluster(pulumi.ComponentResource):
         node_secrets = (*self.client_secrets, *args.get("job_secrets", ()))
         head_ip = platform.internal_host(head, f"{name}-head")
         self.gcs_address = f"{head_ip}:{settings.gcs_port}"
-        health = HealthCheck(command=("ray", "health-check", f"--address={self.gcs_address}"), start_period_s=60)
+
+        def agent_health(ip: str, port: int) -> HealthCheck:
+            """The node's own dashboard agent: its raylet (and on the head its GCS) answers."""
+            return http_health_check(port, AGENT_HEALTH_PATH, host=ip, start_period_s=60)
         unified = args.get("unified_memory_hosts", frozenset())
 
         def memory_monitor(host: str) -> dict[str, str]:
@@ -114,7 +124,7 @@ class RayCluster(pulumi.ComponentResource):
                 "--num-gpus=0",
                 f"--metrics-export-port={settings.metrics_port}",
             ),
-            healthcheck=health,
+            healthcheck=agent_health(head_ip, HEAD_AGENT_PORT),
             environment={**self.client_environment, **memory_monitor(head)},
             secrets=node_secrets,
             depends_on=args.get("head_depends_on", ()),
@@ -144,7 +154,7 @@ class RayCluster(pulumi.ComponentResource):
                         f"--dashboard-agent-listen-port={WORKER_AGENT_PORT}",
                     ),
                     gpu=True,
-                    healthcheck=health,
+                    healthcheck=agent_health(ip, WORKER_AGENT_PORT),
                     environment={
                         **self.client_environment,
                         **memory_monitor(host),
