@@ -564,10 +564,6 @@ class Chatter:
 ROLL_REQUESTS = 1500
 
 
-@pytest.mark.skip(
-    reason="not yet reliable here: while the job keeps the other three vLLM CPU engines busy, a recreated engine "
-    "took 18 min to start (twice; all four bind their OpenMP threads to core 0 of 2), past the up's wait"
-)
 def test_a_vllm_change_rolls_host_by_host_while_a_batch_and_a_chat_run_without_a_failure(
     stack: RunningStack, tmp_path: Path
 ) -> None:
