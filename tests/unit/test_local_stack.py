@@ -29,6 +29,7 @@ EXPECTED_DIFFERENT_KEYS = {
     "gpuMemoryUtilization",
     "kvCacheMemoryBytes",
     "vllmExtraArgs",
+    "memoryReserveGib",  # the start-time headroom check's reserve: four CPU servers on one machine
     "minFreeDiskGb",
     "remoteDir",
 }
