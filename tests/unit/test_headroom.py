@@ -157,7 +157,8 @@ def test_the_reserve_is_the_stacks_key() -> None:
 
 def test_the_offline_engine_is_checked_for_the_largest_offered_model() -> None:
     llama = {"model": "meta-llama/Llama-3.1-8B-Instruct", "servedModelName": "llama-8b"}
-    plan = build_plan("stella", overrides={**OFFLINE_APART, "models": json.dumps([llama])})
+    # One sequence each: KV is the target's (not the whole budget), so Llama 8B's weights make it the larger need.
+    plan = build_plan("stella", overrides={**OFFLINE_APART, "models": json.dumps([llama]), "maxNumSeqs": "1"})
     worker = _services(plan, "batchbox")["batch-worker"]
     flags, command = _headroom([str(c) for c in worker["command"]])
     assert command == ["python3", "-m", "runtime.batch.worker"]
@@ -167,6 +168,7 @@ def test_the_offline_engine_is_checked_for_the_largest_offered_model() -> None:
         for name, path in (("Qwen/Qwen3-4B", "Qwen/Qwen3-4B"), ("llama-8b", llama["model"]))
     }
     largest = max(needs, key=lambda name: needs[name])
+    assert largest == "llama-8b", needs
     assert int(flags["--weights-bytes"]) + int(flags["--kv-bytes"]) == needs[largest]
     assert flags["--host-name"] == "batchbox"
     assert flags["--reserve-bytes"] == str(8 * GIB) and flags["--overhead-bytes"] == str(GB10_OVERHEAD)
