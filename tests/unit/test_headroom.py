@@ -118,8 +118,8 @@ def _services(plan: Plan, host: str) -> dict[str, dict]:
 @pytest.mark.parametrize(
     ("stack", "servers", "weights_bytes", "reserve_gib"),
     [
-        # Qwen/Qwen3-4B from the bundled catalog; the stack's default reserve (memoryReserveGib 8)
-        ("stella", {"stella": ["vllm-stella"], "nova": ["vllm-nova"]}, None, 8),
+        # Qwen/Qwen3-4B from the bundled catalog; the stack's default reserve (memoryReserveGib 12)
+        ("stella", {"stella": ["vllm-stella"], "nova": ["vllm-nova"]}, None, 12),
         # the tiny Llama (infra/local/tiny-llama-config.json), twice a host; Pulumi.local.yaml's reserve of 1 GiB
         (
             "local",
@@ -171,7 +171,7 @@ def test_the_offline_engine_is_checked_for_the_largest_offered_model() -> None:
     assert largest == "llama-8b", needs
     assert int(flags["--weights-bytes"]) + int(flags["--kv-bytes"]) == needs[largest]
     assert flags["--host-name"] == "batchbox"
-    assert flags["--reserve-bytes"] == str(8 * GIB) and flags["--overhead-bytes"] == str(GB10_OVERHEAD)
+    assert flags["--reserve-bytes"] == str(12 * GIB) and flags["--overhead-bytes"] == str(GB10_OVERHEAD)
 
 
 def test_the_http_batch_worker_and_a_discrete_gpu_get_no_check() -> None:
