@@ -179,7 +179,8 @@ def run_level(
         raise BenchError(f"{what}: exit {done.returncode}:\n{tail}")
     level = Level.from_result(model, concurrency, prompts, json.loads(path.read_text()), path)
     if level.completed == 0:
-        raise BenchError(f"model {model!r}, concurrency {concurrency}: no request completed (log: {path}.log)")
+        log = results_dir / f"{Path(filename).stem}.log"
+        raise BenchError(f"model {model!r}, concurrency {concurrency}: no request completed (log: {log})")
     return level
 
 

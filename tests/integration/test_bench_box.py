@@ -74,7 +74,7 @@ def deployed_stack(tmp_path: Path, meminfo: Path | None) -> Iterator[Deployed]:
     require_binary("haproxy")
     model = make_tiny_llama(tmp_path / "tiny-llama")
     vllm = CheckedVllm(tmp_path, model, meminfo)
-    vllm.start(timeout=300)
+    vllm.start(timeout=600)  # under 2 cores shared with the local stack's four servers, minutes
     try:
         ca, issued = lan_certificate(["127.0.0.1"])
         pem = tmp_path / "lb.pem"
