@@ -25,7 +25,7 @@ from typing import Literal, TypeVar
 
 import httpx
 
-from runtime.batch.redis_client import BATCH_ACL_RULES, BATCH_ACL_USER
+from runtime.batch.redis_client import BATCH_ACL_RULES, BATCH_ACL_USER, MEMGUARD_ACL_RULES, MEMGUARD_ACL_USER
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,10 +179,16 @@ class RedisServer(Process):
         self.data_dir = Path(tempfile.mkdtemp(prefix="redis-", dir=log_dir))
         self.admin_password = "admin-" + os.urandom(8).hex()
         self.batch_password = "batch-" + os.urandom(8).hex()
+        self.memguard_password = "memguard-" + os.urandom(8).hex()
 
     @property
     def url(self) -> str:
         return f"redis://{BATCH_ACL_USER}:{self.batch_password}@127.0.0.1:{self.port}/0"
+
+    @property
+    def memguard_url(self) -> str:
+        """The memory guards' ACL user (runtime.memguard): its pause keys only."""
+        return f"redis://{MEMGUARD_ACL_USER}:{self.memguard_password}@127.0.0.1:{self.port}/0"
 
     @property
     def admin_url(self) -> str:
@@ -190,11 +196,13 @@ class RedisServer(Process):
 
     def command(self) -> list[str]:
         batch_hash = hashlib.sha256(self.batch_password.encode()).hexdigest()
+        memguard_hash = hashlib.sha256(self.memguard_password.encode()).hexdigest()
         return [
             find_binary("redis-server"),
             "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.data_dir),
             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "yes",
             "--requirepass", self.admin_password, "--user", BATCH_ACL_USER, "on", f"#{batch_hash}", *BATCH_ACL_RULES,
+            "--user", MEMGUARD_ACL_USER, "on", f"#{memguard_hash}", *MEMGUARD_ACL_RULES,
         ]  # fmt: skip
 
     def ready(self) -> bool:
@@ -287,6 +295,32 @@ class BatchWorker(Process):
 
     def ready(self) -> bool:
         return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
+
+
+class MemoryGuard(Process):
+    """The host memory guard (`python -m runtime.memguard`) reading a /proc-shaped directory the test
+    rewrites (MEMGUARD_PROC_ROOT), with its metrics on a free loopback port."""
+
+    def __init__(self, log_dir: Path, env: Mapping[str, str], *, name: str = "memguard"):
+        super().__init__(name, log_dir)
+        self.port = free_port()
+        self.env = {**env, "MEMGUARD_METRICS_HOST": "127.0.0.1", "MEMGUARD_METRICS_PORT": str(self.port)}
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "runtime.memguard"]
+
+    def environment(self) -> Mapping[str, str]:
+        return self.env
+
+    def ready(self) -> bool:
+        try:
+            return "memguard_last_sample_timestamp_seconds" in httpx.get(f"{self.url}/metrics", timeout=2).text
+        except httpx.TransportError:
+            return False
 
 
 def batch_env(redis: RedisServer, s3: S3Server, **overrides: str) -> dict[str, str]:

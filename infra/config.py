@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from enum import StrEnum
 from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
 
 from infra.render.haproxy import check_balance_factor
@@ -305,7 +305,12 @@ class DataSettings(_Frozen):
         "batchBucket", "batch", "Bucket for batch inputs and results.", pattern=r"^[a-z0-9][a-z0-9.-]{2,62}$"
     )
     result_retention_days: int = _key(
-        "resultRetentionDays", 7, "Days before batch results expire (bucket lifecycle).", ge=1, le=7
+        "resultRetentionDays",
+        7,
+        "Days before batch results expire: the worker's expiry sweep deletes them, the bucket's lifecycle rule "
+        "is a second line.",
+        ge=1,
+        le=7,
     )
     public: bool = _key(
         "publicDataServices",
@@ -330,6 +335,13 @@ class LoadBalancerSettings(_Frozen):
 
     session_header: str = _key(
         "lbSessionHeader", "X-Session-ID", "Header that carries the session key.", pattern=r"^[A-Za-z0-9-]+$"
+    )
+    drain_timeout_s: int = _key(
+        "lbDrainTimeoutSeconds",
+        600,
+        "Rolling change: how long a host's vLLM servers drain (requests in flight finish) before they stop.",
+        ge=0,
+        le=86400,
     )
 
 
@@ -369,6 +381,80 @@ class MonitoringSettings(_Frozen):
     grafana_port: int = _key("grafanaPort", 3000, "Grafana port (public: the dashboards).", ge=1, le=65535)
     retention_days: int = _key("prometheusRetentionDays", 15, "Days of metrics Prometheus keeps.", ge=1, le=365)
     scrape_interval_s: int = _key("scrapeIntervalSeconds", 15, "Prometheus scrape interval.", ge=5, le=300)
+
+
+ShedRole = Literal["ray-worker", "batch-worker", "vllm"]
+
+
+class MemoryGuardSettings(_Frozen):
+    """The memory guard on each GPU host (runtime.memguard; README "The memory guard" justifies the defaults)."""
+
+    port: int = _key("memguardPort", 9105, "Memory guard /metrics port on each GPU host (internal).", ge=1, le=65535)
+    pause_available_gib: int = _key(
+        "memguardPauseAvailableGib",
+        8,
+        "Memory guard: under this much MemAvailable (GiB) the host's batch workers claim no new job.",
+        ge=1,
+    )
+    shed_available_gib: int = _key(
+        "memguardShedAvailableGib",
+        4,
+        "Memory guard: under this much MemAvailable (GiB) it stops the next container of memguardShed.",
+        ge=1,
+    )
+    recover_available_gib: int = _key(
+        "memguardRecoverAvailableGib",
+        12,
+        "Memory guard: MemAvailable (GiB) the host must be back over, memguardRecoverSeconds long, to resume.",
+        ge=1,
+        validate_default=True,  # the order check runs when only the other two are set
+    )
+    pause_psi_some: int = _key(
+        "memguardPausePsiSome",
+        20,
+        "Memory guard: PSI memory 'some avg10' (percent) over which it pauses, as under memguardPauseAvailableGib.",
+        ge=1,
+        le=100,
+    )
+    shed_psi_full: int = _key(
+        "memguardShedPsiFull",
+        10,
+        "Memory guard: PSI memory 'full avg10' (percent) over which it sheds, as under memguardShedAvailableGib.",
+        ge=1,
+        le=100,
+    )
+    recover_seconds: int = _key(
+        "memguardRecoverSeconds",
+        30,
+        "Memory guard: how long the host must stay clear (by the margins) before each step back down a level.",
+        ge=1,
+        le=3600,
+    )
+    shed: list[ShedRole] = _key(
+        "memguardShed",
+        ["ray-worker", "batch-worker"],
+        "Memory guard (compose): what it stops, first first: ray-worker (the offload node), batch-worker (the "
+        "offline engine; an http worker is never stopped), vllm (the host's vLLM servers: only if listed). "
+        "Data services cannot be named; []: it pauses, never sheds.",
+    )
+
+    @field_validator("recover_available_gib")
+    @classmethod
+    def _ordered(cls, value: int, info: ValidationInfo) -> int:
+        pause, shed = info.data.get("pause_available_gib"), info.data.get("shed_available_gib")
+        if pause is not None and shed is not None and not shed < pause < value:
+            raise ValueError(
+                f"memguardShedAvailableGib ({shed}) < memguardPauseAvailableGib ({pause}) < "
+                f"memguardRecoverAvailableGib ({value}) must hold: the guard sheds below pause and resumes above it"
+            )
+        return value
+
+    @field_validator("shed")
+    @classmethod
+    def _once_each(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"names a role twice: {value}")
+        return value
 
 
 class KubernetesSettings(_Frozen):
@@ -482,6 +568,7 @@ GROUPS: dict[str, type[_Frozen]] = {
     "ray": RaySettings,
     "batch": BatchServiceSettings,
     "monitoring": MonitoringSettings,
+    "memguard": MemoryGuardSettings,
     "k8s": KubernetesSettings,
     "ops": HostOpsSettings,
     "tls": TlsSettings,
@@ -509,6 +596,7 @@ class StackConfig(_Frozen):
     ray: RaySettings
     batch: BatchServiceSettings
     monitoring: MonitoringSettings
+    memguard: MemoryGuardSettings
     k8s: KubernetesSettings
     ops: HostOpsSettings
     tls: TlsSettings
@@ -646,7 +734,10 @@ def _validate(model: type[_Frozen], raw: Any, where: str, prefix: str) -> Any:
     except ValidationError as err:
         first = err.errors()[0]
         path = prefix.rstrip(".")
-        for part in first["loc"]:
+        loc = list(first["loc"])
+        if loc and loc[0] in model.model_fields:  # a default validated (validate_default) is named by its field
+            loc[0] = model.model_fields[str(loc[0])].alias or loc[0]
+        for part in loc:
             path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
         raise ConfigError(f"{where}: {PROJECT}:{path}: {first['msg']}") from None
 

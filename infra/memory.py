@@ -31,6 +31,7 @@ LIMITS: dict[str, str] = {
     "ray-worker": "16g",  # the offload job (UMAP/HDBSCAN of 12k x 4096 peaks at ~1.3 GB; bench.offload)
     "dcgm-exporter": "512m",
     "node-exporter": "256m",
+    "memguard": "128m",  # the memory guard (runtime.memguard): one per gpu host
     "post-deploy-check": "256m",
 }
 # Which services each role brings to its host (compose placement follows the roles).
@@ -39,7 +40,7 @@ ROLE_SERVICES: dict[Role, tuple[str, ...]] = {
     Role.LB: ("lb", "post-deploy-check"),
     Role.BATCH: ("batch-api", "batch-worker", "minio-setup"),
     Role.RAY_HEAD: ("ray-head", "postgres-setup"),
-    Role.GPU: ("ray-worker", "dcgm-exporter"),
+    Role.GPU: ("ray-worker", "dcgm-exporter", "memguard"),
 }
 EVERY_HOST: tuple[str, ...] = ("node-exporter",)
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)([kmg])$")

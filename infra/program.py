@@ -20,6 +20,7 @@ from infra.components.batch import BatchService
 from infra.components.host import ExpectedMemory, Gb10Host
 from infra.components.image import PYTHON_IMAGE, ContainerImage, ContainerImageArgs
 from infra.components.load_balancer import LoadBalancer
+from infra.components.memguard import MemoryGuard
 from infra.components.monitoring import Monitoring
 from infra.components.object_store import ObjectStoreServer
 from infra.components.post_deploy_check import PostDeployCheck
@@ -30,7 +31,7 @@ from infra.components.tls import PublicTls
 from infra.components.vllm import ModelServer, VllmService, replica_server_names, vllm_node
 from infra.config import PROJECT, ConfigError, Parallelism, Platform, Role, StackConfig, load, stack_file
 from infra.memory import LIMITS
-from infra.platforms import ServicePlatform
+from infra.platforms import Rollout, ServicePlatform
 from infra.platforms.compose import ComposePlatform
 from infra.platforms.image_refs import tag_only, with_image_refs
 from infra.platforms.kubernetes import KubernetesPlatform
@@ -358,6 +359,26 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "keys_image": runtime_image_ref,  # kubernetes: the key manager sidecar (runtime.lbkeys)
         },
     )
+    if lb.keys_dir is not None:  # its admin socket is where runtime.lbdrain drains and readies servers
+        platform.roll(
+            Rollout(
+                lb_host=placement.lb,
+                keys_dir=lb.keys_dir,
+                # haproxy.cfg names each server after its host, in every offered model's backend
+                servers={h: (h,) for h in vllm.services_by_host},
+                services=vllm.services_by_host,
+                tool_image=runtime_image_ref,
+                drain_timeout_s=cfg.lb.drain_timeout_s,
+            )
+        )
+    offline = cfg.batch.engine == "offline"
+    # A memory guard on each host that runs GPU work: the gpu hosts, and the batch host of an offline engine
+    # (kubernetes: the GB10 node, where both run).
+    guard_hosts = [*gpu_hosts]
+    if offline and cfg.platform is Platform.COMPOSE and placement.batch not in guard_hosts:
+        guard_hosts.append(placement.batch)
+    worker_host = placement.batch if cfg.platform is Platform.COMPOSE else K8S_GPU_PLACEMENT
+    worker_guard = worker_host if worker_host in guard_hosts and (offline or cfg.platform is Platform.COMPOSE) else None
     batch = BatchService(
         "batch",
         {
@@ -386,6 +407,31 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "depends_on": (store.setup_service, redis.service),
             "tls": served_tls,
             "headroom": _largest(headroom_need(cfg, p, engine_args(cfg, p)) for p in offline_plans.values()),
+            "memguard_host": worker_guard,
+        },
+    )
+    vllm_servers = {h: replica_server_names(VLLM, h, [s.port for s in model_servers[1:]]) for h in gpu_hosts}
+    if distributed:  # one server on the leading host; the others' Ray workers run its workers
+        vllm_servers = {h: (f"{VLLM}-{h}",) if i == 0 else (ray.worker_services[h],) for i, h in enumerate(gpu_hosts)}
+
+    def shed_order(host: str) -> tuple[str, ...]:
+        """`memguardShed` on `host`: each role's services there, in the configured order."""
+        roles = {
+            "ray-worker": () if distributed else tuple(s for h, s in ray.worker_services.items() if h == host),
+            "batch-worker": (batch.worker_service,) if offline and host == placement.batch else (),
+            "vllm": vllm_servers.get(host, ()),
+        }
+        return tuple(service for role in cfg.memguard.shed for service in roles[role])
+
+    memguard = MemoryGuard(
+        "memguard",
+        {
+            "platform": platform,
+            "image": runtime_image_ref,
+            "hosts": guard_hosts,
+            "settings": cfg.memguard,
+            "redis_url": redis.memguard_url,
+            "shed": {host: shed_order(host) for host in guard_hosts},
         },
     )
     monitoring = Monitoring(
@@ -401,6 +447,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
                 ScrapeJob("batch-api", (batch.metrics_targets["batch-api"],)),
                 ScrapeJob("batch-worker", (batch.metrics_targets["batch-worker"],)),
                 ScrapeJob("ray", tuple(ray.metrics_targets)),
+                ScrapeJob("memguard", tuple(memguard.metrics_targets)),
             ],
             "settings": cfg.monitoring,
             "tls": served_tls,

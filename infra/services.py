@@ -94,6 +94,20 @@ class Sidecar:
 
 
 @dataclass(frozen=True)
+class Reload:
+    """How a service takes changed mounted files without a restart (compose): the up script runs
+    `check` in the running container, sends it `signal`, and waits for `success_log` in its log
+    (`failure_log` fails the `up` with its log lines). The files are then no reason to recreate it.
+    Kubernetes rolls the pod instead (a ConfigMap reaches a mounted file late)."""
+
+    signal: str
+    check: tuple[str, ...]
+    success_log: str
+    failure_log: str
+    timeout_s: int = 60
+
+
+@dataclass(frozen=True)
 class HealthCheck:
     command: tuple[str, ...]
     interval_s: int = 15
@@ -154,6 +168,10 @@ class ServiceSpec:
     # Compose only: the kubernetes platform refuses it (RDMA there needs a device plugin).
     rdma: bool = False
     stateful: bool = False
+    # compose only (the memory guard): the host's Docker socket, which is root-equivalent. The container runs
+    # as root (the socket is root's, its group differs per host) with every capability dropped, no new
+    # privileges and a read-only root filesystem; the kubernetes platform refuses it.
+    docker_socket: bool = False
     sidecars: tuple[Sidecar, ...] = ()  # kubernetes: helper containers in the pod
     # kubernetes: the pod's uid/gid and the group of its volumes (fsGroup), so a sidecar shares files
     # and sockets with the service; None: each image's own user.
@@ -164,6 +182,12 @@ class ServiceSpec:
     # kubernetes: the only services whose pods may reach this service's ports (a NetworkPolicy; its other
     # ports stay open); None: any pod. vLLM's key guards only /v1, so its port admits its clients only.
     admitted: tuple[str, ...] | None = None
+    reload: Reload | None = None  # compose: a changed mounted file is reloaded in place, not a recreate
+    # How it stops: the signal for a graceful stop and how long that may take before SIGKILL (compose:
+    # stop_signal, stop_grace_period; kubernetes: a preStop hook sending it, terminationGracePeriodSeconds).
+    # None: the image's STOPSIGNAL and the platform's default grace (10 s compose, 30 s kubernetes).
+    stop_signal: str | None = None
+    stop_grace_s: int | None = None
 
     def __post_init__(self) -> None:
         names = [s.env for s in self.secrets]

@@ -15,6 +15,7 @@ Secret, never written as a literal.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -396,6 +397,55 @@ def validate_least_privilege(args: ResourceValidationArgs, report: ReportViolati
                 report(f"{w.name}: adds {RDMA_CAPABILITY} without the RDMA devices it is for ({RDMA_DEVICES})", None)
 
 
+RUNTIME_SOCKET = re.compile(r"(docker|containerd|crio|podman)\.sock\b")
+MEMGUARD = "runtime.memguard"
+DATA_STORE_IMAGE = re.compile(r"(^|/)(redis|postgres|pgvector|minio|rustfs)[:@/]")
+
+
+def validate_docker_socket(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """A container runtime's socket is root on the host. Only the memory guard may have it (compose), and
+    only confined: every capability dropped, no new privileges, a read-only filesystem; it may stop only
+    services of its own compose project, none of them a data store, and only services that exist there."""
+    document = compose_document(args.resource_type, args.props)
+    found = workloads(args.resource_type, args.props, args.name)
+    for w in found:
+        sockets = [target for source, target in w.mounts if RUNTIME_SOCKET.search(source + " " + target)]
+        if not sockets:
+            continue
+        if document is None:
+            report(f"{w.name}: mounts the container runtime's socket ({sockets[0]}), which is root on the node", None)
+            continue
+        if MEMGUARD not in w.command_text:
+            report(f"{w.name}: mounts the Docker socket; only the memory guard ({MEMGUARD}) may", None)
+            continue
+        confined = {
+            "every capability dropped (cap_drop: [ALL])": "ALL" in [c.upper() for c in w.cap_drop],
+            "no new privileges": w.no_new_privileges,
+            "a read-only filesystem": w.read_only,
+        }
+        for what, holds in confined.items():
+            if not holds:
+                report(f"{w.name}: has the Docker socket without {what}", None)
+        project = w.env.get("MEMGUARD_COMPOSE_PROJECT") or ""
+        if project != document.get("name"):
+            report(f"{w.name}: sheds in compose project {project!r}, not its own ({document.get('name')!r})", None)
+        by_name = {other.name: other for other in found}
+        for service in _json_list(w.env.get("MEMGUARD_SHED_SERVICES")):
+            other = by_name.get(service)
+            if other is None:
+                report(f"{w.name}: MEMGUARD_SHED_SERVICES names {service!r}, which is no service of this host", None)
+            elif DATA_STORE_IMAGE.search(other.image) or MEMGUARD in other.command_text:
+                report(f"{w.name}: MEMGUARD_SHED_SERVICES names {service!r}, a data store or the guard itself", None)
+
+
+def _json_list(value: str | None) -> list[str]:
+    try:
+        parsed = json.loads(value or "[]")
+    except json.JSONDecodeError:
+        return ["<not a JSON list>"]
+    return [str(v) for v in parsed] if isinstance(parsed, list) else ["<not a JSON list>"]
+
+
 def _haproxy_configs(args: ResourceValidationArgs) -> Iterator[tuple[str, str]]:
     """(where, text) of each haproxy.cfg a resource ships: compose's copy, kubernetes' ConfigMap."""
     if args.resource_type == "command:remote:CopyToRemote":
@@ -512,6 +562,13 @@ POLICIES: list[Policy] = [
         "least-privilege",
         "No container runs privileged; only NCCL's RDMA devices and IPC_LOCK (ncclIbHca) are added to any.",
         validate_least_privilege,
+        MANDATORY,
+    ),
+    ResourceValidationPolicy(
+        "docker-socket",
+        "Only the memory guard has the Docker socket (compose), confined, shedding only its own project's "
+        "services that exist and are no data store; no pod mounts a container runtime's socket.",
+        validate_docker_socket,
         MANDATORY,
     ),
     ResourceValidationPolicy(

@@ -55,6 +55,10 @@ class Workload:
     privileged: bool = False
     capabilities: list[str] = field(default_factory=list)  # added Linux capabilities (cap_add / securityContext)
     devices: list[str] = field(default_factory=list)  # host devices mapped in (compose `devices`, the host side)
+    mounts: list[tuple[str, str]] = field(default_factory=list)  # (host path or volume, container path)
+    cap_drop: list[str] = field(default_factory=list)  # dropped Linux capabilities
+    read_only: bool = False  # the root filesystem is read-only
+    no_new_privileges: bool = False
 
     @property
     def command_text(self) -> str:
@@ -142,7 +146,26 @@ def compose_workloads(document: dict[str, Any]) -> Iterator[Workload]:
             privileged=service.get("privileged") is True,
             capabilities=_as_list(service.get("cap_add")),
             devices=[_device_path(d) for d in service.get("devices") or []],
+            mounts=[_mount(m) for m in service.get("volumes") or []],
+            cap_drop=_as_list(service.get("cap_drop")),
+            read_only=service.get("read_only") is True,
+            no_new_privileges=any(
+                str(o).replace("=", ":") in {"no-new-privileges", "no-new-privileges:true"}
+                for o in service.get("security_opt") or []
+            ),
         )
+
+
+def _mount(volume: Any) -> tuple[str, str]:
+    """A compose volume entry's (source, target): `src:dst[:mode]` or `{source, target, …}`."""
+    if isinstance(volume, dict):
+        return str(volume.get("source", "")), str(volume.get("target", ""))
+    parts = str(volume).split(":")
+    if str(volume).startswith("${"):  # an interpolated source: `${VAR:-/default}:/target[:mode]`
+        end = str(volume).index("}") + 1
+        source, rest = str(volume)[:end], str(volume)[end + 1 :].split(":")
+        return source, rest[0]
+    return parts[0], parts[1] if len(parts) > 1 else parts[0]
 
 
 def _device_path(device: Any) -> str:
@@ -202,6 +225,12 @@ def pod_workloads(resource_type: str, name: str, spec: dict[str, Any]) -> Iterat
             one_shot=resource_type == "kubernetes:batch/v1:Job" or container.get("name") in init_names,
             privileged=dig(container, ("securityContext", "privileged")) is True,
             capabilities=_as_list(dig(container, ("securityContext", "capabilities", "add"))),
+            mounts=[
+                (str(dig(v, ("hostPath", "path"))), str(m.get("mountPath", "")))
+                for m in container.get("volumeMounts") or []
+                for v in spec.get("volumes") or []
+                if v.get("name") == m.get("name") and dig(v, ("hostPath", "path"))
+            ],
         )
 
 

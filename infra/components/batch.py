@@ -44,6 +44,7 @@ class BatchServiceArgs(TypedDict):
     model_engine_args: dict[str, dict[str, Any]]  # offline engine: served name -> its sized vLLM arguments
     hf_token: pulumi.Input[str] | None
     redis_maxmemory_bytes: int  # the API refuses new work near it (BATCH_REDIS_MAXMEMORY_BYTES)
+    memguard_host: NotRequired[str | None]  # the worker's host's memory guard, whose pause key it obeys
     depends_on: NotRequired[tuple[str, ...]]  # services to wait for first: the bucket set-up, Redis
     tls: NotRequired[ServerTls | None]  # compose: the API serves TLS itself, the worker trusts its CA
     # offline engine: what its host must have available before the worker loads a model (the largest offered
@@ -123,6 +124,8 @@ class BatchService(pulumi.ComponentResource):
             **env,
             "BATCH_WORKER_METRICS_HOST": platform.bind_address(host, internal),
         }
+        if args.get("memguard_host"):
+            worker_env["BATCH_MEMGUARD_HOST"] = str(args.get("memguard_host"))
         if tls:
             worker_env[CA_ENV] = tls.ca_b64  # the load balancer's certificate is the stack CA's
         worker_secrets: tuple[Secret, ...] = (*secrets, Secret("BATCH_VLLM_API_KEY", args["vllm_api_key"]))
@@ -163,6 +166,7 @@ class BatchService(pulumi.ComponentResource):
         # The API's own port, as services in the cluster reach it (the post-deploy check).
         scheme = "https" if tls else "http"
         self.internal_url = f"{scheme}://{platform.internal_address(host, port, f'{name}-api', public)}/v1"
+        self.worker_service = f"{name}-worker"
         self.metrics_targets = {
             "batch-api": platform.internal_address(host, API_INTERNAL_PORT, f"{name}-api"),
             "batch-worker": platform.internal_address(host, WORKER_METRICS_PORT, f"{name}-worker"),

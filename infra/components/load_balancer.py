@@ -19,13 +19,21 @@ from infra.components.secrets import generated_password
 from infra.components.tls import TLS_DIR, ServerTls, write_pem_files
 from infra.config import LoadBalancerSettings
 from infra.platforms import ServicePlatform
-from infra.render.haproxy import Backend, LoadBalancerConfig, ModelRoute, render_haproxy_cfg, render_models_lua
+from infra.render.haproxy import (
+    GENERATION_TIMEOUT_S,
+    Backend,
+    LoadBalancerConfig,
+    ModelRoute,
+    render_haproxy_cfg,
+    render_models_lua,
+)
 from infra.services import (
     ConfigFile,
     Exposure,
     HealthCheck,
     HostPath,
     Port,
+    Reload,
     Secret,
     ServiceSpec,
     Sidecar,
@@ -169,6 +177,18 @@ class LoadBalancer(pulumi.ComponentResource):
                     http_port=settings.stats_port,
                 ),
                 memory_limit="1g",
+                # A changed haproxy.cfg, key map or models.lua is a master-worker reload (SIGUSR2): the
+                # old worker finishes its streams while the new one takes new connections. Only an image
+                # or environment change recreates HAProxy: a soft stop (SIGUSR1) that lets the longest
+                # generation finish.
+                reload=Reload(
+                    signal="SIGUSR2",
+                    check=("haproxy", "-c", "-q", "-f", CONFIG_PATH),
+                    success_log="Loading success.",
+                    failure_log="Loading failure",
+                ),
+                stop_signal="SIGUSR1",
+                stop_grace_s=GENERATION_TIMEOUT_S + 30,
             ),
             parent=self,
         )

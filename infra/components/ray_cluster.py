@@ -124,6 +124,7 @@ class RayCluster(pulumi.ComponentResource):
         )
         worker_specs = []
         node = args.get("vllm_node")
+        self.worker_services = {host: f"{name}-worker-{host}" for host in args["worker_hosts"]}
         for host in args["worker_hosts"]:
             ip = platform.internal_host(host, f"{name}-worker-{host}")
             worker_specs.append(

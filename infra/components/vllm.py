@@ -139,6 +139,7 @@ class VllmService(pulumi.ComponentResource):
     `model_backends`: the same per offered model (served name), the default first."""
 
     backends: list[tuple[str, str]]
+    services_by_host: dict[str, tuple[str, ...]]  # host -> its servers' service names (the change that rolls)
     model_backends: dict[str, list[tuple[str, str]]]
     urls: list[str]
     api_key: pulumi.Output[str]  # vLLM's own key (VLLM_API_KEY): only the load balancer holds it
@@ -252,6 +253,11 @@ class VllmService(pulumi.ComponentResource):
                 ),
                 parent=self,
             )
+        if settings.parallelism is Parallelism.REPLICA:
+            ports = [extra.port for extra in more]
+            self.services_by_host = {h: tuple(replica_server_names(name, h, ports)) for h in servers}
+        else:
+            self.services_by_host = {h: (f"{name}-{h}",) for h in servers}
         self.backends = [(h, platform.internal_address(h, port, f"{name}-{h}")) for h in servers]
         self.model_backends = {settings.served_name: self.backends}
         for extra in more:

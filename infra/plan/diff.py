@@ -58,6 +58,7 @@ class PlanDiff:
     outputs: list[Change]
     files: dict[str, list[str]] = field(default_factory=dict)  # file -> what changed in it
     every_run: list[Key] = field(default_factory=list)  # replaced on every `pulumi up` (run-stamp trigger)
+    rolls: list[str] = field(default_factory=list)  # hosts whose servers this change drains, in roll order
 
     @property
     def empty(self) -> bool:
@@ -152,16 +153,31 @@ def diff_plans(
         )
         if delta:
             changed[key] = delta
+    replaced = [key for key, changes in changed.items() if replaces(key[0], changes)]
     return PlanDiff(
         added=sorted(set(after) - set(before)),
         removed=sorted(set(before) - set(after)),
         changed=changed,
+        rolls=_rolls(replaced, after),
         outputs=_changes(old.get("outputs", {}), new.get("outputs", {})),
         files=diff_files(old_files, new_files) if old_files is not None and new_files is not None else {},
         every_run=sorted(
             key for key in set(before) & set(after) if replaced_every_run(after[key]) and key not in changed
         ),
     )
+
+
+_ROLL_STEP = re.compile(r"^# roll step (\d+): drain (\S+)'s servers$", re.MULTILINE)
+
+
+def _rolls(replaced: list[Key], after: dict[Key, dict[str, Any]]) -> list[str]:
+    """The hosts a change rolls through (their drain commands are replaced), in the order it does."""
+    steps = []
+    for key in replaced:
+        found = _ROLL_STEP.search(str(after[key]["inputs"].get("create", "")))
+        if key[0] == "command:remote:Command" and found:
+            steps.append((int(found.group(1)), found.group(2)))
+    return [host for _, host in sorted(steps)]
 
 
 def _short(value: Any, limit: int = 120) -> str:
@@ -193,6 +209,11 @@ def format_diff(diff: PlanDiff) -> str:
         for name, file_lines in diff.files.items():
             lines.append(f"  {name}")
             lines.extend(f"    {line}" for line in file_lines)
+    if diff.rolls:
+        lines.append(
+            f"rolling, one host at a time: {', then '.join(diff.rolls)} (each host's servers drained,"
+            " its services updated, and back in the load balancer's rotation before the next)"
+        )
     updated = len(diff.changed) - len(replaced)
     lines.append(
         f"{len(diff.added)} to add, {updated} to change, {len(replaced) + len(diff.every_run)} to replace"

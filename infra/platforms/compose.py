@@ -14,17 +14,19 @@ import functools
 import graphlib
 import hashlib
 import shlex
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TypedDict
 
 import pulumi
+import yaml
 from pulumi_command import remote
 
 from infra.components.host import Gb10Host
 from infra.config import RaySettings
 from infra.memory import check_host_budgets
-from infra.render.compose import PROJECT_NAME, project_name, render_compose
-from infra.services import Exposure, HostPath, ServiceSpec, host_port, secret_output
+from infra.platforms import Rollout
+from infra.render.compose import DOCKER_SOCKET_ENV, PROJECT_NAME, project_name, render_compose, service_entry
+from infra.services import Exposure, HostPath, Reload, ServiceSpec, files_digest, host_port, secret_output
 
 COMPOSE_FILE = "docker-compose.yml"
 SECRETS_FILE = ".secrets.env"
@@ -75,6 +77,16 @@ def wait_timeout_s(specs: list[ServiceSpec]) -> int:
     return max((ready_by(spec.name) for spec in specs), default=0) + WAIT_MARGIN_S
 
 
+@dataclass(frozen=True)
+class ReloadStep:
+    """A reloadable service of the project (ServiceSpec.reload) and the digest of its files now."""
+
+    service: str
+    digest: str
+    files: tuple[tuple[str, str], ...]  # (file name in the project directory, its path in the container)
+    reload: Reload
+
+
 def up_script(
     project_dir: str,
     host: str,
@@ -82,8 +94,10 @@ def up_script(
     wait_timeout: int,
     mounted_files: tuple[str, ...] = (),
     state_dirs: tuple[HostPath, ...] = (),
+    reloads: tuple[ReloadStep, ...] = (),
 ) -> str:
-    """Write the secrets, then bring the project up and wait until every service is healthy.
+    """Write the secrets, then bring the project up and wait until every service is healthy; then
+    reload in place each reloadable service whose files changed.
 
     `--pull missing` pulls only images the host lacks (an image built or loaded there is used as
     it is); `--wait` fails the command when a service does not become healthy, or a one-shot set-up
@@ -100,15 +114,63 @@ def up_script(
             # whatever umask the SSH user's copies were made with.
             *([f"chmod 0644 {' '.join(shlex.quote(f) for f in mounted_files)}"] if mounted_files else []),
             *_state_dir_lines(state_dirs),
+            # The memory guard mounts the socket of the engine this compose talks to (compose.DOCKER_SOCKET_SOURCE).
+            f'case "${{DOCKER_HOST:-}}" in unix://*) export {DOCKER_SOCKET_ENV}="${{DOCKER_HOST#unix://}}" ;; esac',
             # GB10: page cache counts as used unified memory at vLLM start-up (DESIGN.md).
             "sync && (sudo -n sh -c 'echo 3 > /proc/sys/vm/drop_caches' 2>/dev/null "
             "|| echo 'warning: page caches not dropped (needs passwordless sudo)' >&2)",
             f"if ! {up}; then",
             *_failure_report(host),
             "fi",
+            *(line for step in reloads for line in _reload_lines(host, step, wait_timeout)),
             _compose_here(host, "ps --format '{{.Name}} {{.Status}}'"),
         ]
     )
+
+
+def _reload_lines(host: str, step: ReloadStep, wait_timeout: int) -> list[str]:
+    """Reload `step.service` in place when its files differ from the last ones it took (a stamp file).
+
+    Its container keeps running, so no connection is cut (HAProxy: master-worker reload, the old
+    worker finishes its streams). The new files are checked inside the container first; a failing
+    check leaves the running configuration as it is and fails the `up` with the check's words. A
+    container that does not see the new content (a file replaced under its bind mount, not rewritten)
+    is recreated instead, and says so.
+    """
+    name, how = step.service, step.reload
+    stamp = shlex.quote(f".reloaded-{name}.sha256")
+    logs = 'docker logs --since "$since" "$cid" 2>&1'
+    stale = " || ".join(
+        f'! docker exec "$cid" cat {shlex.quote(mount)} | cmp -s - {shlex.quote(file)}' for file, mount in step.files
+    )
+    recreate = _compose_here(host, f"up -d --no-deps --force-recreate --wait --wait-timeout {wait_timeout} {name}")
+    return [
+        f'if [ "$(cat {stamp} 2>/dev/null || true)" != {step.digest} ]; then',
+        f"  cid=$({_compose_here(host, f'ps -q {name}')})",
+        f"  if {stale}; then",
+        f"    echo '{name}: its container does not see the new files: recreating it' >&2",
+        f"    {recreate}",
+        "  else",
+        f'    if ! docker exec "$cid" {" ".join(shlex.quote(a) for a in how.check)} >&2; then',
+        f"      echo '{name}: the new configuration fails its check (above); {name} keeps running the one it has' >&2",
+        "      exit 1",
+        "    fi",
+        "    since=$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)",
+        f'    docker kill -s {how.signal} "$cid" >/dev/null',
+        "    waited=0",
+        f"    until {logs} | grep -qF {shlex.quote(how.success_log)}; do",
+        f"      if {logs} | grep -qF {shlex.quote(how.failure_log)} || [ $waited -ge {how.timeout_s} ]; then",
+        f"        echo '{name}: the reload did not take; its log since the signal:' >&2",
+        f"        {logs} | tail -25 >&2",
+        "        exit 1",
+        "      fi",
+        "      waited=$((waited + 1)) && sleep 1",
+        "    done",
+        f"    echo '{name}: reloaded in place ({how.signal}); its container kept running' >&2",
+        "  fi",
+        f"  echo {step.digest} > {stamp}",
+        "fi",
+    ]
 
 
 # A service is in trouble unless it is healthy, running without a health check, or a one-shot that exited 0.
@@ -148,6 +210,50 @@ def _state_dir_lines(state_dirs: tuple[HostPath, ...]) -> list[str]:
             path = shlex.quote(f"{state.host_path}/{seed}")
             lines.append(f"[ -e {path} ] || (touch {path} && chmod 0644 {path})")
     return lines
+
+
+# How long a host's servers may take to pass HAProxy's health checks once its `up` has returned healthy.
+READY_TIMEOUT_S = 120
+
+
+ROLL_STEP = "# roll step {step}: {action} {host}'s servers"
+
+
+def lb_step_script(
+    action: str,
+    host: str,
+    servers: tuple[str, ...],
+    keys_dir: str,
+    image: str,
+    timeout_s: int,
+    digest: str,
+    step: int,
+) -> str:
+    """`python -m runtime.lbdrain` in the runtime image, against the admin socket in the keys directory.
+
+    The container gets that directory alone, no network, and of root's powers only the one that opens
+    a socket owned by HAProxy's user (mode 0600). No socket yet (the first `up`): nothing to do.
+    """
+    keys = shlex.quote(keys_dir)
+    tool = " ".join(
+        [
+            "docker run --rm --network none --read-only --user 0 --cap-drop ALL --cap-add DAC_OVERRIDE",
+            f"-v {keys}:/keys {shlex.quote(image)} python -m runtime.lbdrain --dir /keys",
+            f"{action} {' '.join(shlex.quote(s) for s in servers)} --timeout-s {timeout_s}",
+        ]
+    )
+    return "\n".join(
+        [
+            "set -eu",
+            ROLL_STEP.format(step=step, action=action, host=host),
+            f"# for a change of its serving services (sha256 {digest})",
+            f"if [ ! -S {keys}/admin.sock ]; then",
+            f"  echo 'no load balancer running yet: nothing to {action} for {host}' >&2",
+            "  exit 0",
+            "fi",
+            tool,
+        ]
+    )
 
 
 def down_script(project_dir: str, host: str) -> str:
@@ -242,14 +348,19 @@ class ComposeProject(pulumi.ComponentResource):
         content_hash = pulumi.Output.all(self.compose_file, *self.files.values()).apply(lambda parts: _sha256(*parts))
         self.content_hash = content_hash
         wait_timeout = wait_timeout_s(specs)
-        script = content_hash.apply(
-            lambda h: up_script(
+        reloadable = [(s, s.reload) for s in specs if s.reload is not None and s.files]
+        script = pulumi.Output.all(content_hash, *[files_digest(s.files) for s, _ in reloadable]).apply(
+            lambda hashes: up_script(
                 project_dir,
                 host_name,
-                h,
+                hashes[0],
                 wait_timeout,
                 tuple(sorted(self.files)),
                 tuple(p for s in specs for p in s.host_paths if p.writable),
+                tuple(
+                    ReloadStep(s.name, digest, tuple((f.filename, f.mount_path) for f in s.files), how)
+                    for (s, how), digest in zip(reloadable, hashes[1:], strict=True)
+                ),
             )
         )
         self.up = remote.Command(
@@ -287,6 +398,7 @@ class ComposePlatform:
     nodes_addressable = True
     host_state_dirs = True
     serves_tls = True  # the load balancer, batch API and Grafana each serve TLS on their public port
+    host_docker = True  # the memory guard sheds through the host's Docker socket
 
     def terminate_tls(self, cert_pem: pulumi.Output[str], key_pem: pulumi.Output[str]) -> None:
         raise NotImplementedError("compose services serve TLS themselves (serves_tls)")
@@ -301,6 +413,16 @@ class ComposePlatform:
         self._parents: dict[str, pulumi.Resource] = {}  # service name -> the component that declared it
         self.projects: dict[str, ComposeProject] = {}
         self.services: dict[str, ComposeService] = {}
+        self._rollout: Rollout | None = None
+        self.rolls: dict[str, tuple[remote.Command, remote.Command]] = {}  # host -> (drain, ready), in order
+
+    def roll(self, rollout: Rollout) -> None:
+        """Each host's `up` runs between a drain and a ready command on the load balancer's host (see
+        finish). They run when the host's serving services change, and not otherwise."""
+        unknown = sorted(set(rollout.servers) - set(self._hosts))
+        if unknown or rollout.lb_host not in self._hosts:
+            raise ValueError(f"rollout names hosts the stack does not have: {unknown or [rollout.lb_host]}")
+        self._rollout = rollout
 
     def deploy(self, spec: ServiceSpec, parent: pulumi.Resource) -> None:
         if spec.host not in self._hosts:
@@ -342,6 +464,49 @@ class ComposePlatform:
     def external_address(self, host: str, port: int, service: str) -> str:
         return f"{self._hosts[host].address}:{port}"
 
+    def _serving_digest(self, host: str, specs: list[ServiceSpec]) -> pulumi.Output[str]:
+        """The digest of `host`'s serving services as compose runs them: the trigger of its drain and ready,
+        so they run (and the roll waits) only when those change, never for a change elsewhere on the host."""
+        assert self._rollout is not None
+        serving = [s for s in specs if s.name in self._rollout.services[host]]
+        return pulumi.Output.all(*[_resolved(s) for s in serving]).apply(
+            lambda resolved: _sha256(*[yaml.safe_dump(service_entry(s), sort_keys=True) for s in resolved])
+        )
+
+    def _lb_step(
+        self, action: str, host: str, digest: pulumi.Output[str], after: list[pulumi.Resource]
+    ) -> remote.Command:
+        """`runtime.lbdrain drain|ready` for `host`'s servers, run on the load balancer's host, triggered by
+        the host's serving digest."""
+        rollout = self._rollout
+        assert rollout is not None
+        step = len(self.rolls) + 1
+        balancer = self._hosts[rollout.lb_host]
+        timeout = rollout.drain_timeout_s if action == "drain" else READY_TIMEOUT_S
+        script = pulumi.Output.all(digest, rollout.tool_image).apply(
+            lambda parts: lb_step_script(
+                action,
+                host,
+                rollout.servers[host],
+                f"{balancer.project_dir}/{rollout.keys_dir}",
+                parts[1],
+                timeout,
+                parts[0],
+                step,
+            )
+        )
+        # Only a change of the serving services (the trigger) replaces it, which runs `create`. Anything
+        # else that changes its inputs (a new runtime image) is an update, which does nothing.
+        idle = f"echo 'no change to the servers of {host}: nothing to {action}'"
+        return remote.Command(
+            f"{host}-{action}",
+            connection=balancer.connection,
+            create=script,
+            update=idle,
+            triggers=[digest],
+            opts=pulumi.ResourceOptions(parent=self._hosts[host], depends_on=[balancer.ready, *after]),
+        )
+
     def finish(self) -> None:
         """One project per host. A service that waits for one on another host (the batch box for the
         data host's bucket set-up) cannot say so in its compose file: its host's `up` runs after that
@@ -357,7 +522,11 @@ class ComposePlatform:
                 elsewhere = [d for d in spec.depends_on if where.get(d, host) != host]
                 after[host] |= {where[d] for d in elsewhere}
                 local[host].append(replace(spec, depends_on=tuple(d for d in spec.depends_on if d not in elsewhere)))
-        for name in graphlib.TopologicalSorter(after).static_order():  # CycleError: hosts waiting for each other
+        previous_ready: list[pulumi.Resource] = []
+        for name in _host_order(after, list(self._hosts)):
+            rolls = self._rollout is not None and name in self._rollout.servers and bool(local[name])
+            digest = self._serving_digest(name, local[name]) if rolls else None
+            drain = self._lb_step("drain", name, digest, previous_ready) if digest is not None else None
             if local[name]:
                 box, project = self._hosts[name], f"{name}-compose"
                 for spec in local[name]:
@@ -372,11 +541,16 @@ class ComposePlatform:
                         "host": box,
                         "specs": local[name],
                         "file_copies": [c for spec in local[name] for c in self.services[spec.name].copies],
-                        "after": [self.projects[h].up for h in sorted(after[name])],
+                        "after": [*(self.projects[h].up for h in sorted(after[name])), *([drain] if drain else [])],
                     },
                     opts=pulumi.ResourceOptions(parent=box),
                 )
-        ups = [project.up for project in self.projects.values()]
+                if drain is not None and digest is not None:
+                    ready = self._lb_step("ready", name, digest, [self.projects[name].up])
+                    self.rolls[name] = (drain, ready)
+                    previous_ready = [ready]
+        ups: list[pulumi.Resource] = [project.up for project in self.projects.values()]
+        ups += [ready for _, ready in self.rolls.values()]
         hashes = [project.content_hash for project in self.projects.values()]
         for spec, parent in self._checks:
             box = self._hosts[spec.host]
@@ -391,6 +565,22 @@ class ComposePlatform:
                 triggers=hashes,
                 opts=pulumi.ResourceOptions(parent=parent, depends_on=ups),
             )
+
+
+def _host_order(after: dict[str, set[str]], listed: list[str]) -> list[str]:
+    """Hosts in the order the stack file lists them, except that a host comes after those it waits for:
+    the order `up` runs and a change rolls in. graphlib.CycleError: hosts waiting for each other."""
+    sorter = graphlib.TopologicalSorter(after)
+    sorter.prepare()
+    order: list[str] = []
+    ready: set[str] = set()
+    while sorter.is_active():
+        ready |= set(sorter.get_ready())
+        host = min(ready, key=listed.index)  # one at a time: a later-listed host never overtakes
+        ready.remove(host)
+        order.append(host)
+        sorter.done(host)
+    return order
 
 
 def _env_lines(spec: ServiceSpec, values: list[str]) -> str:

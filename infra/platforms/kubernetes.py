@@ -16,6 +16,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.config import PROJECT, ConfigError, KubernetesSettings, RaySettings, stack_file
+from infra.platforms import Rollout
 from infra.render import kubernetes as render
 from infra.services import Exposure, ServiceSpec, secret_output
 
@@ -46,6 +47,7 @@ RAY_UPGRADE_STRATEGY = {"type": "Recreate"}
 class KubernetesPlatform:
     nodes_addressable = False  # pods are reached through Services; Ray workers have none
     host_state_dirs = False  # pods move between nodes: state lives in volumes or ConfigMaps
+    host_docker = False  # the nodes run containerd: the memory guard pauses, never sheds
     serves_tls = False  # the Ingress terminates TLS; behind it the Services speak plain HTTP in the cluster
 
     def __init__(self, settings: KubernetesSettings, *, image_pull_secret: pulumi.Input[str] | None = None):
@@ -320,6 +322,11 @@ class KubernetesPlatform:
 
     def terminate_tls(self, cert_pem: pulumi.Output[str], key_pem: pulumi.Output[str]) -> None:
         self._tls = (cert_pem, key_pem)
+
+    def roll(self, rollout: Rollout) -> None:
+        """Nothing to declare: each Deployment rolls by its own strategy. The load balancer's keeps one pod
+        serving (maxUnavailable 0); vLLM's is Recreate, since a single GB10 node has one GPU and the new
+        pod cannot start beside the old one: on one node a vLLM change is an outage of that model."""
 
     def finish(self) -> None:
         """The public HTTP endpoints: HTTPRoutes on the configured Gateway (whose listener holds the

@@ -21,6 +21,11 @@ PROJECT_NAME = "vllm-gb10"
 FILES_LABEL = "dev.vllm-gb10.files-sha256"
 EXTENSION = "x-vllm-gb10"
 RDMA_DEVICES = "/dev/infiniband"  # the RDMA verbs devices NCCL opens for its IB/RoCE transport
+DOCKER_SOCKET = "/var/run/docker.sock"  # the Docker Engine API (root-equivalent): the memory guard's only
+# The socket's path on the host: the engine the up script's compose talks to (its DOCKER_HOST, when that is a
+# unix socket: the local stack's private dockerd), else Docker's default. The up script exports it.
+DOCKER_SOCKET_ENV = "VGB_DOCKER_SOCKET"
+DOCKER_SOCKET_SOURCE = f"${{{DOCKER_SOCKET_ENV}:-{DOCKER_SOCKET}}}"
 
 
 def project_name(host: str) -> str:
@@ -33,7 +38,8 @@ def _escape(value: str) -> str:
     return value.replace("$", "$$")
 
 
-def _service(spec: ServiceSpec) -> dict[str, Any]:
+def service_entry(spec: ServiceSpec) -> dict[str, Any]:
+    """The compose entry of one service (its image, command, environment, mounts, labels, ...)."""
     out: dict[str, Any] = {"image": spec.image, "container_name": f"{PROJECT_NAME}-{spec.name}", "network_mode": "host"}
     if spec.entrypoint is not None:
         out["entrypoint"] = [_escape(a) for a in spec.entrypoint]
@@ -47,6 +53,12 @@ def _service(spec: ServiceSpec) -> dict[str, Any]:
     mounts = [f"{v.name}:{v.mount_path}" for v in spec.volumes]
     mounts += [f"./{f.filename}:{f.mount_path}:ro" for f in spec.files]
     mounts += [f"{h.host_path}:{h.mount_path}{'' if h.writable else ':ro'}" for h in spec.host_paths]
+    if spec.docker_socket:
+        mounts.append(f"{DOCKER_SOCKET_SOURCE}:{DOCKER_SOCKET}")
+        out["user"] = "0:0"
+        out["cap_drop"] = ["ALL"]
+        out["security_opt"] = ["no-new-privileges:true"]
+        out["read_only"] = True
     if mounts:
         out["volumes"] = mounts
     if spec.healthcheck is not None:
@@ -76,8 +88,12 @@ def _service(spec: ServiceSpec) -> dict[str, Any]:
         out["cap_add"] = ["IPC_LOCK"]
     out["logging"] = {"driver": "json-file", "options": {"max-size": "50m", "max-file": "5"}}
     out["labels"] = {"dev.vllm-gb10.service": spec.name, "dev.vllm-gb10.host": spec.host}
-    if spec.files:
+    if spec.files and spec.reload is None:  # a reloadable service takes its files in place (up_script)
         out["labels"][FILES_LABEL] = files_digest(spec.files)
+    if spec.stop_signal:
+        out["stop_signal"] = spec.stop_signal
+    if spec.stop_grace_s is not None:
+        out["stop_grace_period"] = f"{spec.stop_grace_s}s"
     return out
 
 
@@ -92,7 +108,7 @@ def compose_document(specs: list[ServiceSpec], host: str, cluster_address: str) 
         missing = set(spec.depends_on) - set(names)
         if missing:
             raise ValueError(f"{spec.name} depends on services not on this host: {sorted(missing)}")
-        service = _service(spec)
+        service = service_entry(spec)
         for dep in spec.depends_on:
             if dep in one_shots:
                 service["depends_on"][dep]["condition"] = "service_completed_successfully"

@@ -67,6 +67,10 @@ class ModelRoute:
     servers: tuple[Backend, ...]
 
 
+# The longest a generation (a streamed response) may take: HAProxy's client and server timeouts.
+GENERATION_TIMEOUT_S = 600
+
+
 @dataclass(frozen=True)
 class LoadBalancerConfig:
     backends: tuple[Backend, ...]
@@ -78,7 +82,7 @@ class LoadBalancerConfig:
     check_interval_ms: int = 2000
     connect_timeout_s: int = 5
     # vLLM generations and streamed responses run long: no client/server timeout shorter than that.
-    generation_timeout_s: int = 600
+    generation_timeout_s: int = GENERATION_TIMEOUT_S
     maxconn: int = 4096
     # False renders `balance roundrobin`: only the benchmark's peer, to measure what stickiness buys.
     sticky: bool = True

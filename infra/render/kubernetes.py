@@ -110,6 +110,8 @@ def resources(spec: ServiceSpec) -> dict[str, Any]:
 
 
 def container(spec: ServiceSpec) -> dict[str, Any]:
+    if spec.docker_socket:
+        raise ValueError(f"service {spec.name}: a Docker socket is for compose hosts; kubernetes nodes run containerd")
     if spec.rdma:  # only tensor/pipeline parallelism asks for it, which the kubernetes platform refuses
         raise ValueError(f"service {spec.name}: RDMA devices need a device plugin on kubernetes; not rendered")
     environment = dict(spec.environment)
@@ -141,6 +143,11 @@ def container(spec: ServiceSpec) -> dict[str, Any]:
         body["startupProbe"] = probe(check, failure_threshold=startup_failure_threshold(check))
         body["readinessProbe"] = probe(check)
         body["livenessProbe"] = probe(check)
+    if spec.stop_signal:
+        # The kubelet stops with SIGTERM whatever the image says; the hook sends the graceful signal
+        # first and returns once the main process has exited (or the grace period ends it).
+        wait = f"kill -s {spec.stop_signal.removeprefix('SIG')} 1 && while kill -0 1 2>/dev/null; do sleep 1; done"
+        body["lifecycle"] = {"preStop": {"exec": {"command": ["/bin/sh", "-c", wait]}}}
     return body
 
 
@@ -194,6 +201,8 @@ def pod_spec(spec: ServiceSpec, placement: ClusterPlacement, *, claims: bool) ->
     }
     if init_containers:
         body["initContainers"] = init_containers
+    if spec.stop_grace_s is not None:
+        body["terminationGracePeriodSeconds"] = spec.stop_grace_s
     if spec.pod_user is not None:
         user = spec.pod_user
         body["securityContext"] = {"runAsUser": user, "runAsGroup": user, "fsGroup": user, "runAsNonRoot": True}
@@ -258,6 +267,12 @@ def workload(spec: ServiceSpec, placement: ClusterPlacement) -> tuple[str, dict[
         if exclusive
         else {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
     )
+    if exclusive:
+        # The old pod must be gone before the new one starts: a long graceful stop would be that long
+        # with no pod serving new requests, so a Recreate workload stops as the platform stops it.
+        template["spec"].pop("terminationGracePeriodSeconds", None)
+        for container_body in template["spec"]["containers"]:
+            container_body.pop("lifecycle", None)
     body = {"replicas": 1, "selector": selector, "strategy": strategy, "template": template}
     return "Deployment", body
 

@@ -1,7 +1,8 @@
 """The worker's job loop: claim a job from the Redis queue, keep its lease while it runs, give it
 back on a failure (with a delay; a job leased more than `job_max_attempts` times in a row without
-progress ends as `failed`), and the background heartbeat, scheduled backups and webhook delivery (each
-its own task, so a slow webhook receiver never delays the heartbeat)."""
+progress ends as `failed`), and the background heartbeat, scheduled backups, the expiry sweep
+(runtime.batch.expiry) and webhook delivery (each its own task, so a slow webhook receiver never delays
+the heartbeat)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import redis.asyncio as redis
 from runtime.batch import backup, logs, metrics, redis_client, webhooks
 from runtime.batch.chunk_pipeline import ChunkPipeline, JobStopError
 from runtime.batch.engines import Engine, serves
+from runtime.batch.expiry import ExpirySweeper
 from runtime.batch.finalize import JobFinisher
 from runtime.batch.jobs import JobStore, Lease, StaleLeaseError
 from runtime.batch.models import Batch, BatchError, BatchStatus
@@ -67,7 +69,10 @@ class Worker:
         self.last_beat = time.monotonic()
         self.backup_client = backup.raw_client(settings)  # DUMP payloads are binary
         self._backup: asyncio.Task[None] | None = None
+        self.expiry = ExpirySweeper(settings, objects, client)
+        self._expiry: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._memory_pause = False  # the last answer of the host's memory guard (logged when it changes)
         self.pipeline = ChunkPipeline(settings, engine, self.store, objects)
         self.finisher = JobFinisher(settings, self.store, objects, client)
 
@@ -85,6 +90,10 @@ class Worker:
         try:
             while not self._stopping.is_set():
                 try:
+                    if await self._memory_paused():
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._stopping.wait(), IDLE_POLL_S)
+                        continue
                     lease = await self.store.claim(
                         self.settings.lease_seconds,
                         loaded_model=self.engine.loaded_model,
@@ -108,13 +117,28 @@ class Worker:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            if self._backup is not None:
-                self._backup.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await self._backup
+            for scheduled in (self._backup, self._expiry):
+                if scheduled is not None:
+                    scheduled.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await scheduled
 
     def stop(self) -> None:
         self._stopping.set()
+
+    async def _memory_paused(self) -> bool:
+        """Whether the host's memory guard says to claim nothing now; logs and shows each change. The job
+        this worker already runs goes on (its lease kept): only new work waits."""
+        host = self.settings.memguard_host
+        paused = host is not None and await self.store.memory_paused(host)
+        if paused != self._memory_pause:
+            self._memory_pause = paused
+            metrics.memory_paused.set(1 if paused else 0)
+            if paused:
+                log.warning("memory guard of %s paused new work: no job is claimed", host, extra={"memguard": "pause"})
+            else:
+                log.warning("memory guard of %s resumed: claiming jobs again", host, extra={"memguard": "resume"})
+        return paused
 
     async def _background(self) -> None:
         """Heartbeat for the fleet view, independent of job work and of webhook delivery (its own task)."""
@@ -124,6 +148,8 @@ class Worker:
                 self.last_beat = time.monotonic()
                 if self._backup is None or self._backup.done():  # off the heartbeat's path: it may take a while
                     self._backup = asyncio.create_task(self._scheduled_backup())
+                if self._expiry is None or self._expiry.done():  # its own task too: a sweep lists the bucket
+                    self._expiry = asyncio.create_task(self._scheduled_expiry())
             except (redis.RedisError, OSError) as exc:
                 log.warning("background loop: %s", exc)
             await asyncio.sleep(0.5)
@@ -133,6 +159,21 @@ class Worker:
             await backup.take_if_due(self.settings, self.objects, self.backup_client)
         except Exception as exc:  # a failed backup is logged and taken again at the next interval
             log.error("redis backup failed: %r", exc, exc_info=exc)
+
+    async def _scheduled_expiry(self) -> None:
+        try:
+            report = await self.expiry.sweep_if_due()
+        except Exception as exc:  # counted (batch_expiry_errors); the next interval sweeps again from where it was
+            log.error("expiry sweep failed: %r", exc, exc_info=exc)
+            return
+        if report is not None and (any(report.deleted.values()) or report.refused):
+            log.info(
+                "expiry sweep: deleted %s, %d refused by S3, %d objects listed%s",
+                report.deleted,
+                report.refused,
+                report.listed,
+                " (listing complete)" if report.listing_complete else "",
+            )
 
     async def run_leased(self, lease: Lease) -> None:
         """Run one leased job; renew the lease meanwhile; give it back on a job-level failure."""

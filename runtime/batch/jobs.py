@@ -33,6 +33,7 @@ from runtime.batch.models import (
     StoredFile,
 )
 from runtime.batch.redis_client import transient_retry
+from runtime.batch.storage import file_key
 
 T = TypeVar("T")
 
@@ -184,10 +185,14 @@ class JobStore:
     # --- files ---------------------------------------------------------------------------
 
     async def save_file(self, file: StoredFile) -> None:
-        """The record, and its place in the listings (which expire no sooner than it)."""
+        """The record, its place in the listings (which expire no sooner than it) and, when it expires, its
+        object's place in the expiry index, all at once: the sweep (runtime.batch.expiry) deletes the object
+        at that time, whatever the bucket's lifecycle rule does."""
         created = now_ms()  # the listing's order: created_at has whole seconds only
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(keys.file(file.id), file.model_dump_json(), exat=file.expires_at)
+            if file.expires_at:
+                pipe.zadd(keys.EXPIRY, {file_key(file.id): file.expires_at})
             indexes = [keys.FILES] + ([keys.owner_files(file.owner)] if file.owner else [])
             for index in indexes:
                 pipe.zadd(index, {file.id: created}, nx=True)
@@ -249,6 +254,7 @@ class JobStore:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(keys.file(file_id))
             pipe.zrem(keys.FILES, file_id)
+            pipe.zrem(keys.EXPIRY, file_key(file_id))  # the API deleted its object first
             if owner:
                 pipe.zrem(keys.owner_files(owner), file_id)
             deleted, *_ = await pipe.execute()
@@ -512,6 +518,10 @@ class JobStore:
             pipe.zrem(keys.ACTIVE, lease.batch_id)
             pipe.delete(keys.job(lease.batch_id), keys.chunks(lease.batch_id))
             await pipe.execute()
+
+    async def memory_paused(self, host: str) -> bool:
+        """Whether the memory guard of `host` has paused new work there (keys.memory_pause)."""
+        return bool(await self.redis.exists(keys.memory_pause(host)))
 
     async def wait_for_work(self, timeout_seconds: float) -> None:
         """Block until a job is enqueued or the timeout passes (the queue itself is the truth)."""

@@ -19,6 +19,12 @@ WORKERS = PREFIX + "workers"  # hash worker_id -> last heartbeat ms (silent for 
 WORKER_MODELS = PREFIX + "workers:models"  # hash worker_id -> the model its engine has loaded (pruned with WORKERS)
 WAKE = PREFIX + "wake"  # list: a token per new job, so idle workers wake at once (BLPOP)
 THROUGHPUT = PREFIX + "throughput"  # string: recent requests/s of the fleet (estimates)
+# The expiry sweep (runtime.batch.expiry). EXPIRY never expires: it is what says an object must go, so
+# it lives until the sweep has deleted the object (then the member is removed).
+EXPIRY = PREFIX + "expiry"  # zset S3 key ("files/<id>") -> epoch s when the object expires (expires_after)
+EXPIRY_LOCK = PREFIX + "expiry:lock"  # SET NX PX: one worker of the fleet runs each scheduled sweep
+EXPIRY_PASS = PREFIX + "expiry:pass"  # hash: the bucket listing in progress (cursor, oldest overdue per prefix)
+EXPIRY_RESULT = PREFIX + "expiry:result"  # hash: the last complete listing (at, oldest overdue per prefix)
 
 
 def batch(batch_id: str) -> str:
@@ -74,3 +80,11 @@ def rate_limit(key_id: str, minute: int) -> str:
 def stats(batch_id: str) -> str:
     """JSON {avg_response_time, prompt_tokens, completion_tokens} written when a job finishes."""
     return f"{PREFIX}batch:{batch_id}:stats"
+
+
+def memory_pause(host: str) -> str:
+    """String, expiring: while it exists the batch workers on `host` claim no job (the host's memory
+    guard, runtime.memguard, holds it: set and renewed every sample while the host is short of memory,
+    with an expiry a few samples long, deleted when memory recovers). Its value is JSON {level (pause or
+    shed), reason, at (unix s)}, for the operator; the workers read only whether it exists."""
+    return f"{PREFIX}memguard:pause:{host}"

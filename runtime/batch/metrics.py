@@ -79,9 +79,44 @@ model_switch_seconds = Histogram(
     buckets=(1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 300),
     registry=registry,
 )
+memory_paused = Gauge(
+    "batch_worker_memory_paused",
+    "1 while the host's memory guard has paused new work: the worker claims no job.",
+    registry=registry,
+)
 model_loaded = Gauge(
     "batch_model_loaded", "1 for the model the worker's engine has loaded.", ["model"], registry=registry
 )
 api_requests = Counter(
     "batch_api_requests", "API requests by route and status.", ["route", "status"], registry=registry
+)
+expiry_deleted = Counter(
+    "batch_expiry_deleted_objects",
+    "Objects the worker's expiry sweep deleted, by reason: expires_after (the file's own expiry: expires_after, "
+    "output_expires_after or the retention it was given) or retention (listed older than resultRetentionDays).",
+    ["reason"],
+    registry=registry,
+)
+expiry_deleted_bytes = Counter(
+    "batch_expiry_deleted_bytes",
+    "Bytes of the objects the expiry sweep deleted whose size it knew (from the listing or the file's record).",
+    registry=registry,
+)
+expiry_errors = Counter(
+    "batch_expiry_errors",
+    "Expiry sweep failures, by stage: sweep (a sweep ended with an error), delete (a key S3 refused to delete).",
+    ["stage"],
+    registry=registry,
+)
+expiry_overdue_age = Gauge(
+    "batch_expiry_overdue_age_seconds",
+    "Age of the oldest object older than the retention that the last complete listing of the bucket left there, "
+    "by prefix (files, batches: the sweep's own; other: the lifecycle rule's only); 0: none.",
+    ["prefix"],
+    registry=registry,
+)
+expiry_pass_timestamp = Gauge(
+    "batch_expiry_pass_timestamp_seconds",
+    "When the expiry sweep last finished listing the whole bucket (any worker of the fleet).",
+    registry=registry,
 )

@@ -30,6 +30,10 @@ from runtime.batch.keys import PREFIX
 # MODULE, REPLICAOF, SHUTDOWN: Redis's @admin and @dangerous), but RESTORE for the backup's restore.
 BATCH_ACL_USER = "batch"
 BATCH_ACL_RULES = (f"~{PREFIX}*", "resetchannels", "+@all", "-@admin", "-@dangerous", "+restore")
+# The memory guards' user (runtime.memguard): its own keys only, and only what it does with them (set
+# with an expiry, delete) plus PING; redis-py's CLIENT SETINFO at connect is refused and ignored.
+MEMGUARD_ACL_USER = "memguard"
+MEMGUARD_ACL_RULES = (f"~{PREFIX}memguard:*", "resetchannels", "-@all", "+set", "+del", "+ping")
 
 TRANSIENT = (ConnectionError, TimeoutError, BusyLoadingError)
 BACKOFF_CAP_S = 2.0

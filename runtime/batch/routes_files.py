@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
+from botocore.exceptions import ClientError
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
@@ -19,11 +20,13 @@ from runtime.batch.api_common import (
     RoomForWork,
     existing_file,
     expiry_seconds,
+    not_found,
 )
 from runtime.batch.models import METADATA_VALUE_CHARS, ApiError, FileList, FileObject
 from runtime.batch.storage import file_key
 
 router = APIRouter()
+MISSING_OBJECT = frozenset({"NoSuchKey", "404", "NotFound"})
 
 
 @router.post("/v1/files")
@@ -103,7 +106,12 @@ async def get_file(state: ApiState, principal: Caller, file_id: str) -> FileObje
 @router.get("/v1/files/{file_id}/content")
 async def file_content(state: ApiState, principal: Caller, file_id: str) -> StreamingResponse:
     await existing_file(state, file_id, principal)
-    body = await asyncio.to_thread(state.objects.open, file_key(file_id))
+    try:
+        body = await asyncio.to_thread(state.objects.open, file_key(file_id))
+    except ClientError as exc:  # expired meanwhile: the sweep (or the bucket's own rule) deleted it
+        if exc.response.get("Error", {}).get("Code") in MISSING_OBJECT:
+            raise not_found("file", file_id) from None
+        raise
     return StreamingResponse(_iterate(body), media_type="application/jsonl")
 
 

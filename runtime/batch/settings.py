@@ -127,6 +127,25 @@ class BatchSettings(BaseSettings):
         default=3600, ge=0, description="A Redis snapshot to S3 this often (one worker of the fleet takes it); 0: off."
     )
     backup_keep: int = Field(default=24, ge=1, description="Snapshots kept; older ones are deleted.")
+    expiry_sweep_seconds: float = Field(
+        default=600,
+        ge=1,
+        le=86_400,
+        description="The worker deletes expired results itself this often (one worker of the fleet, by a Redis "
+        "lock): files past their expires_after / output_expires_after, and whatever under files/ and batches/ "
+        "is older than the retention. The bucket's lifecycle rule stays as a second line. No off switch.",
+    )
+    expiry_delete_batch: int = Field(
+        default=1000, ge=1, le=1000, description="Keys per S3 DeleteObjects call of the expiry sweep (S3 allows 1000)."
+    )
+    expiry_sweep_max_deletes: int = Field(
+        default=10_000, ge=1, description="Objects one expiry sweep deletes at most; the rest wait for the next."
+    )
+    expiry_sweep_max_listed: int = Field(
+        default=100_000,
+        ge=1,
+        description="Objects one expiry sweep lists at most; a bigger bucket is listed over several sweeps.",
+    )
     commits_in_flight: int = Field(
         default=4, ge=1, description="Chunks being written to S3 and Redis at once; more chunks wait to start."
     )
@@ -156,6 +175,12 @@ class BatchSettings(BaseSettings):
         "reach although they are loopback, link-local, private or cluster-internal (refused by default).",
     )
     worker_metrics_port: int = Field(default=8101, ge=0, le=65535, description="Worker /health and /metrics.")
+    memguard_host: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The host whose memory guard (runtime.memguard) this worker obeys: while the guard's "
+        "pause key for it exists, the worker claims no job. None: no guard watches its host.",
+    )
     worker_metrics_host: str = Field(
         default="0.0.0.0",
         min_length=1,

@@ -140,6 +140,16 @@ def admin_cli(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess
     )
 
 
+def tenant_keys(env: Mapping[str, str], *names: str) -> dict[str, str]:
+    """A batch API key per tenant name, made with the admin CLI as an operator makes them."""
+    made = {}
+    for name in names:
+        created = admin_cli(env, "keys", "create", name)
+        assert created.returncode == 0, created.stderr
+        made[name] = created.stdout.strip()
+    return made
+
+
 def counted_job_failures(worker_log: Path) -> list[str]:
     """Job attempts a worker counted against a job; a Redis or S3 fault is logged as "not counted"."""
     lines = [json.loads(x) for x in worker_log.read_text().splitlines() if x.startswith("{")]

@@ -26,7 +26,7 @@ import redis
 
 from harness.metrics import sample_value
 from harness.servers import BatchApi, BatchWorker, batch_env, free_port, wait_for
-from tests.integration.batch_fixtures import LoopbackServer, admin_cli, chat_lines
+from tests.integration.batch_fixtures import LoopbackServer, admin_cli, chat_lines, tenant_keys
 
 pytestmark = pytest.mark.integration
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
@@ -91,11 +91,7 @@ def tenants(redis_server, s3_server, tmp_path_factory) -> Iterator[Tenants]:
     worker = BatchWorker(log_dir, env, engine_factory="bench.batch_engines:instant")
     api.start()
     worker.start()
-    made = {}
-    for name in ("alice", "bob"):
-        created = admin_cli(env, "keys", "create", name)
-        assert created.returncode == 0, created.stderr
-        made[name] = created.stdout.strip()
+    made = tenant_keys(env, "alice", "bob")
     try:
         keys = {**made, "admin": env["BATCH_BOOTSTRAP_API_KEY"]}
         yield Tenants(env, api, f"http://127.0.0.1:{internal_port}", keys, target, redirector)

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from infra.local.docker_engine import Engine, EngineError, ensure_engine, stop_private_engine
+from infra.local.docker_engine import Engine
 from infra.plan.context_hash import context_files, ignore_patterns
+from tests.integration.docker_fixtures import docker_engine
 
 pytestmark = pytest.mark.integration
 
@@ -27,14 +28,8 @@ PROBE = "FROM scratch\nCOPY . /ctx\n"
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    state = tmp_path_factory.mktemp("docker-state")
-    try:
-        found = ensure_engine(state)
-    except EngineError as err:
-        pytest.fail(f"this test needs a Docker Engine: {err}")
-    yield found
-    if found.private:
-        stop_private_engine(state)
+    with docker_engine(tmp_path_factory.mktemp("docker-state")) as found:
+        yield found
 
 
 def docker(engine: Engine, *args: str) -> str:

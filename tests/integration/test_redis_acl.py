@@ -18,13 +18,14 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from harness.servers import Process, find_binary, free_port
-from infra.components.redis import BATCH_HASH_ENV, server_command
-from runtime.batch.keys import PREFIX
-from runtime.batch.redis_client import BATCH_ACL_USER
+from infra.components.redis import BATCH_HASH_ENV, MEMGUARD_HASH_ENV, server_command
+from runtime.batch.keys import PREFIX, memory_pause
+from runtime.batch.redis_client import BATCH_ACL_USER, MEMGUARD_ACL_USER
 
 ADMIN_PASSWORD = secrets.token_hex(16)
 MAXMEMORY = 256 * 1024**2
 BATCH_PASSWORD = secrets.token_hex(24)
+MEMGUARD_PASSWORD = secrets.token_hex(24)
 
 
 class StackRedis(Process):
@@ -44,7 +45,11 @@ class StackRedis(Process):
         return ["sh", "-c", f"cd {self.data_dir} && {server}"]
 
     def environment(self) -> dict[str, str]:
-        return {"REDIS_PASSWORD": ADMIN_PASSWORD, BATCH_HASH_ENV: hashlib.sha256(BATCH_PASSWORD.encode()).hexdigest()}
+        return {
+            "REDIS_PASSWORD": ADMIN_PASSWORD,
+            BATCH_HASH_ENV: hashlib.sha256(BATCH_PASSWORD.encode()).hexdigest(),
+            MEMGUARD_HASH_ENV: hashlib.sha256(MEMGUARD_PASSWORD.encode()).hexdigest(),
+        }
 
     def ready(self) -> bool:
         return bool(redis.Redis(port=self.port, password=ADMIN_PASSWORD, socket_timeout=1).ping())
@@ -194,3 +199,28 @@ def test_a_full_redis_refuses_writes_and_evicts_nothing(tmp_path: Path) -> None:
         client.close()
     finally:
         small.stop()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("GET", memory_pause("stella")),  # it writes its key; reading is not its business
+        ("SET", f"{PREFIX}queue", "x"),  # a batch key
+        ("DEL", f"{PREFIX}batches"),
+        ("KEYS", "*"),
+        ("FLUSHALL",),
+        ("CONFIG", "GET", "requirepass"),
+        ("EVAL", "return 1", "0"),
+    ],
+)
+def test_the_memory_guards_user_sets_and_deletes_its_pause_keys_and_nothing_else(
+    server: StackRedis, command: tuple[str, ...]
+) -> None:
+    """Whoever takes over a memory guard (which holds the Docker socket) gets nothing of the batch data."""
+    guard = redis.Redis(port=server.port, username=MEMGUARD_ACL_USER, password=MEMGUARD_PASSWORD)
+    try:
+        assert guard.set(memory_pause("stella"), "{}", ex=10) and guard.delete(memory_pause("stella")) == 1
+        with pytest.raises(redis.exceptions.ResponseError, match=r"no permissions"):
+            guard.execute_command(*command)
+    finally:
+        guard.close()

@@ -70,3 +70,26 @@ def test_the_post_deploy_job_starts_after_vllm_and_every_workload(edge: Plan) ->
     }
     assert "vllm-gb10" in workloads
     assert workloads <= set(job.depends_on)
+
+
+def test_a_recreated_load_balancer_is_not_held_by_a_long_graceful_stop(edge: Plan) -> None:
+    """Its ReadWriteOnce keys volume makes the Deployment Recreate: the new pod waits for the old one, so
+    a 630 s soft stop there would be 630 s with no load balancer (compose keeps the soft stop)."""
+    lb = recorded(edge, "kubernetes:apps/v1:Deployment", "lb")
+    assert lb.inputs["spec"]["strategy"] == {"type": "Recreate"}
+    pod = lb.inputs["spec"]["template"]["spec"]
+    assert "terminationGracePeriodSeconds" not in pod
+    assert not [c for c in pod["containers"] if "lifecycle" in c]
+
+
+def test_a_rolling_workload_stops_with_its_own_signal_within_its_grace() -> None:
+    from infra.render.kubernetes import ClusterPlacement, workload
+    from infra.services import ServiceSpec
+
+    spec = ServiceSpec(name="proxy", image="proxy:1", host="any", stop_signal="SIGUSR1", stop_grace_s=630)
+    kind, body = workload(spec, ClusterPlacement("ns", "gpu", "gb10"))
+    assert kind == "Deployment" and body["strategy"]["type"] == "RollingUpdate"
+    pod = body["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 630
+    (hook,) = [c["lifecycle"]["preStop"]["exec"]["command"] for c in pod["containers"]]
+    assert hook[:2] == ["/bin/sh", "-c"] and hook[2].startswith("kill -s USR1 1 && while kill -0 1")

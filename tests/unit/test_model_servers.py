@@ -135,7 +135,7 @@ def test_models_that_cannot_fit_together_are_refused_naming_them_and_the_memory(
         "21.5 GiB (15.0 GiB weights + 6 GiB vLLM overhead + 0.50 GiB KV for one 8192-token sequence in fp8), "
         "'llama-8b-2' (meta-llama/Llama-3.1-8B-Instruct) at least 21.5 GiB (15.0 GiB weights + 6 GiB vLLM overhead "
         "+ 0.50 GiB KV for one 8192-token sequence in fp8); together 57.5 GiB, but only 47.9 GiB is usable for vLLM "
-        "on gpu host stella (gpu_memory_utilization 0.85 of 119.7 GiB, less 53.4 GiB reserved for the services "
+        "on gpu host stella (gpu_memory_utilization 0.85 of 119.7 GiB, less 53.5 GiB reserved for the services "
         "beside vLLM); offer fewer or smaller models, lower maxModelLen, or move roles off the gpu hosts"
     )
     # The same three fit once the first box no longer carries every other service.
@@ -164,7 +164,7 @@ def test_an_explicit_utilisation_is_each_servers_and_they_must_fit_together() ->
     assert str(caught.value) == (
         "Pulumi.stella.yaml: vllm-gb10:gpuMemoryUtilization: the offered models 'Qwen/Qwen3-4B', 'llama-8b' get "
         "gpuMemoryUtilization 0.30 each (35.9 GiB) on every gpu host: together 71.8 GiB, but only 47.9 GiB is usable "
-        "for vLLM on gpu host stella (gpu_memory_utilization 0.85 of 119.7 GiB, less 53.4 GiB reserved for the "
+        "for vLLM on gpu host stella (gpu_memory_utilization 0.85 of 119.7 GiB, less 53.5 GiB reserved for the "
         "services beside vLLM); lower gpuMemoryUtilization or offer fewer models"
     )
     fits = load_with(stack="stella", models=[LLAMA], gpuMemoryUtilization="0.2")

@@ -22,6 +22,16 @@ SEEDS_ALERTS = {
     "DiskFreeLow", "GpuTemperatureHigh", "MemoryHigh", "BatchJobStalled",
 }  # fmt: skip
 ALERTS = SEEDS_ALERTS | {"LoadBalancerImbalance"}  # ADR-003: load within 10% across GPUs
+# issue 31: the memory guard's actions, and a guard that cannot act
+ALERTS |= {
+    "MemoryGuardPaused",
+    "MemoryGuardShed",
+    "MemoryGuardContainerStopped",
+    "MemoryGuardNothingLeftToShed",
+    "MemoryGuardFailing",
+    "MemoryGuardDown",
+}
+ALERTS |= {"BatchResultsOverdue", "BatchExpiryStalled"}  # issue 37: expiry that really happens
 
 
 def promtool(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -60,6 +70,8 @@ def test_every_alert_fires_on_sample_series_and_stays_quiet_inside_its_threshold
         "LoadBalancerErrorRateHigh",
         "BatchJobStalled",
         "LoadBalancerImbalance",
+        "BatchResultsOverdue",
+        "BatchExpiryStalled",
     } <= quiet
 
 
@@ -69,6 +81,11 @@ def test_every_alert_fires_on_sample_series_and_stays_quiet_inside_its_threshold
         ("max(batch_queue_depth) > 100", "max(batch_queue_depth) > 1000", "BatchQueueDeep"),
         ("          > 1.10\n", "          > 1.25\n", "LoadBalancerImbalance"),  # the 10% bound
         ('state="UP"} == 1', 'state="UP"} >= 0', "LoadBalancerImbalance"),  # a down backend counted
+        ("memguard_level >= 1", "memguard_level >= 2", "MemoryGuardPaused"),  # a pause not alerted
+        ('{action="stop"}[15m]) > 0', '{action="pause"}[15m]) > 0', "MemoryGuardShed"),  # the wrong action
+        ("memguard_shed_exhausted == 1", "memguard_shed_exhausted == 0", "MemoryGuardNothingLeftToShed"),
+        ("(batch_expiry_overdue_age_seconds) > 0", "(batch_expiry_overdue_age_seconds) > 1e9", "BatchResultsOverdue"),
+        ("> 6 * 3600", "> 24 * 3600", "BatchExpiryStalled"),
     ],
 )
 def test_a_broken_rule_fails_the_rule_tests(tmp_path: Path, rule: str, broken: str, alert: str) -> None:
@@ -96,16 +113,18 @@ def test_the_shipped_prometheus_config_passes_promtool(plan: Plan, tmp_path: Pat
 def test_prometheus_scrapes_every_service_and_the_gpu_hosts(plan: Plan) -> None:
     config = yaml.safe_load(prometheus_files(plan)["prometheus.yml"])
     jobs = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
-    assert set(jobs) == {"vllm", "haproxy", "batch-api", "batch-worker", "ray", "dcgm", "node"}
+    assert set(jobs) == {"vllm", "haproxy", "batch-api", "batch-worker", "ray", "dcgm", "node", "memguard"}
     every = [t for targets in jobs.values() for t in targets]
     assert len(every) == len(set(every)), "two jobs or nodes scrape one endpoint"
     if plan.stack == "stella":
         assert jobs["dcgm"] == ["10.10.10.1:9400", "10.10.10.2:9400"]
         assert jobs["ray"] == ["10.10.10.1:8090", "10.10.10.1:8091", "10.10.10.2:8091"]
         assert jobs["batch-worker"] == ["10.10.10.1:8101"]
+        assert jobs["memguard"] == ["10.10.10.1:9105", "10.10.10.2:9105"]  # one guard per gpu host
     else:
         assert jobs["vllm"] == ["vllm-gb10.app-cognition.svc.cluster.local:8000"]
         assert jobs["dcgm"] == ["dcgm-exporter-gb10.app-cognition.svc.cluster.local:9400"]
+        assert jobs["memguard"] == ["memguard-gb10.app-cognition.svc.cluster.local:9105"]
 
 
 def test_grafana_is_provisioned_with_prometheus_and_the_dashboard(plan: Plan) -> None:
@@ -174,3 +193,13 @@ def test_every_ray_target_is_a_port_a_ray_node_exports_on() -> None:
         services = yaml.safe_load(plan.files[f"{host_of[ip]}/docker-compose.yml"])["services"]
         exported = [name for name, s in services.items() if f"--metrics-export-port={port}" in s.get("command", [])]
         assert len(exported) == 1, f"{target}: exported by {exported}"
+
+
+def test_memguard_metrics_named_in_rules_exist_in_the_guard() -> None:
+    from runtime.memguard import service
+
+    exported = set()
+    for metric in service.registry.collect():
+        exported |= {sample.name for sample in metric.samples} | {metric.name, f"{metric.name}_total"}
+    used = set(re.findall(r"\bmemguard_[a-z_]+", ALERTS_FILE.read_text()))
+    assert len(used) >= 5 and used <= exported, used - exported

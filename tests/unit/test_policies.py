@@ -550,6 +550,66 @@ def test_least_privilege_allows_only_nccls_rdma_devices_and_ipc_lock() -> None:
     ]
 
 
+# --- docker-socket
+
+
+def guard_service(**changes: Any) -> dict:
+    """The memory guard as the compose platform renders it (infra/components/memguard.py)."""
+    service = good_service(
+        image="registry.lan:5000/vllm-gb10-runtime:0.1.0",
+        command=["python", "-m", "runtime.memguard"],
+        environment={
+            "MEMGUARD_COMPOSE_PROJECT": "vllm-gb10-stella",
+            "MEMGUARD_SHED_SERVICES": '["ray-worker-stella"]',
+            "MEMGUARD_REDIS_URL": "${MEMGUARD_REDIS_URL:?missing}",
+        },
+        volumes=["/proc:/host/proc:ro", "${VGB_DOCKER_SOCKET:-/var/run/docker.sock}:/var/run/docker.sock"],
+        user="0:0",
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges:true"],
+        read_only=True,
+    )
+    service.update(changes)
+    return {key: value for key, value in service.items() if value is not None}
+
+
+def test_docker_socket_only_the_confined_guard_sheds_its_own_projects_services() -> None:
+    ray = good_service(image="registry.lan:5000/vllm-gb10:0.1.0", command=["ray", "start"])
+    fine = compose({"memguard-stella": guard_service(), "ray-worker-stella": ray, "redis": good_service()})
+    assert violations("docker-socket", COPY, fine) == []
+    socket = ["/var/run/docker.sock:/var/run/docker.sock"]
+    cases = [
+        ({"x": good_service(volumes=socket)}, "x: mounts the Docker socket; only the memory guard (runtime.memguard)"),
+        ({"m": guard_service(cap_drop=None), "ray-worker-stella": ray}, "m: has the Docker socket without every cap"),
+        ({"m": guard_service(security_opt=None), "ray-worker-stella": ray}, "m: has the Docker socket without no new"),
+        ({"m": guard_service(read_only=None), "ray-worker-stella": ray}, "m: has the Docker socket without a read"),
+        (
+            {"m": guard_service(environment={"MEMGUARD_COMPOSE_PROJECT": "vllm-gb10-nova",
+                                             "MEMGUARD_SHED_SERVICES": "[]"})},
+            "m: sheds in compose project 'vllm-gb10-nova', not its own ('vllm-gb10-stella')",
+        ),
+        (
+            {"m": guard_service(environment={"MEMGUARD_COMPOSE_PROJECT": "vllm-gb10-stella",
+                                             "MEMGUARD_SHED_SERVICES": '["redis"]'}), "redis": good_service()},
+            "m: MEMGUARD_SHED_SERVICES names 'redis', a data store or the guard itself",
+        ),
+        (
+            {"m": guard_service()},
+            "m: MEMGUARD_SHED_SERVICES names 'ray-worker-stella', which is no service of this host",
+        ),
+    ]  # fmt: skip
+    for services, words in cases:
+        (found,) = violations("docker-socket", COPY, compose(services))
+        assert found.startswith(words), found
+    pod = deployment(
+        {"name": "c", "image": "x:1", "volumeMounts": [{"name": "s", "mountPath": "/run/containerd.sock"}]},
+        volumes=[{"name": "s", "hostPath": {"path": "/run/containerd/containerd.sock"}}],
+    )
+    assert violations("docker-socket", DEPLOYMENT, pod) == [
+        "r/c: mounts the container runtime's socket (/run/containerd.sock), which is root on the node"
+    ]
+
+
 # --- every rule's words: which service, what is wrong, what to do
 
 

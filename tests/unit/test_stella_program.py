@@ -68,10 +68,10 @@ def test_every_service_runs_on_its_host(stella: Plan) -> None:
     assert set(compose(stella, "stella")["services"]) == {
         "redis", "minio", "minio-setup", "postgres", "postgres-setup", "ray-head", "ray-worker-stella",
         "vllm-stella", "lb", "batch-api", "batch-worker", "prometheus", "grafana",
-        "dcgm-exporter-stella", "node-exporter-stella",
+        "dcgm-exporter-stella", "node-exporter-stella", "memguard-stella",
     }  # fmt: skip
     assert set(compose(stella, "nova")["services"]) == {
-        "ray-worker-nova", "vllm-nova", "dcgm-exporter-nova", "node-exporter-nova"
+        "ray-worker-nova", "vllm-nova", "dcgm-exporter-nova", "node-exporter-nova", "memguard-nova"
     }  # fmt: skip
     assert "nova/prometheus.yml" not in stella.files and "stella/prometheus.yml" in stella.files
 
@@ -189,7 +189,7 @@ LISTEN = re.compile(
     r"(?:--bind|--host|--address|--console-address|--web\.listen-address|-a|listen_addresses|--node-ip-address"
     r"|--dashboard-host|--internal-host)[= ](\S+)"
 )
-LISTEN_ENV = ("GF_SERVER_HTTP_ADDR", "BATCH_WORKER_METRICS_HOST")
+LISTEN_ENV = ("GF_SERVER_HTTP_ADDR", "BATCH_WORKER_METRICS_HOST", "MEMGUARD_METRICS_HOST")
 
 
 def _hosts_with_public_addresses(**addresses: str) -> str:
@@ -300,15 +300,15 @@ def test_a_changed_mounted_file_changes_exactly_its_services_files_label(stella:
         }
 
     before = labels(stella)
+    # The load balancer reloads its files in place (test_rolling_changes.py): no label recreates it.
     assert {k for k, v in before.items() if v} == {
-        ("stella", "lb"),
         ("stella", "prometheus"),
         ("stella", "grafana"),
         ("stella", "postgres-setup"),
     }
     assert all(re.fullmatch(r"[0-9a-f]{64}", v) for v in before.values() if v)
     for overrides, changed in (
-        ({"lbBalanceFactor": "200"}, {("stella", "lb")}),
+        ({"lbBalanceFactor": "200"}, set()),
         ({"scrapeIntervalSeconds": "30"}, {("stella", "prometheus")}),
         ({"prometheusPort": "9091"}, {("stella", "grafana")}),  # its data source URL
         ({"vllmExtraArgs": '["--seed", "7"]', "redisPort": "6380"}, set()),  # no mounted file changes
@@ -355,6 +355,7 @@ def test_each_component_owns_its_compose_services_and_their_files(stella: Plan) 
         "grafana": "monitoring",
         "prometheus": "monitoring",
         **{f"{exporter}-{host}": "monitoring" for exporter in ("dcgm-exporter", "node-exporter") for host in HOSTS},
+        **{f"memguard-{host}": "memguard" for host in HOSTS},
         "lb": "lb",
         "minio": "minio",
         "minio-setup": "minio",
@@ -434,7 +435,7 @@ def test_ssh_connections_pin_the_host_key(stella: Plan) -> None:
     stack = yaml.safe_load((PROJECT_DIR / "Pulumi.stella.yaml").read_text())["config"]["vllm-gb10:hosts"]
     keys = {h["address"]: h["hostKey"] for h in stack}
     remote = [r for r in stella.resources if r["type"].startswith("command:remote:")]
-    assert len(remote) == 17
+    assert len(remote) == 21  # with each host's drain and ready, run on the load balancer's host
     for r in remote:
         connection = r["inputs"]["connection"]
         assert connection["hostKey"] == keys[connection["host"]], r["name"]
@@ -629,9 +630,10 @@ def test_a_batch_box_apart_from_the_data_host_runs_the_set_up_and_comes_up_after
         return up.depends_on
 
     assert "stella-compose-up" in up_depends_on("nova") and "nova-compose-up" not in up_depends_on("stella")
-    # On stella (one host does everything) no host's up waits for another's; only the post-deploy check waits.
+    # On stella (one host does everything) no host's up waits for another's data services; what waits for
+    # stella's up is its own ready (the roll: then nova drains) and the post-deploy check.
     waiting = {r.name for r in stack_plan("stella").recording.resources if "stella-compose-up" in r.depends_on}
-    assert waiting == {"post-deploy-check"}
+    assert waiting == {"post-deploy-check", "stella-ready"}
 
 
 def test_a_one_shot_that_no_service_waits_for_is_refused() -> None:

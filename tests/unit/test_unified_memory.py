@@ -126,5 +126,5 @@ def test_the_64_gb_gb10_profile_sizes_vllm_within_half_the_memory() -> None:
 
 
 def test_a_64_gb_box_holding_every_role_is_refused_naming_the_profile() -> None:
-    with pytest.raises(ConfigError, match=r"reserve 53\.4 GiB of gb10-64's 59\.8 GiB, leaving vLLM nothing"):
+    with pytest.raises(ConfigError, match=r"reserve 53\.5 GiB of gb10-64's 59\.8 GiB, leaving vLLM nothing"):
         build_plan("stella", overrides={"hostProfile": "gb10-64"})
