@@ -9,7 +9,7 @@ APT_PACKAGES := redis-server postgresql haproxy prometheus docker.io openssh-ser
 STACKS := $(patsubst Pulumi.%.yaml,%,$(wildcard Pulumi.*.yaml))
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test check unit setup system-deps install pip-check lint preview snapshot lock clean demo bench stack-up stack-down smoke mutation timings
+.PHONY: test check unit setup system-deps install pip-check lint preview snapshot lock clean demo bench bench-box stack-up stack-down smoke mutation timings
 
 # The whole suite on two pytest-xdist workers: each test module is one unit of work (its module-scoped
 # servers start once), the host-wide modules share one, and the slowest go first (harness/suite.py,
@@ -88,6 +88,10 @@ STACK ?= local
 smoke: install ## post-deploy check against STACK's outputs (local: build/stack/outputs.json; else the Pulumi CLI's)
 	@if [ "$(STACK)" = local ]; then $(PY) -m runtime.smoke --outputs build/stack/outputs.json; \
 	else pulumi stack output --stack $(STACK) --json --show-secrets | $(PY) -m runtime.smoke --outputs -; fi
+
+bench-box: install ## vllm bench serve through STACK's load balancer: every offered model, concurrency 1,4,16,64 (BENCH_BOX_ARGS: more flags)
+	@if [ "$(STACK)" = local ]; then $(PY) -m bench.box --stack local --outputs build/stack/outputs.json $(BENCH_BOX_ARGS); \
+	else pulumi stack output --stack $(STACK) --json --show-secrets | $(PY) -m bench.box --stack $(STACK) --outputs - $(BENCH_BOX_ARGS); fi
 
 bench: install ## benchmarks: load balancer, batch service against vLLM run_batch, Ray offload job
 	$(PY) -m bench.lb

@@ -257,6 +257,14 @@ class VllmSettings(_Frozen):
         pattern=r"^(\d+[kmg])?$",
     )
 
+    memory_reserve_gib: float = _key(
+        "memoryReserveGib",
+        12.0,
+        "Memory a unified-memory gpu host must keep available beyond what a vLLM engine's plan needs (weights, KV, "
+        "overhead): each engine's start-time headroom check refuses to start short of the sum.",
+        ge=0.0,
+    )
+
     models: list[OfferedModel] = _key(
         "models",
         [],

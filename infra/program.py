@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,8 @@ from infra.platforms.image_refs import tag_only, with_image_refs
 from infra.platforms.kubernetes import KubernetesPlatform
 from infra.render.monitoring import ScrapeJob
 from infra.services import Secret
-from infra.vllm_sizing import engine_args, size_model_servers, size_offered_models, size_vllm
+from infra.vllm_sizing import engine_args, headroom_need, size_model_servers, size_offered_models, size_vllm
+from runtime.headroom import Need
 from runtime.kvcache import PROFILES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -220,6 +222,12 @@ def docker_config_json(registry: str, username: str, password: str) -> str:
     return json.dumps({"auths": {registry: {"username": username, "password": password, "auth": token}}})
 
 
+def _largest(needs: Iterable[Need | None]) -> Need | None:
+    """The offline engine's start-time need: the largest offered model's (it holds one model at a time)."""
+    found = [need for need in needs if need is not None]
+    return max(found, key=lambda need: need.total) if found else None
+
+
 def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
     """Declare every resource of the stack; return the stack outputs."""
     kv_plan = size_vllm(cfg, REPO_ROOT)
@@ -330,8 +338,10 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "ray_client_secrets": ray.client_secrets,
             "ray_head_service": ray.head_service,
             "memory_limit": vllm_limit,
+            "headroom": model_servers[0].headroom,
             "more_models": [
-                ModelServer(s.served_name, s.model, s.port, s.engine_args, s.memory_limit) for s in model_servers[1:]
+                ModelServer(s.served_name, s.model, s.port, s.engine_args, s.memory_limit, s.headroom)
+                for s in model_servers[1:]
             ],
             "clients": VLLM_CLIENTS,
         },
@@ -396,6 +406,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             # Both fail their health checks while Redis is down: on its host they start once it is healthy.
             "depends_on": (store.setup_service, redis.service),
             "tls": served_tls,
+            "headroom": _largest(headroom_need(cfg, p, engine_args(cfg, p)) for p in offline_plans.values()),
             "memguard_host": worker_guard,
         },
     )

@@ -26,6 +26,7 @@ from infra.config import (
     stack_file,
 )
 from infra.memory import colocated, gpu_node_reserved_gib, reserved_gib
+from runtime.headroom import Need
 from runtime.kvcache import (
     PROFILES,
     HostProfile,
@@ -164,6 +165,22 @@ def engine_args(cfg: StackConfig, kv_plan: KvPlan) -> dict[str, Any]:
 GIB = 1024**3
 
 
+def headroom_need(cfg: StackConfig, kv_plan: KvPlan, args: dict[str, Any]) -> Need | None:
+    """What an engine's host must have available before it starts (runtime.headroom): the plan's weights, its
+    KV cache (kv_cache_memory_bytes as the engine gets it, else the policy's KV budget), the profile's vLLM
+    overhead, and memoryReserveGib. None on a discrete GPU, where weights and KV are not the host's memory."""
+    profile = PROFILES[cfg.vllm.host_profile]
+    if not profile.unified:
+        return None
+    kv = int(args.get("kv_cache_memory_bytes") or kv_plan.kv_budget_bytes)
+    return Need(
+        weights=kv_plan.weights_bytes,
+        kv=kv,
+        overhead=round(profile.overhead_gib * GIB),
+        reserve=round(cfg.vllm.memory_reserve_gib * GIB),
+    )
+
+
 @dataclass(frozen=True)
 class ModelServerPlan:
     """One offered model's vLLM server on each gpu host: its port, its KV plan and its engine arguments."""
@@ -174,6 +191,7 @@ class ModelServerPlan:
     kv_plan: KvPlan
     engine_args: dict[str, Any]
     memory_limit: str
+    headroom: Need | None = None  # what its host must have available when it starts (unified memory)
 
 
 def model_port(cfg: StackConfig, index: int) -> int:
@@ -261,6 +279,7 @@ def size_model_servers(cfg: StackConfig, project_dir: Path, default_plan: KvPlan
                 default_plan,
                 args,
                 vllm_memory_limit(cfg, default_plan, args),
+                headroom_need(cfg, default_plan, args),
             )
         ]
     vllm, fail = cfg.vllm, _failing(cfg)
@@ -338,7 +357,17 @@ def size_model_servers(cfg: StackConfig, project_dir: Path, default_plan: KvPlan
         )
         args = engine_args(cfg, kv_plan)
         limit = vllm_memory_limit(cfg, kv_plan, args)
-        servers.append(ModelServerPlan(entry.served_name, entry.model, model_port(cfg, index), kv_plan, args, limit))
+        servers.append(
+            ModelServerPlan(
+                entry.served_name,
+                entry.model,
+                model_port(cfg, index),
+                kv_plan,
+                args,
+                limit,
+                headroom_need(cfg, kv_plan, args),
+            )
+        )
     return servers
 
 

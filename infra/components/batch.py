@@ -12,9 +12,11 @@ import pulumi
 
 from infra.components.secrets import generated_password
 from infra.components.tls import CA_ENV, ServerTls
+from infra.components.vllm import with_headroom
 from infra.config import BatchServiceSettings
 from infra.platforms import ServicePlatform
 from infra.services import Exposure, Port, Secret, ServiceSpec, http_health_check, secret_output
+from runtime.headroom import Need
 
 WORKER_METRICS_PORT = 8101  # the worker's /health and /metrics
 API_INTERNAL_PORT = 8102  # the API's keyless /health and /metrics, on the cluster address only (Prometheus)
@@ -45,6 +47,9 @@ class BatchServiceArgs(TypedDict):
     memguard_host: NotRequired[str | None]  # the worker's host's memory guard, whose pause key it obeys
     depends_on: NotRequired[tuple[str, ...]]  # services to wait for first: the bucket set-up, Redis
     tls: NotRequired[ServerTls | None]  # compose: the API serves TLS itself, the worker trusts its CA
+    # offline engine: what its host must have available before the worker loads a model (the largest offered
+    # model's need: it holds one at a time), checked by runtime.headroom before the worker starts
+    headroom: NotRequired[Need | None]
 
 
 class BatchService(pulumi.ComponentResource):
@@ -136,7 +141,9 @@ class BatchService(pulumi.ComponentResource):
                 name=f"{name}-worker",
                 host=host,
                 image=args["worker_image"],
-                command=("python3", "-m", "runtime.batch.worker"),
+                command=with_headroom(
+                    ("python3", "-m", "runtime.batch.worker"), args.get("headroom") if offline else None, host
+                ),
                 environment=worker_env,
                 secrets=worker_secrets,
                 # On the cluster address: Prometheus scrapes it.

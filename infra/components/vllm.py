@@ -13,6 +13,7 @@ from infra.components.secrets import generated_password
 from infra.config import Parallelism, VllmSettings
 from infra.platforms import ServicePlatform
 from infra.services import Exposure, HealthCheck, Port, Secret, ServiceSpec, Volume, http_health_check
+from runtime.headroom import Need
 from runtime.kvcache import engine_args_to_flags
 
 MODEL_CACHE = Volume(name="model-cache", mount_path="/models", size_gi=200)
@@ -21,6 +22,7 @@ STARTUP_GRACE_S = 900
 API_SERVER = ("python3", "-m", "vllm.entrypoints.openai.api_server")
 PRIORITY_MIDDLEWARE = "runtime.vllm_guard.PriorityFloor"  # issue 32: no client jumps vLLM's queue
 RAY_AGENT_PORT = 52367  # distinct from the Ray worker's default agent port on the same host
+HEADROOM = ("python3", "-m", "runtime.headroom")  # issue 31: no engine starts without the memory its plan needs
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,18 @@ class ModelServer:
     port: int
     engine_args: dict[str, Any]
     memory_limit: str
+    headroom: Need | None = None
+
+
+def with_headroom(command: tuple[str, ...], need: Need | None, host: str) -> tuple[str, ...]:
+    """`command` behind the start-time headroom check (runtime.headroom), which execs it when `host` has the
+    memory `need` names available and refuses naming the figures otherwise; as it is without a need
+    (a discrete GPU's memory is not the host's)."""
+    if need is None:
+        return command
+    figures = ("weights", need.weights), ("kv", need.kv), ("overhead", need.overhead), ("reserve", need.reserve)
+    flags = [word for name, value in figures for word in (f"--{name}-bytes", str(value))]
+    return (*HEADROOM, "--host-name", host, *flags, "--", *command)
 
 
 def server_flags(
@@ -110,6 +124,8 @@ class VllmServiceArgs(TypedDict):
     # tensor/pipeline mode: the Ray head's service, which the leader waits for (healthy) before it joins
     ray_head_service: NotRequired[str]
     memory_limit: str  # from infra.vllm_sizing: what the engine may use on the host, plus headroom
+    # from infra.vllm_sizing.headroom_need: what a host must have available before the default model's server starts
+    headroom: NotRequired[Need | None]
     # Several offered models (replica): the offered models after the default, each with its own server on
     # every host, started after the previous model's server there is healthy (vLLM issue 35920).
     more_models: NotRequired[list[ModelServer]]
@@ -181,7 +197,8 @@ class VllmService(pulumi.ComponentResource):
         if settings.parallelism is Parallelism.REPLICA:
             servers = args["hosts"]
             for host in servers:
-                platform.deploy(server(host, (*API_SERVER, *flags(host))), parent=self)
+                command = with_headroom((*API_SERVER, *flags(host)), args.get("headroom"), host)
+                platform.deploy(server(host, command), parent=self)
             for host in servers:
                 names = replica_server_names(name, host, [extra.port for extra in more])
                 for previous, own, extra in zip(names[:-1], names[1:], more, strict=True):
@@ -191,7 +208,7 @@ class VllmService(pulumi.ComponentResource):
                     )
                     platform.deploy(
                         dataclasses.replace(
-                            server(host, (*API_SERVER, *model_flags)),
+                            server(host, with_headroom((*API_SERVER, *model_flags), extra.headroom, host)),
                             name=own,
                             ports=(Port(extra.port, extra.port),),
                             healthcheck=health(host, extra.port),
@@ -209,15 +226,10 @@ class VllmService(pulumi.ComponentResource):
             size_flag = (
                 "--tensor-parallel-size" if settings.parallelism is Parallelism.TENSOR else "--pipeline-parallel-size"
             )
+            distributed_flags = ("--distributed-executor-backend", "ray", size_flag, size)
+            # The leader's share of the model (the plan is per gpu host) is checked once Ray has joined.
             serve = " ".join(
-                [
-                    *API_SERVER,
-                    *flags(leader),
-                    "--distributed-executor-backend",
-                    "ray",
-                    size_flag,
-                    size,
-                ]
+                with_headroom((*API_SERVER, *flags(leader), *distributed_flags), args.get("headroom"), leader)
             )
             bind_ip = platform.internal_host(leader, name)
             join = (

@@ -381,6 +381,31 @@ def test_the_post_deploy_check_passes_from_the_outputs_as_make_smoke_runs_it(sta
     assert "ok: chat completion through the load balancer" in done.stdout
 
 
+def test_make_bench_box_measures_every_offered_model_through_the_stacks_balancer(
+    stack: RunningStack, tmp_path: Path
+) -> None:
+    """`make bench-box STACK=local` as it runs it (the outputs file, the tiny Llama's tokenizer), a short sweep:
+    vLLM's own `vllm bench serve` through HAProxy with the stack's key and CA, for both offered models."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.box", "--stack", "local", "--outputs", str(stack.local.outputs_file),
+         "--concurrency", "1,2", "--prompts", "4", "--input-len", "32", "--output-len", "8",
+         "--results-dir", str(tmp_path)],
+        cwd=PROJECT_DIR, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    print(done.stdout)
+    for heading in ("req/s", "out tok/s", "TTFT p50/p99 ms", "ITL p50/p99 ms"):
+        assert heading in done.stdout
+    (run_dir,) = tmp_path.iterdir()
+    levels = json.loads((run_dir / "summary.json").read_text())["levels"]
+    assert sorted((lv["model"], lv["concurrency"]) for lv in levels) == [
+        ("tiny-llama", 1), ("tiny-llama", 2), ("tiny-llama-b", 1), ("tiny-llama-b", 2),
+    ]  # fmt: skip
+    assert all(lv["completed"] == 4 and lv["failed"] == 0 and lv["request_throughput"] > 0 for lv in levels), levels
+    for model in ("tiny-llama", "tiny-llama-b"):
+        assert f"170,000-request job, {model}: " in done.stdout
+
+
 def test_prometheus_scrapes_every_target_and_loaded_the_rules(stack: RunningStack) -> None:
     base = stack.outputs["prometheusUrl"]
 

@@ -29,6 +29,7 @@ EXPECTED_DIFFERENT_KEYS = {
     "gpuMemoryUtilization",
     "kvCacheMemoryBytes",
     "vllmExtraArgs",
+    "memoryReserveGib",  # the start-time headroom check's reserve: four CPU servers on one machine
     "minFreeDiskGb",
     "remoteDir",
     # the memory guard reads this shared 24 GiB machine's /proc: it acts only near exhaustion there

@@ -110,7 +110,8 @@ def test_load_balancer_routes_to_every_vllm_server(stella: Plan) -> None:
 def test_vllm_servers_get_engine_args_model_cache_and_hf_token(stella: Plan) -> None:
     for host, ip in (("stella", STELLA_IP), ("nova", NOVA_IP)):
         vllm = compose(stella, host)["services"][f"vllm-{host}"]
-        args = vllm["command"]
+        # behind the start-time headroom check (runtime.headroom, tests/unit/test_headroom.py), which execs vLLM
+        args = vllm["command"][vllm["command"].index("--") + 1 :]
         assert args[:3] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
         flags = dict(itertools.pairwise(args))  # flag -> the word after it
         assert flags["--model"] == "Qwen/Qwen3-4B"
