@@ -98,7 +98,8 @@ def test_without_an_rdma_device_nccl_uses_the_link_over_sockets_and_nothing_is_m
 def test_the_leader_waits_for_the_healthy_ray_head_it_joins(services: dict[str, dict]) -> None:
     assert services["vllm-stella"]["depends_on"] == {"ray-head": {"condition": "service_healthy"}}
     # Healthy means its own GCS and raylet answer (Ray's dashboard agent on the head's cluster address).
-    assert services["ray-head"]["healthcheck"]["test"][-1].endswith("urlopen('http://10.10.10.1:52365/api/healthz', timeout=5)")
+    probe = services["ray-head"]["healthcheck"]["test"][-1]
+    assert probe.endswith("urlopen('http://10.10.10.1:52365/api/healthz', timeout=5)")
 
 
 def test_kubernetes_refuses_to_render_rdma_rather_than_drop_it() -> None:
