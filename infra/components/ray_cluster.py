@@ -99,6 +99,7 @@ class RayCluster(pulumi.ComponentResource):
         def agent_health(ip: str, port: int) -> HealthCheck:
             """The node's own dashboard agent: its raylet (and on the head its GCS) answers."""
             return http_health_check(port, AGENT_HEALTH_PATH, host=ip, start_period_s=60)
+
         unified = args.get("unified_memory_hosts", frozenset())
 
         def memory_monitor(host: str) -> dict[str, str]:
