@@ -22,6 +22,7 @@ from infra.config import RaySettings
 from infra.memory import LIMITS, gib
 from infra.platforms import ServicePlatform
 from infra.services import HealthCheck, Secret, ServiceSpec, http_health_check
+from runtime.ray_node import DEFAULT_DEADLINE_S as RAY_NODE_START_DEADLINE_S
 
 HEAD_MEMORY = LIMITS["ray-head"]
 WORKER_MEMORY = LIMITS["ray-worker"]  # within the GB10's one memory budget (infra.memory)
@@ -98,7 +99,9 @@ class RayCluster(pulumi.ComponentResource):
 
         def agent_health(ip: str, port: int) -> HealthCheck:
             """The node's own dashboard agent: its raylet (and on the head its GCS) answers."""
-            return http_health_check(port, AGENT_HEALTH_PATH, host=ip, start_period_s=60)
+            # Not healthy until its raylet is, and that may take several of runtime.ray_node's tries on a
+            # loaded host: failures count only after the deadline those tries have.
+            return http_health_check(port, AGENT_HEALTH_PATH, host=ip, start_period_s=int(RAY_NODE_START_DEADLINE_S))
 
         unified = args.get("unified_memory_hosts", frozenset())
 
