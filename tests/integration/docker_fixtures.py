@@ -30,11 +30,14 @@ def docker_engine(state: Path) -> Iterator[Engine]:
             stop_private_engine(state)
 
 
-def sleep_image(engine: Engine, tag: str) -> str:
-    """An image `tag` holding /bin/sleep and the loader and libraries it links, imported from the host's own
-    files (no registry is reachable here); the caller removes it."""
-    found = subprocess.run(["ldd", "/bin/sleep"], capture_output=True, text=True, check=True).stdout
-    files = ["/bin/sleep", *(part for line in found.splitlines() for part in line.split() if part.startswith("/"))]
+def sleep_image(engine: Engine, tag: str, extra: tuple[str, ...] = ()) -> str:
+    """An image `tag` holding /bin/sleep (and the `extra` programs) with the loader and libraries they link,
+    imported from the host's own files (no registry is reachable here); the caller removes it."""
+    files: list[str] = []
+    for program in ("/bin/sleep", *extra):
+        found = subprocess.run(["ldd", program], capture_output=True, text=True, check=True).stdout
+        files += [program, *(part for line in found.splitlines() for part in line.split() if part.startswith("/"))]
+    files = list(dict.fromkeys(files))
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for path in files:
