@@ -358,8 +358,10 @@ def test_the_dcgm_exporter_is_optional_on_both_platforms(plan: Plan) -> None:
         (up,) = [
             r for r in plan.resources if r["type"] == "command:remote:Command" and r["name"] == f"{host}-compose-up"
         ]
-        _, _, after = up["inputs"]["create"].partition(f"--wait-timeout {wait_of(up)} ")
-        names = after.split(";", 1)[0].split("\n", 1)[0].split()
+        script = up["inputs"]["create"]
+        (first,) = [line for line in script.splitlines() if "--remove-orphans --wait" in line]
+        names = first.removesuffix("; then").split(f"--wait-timeout {wait_of(up)}", 1)[1].split()
+        after = script.split(first, 1)[1]
         assert set(names) == set(services) - {exporter}, "the first `up` names every service but the exporter"
         assert f"--no-deps --wait --wait-timeout {wait_of(up)} {exporter}; then" in after
         assert f"warning: {exporter} did not come up on {host}" in after
