@@ -188,12 +188,18 @@ class ServiceSpec:
     # None: the image's STOPSIGNAL and the platform's default grace (10 s compose, 30 s kubernetes).
     stop_signal: str | None = None
     stop_grace_s: int | None = None
+    # Observability only (the DCGM exporter): no other service depends on it, and a deploy goes on without it,
+    # saying so (compose: it starts after the project is healthy and a failure is a warning with its last log
+    # lines; kubernetes: its workload is not awaited, pulumi.com/skipAwait). Prometheus shows it down (`up`).
+    optional: bool = False
 
     def __post_init__(self) -> None:
         names = [s.env for s in self.secrets]
         clash = set(names) & set(self.environment)
         if clash or len(names) != len(set(names)):
             raise ValueError(f"service {self.name}: secret env names clash: {sorted(clash) or names}")
+        if self.optional and self.one_shot:
+            raise ValueError(f"service {self.name}: a one-shot cannot be optional (something waits for it)")
 
 
 def files_digest(files: tuple[ConfigFile, ...]) -> pulumi.Input[str]:

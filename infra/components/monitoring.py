@@ -187,6 +187,9 @@ class Monitoring(pulumi.ComponentResource):
                 ),
                 gpu_visible=True,
                 memory_limit="512m",
+                # Observability, not serving: a box where DCGM cannot run still deploys, and says so (README
+                # "Grafana on a GB10"); Prometheus shows the target down and GpuMetricsMissing fires.
+                optional=True,
             ),
             parent=self,
         )

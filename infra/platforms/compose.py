@@ -95,15 +95,20 @@ def up_script(
     mounted_files: tuple[str, ...] = (),
     state_dirs: tuple[HostPath, ...] = (),
     reloads: tuple[ReloadStep, ...] = (),
+    services: tuple[str, ...] = (),
+    optional: tuple[str, ...] = (),
 ) -> str:
     """Write the secrets, then bring the project up and wait until every service is healthy; then
-    reload in place each reloadable service whose files changed.
+    reload in place each reloadable service whose files changed; then start the optional services.
 
     `--pull missing` pulls only images the host lacks (an image built or loaded there is used as
     it is); `--wait` fails the command when a service does not become healthy, or a one-shot set-up
-    does not complete, within `wait_timeout` seconds.
+    does not complete, within `wait_timeout` seconds. With `optional` services (observability only:
+    the DCGM exporter) the first `up` names the others (`services`), and each optional one is started
+    after them: one that does not come up is a warning with its last log lines, not a failed deploy.
     """
-    up = _compose_here(host, f"up -d --pull missing --remove-orphans --wait --wait-timeout {wait_timeout}")
+    required = tuple(s for s in services if s not in optional) if optional else ()
+    up = _compose_here(host, f"up -d --pull missing --remove-orphans --wait --wait-timeout {wait_timeout}", *required)
     return "\n".join(
         [
             "set -eu",
@@ -123,9 +128,24 @@ def up_script(
             *_failure_report(host),
             "fi",
             *(line for step in reloads for line in _reload_lines(host, step, wait_timeout)),
+            *(line for name in optional for line in _optional_lines(host, name, wait_timeout)),
             _compose_here(host, "ps --format '{{.Name}} {{.Status}}'"),
         ]
     )
+
+
+def _optional_lines(host: str, name: str, wait_timeout: int) -> list[str]:
+    """Start an optional service; if it does not become healthy, say so and go on (it serves nothing)."""
+    up = _compose_here(host, f"up -d --pull missing --no-deps --wait --wait-timeout {wait_timeout} {name}")
+    logs = _compose_here(host, f"logs --no-color --no-log-prefix --tail 25 {name}")
+    return [
+        f"if ! {up}; then",
+        f"  echo 'warning: {name} did not come up on {host}; it is observability only, so the deploy goes on"
+        " (the dashboard panels that read it stay empty, and Prometheus shows its target down). Its last log"
+        " lines:' >&2",
+        f"  {logs} >&2 || true",
+        "fi",
+    ]
 
 
 def _reload_lines(host: str, step: ReloadStep, wait_timeout: int) -> list[str]:
@@ -361,6 +381,8 @@ class ComposeProject(pulumi.ComponentResource):
                     ReloadStep(s.name, digest, tuple((f.filename, f.mount_path) for f in s.files), how)
                     for (s, how), digest in zip(reloadable, hashes[1:], strict=True)
                 ),
+                tuple(s.name for s in specs),
+                tuple(s.name for s in specs if s.optional),
             )
         )
         self.up = remote.Command(

@@ -151,8 +151,11 @@ class KubernetesPlatform:
         workload_opts = self._opts(
             parent, depends_on=depends_on or [], custom_timeouts=FIRST_PULL_TIMEOUTS if large else None
         )
-        workload = resource_class(name, metadata=render.metadata(name, placement), spec=body, opts=workload_opts)
-        if not spec.one_shot:
+        metadata = render.metadata(name, placement)
+        if spec.optional:  # observability only: `pulumi up` does not wait for it, nor do the post-deploy checks
+            metadata["annotations"] = {render.SKIP_AWAIT_ANNOTATION: "true"}
+        workload = resource_class(name, metadata=metadata, spec=body, opts=workload_opts)
+        if not spec.one_shot and not spec.optional:
             self._workloads.append(workload)
         if spec.ports and not spec.one_shot:
             k8s.core.v1.Service(  # type: ignore[call-overload]

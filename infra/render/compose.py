@@ -108,6 +108,9 @@ def compose_document(specs: list[ServiceSpec], host: str, cluster_address: str) 
         missing = set(spec.depends_on) - set(names)
         if missing:
             raise ValueError(f"{spec.name} depends on services not on this host: {sorted(missing)}")
+        optional = sorted(set(spec.depends_on) & {s.name for s in specs if s.optional})
+        if optional:
+            raise ValueError(f"{spec.name} depends on {optional}, which are optional (a deploy goes on without them)")
         service = service_entry(spec)
         for dep in spec.depends_on:
             if dep in one_shots:

@@ -16,6 +16,9 @@ from infra.services import ConfigFile, HealthCheck, ServiceSpec, Sidecar, Volume
 
 PART_OF = "vllm-gb10"
 GPU_RESOURCE = "nvidia.com/gpu"
+# pulumi-kubernetes: create the workload and go on, without waiting for it to become ready (its docs,
+# "pulumi.com/skipAwait"); for an optional (observability-only) service that may not run on every box.
+SKIP_AWAIT_ANNOTATION = "pulumi.com/skipAwait"
 DEFAULT_CPU_REQUEST = "250m"
 # Least time a start-up probe allows before the kubelet restarts the container: a Redis replaying
 # its AOF or a MinIO scanning its drive takes minutes, and a start-up probe that fails once would

@@ -6,7 +6,8 @@ MemAvailable and memory pressure (PSI) and acts before that: first it pauses (th
 its host stop claiming jobs), then it sheds (stops the lowest-priority containers of its own host's
 compose project, in a configured order). Modules:
 - decide.py: the pure state machine (levels, thresholds, hysteresis);
-- source.py: reading /proc/meminfo and /proc/pressure/memory under a configurable root;
+- source.py: reading /proc/meminfo and /proc/pressure/memory under a configurable root (or one cgroup's
+  memory files, MEMGUARD_CGROUP);
 - docker_api.py: stopping the configured containers through the Docker Engine API, nothing else;
 - service.py: the loop, the Redis pause key, metrics and JSON log lines.
 """

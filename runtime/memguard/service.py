@@ -72,7 +72,8 @@ class Guard:
     def tick(self) -> Decision | None:
         """One sample: read, decide, act. None when the host could not be read (nothing changes)."""
         try:
-            reading = source.read(self.settings.proc_root)
+            cgroup = self.settings.cgroup
+            reading = source.read(self.settings.proc_root) if cgroup is None else source.read_cgroup(cgroup)
         except source.SourceError as exc:
             READ_ERRORS.inc()
             log.error("cannot read the host: %s", exc, extra={"event": "read_error"})

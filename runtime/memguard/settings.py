@@ -15,6 +15,11 @@ class GuardSettings(BaseSettings):
 
     host: str = Field(min_length=1, description="The host it guards: names its pause key (BATCH_MEMGUARD_HOST).")
     proc_root: Path = Field(Path("/host/proc"), description="The host's /proc (read-only), or recorded files.")
+    cgroup: Path | None = Field(
+        None,
+        description="A cgroup directory to watch instead of the host's /proc (source.read_cgroup): a guard in a "
+        "memory-limited container of its own (/sys/fs/cgroup there), or the test that runs one.",
+    )
     interval_seconds: float = Field(2.0, gt=0, le=60, description="Seconds between two samples.")
     pause_available_gib: float = Field(8.0, gt=0)
     shed_available_gib: float = Field(4.0, gt=0)

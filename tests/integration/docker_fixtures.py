@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import io
+import os
+import subprocess
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,3 +28,22 @@ def docker_engine(state: Path) -> Iterator[Engine]:
     finally:
         if found.private:
             stop_private_engine(state)
+
+
+def sleep_image(engine: Engine, tag: str, extra: tuple[str, ...] = ()) -> str:
+    """An image `tag` holding /bin/sleep (and the `extra` programs) with the loader and libraries they link,
+    imported from the host's own files (no registry is reachable here); the caller removes it."""
+    files: list[str] = []
+    for program in ("/bin/sleep", *extra):
+        found = subprocess.run(["ldd", program], capture_output=True, text=True, check=True).stdout
+        files += [program, *(part for line in found.splitlines() for part in line.split() if part.startswith("/"))]
+    files = list(dict.fromkeys(files))
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for path in files:
+            tar.add(os.path.realpath(path), arcname=path.lstrip("/"))
+    done = subprocess.run(
+        ["docker", "import", "-", tag], env=engine.env, input=buffer.getvalue(), capture_output=True, timeout=120
+    )
+    assert done.returncode == 0, f"docker import {tag}: {done.stderr.decode(errors='replace')}"
+    return tag

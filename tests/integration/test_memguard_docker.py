@@ -10,11 +10,8 @@ guard is the real process (`python -m runtime.memguard`) on that engine's socket
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import subprocess
-import tarfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +24,7 @@ from harness.procfiles import ProcFiles
 from harness.servers import MemoryGuard, wait_for
 from infra.local.docker_engine import Engine
 from runtime.memguard.docker_api import PROJECT_LABEL, SERVICE_LABEL, Container, DockerError, Shedder
-from tests.integration.docker_fixtures import docker_engine
+from tests.integration.docker_fixtures import docker_engine, sleep_image
 
 pytestmark = pytest.mark.integration
 SHED = ("ray-worker-t", "batch-worker")  # the guard's shed order
@@ -52,24 +49,12 @@ def socket_path(engine: Engine) -> str:
     return engine.host.removeprefix("unix://")
 
 
-def sleep_image(engine: Engine) -> str:
-    """An image holding /bin/sleep and the loader and libraries it links (from the host's own files)."""
-    found = subprocess.run(["ldd", "/bin/sleep"], capture_output=True, text=True, check=True).stdout
-    files = ["/bin/sleep", *(part for line in found.splitlines() for part in line.split() if part.startswith("/"))]
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for path in files:
-            tar.add(os.path.realpath(path), arcname=path.lstrip("/"))
-    docker(engine, "import", "-", IMAGE, stdin=buffer.getvalue())
-    return IMAGE
-
-
 @pytest.fixture
 def project(engine: Engine) -> Iterator[dict[str, str]]:
     """Containers labelled as services of a compose project of this test's own: service name -> id.
     `redis` is in the project but not in the shed list; `other-ray-worker-t` is a shed-list service of
     another project. Every one is removed at the end."""
-    image = sleep_image(engine)
+    image = sleep_image(engine, IMAGE)
     name = f"memguard-test-{uuid.uuid4().hex[:10]}"
     other = f"{name}-other"
     started: dict[str, str] = {}
