@@ -58,16 +58,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--endpoint", required=True, help="S3 endpoint URL, e.g. http://10.10.10.1:9000")
     parser.add_argument("--bucket", required=True)
     parser.add_argument("--expire-days", type=int, required=True, help="days before objects expire (>= 1)")
+    parser.add_argument("--batch-user", help="then make the batch services' scoped user (runtime.batch.s3_users)")
+    parser.add_argument("--backup-user", help="and the backups' scoped user (with --batch-user)")
     args = parser.parse_args(argv)
     if args.expire_days < 1:
         parser.error(f"--expire-days must be at least 1, got {args.expire_days}")
+    if (args.batch_user is None) != (args.backup_user is None):
+        parser.error("--batch-user and --backup-user go together")
     try:
         rule = ensure_bucket(s3_client(args.endpoint), args.bucket, args.expire_days)
     except (BotoCoreError, ClientError, RuntimeError) as err:
         print(f"error: bucket set-up of {args.bucket} at {args.endpoint} failed: {err}", file=sys.stderr)
         return 1
     print(f"bucket {args.bucket} ready at {args.endpoint}: objects expire after {rule['Expiration']['Days']} days")
-    return 0
+    if args.batch_user is None:
+        return 0
+    from runtime.batch import s3_users  # here: it imports the batch service, which imports this module
+
+    endpoint, bucket = ["--endpoint", args.endpoint], ["--bucket", args.bucket]
+    users = ["--batch-user", args.batch_user, "--backup-user", args.backup_user]
+    return s3_users.main([*endpoint, *bucket, *users])
 
 
 if __name__ == "__main__":
