@@ -226,7 +226,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 async def run(args: argparse.Namespace, settings: BatchSettings) -> int:
-    objects = ObjectStore(settings)
+    objects = ObjectStore(settings, backups=True)
     client = raw_client(settings)
     try:
         if args.command == "snapshot":

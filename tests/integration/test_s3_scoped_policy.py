@@ -16,6 +16,8 @@ from botocore.exceptions import ClientError
 from harness.servers import S3Server
 from runtime.batch.backup import BACKUP_PREFIX
 from runtime.batch.s3_users import backup_policy, batch_policy
+from runtime.batch.settings import BatchSettings
+from runtime.batch.storage import ObjectStore
 
 BUCKET, OTHER = "batch-scoped", "other-bucket"
 ADMIN_ACTIONS = 3  # unauthenticated: create the admin user, its policy, its key; everything after is checked
@@ -56,10 +58,23 @@ def iam_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
             s3.create_bucket(Bucket=bucket)
             s3.put_object(Bucket=bucket, Key="files/seed", Body=b"seed")
         s3.put_object(Bucket=BUCKET, Key=f"{BACKUP_PREFIX}seed.jsonl.gz", Body=b"backup")
+        batch_key, backup_key = _user(iam, "batch", batch_policy(BUCKET)), _user(iam, "backup", backup_policy(BUCKET))
         yield {
             "admin": s3,
-            "batch": _client(server, "s3", _user(iam, "batch", batch_policy(BUCKET))),
-            "backup": _client(server, "s3", _user(iam, "backup", backup_policy(BUCKET))),
+            "batch": _client(server, "s3", batch_key),
+            "backup": _client(server, "s3", backup_key),
+            "settings": BatchSettings(
+                redis_url="redis://127.0.0.1:1/0",  # not used here
+                s3_endpoint_url=server.url,
+                s3_bucket=BUCKET,
+                s3_access_key_id=batch_key["aws_access_key_id"],
+                s3_secret_access_key=batch_key["aws_secret_access_key"],
+                backup_s3_access_key_id=backup_key["aws_access_key_id"],
+                backup_s3_secret_access_key=backup_key["aws_secret_access_key"],
+                model="m",
+                bootstrap_api_key="not-used-here",
+                webhook_secret="not-used-here",
+            ),
         }
     finally:
         server.stop()
@@ -137,3 +152,14 @@ def test_the_backup_user_keeps_to_the_backups_prefix(iam_s3: dict[str, Any]) -> 
     _refused(lambda: s3.get_object(Bucket=OTHER, Key="files/seed"))
     _refused(lambda: s3.delete_bucket(Bucket=BUCKET))
     _refused(lambda: s3.put_bucket_policy(Bucket=BUCKET, Policy=json.dumps(backup_policy(BUCKET))))
+
+
+def test_the_services_start_and_back_up_as_their_users(iam_s3: dict[str, Any]) -> None:
+    """The API's start-up check of the bucket and the worker's backups work with the scoped keys: the
+    start-up does no bucket administration when the bucket exists, and the backups go as their own user."""
+    settings = iam_s3["settings"]
+    ObjectStore(settings).ensure_bucket()  # the API's lifespan
+    key = f"{BACKUP_PREFIX}20261207T010000Z-2.jsonl.gz"
+    ObjectStore(settings, backups=True).put(key, b"snapshot")
+    ObjectStore(settings, backups=True).delete(key)
+    _refused(lambda: ObjectStore(settings).put(key, b"snapshot"))
