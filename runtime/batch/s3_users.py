@@ -42,76 +42,17 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from runtime.batch.backup import BACKUP_PREFIX
+from runtime.batch.s3_policies import (
+    BACKUP_USER_SECRET_ENV,
+    BATCH_USER_SECRET_ENV,
+    backup_policy,
+    batch_policy,
+)
 
 ADMIN_PATH = "/rustfs/admin/v3"  # prefix.rs:81
 REGION = "us-east-1"  # crates/config/src/constants/app.rs:292
-BATCH_USER_SECRET_ENV = "S3_BATCH_USER_SECRET"
-BACKUP_USER_SECRET_ENV = "S3_BACKUP_USER_SECRET"
 # crates/policy/src/auth/credentials.rs:26-29: access keys 3-128 bytes, secret keys 8-40; :44-48 no '=' or ','.
 SECRET_KEY_LENGTHS = (8, 40)
-
-# What the batch services do to objects: get/head, put (multipart's create, parts and complete are
-# s3:PutObject in IAM), delete (DeleteObjects is s3:DeleteObject per key), abort and list parts.
-OBJECT_ACTIONS = [
-    "s3:GetObject",
-    "s3:PutObject",
-    "s3:DeleteObject",
-    "s3:AbortMultipartUpload",
-    "s3:ListMultipartUploadParts",
-]
-BUCKET_READ_ACTIONS = ["s3:ListBucket", "s3:ListBucketMultipartUploads", "s3:GetBucketLocation"]
-
-
-def batch_policy(bucket: str) -> dict[str, Any]:
-    """The batch API's and worker's: the bucket's objects, but not the backups' prefix (an explicit
-    Deny, which wins over the Allow) and no bucket administration (nothing grants it)."""
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "ListTheBucket",
-                "Effect": "Allow",
-                "Action": BUCKET_READ_ACTIONS,
-                "Resource": [f"arn:aws:s3:::{bucket}"],
-            },
-            {
-                "Sid": "ItsObjects",
-                "Effect": "Allow",
-                "Action": OBJECT_ACTIONS,
-                "Resource": [f"arn:aws:s3:::{bucket}/*"],
-            },
-            {
-                "Sid": "NotTheBackups",
-                "Effect": "Deny",
-                "Action": OBJECT_ACTIONS,
-                "Resource": [f"arn:aws:s3:::{bucket}/{BACKUP_PREFIX}*"],
-            },
-        ],
-    }
-
-
-def backup_policy(bucket: str) -> dict[str, Any]:
-    """The Redis backups': objects under the backups' prefix only. It lists the bucket (to find the
-    snapshots; it sees other keys' names, not their contents: no condition keys, so that the same
-    document is proven on a server that does not evaluate them)."""
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "ListTheBucket",
-                "Effect": "Allow",
-                "Action": BUCKET_READ_ACTIONS,
-                "Resource": [f"arn:aws:s3:::{bucket}"],
-            },
-            {
-                "Sid": "TheBackups",
-                "Effect": "Allow",
-                "Action": OBJECT_ACTIONS,
-                "Resource": [f"arn:aws:s3:::{bucket}/{BACKUP_PREFIX}*"],
-            },
-        ],
-    }
 
 
 @dataclass(frozen=True)

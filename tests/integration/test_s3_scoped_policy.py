@@ -14,8 +14,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from harness.servers import S3Server
-from runtime.batch.backup import BACKUP_PREFIX
-from runtime.batch.s3_users import backup_policy, batch_policy
+from runtime.batch.s3_policies import BACKUP_PREFIX, backup_policy, batch_policy
 from runtime.batch.settings import BatchSettings
 from runtime.batch.storage import ObjectStore
 

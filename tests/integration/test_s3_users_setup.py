@@ -233,7 +233,7 @@ def test_unreachable_and_bad_input_are_named() -> None:
 
 def test_the_recording_holds_the_documents_the_set_up_sends() -> None:
     """The recorded policy bodies are the policies whose effect test_s3_scoped_policy proves on moto."""
-    from runtime.batch.s3_users import backup_policy, batch_policy
+    from runtime.batch.s3_policies import backup_policy, batch_policy
 
     requests = [e["request"] for e in RECORDING["exchanges"]]
     bodies = [r["body_json"] for r in requests if r["path"].endswith("canned-policy")]
