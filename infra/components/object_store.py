@@ -15,7 +15,7 @@ from typing import NotRequired, TypedDict
 
 import pulumi
 
-from infra.components.secrets import generated_password
+from infra.components.secrets import generated_key_base64, generated_password
 from infra.platforms import ServicePlatform
 from infra.services import Exposure, HealthCheck, Port, Secret, ServiceSpec, Volume, host_port
 from runtime.batch.s3_policies import BACKUP_USER_SECRET_ENV, BATCH_USER_SECRET_ENV
@@ -69,6 +69,9 @@ class ObjectStoreServer(pulumi.ComponentResource):
         platform, host, port = args["platform"], args["host"], args["port"]
         exposure = Exposure.PUBLIC if args["public"] else Exposure.INTERNAL
         self.secret_key = generated_password(f"{name}-secret-key", self, length=40)
+        # Seals each object's data key for SSE-S3 without a KMS (runtime.batch.bucket sets the bucket's
+        # default encryption). It must never change: objects sealed with the old one become unreadable.
+        sse_master_key = generated_key_base64(f"{name}-sse-master-key", self)
         self.access_key = ACCESS_KEY
         self.batch_access_key, self.backup_access_key = BATCH_ACCESS_KEY, BACKUP_ACCESS_KEY
         self.batch_secret_key = generated_password(f"{name}-batch-user-secret", self, length=USER_SECRET_LENGTH)
@@ -96,7 +99,10 @@ class ObjectStoreServer(pulumi.ComponentResource):
                     "RUSTFS_CHECK_UPDATE": "false",  # no call home at start-up
                     "RUSTFS_OBS_LOG_DIRECTORY": "",  # logs on stdout, not a file in the container
                 },
-                secrets=(Secret("RUSTFS_SECRET_KEY", self.secret_key),),
+                secrets=(
+                    Secret("RUSTFS_SECRET_KEY", self.secret_key),
+                    Secret("RUSTFS_SSE_S3_MASTER_KEY", sse_master_key),
+                ),
                 ports=(
                     Port(port, port, exposure, "s3"),
                     Port(args["console_port"], args["console_port"], Exposure.INTERNAL, "console"),

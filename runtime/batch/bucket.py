@@ -17,6 +17,12 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 RULE_ID = "batch-results-expire"
+# Default encryption at rest, SSE-S3. RustFS (rustfs/rustfs 1.0.0-rc.3) stores the bucket's rule
+# (rustfs/src/app/bucket_usecase.rs:2099-2144, no KMS needed for AES256), applies it to each write
+# (rustfs/src/storage/sse.rs:240-264 reads the bucket's default; :1940-1958 managed SSE) and, without
+# a KMS, seals each object's data key with RUSTFS_SSE_S3_MASTER_KEY (sse.rs:3104-3136; a write is
+# refused with a 400 while that is unset), which the stacks set (infra/components/object_store.py).
+SSE_ALGORITHM = "AES256"
 MISSING_BUCKET_CODES = {"404", "NoSuchBucket", "NotFound"}
 
 
@@ -40,7 +46,22 @@ def ensure_bucket(client: Any, bucket: str, expire_days: int) -> dict[str, Any]:
     rule: dict[str, Any] | None = next((r for r in rules if r.get("ID") == RULE_ID), None)
     if rule is None or rule.get("Expiration", {}).get("Days") != expire_days:
         raise RuntimeError(f"bucket {bucket}: the expiry rule did not stick (read back: {rules})")
+    ensure_encryption(client, bucket)
     return rule
+
+
+def ensure_encryption(client: Any, bucket: str) -> None:
+    """Default SSE-S3 on `bucket` (a put replaces the rule; the read back proves it), idempotently."""
+    client.put_bucket_encryption(
+        Bucket=bucket,
+        ServerSideEncryptionConfiguration={
+            "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": SSE_ALGORITHM}}]
+        },
+    )
+    rules = client.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+    algorithms = [r.get("ApplyServerSideEncryptionByDefault", {}).get("SSEAlgorithm") for r in rules]
+    if algorithms != [SSE_ALGORITHM]:
+        raise RuntimeError(f"bucket {bucket}: default encryption did not stick (read back: {rules})")
 
 
 def s3_client(endpoint: str) -> Any:
@@ -70,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     except (BotoCoreError, ClientError, RuntimeError) as err:
         print(f"error: bucket set-up of {args.bucket} at {args.endpoint} failed: {err}", file=sys.stderr)
         return 1
-    print(f"bucket {args.bucket} ready at {args.endpoint}: objects expire after {rule['Expiration']['Days']} days")
+    days = rule["Expiration"]["Days"]
+    print(
+        f"bucket {args.bucket} ready at {args.endpoint}: objects expire after {days} days, encrypted ({SSE_ALGORITHM})"
+    )
     if args.batch_user is None:
         return 0
     from runtime.batch import s3_users  # here: it imports the batch service, which imports this module

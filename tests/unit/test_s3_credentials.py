@@ -4,6 +4,7 @@ their Secrets). The users themselves are made by the bucket set-up (runtime.batc
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import Any
 
@@ -32,8 +33,8 @@ def _fill(value: str, secrets: dict[str, str]) -> str:
     return re.sub(r"\$\{(\w+):\?[^}]*\}", lambda m: secrets[m.group(1)], value)
 
 
-def _compose_envs(plan: Plan) -> tuple[str, dict[str, dict[str, str]]]:
-    """The root secret and each batch service's environment, secrets filled in, over every host."""
+def _compose_envs(plan: Plan, names: tuple[str, ...] = BATCH_SERVICES) -> tuple[str, dict[str, dict[str, str]]]:
+    """The root secret and each named service's environment, secrets filled in, over every host."""
     root, envs = "", {}
     for path, text in plan.files.items():
         if not path.endswith("/docker-compose.yml"):
@@ -44,13 +45,13 @@ def _compose_envs(plan: Plan) -> tuple[str, dict[str, dict[str, str]]]:
         secrets = {k: v.strip("'") for k, v in (line.split("=", 1) for line in lines)}
         root = secrets.get("RUSTFS_SECRET_KEY", root)
         services = yaml.safe_load(text)["services"]
-        for name in BATCH_SERVICES:
+        for name in names:
             if name in services:
                 envs[name] = {k: _fill(str(v), secrets) for k, v in services[name]["environment"].items()}
     return root, envs
 
 
-def _kubernetes_envs(plan: Plan) -> tuple[str, dict[str, dict[str, str]]]:
+def _kubernetes_envs(plan: Plan, names: tuple[str, ...] = BATCH_SERVICES) -> tuple[str, dict[str, dict[str, str]]]:
     secrets = {
         r.name: {k: _unwrap(v) for k, v in _data(r.inputs["stringData"]).items()}
         for r in plan.recording.resources
@@ -58,8 +59,9 @@ def _kubernetes_envs(plan: Plan) -> tuple[str, dict[str, dict[str, str]]]:
     }
     envs = {}
     for path, text in plan.files.items():
-        manifest = yaml.safe_load(text) if path.startswith("k8s/deployment-") else None
-        if manifest and manifest["metadata"]["name"] in BATCH_SERVICES:
+        workload = path.startswith(("k8s/deployment-", "k8s/statefulset-"))
+        manifest = yaml.safe_load(text) if workload else None
+        if manifest and manifest["metadata"]["name"] in names:
             name = manifest["metadata"]["name"]
             (container,) = manifest["spec"]["template"]["spec"]["containers"]
             plain = {e["name"]: e["value"] for e in container["env"] if "value" in e}
@@ -81,3 +83,13 @@ def test_no_batch_service_holds_the_s3_root_key(stack: str) -> None:
     assert worker["BATCH_BACKUP_S3_ACCESS_KEY_ID"] == BACKUP_ACCESS_KEY
     assert worker["BATCH_BACKUP_S3_SECRET_ACCESS_KEY"] not in (root, worker["BATCH_S3_SECRET_ACCESS_KEY"])
     assert "BATCH_BACKUP_S3_SECRET_ACCESS_KEY" not in envs["batch-api"]  # the API takes no backups
+
+
+@pytest.mark.parametrize("stack", ["edge", "local", "stella"])
+def test_the_s3_server_holds_its_sse_master_key(stack: str) -> None:
+    """SSE-S3 without a KMS needs RUSTFS_SSE_S3_MASTER_KEY (32 bytes, base64; runtime.batch.bucket), a
+    generated secret: on compose from the secrets env file, on kubernetes from the server's Secret."""
+    plan = stack_plan(stack)
+    _, envs = (_kubernetes_envs if stack == "edge" else _compose_envs)(plan, ("minio",))
+    key = envs["minio"]["RUSTFS_SSE_S3_MASTER_KEY"]
+    assert len(base64.b64decode(key, validate=True)) == 32
