@@ -23,6 +23,7 @@ RULE_ID = "batch-results-expire"
 # a KMS, seals each object's data key with RUSTFS_SSE_S3_MASTER_KEY (sse.rs:3104-3136; a write is
 # refused with a 400 while that is unset), which the stacks set (infra/components/object_store.py).
 SSE_ALGORITHM = "AES256"
+PROBE_KEY, PROBE_BODY = "setup/encryption-probe", b"vllm-gb10 encryption probe"
 MISSING_BUCKET_CODES = {"404", "NoSuchBucket", "NotFound"}
 
 
@@ -62,6 +63,16 @@ def ensure_encryption(client: Any, bucket: str) -> None:
     algorithms = [r.get("ApplyServerSideEncryptionByDefault", {}).get("SSEAlgorithm") for r in rules]
     if algorithms != [SSE_ALGORITHM]:
         raise RuntimeError(f"bucket {bucket}: default encryption did not stick (read back: {rules})")
+    # A write under the rule, read back: a server that cannot encrypt (RustFS without its master key
+    # refuses every such write with a 400) fails the set-up here, not the batch service's first upload.
+    try:
+        client.put_object(Bucket=bucket, Key=PROBE_KEY, Body=PROBE_BODY)
+        body = client.get_object(Bucket=bucket, Key=PROBE_KEY)["Body"].read()
+        client.delete_object(Bucket=bucket, Key=PROBE_KEY)
+    except ClientError as err:
+        raise RuntimeError(f"bucket {bucket}: a write under default encryption ({SSE_ALGORITHM}): {err}") from err
+    if body != PROBE_BODY:
+        raise RuntimeError(f"bucket {bucket}: the encrypted probe object read back as {body[:40]!r}")
 
 
 def s3_client(endpoint: str) -> Any:

@@ -14,6 +14,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from harness.servers import S3Server
+from runtime.batch.bucket import ensure_bucket
 from runtime.batch.s3_policies import BACKUP_PREFIX, backup_policy, batch_policy
 from runtime.batch.settings import BatchSettings
 from runtime.batch.storage import ObjectStore
@@ -59,6 +60,8 @@ def iam_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         s3.put_object(Bucket=BUCKET, Key=f"{BACKUP_PREFIX}seed.jsonl.gz", Body=b"backup")
         batch_key, backup_key = _user(iam, "batch", batch_policy(BUCKET)), _user(iam, "backup", backup_policy(BUCKET))
         yield {
+            "server": server,
+            "iam": iam,
             "admin": s3,
             "batch": _client(server, "s3", batch_key),
             "backup": _client(server, "s3", backup_key),
@@ -162,3 +165,13 @@ def test_the_services_start_and_back_up_as_their_users(iam_s3: dict[str, Any]) -
     ObjectStore(settings, backups=True).put(key, b"snapshot")
     ObjectStore(settings, backups=True).delete(key)
     _refused(lambda: ObjectStore(settings).put(key, b"snapshot"))
+
+
+def test_a_server_that_refuses_the_encrypted_probe_fails_the_bucket_set_up(iam_s3: dict[str, Any]) -> None:
+    """runtime.batch.bucket writes a probe under the new default encryption; a refused write (here IAM's,
+    as RustFS refuses one without its SSE master key) fails the set-up by name, not the first upload."""
+    everything = {"Effect": "Allow", "Action": "s3:*", "Resource": "*"}
+    no_probe = {"Effect": "Deny", "Action": "s3:PutObject", "Resource": f"arn:aws:s3:::{BUCKET}/setup/*"}
+    key = _user(iam_s3["iam"], "setup-refused", {"Version": "2012-10-17", "Statement": [everything, no_probe]})
+    with pytest.raises(RuntimeError, match=r"bucket batch-scoped: a write under default encryption \(AES256\): "):
+        ensure_bucket(_client(iam_s3["server"], "s3", key), BUCKET, 7)
