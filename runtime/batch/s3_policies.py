@@ -15,6 +15,8 @@ BACKUP_USER_SECRET_ENV = "S3_BACKUP_USER_SECRET"
 
 # What the batch services do to objects: get/head, put (multipart's create, parts and complete are
 # s3:PutObject in IAM), delete (DeleteObjects is s3:DeleteObject per key), abort and list parts.
+# Each action is one RustFS's policy parser knows (crates/policy/src/policy/action.rs:217-287 at
+# 1.0.0-rc.3): an unknown one would fail add-canned-policy.
 OBJECT_ACTIONS = [
     "s3:GetObject",
     "s3:PutObject",
