@@ -222,9 +222,15 @@ class RedisServer(Process):
 class S3Server(Process):
     """moto's S3 server: the S3 API that MinIO serves in production."""
 
-    def __init__(self, log_dir: Path, port: int | None = None):
+    def __init__(self, log_dir: Path, port: int | None = None, *, no_auth_actions: int | None = None):
         super().__init__("s3", log_dir)
         self.port = port or free_port()
+        # IAM access control on after this many unauthenticated actions (moto's INITIAL_NO_AUTH_ACTION_COUNT):
+        # the policy tests' first calls make an admin user, every later call is checked against IAM policies.
+        self.no_auth_actions = no_auth_actions
+
+    def environment(self) -> Mapping[str, str]:
+        return {} if self.no_auth_actions is None else {"INITIAL_NO_AUTH_ACTION_COUNT": str(self.no_auth_actions)}
 
     @property
     def url(self) -> str:

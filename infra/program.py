@@ -395,8 +395,11 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "redis_maxmemory_bytes": redis.maxmemory_bytes,
             "s3_endpoint": store.endpoint,
             "s3_bucket": store.bucket,
-            "s3_access_key": store.access_key,
-            "s3_secret_key": store.secret_key,
+            # The scoped users the bucket set-up makes, never the root key (README "Object store").
+            "s3_access_key": store.batch_access_key,
+            "s3_secret_key": store.batch_secret_key,
+            "backup_access_key": store.backup_access_key,
+            "backup_secret_key": store.backup_secret_key,
             "retention_days": cfg.data.result_retention_days,
             "model_path": cfg.vllm.model,
             "engine_args": vllm_engine_args,

@@ -334,6 +334,44 @@ def validate_result_lifecycle(args: StackValidationArgs, report: ReportViolation
             )
 
 
+def validate_s3_scoped_credentials(args: StackValidationArgs, report: ReportViolation) -> None:
+    """Across the stack: no batch service (a workload with BATCH_S3_BUCKET) signs as the S3 server's root
+    user (its RUSTFS_ACCESS_KEY, or MinIO's MINIO_ROOT_USER), for its data or its backups, and each
+    scoped user it names is one a bucket set-up of that endpoint and bucket makes (--batch-user or
+    --backup-user of `python -m runtime.batch.bucket`, runtime.batch.s3_users)."""
+    services = [w for r in args.resources for w in workloads(r.resource_type, r.props, r.name)]
+    roots = {
+        key
+        for w in services
+        if S3_SERVER_IMAGE.search(w.image)
+        for key in (w.env.get("RUSTFS_ACCESS_KEY"), w.env.get("MINIO_ROOT_USER"))
+        if key
+    }
+    made: dict[tuple[str | None, str | None], set[str]] = {}
+    for setup in services:
+        if re.search(r"-m runtime\.batch\.bucket\b", setup.command_text):
+            users = {_flag(setup.command, "--batch-user"), _flag(setup.command, "--backup-user")} - {None}
+            target = (_flag(setup.command, "--endpoint"), _flag(setup.command, "--bucket"))
+            made.setdefault(target, set()).update(u for u in users if u)
+    for w in services:
+        bucket = w.env.get("BATCH_S3_BUCKET")
+        if not bucket:
+            continue
+        target = (w.env.get("BATCH_S3_ENDPOINT_URL"), bucket)
+        for variable in ("BATCH_S3_ACCESS_KEY_ID", "BATCH_BACKUP_S3_ACCESS_KEY_ID"):
+            key = w.env.get(variable)
+            if variable == "BATCH_S3_ACCESS_KEY_ID" and not key:
+                report(f"{w.name}: no {variable}: it cannot be told apart from the S3 server's root user", None)
+            elif key in roots:
+                report(f"{w.name}: {variable} is the S3 server's root user ({key}), not a bucket-scoped one", None)
+            elif key and key not in made.get(target, set()):
+                report(
+                    f"{w.name}: {variable} {key!r} is no user a bucket set-up of {bucket!r} at {target[0]} makes "
+                    f"(--batch-user/--backup-user; made: {', '.join(sorted(made.get(target, set()))) or 'none'})",
+                    None,
+                )
+
+
 INGRESS = "kubernetes:networking.k8s.io/v1:Ingress"
 HAPROXY_CFG = "haproxy.cfg"
 
@@ -586,6 +624,12 @@ POLICIES: list[Policy] = [
         validate_result_lifecycle,
         ADVISORY,
         PolicyConfigSchema({"maxDays": {"type": "integer", "default": 7, "minimum": 1}}),
+    ),
+    StackValidationPolicy(
+        "s3-scoped-credentials",
+        "The batch services use bucket-scoped S3 users that the bucket set-up makes, never the S3 root user.",
+        validate_s3_scoped_credentials,
+        MANDATORY,
     ),
     ResourceValidationPolicy(
         "health-checks", "Every long-running service has a health check.", validate_health_checks, ADVISORY

@@ -35,8 +35,10 @@ class BatchServiceArgs(TypedDict):
     redis_url: pulumi.Output[str]
     s3_endpoint: str
     s3_bucket: str
-    s3_access_key: str
+    s3_access_key: str  # the batch services' scoped user (ObjectStoreServer.batch_*), not the root
     s3_secret_key: pulumi.Output[str]
+    backup_access_key: str  # the worker's Redis backups: their own scoped user (ObjectStoreServer.backup_*)
+    backup_secret_key: pulumi.Output[str]
     retention_days: int
     model_path: str  # offline engine: the weights the worker loads (HF id or path)
     engine_args: dict[str, Any]  # offline engine: the same sized vLLM arguments as the servers
@@ -123,12 +125,17 @@ class BatchService(pulumi.ComponentResource):
         worker_env: dict[str, pulumi.Input[str]] = {
             **env,
             "BATCH_WORKER_METRICS_HOST": platform.bind_address(host, internal),
+            "BATCH_BACKUP_S3_ACCESS_KEY_ID": args["backup_access_key"],
         }
         if args.get("memguard_host"):
             worker_env["BATCH_MEMGUARD_HOST"] = str(args.get("memguard_host"))
         if tls:
             worker_env[CA_ENV] = tls.ca_b64  # the load balancer's certificate is the stack CA's
-        worker_secrets: tuple[Secret, ...] = (*secrets, Secret("BATCH_VLLM_API_KEY", args["vllm_api_key"]))
+        worker_secrets: tuple[Secret, ...] = (
+            *secrets,
+            Secret("BATCH_VLLM_API_KEY", args["vllm_api_key"]),
+            Secret("BATCH_BACKUP_S3_SECRET_ACCESS_KEY", args["backup_secret_key"]),
+        )
         if offline:
             worker_env["BATCH_MODEL_PATH"] = args["model_path"]
             worker_env["BATCH_VLLM_ARGS"] = json.dumps(args["engine_args"], sort_keys=True)

@@ -15,9 +15,10 @@ from typing import NotRequired, TypedDict
 
 import pulumi
 
-from infra.components.secrets import generated_password
+from infra.components.secrets import generated_key_base64, generated_password
 from infra.platforms import ServicePlatform
 from infra.services import Exposure, HealthCheck, Port, Secret, ServiceSpec, Volume, host_port
+from runtime.batch.s3_policies import BACKUP_USER_SECRET_ENV, BATCH_USER_SECRET_ENV
 
 # rustfs/rustfs 1.0.0 (2026-09-16, the latest stable release), multi-arch index digest (linux/amd64,
 # linux/arm64), the same as ghcr.io/rustfs/rustfs:1.0.0. Digest as published in several projects'
@@ -26,7 +27,12 @@ S3_SERVER_IMAGE = "rustfs/rustfs:1.0.0@sha256:8cc9801755448b71a786705ce76692c77e
 # The image's user: rustfs/rustfs's Dockerfile adds group and user rustfs as 10001 (`addgroup -g 10001
 # -S rustfs && adduser -u 10001 -G rustfs`) and runs `USER rustfs`; its volume is made writable to it.
 S3_SERVER_GID = 10001
-ACCESS_KEY = "vllm-gb10"
+ACCESS_KEY = "vllm-gb10"  # the root user: the server and its set-up job only
+# The batch services' users (runtime.batch.s3_users, made by the set-up job through RustFS's admin API):
+# the batch bucket's objects but its backups' prefix, and the Redis backups' prefix only.
+BATCH_ACCESS_KEY = "vllm-gb10-batch"
+BACKUP_ACCESS_KEY = "vllm-gb10-backup"
+USER_SECRET_LENGTH = 40  # RustFS's longest secret key (crates/policy/src/auth/credentials.rs:29)
 
 
 class ObjectStoreServerArgs(TypedDict):
@@ -45,12 +51,17 @@ class ObjectStoreServerArgs(TypedDict):
 
 
 class ObjectStoreServer(pulumi.ComponentResource):
-    """Outputs `setup_service`: the one-shot bucket set-up, which the batch service waits for."""
+    """Outputs `setup_service`: the one-shot bucket set-up, which the batch service waits for, and the
+    scoped users' keys it makes (batch_*, backup_*): the services get those, never the root key."""
 
     endpoint: str
     bucket: str
     access_key: str
     secret_key: pulumi.Output[str]
+    batch_access_key: str
+    batch_secret_key: pulumi.Output[str]
+    backup_access_key: str
+    backup_secret_key: pulumi.Output[str]
     setup_service: str
 
     def __init__(self, name: str, args: ObjectStoreServerArgs, opts: pulumi.ResourceOptions | None = None):
@@ -58,7 +69,13 @@ class ObjectStoreServer(pulumi.ComponentResource):
         platform, host, port = args["platform"], args["host"], args["port"]
         exposure = Exposure.PUBLIC if args["public"] else Exposure.INTERNAL
         self.secret_key = generated_password(f"{name}-secret-key", self, length=40)
+        # Seals each object's data key for SSE-S3 without a KMS (runtime.batch.bucket sets the bucket's
+        # default encryption). It must never change: objects sealed with the old one become unreadable.
+        sse_master_key = generated_key_base64(f"{name}-sse-master-key", self)
         self.access_key = ACCESS_KEY
+        self.batch_access_key, self.backup_access_key = BATCH_ACCESS_KEY, BACKUP_ACCESS_KEY
+        self.batch_secret_key = generated_password(f"{name}-batch-user-secret", self, length=USER_SECRET_LENGTH)
+        self.backup_secret_key = generated_password(f"{name}-backup-user-secret", self, length=USER_SECRET_LENGTH)
         self.bucket = args["bucket"]
         bind, probe = platform.bind_address(host, exposure), platform.probe_address(host, exposure)
         console = host_port(platform.bind_address(host, Exposure.INTERNAL), args["console_port"])
@@ -82,7 +99,10 @@ class ObjectStoreServer(pulumi.ComponentResource):
                     "RUSTFS_CHECK_UPDATE": "false",  # no call home at start-up
                     "RUSTFS_OBS_LOG_DIRECTORY": "",  # logs on stdout, not a file in the container
                 },
-                secrets=(Secret("RUSTFS_SECRET_KEY", self.secret_key),),
+                secrets=(
+                    Secret("RUSTFS_SECRET_KEY", self.secret_key),
+                    Secret("RUSTFS_SSE_S3_MASTER_KEY", sse_master_key),
+                ),
                 ports=(
                     Port(port, port, exposure, "s3"),
                     Port(args["console_port"], args["console_port"], Exposure.INTERNAL, "console"),
@@ -119,9 +139,16 @@ class ObjectStoreServer(pulumi.ComponentResource):
                     self.bucket,
                     "--expire-days",
                     str(args["retention_days"]),
+                    # Then the scoped users, through the admin API; a refusal fails the job, so `up` fails
+                    # naming this service and the step, and the services never fall back to the root key.
+                    *("--batch-user", BATCH_ACCESS_KEY, "--backup-user", BACKUP_ACCESS_KEY),
                 ),
                 environment={"AWS_ACCESS_KEY_ID": ACCESS_KEY},
-                secrets=(Secret("AWS_SECRET_ACCESS_KEY", self.secret_key),),
+                secrets=(
+                    Secret("AWS_SECRET_ACCESS_KEY", self.secret_key),
+                    Secret(BATCH_USER_SECRET_ENV, self.batch_secret_key),
+                    Secret(BACKUP_USER_SECRET_ENV, self.backup_secret_key),
+                ),
                 depends_on=(name,),
                 memory_limit="256m",
                 one_shot=True,

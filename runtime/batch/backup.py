@@ -37,10 +37,10 @@ from redis.exceptions import RedisError, ResponseError
 
 from runtime.batch import redis_client
 from runtime.batch.keys import PREFIX
+from runtime.batch.s3_policies import BACKUP_PREFIX
 from runtime.batch.settings import BatchSettings
 from runtime.batch.storage import ObjectStore
 
-BACKUP_PREFIX = "backups/redis/"
 SCHEDULE_LOCK = PREFIX + "backup:lock"  # SET NX PX: one worker of the fleet takes each scheduled snapshot
 # Written by every snapshot, so every snapshot holds it. Redis without it, while snapshots exist, lost its
 # data: scheduled snapshots stop (an empty one must not become the newest) until a restore brings it back.
@@ -226,7 +226,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 async def run(args: argparse.Namespace, settings: BatchSettings) -> int:
-    objects = ObjectStore(settings)
+    objects = ObjectStore(settings, backups=True)
     client = raw_client(settings)
     try:
         if args.command == "snapshot":

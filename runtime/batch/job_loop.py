@@ -68,6 +68,7 @@ class Worker:
         self.ready = False
         self.last_beat = time.monotonic()
         self.backup_client = backup.raw_client(settings)  # DUMP payloads are binary
+        self.backup_objects = ObjectStore(settings, backups=True)  # the backups' own S3 user, where set
         self._backup: asyncio.Task[None] | None = None
         self.expiry = ExpirySweeper(settings, objects, client)
         self._expiry: asyncio.Task[None] | None = None
@@ -156,7 +157,7 @@ class Worker:
 
     async def _scheduled_backup(self) -> None:
         try:
-            await backup.take_if_due(self.settings, self.objects, self.backup_client)
+            await backup.take_if_due(self.settings, self.backup_objects, self.backup_client)
         except Exception as exc:  # a failed backup is logged and taken again at the next interval
             log.error("redis backup failed: %r", exc, exc_info=exc)
 

@@ -26,6 +26,10 @@ class BatchSettings(BaseSettings):
     s3_access_key_id: str = Field(min_length=1)
     s3_secret_access_key: SecretStr
     s3_region: str = "us-east-1"
+    # The stacks give the Redis backups their own S3 user (runtime.batch.s3_users): the objects under
+    # backups/redis/ only, which the user above may not touch. Unset: the backups use the user above.
+    backup_s3_access_key_id: str | None = Field(default=None, min_length=1)
+    backup_s3_secret_access_key: SecretStr | None = None
     engine: Literal["http", "offline"] = "http"
     vllm_base_url: AnyHttpUrl | None = Field(default=None, description="http engine: the load balancer.")
     vllm_api_key: SecretStr | None = Field(

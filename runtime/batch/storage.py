@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError, ConnectionError, HTTPClientError, I
 from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception, stop_after_delay
 from tenacity import wait_exponential_jitter as jitter
 
-from runtime.batch.bucket import ensure_bucket
+from runtime.batch.bucket import MISSING_BUCKET_CODES, ensure_bucket
 from runtime.batch.settings import BatchSettings
 
 log = logging.getLogger("runtime.batch.storage")
@@ -67,14 +67,18 @@ def retryable_storage_error(exc: BaseException) -> bool:
 class ObjectStore:
     """Blocking boto3 calls, with `a*` wrappers that run them off the event loop."""
 
-    def __init__(self, settings: BatchSettings):
+    def __init__(self, settings: BatchSettings, *, backups: bool = False):
+        """`backups`: as the backups' S3 user where one is set (backup_s3_*), else the service's."""
         self.bucket = settings.s3_bucket
         self.retention_days = settings.result_retention_days
+        access_key, secret_key = settings.s3_access_key_id, settings.s3_secret_access_key
+        if backups and settings.backup_s3_access_key_id and settings.backup_s3_secret_access_key:
+            access_key, secret_key = settings.backup_s3_access_key_id, settings.backup_s3_secret_access_key
         self.client = boto3.client(
             "s3",
             endpoint_url=str(settings.s3_endpoint_url),
-            aws_access_key_id=settings.s3_access_key_id,
-            aws_secret_access_key=settings.s3_secret_access_key.get_secret_value(),
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key.get_secret_value(),
             region_name=settings.s3_region,
             config=Config(
                 signature_version="s3v4",
@@ -87,7 +91,15 @@ class ObjectStore:
         )
 
     def ensure_bucket(self) -> None:
-        """Create the bucket if needed and set the expiry rule (runtime.batch.bucket, shared with the set-up job)."""
+        """The bucket is there (a listing, which the scoped user may do); a missing one is created with its
+        expiry rule (runtime.batch.bucket), where the key may (tests, a deployment on the root key). In the
+        stacks the set-up job made it and sets the rule on every `up`: the scoped user may not (s3_users)."""
+        try:
+            self.client.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
+            return
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") not in MISSING_BUCKET_CODES:
+                raise
         ensure_bucket(self.client, self.bucket, self.retention_days)
 
     def put(self, key: str, data: bytes) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from typing import Any
 
 import boto3
 
@@ -23,11 +24,14 @@ def _run(s3_server: S3Server, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _rules(s3_server: S3Server, bucket: str) -> list[dict]:
-    client = boto3.client(
+def _client(s3_server: S3Server) -> Any:
+    return boto3.client(
         "s3", endpoint_url=s3_server.url, region_name="us-east-1", **{k.lower(): v for k, v in CREDENTIALS.items()}
     )
-    return client.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+
+
+def _rules(s3_server: S3Server, bucket: str) -> list[dict]:
+    return _client(s3_server).get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
 
 
 def test_a_new_bucket_gets_its_expiry_and_a_rerun_replaces_it(s3_server: S3Server) -> None:
@@ -37,6 +41,19 @@ def test_a_new_bucket_gets_its_expiry_and_a_rerun_replaces_it(s3_server: S3Serve
     again = _run(s3_server, "--bucket", "setup-new", "--expire-days", "3")  # idempotent; the rule is replaced
     assert again.returncode == 0, again.stderr
     assert [r["Expiration"]["Days"] for r in _rules(s3_server, "setup-new")] == [3]
+
+
+def test_the_bucket_is_encrypted_at_rest_by_default(s3_server: S3Server) -> None:
+    """SSE-S3 as the bucket's default (README "Object store": RustFS applies it to every write)."""
+    for _ in range(2):  # a re-run keeps it
+        done = _run(s3_server, "--bucket", "setup-sse", "--expire-days", "7")
+        assert done.returncode == 0, done.stderr
+        assert "encrypted (AES256)" in done.stdout
+    client = _client(s3_server)
+    rules = client.get_bucket_encryption(Bucket="setup-sse")["ServerSideEncryptionConfiguration"]["Rules"]
+    assert [r["ApplyServerSideEncryptionByDefault"] for r in rules] == [{"SSEAlgorithm": "AES256"}]
+    client.put_object(Bucket="setup-sse", Key="files/f", Body=b"x")  # no SSE header: the default applies
+    assert client.head_object(Bucket="setup-sse", Key="files/f")["ServerSideEncryption"] == "AES256"
 
 
 def test_bad_input_is_named(s3_server: S3Server) -> None:

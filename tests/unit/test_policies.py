@@ -385,6 +385,43 @@ def test_result_lifecycle_is_judged_on_the_bucket_the_results_go_to() -> None:
     )
 
 
+def _scoped_stack(batch_key: str | None, backup_key: str | None = "vllm-gb10-backup", made: bool = True) -> dict:
+    """A RustFS with its root user, the bucket set-up (making the scoped users unless not `made`), the API."""
+    command = ["python", "-m", "runtime.batch.bucket", "--endpoint", "http://10.0.0.1:9000", "--bucket", "batch"]
+    command += ["--batch-user", "vllm-gb10-batch", "--backup-user", "vllm-gb10-backup"] if made else []
+    setup = good_service(image="reg/vllm-gb10-runtime:0.1.0", restart="on-failure", healthcheck=None, command=command)
+    env = {"BATCH_S3_BUCKET": "batch", "BATCH_S3_ENDPOINT_URL": "http://10.0.0.1:9000"}
+    env |= {
+        k: v for k, v in (("BATCH_S3_ACCESS_KEY_ID", batch_key), ("BATCH_BACKUP_S3_ACCESS_KEY_ID", backup_key)) if v
+    }
+    api = good_service(
+        image="reg/vllm-gb10-runtime:0.1.0", command=["python", "-m", "runtime.batch.api"], environment=env
+    )
+    root = {"RUSTFS_ACCESS_KEY": "vllm-gb10", "RUSTFS_SECRET_KEY": "${RUSTFS_SECRET_KEY:?missing}"}
+    server = good_service(image="rustfs/rustfs:1.0.0", environment=root)
+    return compose({"rustfs": server, "minio-setup": setup, "batch-api": api})
+
+
+def test_s3_scoped_credentials() -> None:
+    policy = "s3-scoped-credentials"
+    assert stack_violations("s3-scoped-credentials", [(COPY, _scoped_stack("vllm-gb10-batch"))]) == []
+    assert stack_violations(policy, [(COPY, _scoped_stack("vllm-gb10-batch", backup_key=None))]) == []
+    assert stack_violations(policy, [(COPY, _scoped_stack("vllm-gb10"))]) == [
+        "stack: batch-api: BATCH_S3_ACCESS_KEY_ID is the S3 server's root user (vllm-gb10), not a bucket-scoped one"
+    ]
+    assert stack_violations(policy, [(COPY, _scoped_stack("vllm-gb10-batch", backup_key="vllm-gb10"))]) == [
+        "stack: batch-api: BATCH_BACKUP_S3_ACCESS_KEY_ID is the S3 server's root user (vllm-gb10), "
+        "not a bucket-scoped one"
+    ]
+    assert stack_violations(policy, [(COPY, _scoped_stack(None))]) == [
+        "stack: batch-api: no BATCH_S3_ACCESS_KEY_ID: it cannot be told apart from the S3 server's root user"
+    ]
+    assert stack_violations(policy, [(COPY, _scoped_stack("vllm-gb10-batch", made=False))])[0] == (
+        "stack: batch-api: BATCH_S3_ACCESS_KEY_ID 'vllm-gb10-batch' is no user a bucket set-up of 'batch' at "
+        "http://10.0.0.1:9000 makes (--batch-user/--backup-user; made: none)"
+    )
+
+
 @pytest.mark.parametrize("mc", [False, True])
 def test_result_lifecycle(mc: bool) -> None:
     assert stack_violations("result-lifecycle", [(COPY, _minio_pair(7, mc))]) == []
@@ -494,7 +531,7 @@ def test_every_policy_is_tested_and_levels_are_as_the_issue_says() -> None:
     assert advisory == {"result-lifecycle", "health-checks", "restart-policies"}
     tunable = {p.name for p in POLICIES if p.config_schema}
     assert {"data-services-private", "vllm-memory-utilization", "result-lifecycle", "gpu-on-gb10"} <= tunable
-    stack_wide = {"gpu-on-gb10", "result-lifecycle"}
+    stack_wide = {"gpu-on-gb10", "result-lifecycle", "s3-scoped-credentials"}
     assert all(isinstance(p, ResourceValidationPolicy) for p in POLICIES if p.name not in stack_wide)
 
 

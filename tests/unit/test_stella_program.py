@@ -153,7 +153,9 @@ def test_batch_services_are_wired_to_redis_s3_and_the_load_balancer(
         settings = BatchSettings()
         assert str(settings.vllm_base_url) == f"https://{STELLA_IP}:8080/v1"  # the load balancer serves TLS
         assert str(settings.s3_endpoint_url).rstrip("/") == stella.outputs["minioEndpoint"]
-        assert settings.s3_secret_access_key.get_secret_value() == secrets["RUSTFS_SECRET_KEY"]
+        # The scoped user the bucket set-up makes, not the root (test_no_batch_service_holds_the_s3_root_key).
+        assert settings.s3_access_key_id == "vllm-gb10-batch"
+        assert settings.s3_secret_access_key.get_secret_value() == secrets["S3_BATCH_USER_SECRET"]
         assert (settings.redis_url.host, settings.redis_url.port) == (STELLA_IP, 6379)
         # The batch services' ACL user, whose password the server knows only by its SHA-256.
         assert settings.redis_url.username == "batch"
@@ -384,7 +386,13 @@ def test_the_bucket_set_up_runs_our_runtime_image_and_the_batch_service_waits_fo
     assert setup["restart"] == "on-failure" and setup["depends_on"] == {"minio": {"condition": "service_healthy"}}
     secrets = _secrets_env(stella, "stella")
     env = _interpolate(setup["environment"], secrets)
-    assert env == {"AWS_ACCESS_KEY_ID": "vllm-gb10", "AWS_SECRET_ACCESS_KEY": secrets["RUSTFS_SECRET_KEY"]}
+    assert env == {
+        "AWS_ACCESS_KEY_ID": "vllm-gb10",
+        "AWS_SECRET_ACCESS_KEY": secrets["RUSTFS_SECRET_KEY"],
+        "S3_BATCH_USER_SECRET": secrets["S3_BATCH_USER_SECRET"],
+        "S3_BACKUP_USER_SECRET": secrets["S3_BACKUP_USER_SECRET"],
+    }
+    assert len({secrets[k] for k in ("RUSTFS_SECRET_KEY", "S3_BATCH_USER_SECRET", "S3_BACKUP_USER_SECRET")}) == 3
     # `up --wait` takes an exited one-shot for a failure unless a service waits for it to complete.
     for name in ("batch-api", "batch-worker"):
         assert services[name]["depends_on"] == {
@@ -401,12 +409,25 @@ def test_the_bucket_set_up_runs_our_runtime_image_and_the_batch_service_waits_fo
         "ensure_bucket",
         lambda client, name, days: called.update(c=(client, name, days)) or {"Expiration": {"Days": days}},
     )
+    from runtime.batch import s3_users
+
+    monkeypatch.setattr(s3_users, "ensure_users", lambda *args: called.update(users=args))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
     assert setup["command"] == [
         *("python", "-m", "runtime.batch.bucket", "--endpoint", f"http://{STELLA_IP}:9000"),
         *("--bucket", "batch", "--expire-days", "7"),
+        *("--batch-user", "vllm-gb10-batch", "--backup-user", "vllm-gb10-backup"),
     ]
     assert bucket.main(setup["command"][3:]) == 0
     assert called["c"] == (stella.outputs["minioEndpoint"], "batch", 7)
+    endpoint, root_key, root_secret, users = called["users"]
+    assert endpoint == stella.outputs["minioEndpoint"]
+    assert (root_key, root_secret) == ("vllm-gb10", env["AWS_SECRET_ACCESS_KEY"])
+    assert [(u.access_key, u.secret_key) for u in users] == [
+        ("vllm-gb10-batch", env["S3_BATCH_USER_SECRET"]),
+        ("vllm-gb10-backup", env["S3_BACKUP_USER_SECRET"]),
+    ]
 
 
 def test_redis_persists_with_aof(stella: Plan) -> None:
