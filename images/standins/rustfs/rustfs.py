@@ -8,6 +8,14 @@ As RustFS: the S3 API on --address (else RUSTFS_ADDRESS, else :9000; an empty HO
 address), `GET /health` and `GET /health/ready` answer 200 there. Credentials (flags, or
 RUSTFS_ACCESS_KEY / RUSTFS_SECRET_KEY) are required to be set, but moto accepts any signature.
 Objects live in memory: nothing is kept across restarts. The console is not stood in for.
+
+RustFS's admin calls that the bucket set-up makes (runtime/batch/s3_users.py: add-canned-policy,
+add-user, set-user-or-group-policy, user-info under /rustfs/admin/v3) are answered from memory, for
+the root key's signature only (its access key in the Authorization header; the signature itself is
+not checked, as moto checks none). The users they make are NOT enforced here: moto serves any key.
+What the policies allow and refuse is proven on moto with IAM access control on
+(tests/integration/test_s3_scoped_policy.py); the calls against RustFS's source and a recording
+(tests/integration/test_s3_users_setup.py).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 HEALTH_PATHS = ("/health", "/health/ready", "/health/live")
+ADMIN_PREFIX = "/rustfs/admin/v3/"
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -54,6 +63,72 @@ def with_health(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[b
     return wrapped
 
 
+class Admin:
+    """RustFS's user and canned-policy calls, in memory (what the set-up needs, nothing more)."""
+
+    def __init__(self, root_access_key: str):
+        self.root = root_access_key
+        self.policies: dict[str, Any] = {}
+        self.users: dict[str, dict[str, str]] = {}
+
+    def answer(self, method: str, route: str, query: dict[str, str], body: bytes, auth: str) -> tuple[str, Any]:
+        if f"Credential={self.root}/" not in auth:
+            return "403 Forbidden", {"Code": "AccessDenied", "Message": "admin calls need the root key"}
+        if (method, route) == ("PUT", "add-canned-policy"):
+            document = json.loads(body or b"{}")
+            if not query.get("name") or "Version" not in document:
+                return "400 Bad Request", {"Code": "InvalidArgument", "Message": "name and a policy with Version"}
+            self.policies[query["name"]] = document
+            return "200 OK", {}
+        if (method, route) == ("PUT", "add-user"):
+            request = json.loads(body or b"{}")
+            if not query.get("accessKey") or not request.get("secretKey"):
+                return "400 Bad Request", {"Code": "InvalidArgument", "Message": "accessKey and secretKey"}
+            user = self.users.setdefault(query["accessKey"], {"policyName": ""})
+            user.update(secretKey=request["secretKey"], status=request.get("status", "enabled"))
+            return "200 OK", {}
+        if (method, route) == ("PUT", "set-user-or-group-policy"):
+            user = self.users.get(query.get("userOrGroup", ""))
+            if user is None or query.get("policyName") not in self.policies:
+                return "404 Not Found", {"Code": "XRustFSAdminNoSuchUserOrPolicy", "Message": str(query)}
+            user["policyName"] = query["policyName"]
+            return "200 OK", {}
+        if (method, route) == ("GET", "user-info"):
+            found = self.users.get(query.get("accessKey", ""))
+            if found is None:
+                return "404 Not Found", {"Code": "XRustFSAdminNoSuchUser", "Message": query.get("accessKey", "")}
+            return "200 OK", {"policyName": found["policyName"], "status": found["status"]}
+        return "404 Not Found", {"Code": "NotImplemented", "Message": f"{method} {route} is not stood in for"}
+
+
+def with_admin(app: Callable[..., Iterable[bytes]], admin: Admin) -> Callable[..., Iterable[bytes]]:
+    """The admin prefix before moto, which would read it as a bucket named `rustfs`."""
+
+    def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if not path.startswith(ADMIN_PREFIX):
+            return app(environ, start_response)
+        from urllib.parse import parse_qsl
+
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        try:
+            status, answer = admin.answer(
+                environ.get("REQUEST_METHOD", ""),
+                path[len(ADMIN_PREFIX) :],
+                dict(parse_qsl(environ.get("QUERY_STRING", ""))),
+                body,
+                environ.get("HTTP_AUTHORIZATION", ""),
+            )
+        except ValueError as err:
+            status, answer = "400 Bad Request", {"Code": "InvalidArgument", "Message": str(err)}
+        data = json.dumps(answer).encode()
+        start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+        return [data]
+
+    return wrapped
+
+
 def main(argv: list[str]) -> None:
     args = parse(argv)
     host, port = split_address(args.address)
@@ -62,7 +137,7 @@ def main(argv: list[str]) -> None:
     from werkzeug.serving import run_simple
 
     print(f"rustfs stand-in (moto S3): listening on {host}:{port}, volumes {args.volumes}", flush=True)
-    app = with_health(DomainDispatcherApplication(create_backend_app))
+    app = with_health(with_admin(DomainDispatcherApplication(create_backend_app), Admin(args.access_key)))
     run_simple(host, port, app, threaded=True, request_handler=MotoRequestHandler)
 
 
