@@ -381,6 +381,44 @@ def test_the_post_deploy_check_passes_from_the_outputs_as_make_smoke_runs_it(sta
     assert "ok: chat completion through the load balancer" in done.stdout
 
 
+def test_the_batch_services_hold_their_scoped_s3_users_and_never_the_root_credentials(stack: RunningStack) -> None:
+    """Issue 37's proof by container inspect: the batch API and worker sign as the bucket-scoped users the
+    set-up made (the worker's backups as the backups' user); the root key is in no batch container."""
+    root_key, root_secret = stack.outputs["minioAccessKey"], stack.outputs["minioSecretKey"]
+    containers = stack.containers()
+    for name in ("vllm-gb10-batch-api", "vllm-gb10-batch-worker"):
+        env = dict(item.split("=", 1) for item in containers[name]["Config"]["Env"])
+        assert env["BATCH_S3_ACCESS_KEY_ID"] == "vllm-gb10-batch", name
+        assert root_secret not in env.values() and root_key not in env.values(), name
+    worker = dict(item.split("=", 1) for item in containers["vllm-gb10-batch-worker"]["Config"]["Env"])
+    assert worker["BATCH_BACKUP_S3_ACCESS_KEY_ID"] == "vllm-gb10-backup"
+
+
+def test_every_vllm_server_started_through_the_headroom_check_which_refuses_a_short_host(stack: RunningStack) -> None:
+    """Each server's log opens with the check's figures; the same command, image and host network on a host
+    whose MemAvailable is 1 GiB (a recorded meminfo on stdin, the test-only source) is refused with exit 75,
+    naming the numbers, and vLLM never starts."""
+    servers = {
+        name: c
+        for name, c in stack.containers().items()
+        if c["Config"]["Labels"]["dev.vllm-gb10.service"].startswith("vllm-")
+    }
+    assert len(servers) == 4
+    for name in servers:
+        assert "headroom: ok: needed weights" in stack.docker_logs(name, since="0"), name
+    server = servers["vllm-gb10-vllm-stella"]
+    meminfo = "MemTotal:       131072000 kB\nMemFree:          524288 kB\nMemAvailable:    1048576 kB\n"
+    done = subprocess.run(
+        ["docker", "run", "--rm", "-i", "--network", "none", "-e", "HEADROOM_MEMINFO=/proc/self/fd/0",
+         server["Config"]["Image"], *server["Config"]["Cmd"]],
+        input=meminfo, env=stack.docker_env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 75, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "headroom: refusing to start: needed: weights " in done.stderr
+    assert "available: 1.00 GiB on host stella (MemAvailable, short by " in done.stderr
+    assert "vllm" not in done.stdout.lower() and len(done.stderr.strip().splitlines()) == 1, "vLLM never started"
+
+
 def test_make_bench_box_measures_every_offered_model_through_the_stacks_balancer(
     stack: RunningStack, tmp_path: Path
 ) -> None:
