@@ -69,7 +69,9 @@ def test_the_post_deploy_job_starts_after_vllm_and_every_workload(edge: Plan) ->
         if r.type in {"kubernetes:apps/v1:Deployment", "kubernetes:apps/v1:StatefulSet"}
     }
     assert "vllm-gb10" in workloads
-    assert workloads <= set(job.depends_on)
+    # The DCGM exporter is observability, optional: a node where it cannot run still deploys and passes.
+    assert workloads - {"dcgm-exporter-gb10"} <= set(job.depends_on)
+    assert "dcgm-exporter-gb10" not in job.depends_on
 
 
 def test_a_recreated_load_balancer_is_not_held_by_a_long_graceful_stop(edge: Plan) -> None:

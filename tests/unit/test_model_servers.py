@@ -83,8 +83,9 @@ def test_each_ray_worker_starts_after_its_hosts_vllm_servers_and_up_waits_for_th
             f"vllm-{host}-8001": {"condition": "service_healthy"},
         }
         up = next(r["inputs"]["create"] for r in two_models.resources if r["name"] == f"{host}-compose-up")
-        # 900 s per vLLM server, one after another, then the Ray worker's 60 s, plus the 300 s margin.
-        assert "--wait --wait-timeout 2160" in up
+        # 900 s per vLLM server, one after another, then the Ray worker's 600 s (runtime.ray_node's start
+        # deadline), plus the 300 s margin.
+        assert "--wait --wait-timeout 2700" in up
 
 
 def test_tensor_parallel_ray_workers_wait_for_no_vllm_server() -> None:

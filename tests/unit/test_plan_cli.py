@@ -46,7 +46,7 @@ def test_plan_writes_plan_json_and_generated_files(stella_out) -> None:
 
 def test_plan_prints_counts_by_type_and_the_outputs(stella_out) -> None:
     _, result = stella_out
-    assert "stack stella: 80 resources" in result.stdout
+    assert "stack stella: 83 resources" in result.stdout
     assert "    2  vllm-gb10:host:Gb10Host" in result.stdout
     assert "   21  vllm-gb10:compose:Service" in result.stdout  # one per service, under its component
     assert 'loadBalancerUrl: "https://stella.lan:8080/v1"' in result.stdout

@@ -492,8 +492,9 @@ def test_compose_is_applied_with_a_content_hash_and_torn_down_on_delete(stella: 
     for host in ("stella", "nova"):
         up = resource(stella, "command:remote:Command", f"{host}-compose-up")["inputs"]
         # No separate pull: `--pull missing` keeps images the host already has; --wait returns when all are healthy.
-        # The vLLM server's 900 s start period, then the Ray worker's 60 s (it waits for it), plus a margin.
-        assert "up -d --pull missing --remove-orphans --wait --wait-timeout 1260" in up["create"]
+        # The vLLM server's 900 s start period, then the Ray worker's 600 s (runtime.ray_node's start deadline;
+        # the worker waits for vLLM), plus a margin.
+        assert "up -d --pull missing --remove-orphans --wait --wait-timeout 1800" in up["create"]
         assert " pull " not in up["create"] and up["update"] == up["create"]
         assert re.fullmatch(r"[0-9a-f]{64}", up["triggers"][0])
         assert up["triggers"][0] in up["create"]

@@ -115,5 +115,9 @@ def test_memory_panel_shows_unified_memory_not_dcgm_framebuffer() -> None:
     assert not [e for e in exprs if "DCGM_FI_DEV_FB_" in e], "DCGM framebuffer fields do not exist on GB10"
     (panel,) = [p for p in dashboard["panels"] if "nified memory" in p["title"]]
     panel_exprs = {t["expr"] for t in panel["targets"]}
-    assert panel_exprs == {"node_memory_MemTotal_bytes - node_memory_MemAvailable_bytes", "node_memory_MemTotal_bytes"}
+    assert panel_exprs == {
+        "node_memory_MemTotal_bytes - node_memory_MemAvailable_bytes",
+        "node_memory_MemTotal_bytes",
+        "memguard_mem_available_bytes",  # what the memory guard reads and acts on
+    }
     assert "DCGM_FI_DEV_FB_USED" in panel["description"], "the panel says why it is not a GPU-memory series"
