@@ -139,6 +139,11 @@ class RayCluster(pulumi.ComponentResource):
         worker_specs = []
         node = args.get("vllm_node")
         self.worker_services = {host: f"{name}-worker-{host}" for host in args["worker_hosts"]}
+        # Ray's metrics exporter listens on every interface (ray/dashboard/modules/reporter/reporter_agent.py:
+        # address "" unless the node IP is 127.0.0.1), so nodes sharing one machine's network need ports of
+        # their own: a worker on the head's host, and the local stack's two "hosts" on one machine (nova's agent
+        # failed on stella's port, and its raylet, which fate-shares with the agent, with it).
+        self.worker_metrics_ports = {host: settings.metrics_port + 1 + i for i, host in enumerate(args["worker_hosts"])}
         for host in args["worker_hosts"]:
             ip = platform.internal_host(host, f"{name}-worker-{host}")
             worker_specs.append(
@@ -152,9 +157,9 @@ class RayCluster(pulumi.ComponentResource):
                         f"--address={self.gcs_address}",
                         f"--node-ip-address={ip}",
                         "--num-gpus=1",
-                        # On the head's host both share the host network: the worker takes the next
-                        # metrics port and its own dashboard-agent port.
-                        f"--metrics-export-port={settings.metrics_port + 1}",
+                        # On the head's host both share the host network: the worker takes a metrics
+                        # port of its own (above) and its own dashboard-agent port.
+                        f"--metrics-export-port={self.worker_metrics_ports[host]}",
                         f"--dashboard-agent-listen-port={WORKER_AGENT_PORT}",
                     ),
                     gpu=True,
@@ -183,7 +188,7 @@ class RayCluster(pulumi.ComponentResource):
         self.metrics_targets = [f"{head_ip}:{settings.metrics_port}"]
         if platform.nodes_addressable:
             self.metrics_targets += [
-                f"{platform.internal_host(h, f'{name}-worker-{h}')}:{settings.metrics_port + 1}"
+                f"{platform.internal_host(h, f'{name}-worker-{h}')}:{self.worker_metrics_ports[h]}"
                 for h in args["worker_hosts"]
             ]
         self.dashboard_url = f"http://{head_ip}:{settings.dashboard_port}"

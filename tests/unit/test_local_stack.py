@@ -116,3 +116,17 @@ def test_local_runs_stellas_third_party_images_by_their_tags() -> None:
     assert stella.keys() == local.keys()
     assert {k: tag_only(v) for k, v in stella.items()} == local
     assert all("@sha256:" not in ref for ref in local.values())
+
+
+def test_no_two_ray_nodes_on_the_local_machine_share_a_port_that_ray_binds_on_every_interface() -> None:
+    """The local stack's two "hosts" are one machine's network: Ray's metrics exporter listens on 0.0.0.0,
+    so two nodes with one --metrics-export-port leave the second's agent, and its raylet, dead."""
+    plan = stack_plan("local")
+    ports = [
+        arg.split("=", 1)[1]
+        for host in ("stella", "nova")
+        for service in yaml.safe_load(plan.files[f"{host}/docker-compose.yml"])["services"].values()
+        for arg in service.get("command") or ()
+        if isinstance(arg, str) and arg.startswith("--metrics-export-port=")
+    ]
+    assert len(ports) == 3 and len(set(ports)) == 3, ports

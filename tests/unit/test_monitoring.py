@@ -123,7 +123,7 @@ def test_prometheus_scrapes_every_service_and_the_gpu_hosts(plan: Plan) -> None:
     assert len(every) == len(set(every)), "two jobs or nodes scrape one endpoint"
     if plan.stack == "stella":
         assert jobs["dcgm"] == ["10.10.10.1:9400", "10.10.10.2:9400"]
-        assert jobs["ray"] == ["10.10.10.1:8090", "10.10.10.1:8091", "10.10.10.2:8091"]
+        assert jobs["ray"] == ["10.10.10.1:8090", "10.10.10.1:8091", "10.10.10.2:8092"]
         assert jobs["batch-worker"] == ["10.10.10.1:8101"]
         assert jobs["memguard"] == ["10.10.10.1:9105", "10.10.10.2:9105"]  # one guard per gpu host
     else:
