@@ -27,52 +27,29 @@ OBJECT_ACTIONS = [
 BUCKET_READ_ACTIONS = ["s3:ListBucket", "s3:ListBucketMultipartUploads", "s3:GetBucketLocation"]
 
 
+def _statement(sid: str, effect: str, actions: list[str], resource: str) -> dict[str, Any]:
+    return {"Sid": sid, "Effect": effect, "Action": actions, "Resource": [resource]}
+
+
+def _policy(*statements: dict[str, Any]) -> dict[str, Any]:
+    return {"Version": "2012-10-17", "Statement": list(statements)}
+
+
 def batch_policy(bucket: str) -> dict[str, Any]:
     """The batch API's and worker's: the bucket's objects, but not the backups' prefix (an explicit
     Deny, which wins over the Allow) and no bucket administration (nothing grants it)."""
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "ListTheBucket",
-                "Effect": "Allow",
-                "Action": BUCKET_READ_ACTIONS,
-                "Resource": [f"arn:aws:s3:::{bucket}"],
-            },
-            {
-                "Sid": "ItsObjects",
-                "Effect": "Allow",
-                "Action": OBJECT_ACTIONS,
-                "Resource": [f"arn:aws:s3:::{bucket}/*"],
-            },
-            {
-                "Sid": "NotTheBackups",
-                "Effect": "Deny",
-                "Action": OBJECT_ACTIONS,
-                "Resource": [f"arn:aws:s3:::{bucket}/{BACKUP_PREFIX}*"],
-            },
-        ],
-    }
+    return _policy(
+        _statement("ListTheBucket", "Allow", BUCKET_READ_ACTIONS, f"arn:aws:s3:::{bucket}"),
+        _statement("ItsObjects", "Allow", OBJECT_ACTIONS, f"arn:aws:s3:::{bucket}/*"),
+        _statement("NotTheBackups", "Deny", OBJECT_ACTIONS, f"arn:aws:s3:::{bucket}/{BACKUP_PREFIX}*"),
+    )
 
 
 def backup_policy(bucket: str) -> dict[str, Any]:
     """The Redis backups': objects under the backups' prefix only. It lists the bucket (to find the
     snapshots; it sees other keys' names, not their contents: no condition keys, so that the same
     document is proven on a server that does not evaluate them)."""
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "ListTheBucket",
-                "Effect": "Allow",
-                "Action": BUCKET_READ_ACTIONS,
-                "Resource": [f"arn:aws:s3:::{bucket}"],
-            },
-            {
-                "Sid": "TheBackups",
-                "Effect": "Allow",
-                "Action": OBJECT_ACTIONS,
-                "Resource": [f"arn:aws:s3:::{bucket}/{BACKUP_PREFIX}*"],
-            },
-        ],
-    }
+    return _policy(
+        _statement("ListTheBucket", "Allow", BUCKET_READ_ACTIONS, f"arn:aws:s3:::{bucket}"),
+        _statement("TheBackups", "Allow", OBJECT_ACTIONS, f"arn:aws:s3:::{bucket}/{BACKUP_PREFIX}*"),
+    )
