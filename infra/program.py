@@ -237,6 +237,7 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
     offered = cfg.vllm.offered
     # The offline batch engine loads each offered model in turn, each sized on its own (the default's is kv_plan).
     offline_plans = size_offered_models(cfg, REPO_ROOT, kv_plan) if cfg.batch.engine == "offline" else {}
+    offline_engine_args = {name: engine_args(cfg, p) for name, p in offline_plans.items()}
     platform: ServicePlatform
     if cfg.platform is Platform.COMPOSE:
         platform, vllm_image_ref, runtime_image_ref, placement = _compose(cfg, secrets)
@@ -404,12 +405,12 @@ def declare(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "model_path": cfg.vllm.model,
             "engine_args": vllm_engine_args,
             "model_paths": {m.served_name: m.model for m in offered},
-            "model_engine_args": {name: engine_args(cfg, p) for name, p in offline_plans.items()},
+            "model_engine_args": offline_engine_args,
             "hf_token": secrets.hf_token,
             # Both fail their health checks while Redis is down: on its host they start once it is healthy.
             "depends_on": (store.setup_service, redis.service),
             "tls": served_tls,
-            "headroom": _largest(headroom_need(cfg, p, engine_args(cfg, p)) for p in offline_plans.values()),
+            "headroom": _largest(headroom_need(cfg, p, offline_engine_args[name]) for name, p in offline_plans.items()),
             "memguard_host": worker_guard,
         },
     )
