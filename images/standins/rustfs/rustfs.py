@@ -26,6 +26,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import parse_qsl
 
 HEALTH_PATHS = ("/health", "/health/ready", "/health/live")
 ADMIN_PREFIX = "/rustfs/admin/v3/"
@@ -108,8 +109,6 @@ def with_admin(app: Callable[..., Iterable[bytes]], admin: Admin) -> Callable[..
         path = environ.get("PATH_INFO", "")
         if not path.startswith(ADMIN_PREFIX):
             return app(environ, start_response)
-        from urllib.parse import parse_qsl
-
         length = int(environ.get("CONTENT_LENGTH") or 0)
         body = environ["wsgi.input"].read(length) if length else b""
         try:
